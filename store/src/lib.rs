@@ -1,0 +1,18 @@
+//! Groundwork's object store: JSON objects under string keys in one redb file, a single global
+//! revision that becomes every object's `resourceVersion`, and an event history that watches
+//! replay from. Every acknowledged write is durable (fsynced) before it is acknowledged.
+//!
+//! The store is the state machine of the API server. In a single-member server, writes are
+//! batched by one writer thread (group commit); with raft, the same operations become log
+//! entries and the revision is the log index. Callers only see [`Store`].
+
+mod error;
+mod history;
+mod ops;
+mod store;
+mod watch;
+
+pub use error::StoreError;
+pub use ops::{Committed, EventType, Precondition, WatchEvent, WriteOp};
+pub use store::{ListPage, Store, StoreConfig, StoredObject};
+pub use watch::WatchStream;

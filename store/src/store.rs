@@ -1,0 +1,325 @@
+//! The redb-backed store and its writer thread (group commit).
+
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::history;
+use crate::{Committed, EventType, Precondition, StoreError, WatchEvent, WatchStream, WriteOp};
+
+/// Live objects: key → (revision of last change, JSON bytes).
+pub(crate) const OBJECTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("objects");
+/// Change history: revision → JSON [`WatchEvent`].
+pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
+/// Counters: "revision" (last assigned) and "compacted" (history holds revisions above it).
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The database file.
+    pub path: PathBuf,
+    /// How many events of history watches can resume from.
+    pub history_retention: u64,
+    /// Most writes committed in one transaction (one fsync).
+    pub max_batch: usize,
+}
+
+impl StoreConfig {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), history_retention: 100_000, max_batch: 512 }
+    }
+}
+
+/// One stored object and the revision of its last change.
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub revision: u64,
+    pub object: Value,
+}
+
+/// A page of a list, read from one consistent snapshot.
+#[derive(Clone, Debug)]
+pub struct ListPage {
+    pub items: Vec<StoredObject>,
+    /// The store's revision at the snapshot.
+    pub revision: u64,
+    /// The last key returned when more keys follow.
+    pub continue_after: Option<String>,
+    /// How many keys under the prefix follow this page.
+    pub remaining: u64,
+}
+
+struct Request {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Committed, StoreError>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Database,
+    writer: mpsc::Sender<Request>,
+    pub(crate) events: broadcast::Sender<Arc<WatchEvent>>,
+    pub(crate) revision: AtomicU64,
+    pub(crate) compacted: AtomicU64,
+}
+
+/// The object store. Cheap to clone; all clones share one database and writer.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("revision", &self.revision()).finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the database and starts the writer thread.
+    pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
+        if let Some(dir) = config.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
+        }
+        let db = Database::create(&config.path)
+            .map_err(|e| StoreError::Storage(format!("{}: {e}", config.path.display())))?;
+        let (revision, compacted) = {
+            let txn = db.begin_write()?;
+            let r;
+            let c;
+            {
+                let mut meta = txn.open_table(META)?;
+                txn.open_table(OBJECTS)?;
+                txn.open_table(HISTORY)?;
+                r = meta.get("revision")?.map(|g| g.value());
+                c = meta.get("compacted")?.map(|g| g.value()).unwrap_or(0);
+                if r.is_none() {
+                    // Revision 1 is the empty store: lists never report "0", which clients
+                    // read as "any revision".
+                    meta.insert("revision", 1)?;
+                }
+            }
+            txn.commit()?;
+            (r.unwrap_or(1), c)
+        };
+        let (tx, rx) = mpsc::channel(4096);
+        let (events, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            db,
+            writer: tx,
+            events,
+            revision: AtomicU64::new(revision),
+            compacted: AtomicU64::new(compacted),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer_loop(weak, rx, config))
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        tracing::info!(revision, compacted, "store opened");
+        Ok(Store { inner })
+    }
+
+    /// The last assigned revision.
+    pub fn revision(&self) -> u64 {
+        self.inner.revision.load(Ordering::Acquire)
+    }
+
+    /// History holds the revisions above this one.
+    pub fn compacted(&self) -> u64 {
+        self.inner.compacted.load(Ordering::Acquire)
+    }
+
+    /// Applies one write durably. Returns when it is on disk.
+    pub async fn write(&self, op: WriteOp) -> Result<Committed, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.writer.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads one object.
+    pub fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(OBJECTS)?;
+        match table.get(key)? {
+            Some(g) => {
+                let (revision, bytes) = g.value();
+                Ok(Some(StoredObject { revision, object: serde_json::from_slice(bytes)? }))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Lists objects whose key starts with `prefix`, in key order, after `start_after`, at
+    /// most `limit` (0 = all) that pass `filter`.
+    pub fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+        filter: &dyn Fn(&Value) -> bool,
+    ) -> Result<ListPage, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let revision = txn.open_table(META)?.get("revision")?.map(|g| g.value()).unwrap_or(1);
+        let table = txn.open_table(OBJECTS)?;
+        let lower = match start_after {
+            Some(k) if k >= prefix => Bound::Excluded(k),
+            _ => Bound::Included(prefix),
+        };
+        let mut items = Vec::new();
+        let mut continue_after = None;
+        let mut remaining = 0u64;
+        for entry in table.range::<&str>((lower, Bound::Unbounded))? {
+            let (k, v) = entry?;
+            let key = k.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let (rev, bytes) = v.value();
+            let object: Value = serde_json::from_slice(bytes)?;
+            if !filter(&object) {
+                continue;
+            }
+            if limit > 0 && items.len() == limit {
+                remaining += 1;
+                continue;
+            }
+            if limit > 0 && items.len() + 1 == limit {
+                continue_after = Some(key.to_string());
+            }
+            items.push(StoredObject { revision: rev, object });
+        }
+        if remaining == 0 {
+            continue_after = None;
+        }
+        Ok(ListPage { items, revision, continue_after, remaining })
+    }
+
+    /// Streams every change after `revision`, first from history, then live.
+    /// Fails with [`StoreError::Compacted`] when history no longer reaches back that far.
+    pub fn watch(&self, revision: u64) -> Result<WatchStream, StoreError> {
+        let rx = self.inner.events.subscribe();
+        let pending = history::after(&self.inner, revision)?;
+        Ok(WatchStream::new(self.clone(), rx, revision, pending))
+    }
+}
+
+fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Request>, config: StoreConfig) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < config.max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else { return };
+        let start = inner.revision.load(Ordering::Acquire);
+        match apply_batch(&inner.db, &batch, start) {
+            Ok((results, events, last)) => {
+                inner.revision.store(last, Ordering::Release);
+                for e in events {
+                    // No receivers is fine: nobody is watching.
+                    let _ = inner.events.send(Arc::new(e));
+                }
+                for (req, res) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(res);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, writes = batch.len(), "commit failed; no write of the batch was applied");
+                for req in batch {
+                    let _ = req.reply.send(Err(StoreError::Storage(e.to_string())));
+                }
+            }
+        }
+        if let Err(e) = history::maybe_compact(&inner, config.history_retention) {
+            tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
+        }
+    }
+}
+
+type BatchOutcome = (Vec<Result<Committed, StoreError>>, Vec<WatchEvent>, u64);
+
+fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOutcome, StoreError> {
+    let txn = db.begin_write()?;
+    let mut results = Vec::with_capacity(batch.len());
+    let mut events = Vec::new();
+    {
+        let mut objects = txn.open_table(OBJECTS)?;
+        let mut hist = txn.open_table(HISTORY)?;
+        let mut meta = txn.open_table(META)?;
+        for req in batch {
+            let key = req.op.key();
+            let current: Option<(u64, Value)> = match objects.get(key)? {
+                Some(g) => {
+                    let (r, b) = g.value();
+                    Some((r, serde_json::from_slice(b)?))
+                }
+                None => None,
+            };
+            let pre = match &req.op {
+                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
+            };
+            if let Err(e) = check(key, pre, current.as_ref().map(|c| c.0), matches!(req.op, WriteOp::Delete { .. })) {
+                results.push(Err(e));
+                continue;
+            }
+            rev += 1;
+            let event = match &req.op {
+                WriteOp::Put { value, .. } => {
+                    let mut value = value.clone();
+                    set_resource_version(&mut value, rev);
+                    let bytes = serde_json::to_vec(&value)?;
+                    objects.insert(key, (rev, bytes.as_slice()))?;
+                    let type_ = if current.is_some() { EventType::Modified } else { EventType::Added };
+                    WatchEvent { revision: rev, type_, key: key.to_string(), object: value, prev: current.map(|c| c.1) }
+                }
+                WriteOp::Delete { .. } => {
+                    objects.remove(key)?;
+                    let (_, mut last) = current.expect("checked: exists");
+                    let prev = last.clone();
+                    set_resource_version(&mut last, rev);
+                    WatchEvent { revision: rev, type_: EventType::Deleted, key: key.to_string(), object: last, prev: Some(prev) }
+                }
+            };
+            hist.insert(rev, serde_json::to_vec(&event)?.as_slice())?;
+            results.push(Ok(Committed { revision: rev, object: event.object.clone() }));
+            events.push(event);
+        }
+        meta.insert("revision", rev)?;
+    }
+    txn.commit()?;
+    Ok((results, events, rev))
+}
+
+fn check(key: &str, pre: Precondition, current: Option<u64>, is_delete: bool) -> Result<(), StoreError> {
+    let key_s = || key.to_string();
+    match (pre, current) {
+        (_, None) if is_delete => Err(StoreError::NotFound { key: key_s() }),
+        (Precondition::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists { key: key_s() }),
+        (Precondition::MustExist | Precondition::Revision(_), None) => Err(StoreError::NotFound { key: key_s() }),
+        (Precondition::Revision(want), Some(have)) if want != have => {
+            Err(StoreError::Conflict { key: key_s(), expected: want, actual: have })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn set_resource_version(v: &mut Value, rev: u64) {
+    if let Some(obj) = v.as_object_mut() {
+        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        if let Some(m) = meta.as_object_mut() {
+            m.insert("resourceVersion".into(), Value::String(rev.to_string()));
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "store_test.rs"]
+mod tests;

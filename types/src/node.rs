@@ -1,0 +1,279 @@
+//! `Node`: one physical machine, its BMC, boot NICs, desired power and provisioning state,
+//! and everything the controllers observe about it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validate::{FieldError, Validate, check_ip, check_mac, check_non_negative, check_ref, normalize_mac};
+
+/// A machine in a rack.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "groundwork.dev",
+    version = "v1alpha1",
+    kind = "Node",
+    plural = "nodes",
+    shortname = "gn",
+    category = "groundwork",
+    status = "NodeStatus",
+    derive = "PartialEq",
+    derive = "Default"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Where the machine sits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<RackPlacement>,
+    /// The machine's baseboard management controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bmc: Option<Bmc>,
+    /// MAC addresses of the NICs the machine PXE-boots from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "bootMACs")]
+    pub boot_macs: Vec<String>,
+    /// Desired power state; absent means "leave as is".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerState>,
+    /// Device for the next boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_boot: Option<BootDevice>,
+    /// Desired provisioning state.
+    #[serde(default)]
+    pub provisioning: ProvisioningState,
+    /// Profile to install, overriding selector matching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Taken out of service: controllers leave the machine alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maintenance: bool,
+    /// Expected power draw in kW, for rack budgets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_draw_kw: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RackPlacement {
+    /// Name of the Rack.
+    pub name: String,
+    /// Lowest rack unit the machine occupies, counted from 1 at the bottom.
+    pub position: u32,
+    /// Height in rack units.
+    #[serde(default = "one")]
+    pub height_u: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BmcProtocol {
+    /// IPMI 2.0 over LAN (RMCP+).
+    #[default]
+    Ipmi,
+    /// DMTF Redfish over HTTPS.
+    Redfish,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Bmc {
+    /// Host name or IP address of the BMC.
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub protocol: BmcProtocol,
+    /// Name of the credentials object holding the BMC's user name and password.
+    pub credentials_ref: String,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PowerState {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum BootDevice {
+    Pxe,
+    Disk,
+}
+
+/// What the operator wants the machine to be.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ProvisioningState {
+    /// Discovered and inventoried, ready to be given a profile.
+    #[default]
+    Available,
+    /// Installed with its profile and running.
+    Provisioned,
+    /// Wiped and handed back to the pool.
+    Deprovisioned,
+}
+
+/// Where a machine is in its life cycle (observed).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum NodePhase {
+    Registered,
+    Discovering,
+    Inventoried,
+    Assigned,
+    Provisioning,
+    Provisioned,
+    Ready,
+    Failed,
+    Deprovisioning,
+    Maintenance,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<NodePhase>,
+    /// Power state last read from the BMC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power: Option<PowerState>,
+    /// Name of the Profile assigned to the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<Inventory>,
+    /// Addresses the machine was seen with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
+    /// The last error the BMC returned, cleared on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_bmc_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Hardware facts reported by the discovery agent and the BMC.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<SystemInfo>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cpus: Vec<Cpu>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<Disk>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nics: Vec<Nic>,
+    /// Extra facts (free-form key/value) for profile selectors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub facts: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cpu {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cores: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Disk {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotational: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Nic {
+    pub name: String,
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_mbps: Option<u32>,
+}
+
+impl Node {
+    /// Boot MACs in canonical form (lower-case, colon-separated); invalid ones are skipped.
+    pub fn normalized_boot_macs(&self) -> Vec<String> {
+        self.spec.boot_macs.iter().filter_map(|m| normalize_mac(m)).collect()
+    }
+}
+
+impl Validate for Node {
+    fn validate(&self) -> Vec<FieldError> {
+        let s = &self.spec;
+        let mut errs = Vec::new();
+        if let Some(r) = &s.rack {
+            check_ref("spec.rack.name", &r.name, &mut errs);
+            if r.position == 0 {
+                errs.push(FieldError::invalid("spec.rack.position", "0: rack units count from 1 at the bottom"));
+            }
+            if r.height_u == 0 || r.height_u > 60 {
+                errs.push(FieldError::invalid("spec.rack.heightU", format!("{}: must be between 1 and 60", r.height_u)));
+            }
+        }
+        if let Some(b) = &s.bmc {
+            if b.address.is_empty() {
+                errs.push(FieldError::required("spec.bmc.address", "the BMC's host name or IP address"));
+            } else if b.address.chars().any(|c| c.is_whitespace() || c == '/') {
+                errs.push(FieldError::invalid("spec.bmc.address", format!("{:?}: a host name or IP address", b.address)));
+            } else if b.address.chars().next().is_some_and(|c| c.is_ascii_digit()) && !b.address.contains(':') {
+                check_ip("spec.bmc.address", &b.address, &mut errs);
+            }
+            check_ref("spec.bmc.credentialsRef", &b.credentials_ref, &mut errs);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, m) in s.boot_macs.iter().enumerate() {
+            let before = errs.len();
+            check_mac(&format!("spec.bootMACs[{i}]"), m, &mut errs);
+            if errs.len() == before && !seen.insert(normalize_mac(m)) {
+                errs.push(FieldError::duplicate(format!("spec.bootMACs[{i}]"), format!("{m:?}")));
+            }
+        }
+        if let Some(p) = &s.profile {
+            check_ref("spec.profile", p, &mut errs);
+        }
+        check_non_negative("spec.powerDrawKw", s.power_draw_kw, &mut errs);
+        if let Some(inv) = self.status.as_ref().and_then(|st| st.inventory.as_ref()) {
+            for (i, n) in inv.nics.iter().enumerate() {
+                check_mac(&format!("status.inventory.nics[{i}].mac"), &n.mac, &mut errs);
+            }
+        }
+        errs
+    }
+}
