@@ -1,1 +1,5 @@
-fn main() {}
+//! The single `groundwork` binary.
+
+fn main() {
+    std::process::exit(groundwork_cli::main());
+}

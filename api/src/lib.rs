@@ -1,1 +1,19 @@
+//! The Groundwork API server: Kubernetes REST and watch conventions for the Groundwork kinds
+//! (group `groundwork.dev/v1alpha1`) and core/v1 Events, over the object store, so that
+//! `kubectl` and kube-rs work unmodified. This crate is the only one that knows the wire format.
 
+mod discovery;
+mod error;
+mod handlers;
+mod objects;
+mod openapi;
+mod query;
+mod selector;
+mod server;
+mod table;
+mod watch;
+
+pub use error::ApiError;
+pub use selector::{FieldSelector, LabelSelector};
+pub use server::{ServerConfig, router, serve};
+pub use table::human_duration;

@@ -63,14 +63,24 @@ impl FieldError {
     }
 }
 
+impl FieldError {
+    /// The message without the field path, as Kubernetes puts it in `causes[].message`.
+    pub fn detail(&self) -> String {
+        match self.kind {
+            FieldErrorKind::Unknown => self.message.clone(),
+            FieldErrorKind::Required => format!("Required value: {}", self.message),
+            FieldErrorKind::Duplicate => format!("Duplicate value: {}", self.message),
+            FieldErrorKind::NotSupported => format!("Unsupported value: {}", self.message),
+            FieldErrorKind::Invalid => format!("Invalid value: {}", self.message),
+        }
+    }
+}
+
 impl fmt::Display for FieldError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind {
-            FieldErrorKind::Unknown => write!(f, "{}", self.message),
-            FieldErrorKind::Required => write!(f, "{}: Required value: {}", self.field, self.message),
-            FieldErrorKind::Duplicate => write!(f, "{}: Duplicate value: {}", self.field, self.message),
-            FieldErrorKind::NotSupported => write!(f, "{}: Unsupported value: {}", self.field, self.message),
-            FieldErrorKind::Invalid => write!(f, "{}: Invalid value: {}", self.field, self.message),
+        match (self.kind, self.field.is_empty()) {
+            (FieldErrorKind::Unknown, _) | (_, true) => write!(f, "{}", self.detail()),
+            _ => write!(f, "{}: {}", self.field, self.detail()),
         }
     }
 }

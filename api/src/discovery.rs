@@ -1,0 +1,127 @@
+//! Discovery: /version, /api, /apis (legacy and aggregated v2), /apis/<g>, /apis/<g>/<v>.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use groundwork_types::{GROUP, KindInfo, VERSION, all_kinds};
+use serde_json::{Value, json};
+
+use crate::ApiError;
+
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+const AGGREGATED_BETA: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+
+const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+
+pub(crate) fn version() -> Value {
+    json!({
+        "major": "1", "minor": "32",
+        "gitVersion": concat!("v1.32.0-groundwork.", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "", "gitTreeState": "clean", "buildDate": "",
+        "goVersion": "", "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    })
+}
+
+/// Which aggregated form the client accepts, if any (the exact Content-Type is load-bearing).
+fn aggregated_accept(headers: &HeaderMap) -> Option<&'static str> {
+    let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+    for part in accept.split(',') {
+        let p: String = part.split(';').map(str::trim).collect::<Vec<_>>().join(";");
+        if p.contains("g=apidiscovery.k8s.io") && p.contains("as=APIGroupDiscoveryList") {
+            return Some(if p.contains("v=v2beta1") { AGGREGATED_BETA } else { AGGREGATED });
+        }
+    }
+    None
+}
+
+fn kinds_in(group: &str) -> impl Iterator<Item = &'static KindInfo> + '_ {
+    all_kinds().iter().filter(move |k| k.group == group)
+}
+
+fn aggregated_resource(k: &KindInfo) -> Value {
+    let rk = json!({"group": k.group, "version": k.version, "kind": k.kind});
+    let mut r = json!({
+        "resource": k.plural, "responseKind": rk, "scope": if k.namespaced { "Namespaced" } else { "Cluster" },
+        "singularResource": k.singular, "verbs": VERBS, "shortNames": k.short_names,
+    });
+    if !k.group.is_empty() {
+        r["categories"] = json!(["groundwork"]);
+    }
+    if k.has_status {
+        r["subresources"] = json!([{"subresource": "status", "responseKind": rk, "verbs": ["get", "patch", "update"]}]);
+    }
+    r
+}
+
+fn aggregated_list(group: &str, version: &str, api_version: &str) -> Value {
+    let resources: Vec<Value> = kinds_in(group).map(aggregated_resource).collect();
+    json!({
+        "kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {},
+        "items": [{"metadata": {"name": group}, "versions": [{"version": version, "resources": resources, "freshness": "Current"}]}],
+    })
+}
+
+fn respond(value: Value, content_type: &'static str) -> Response {
+    let mut resp = axum::Json(value).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp
+}
+
+pub(crate) fn api(headers: &HeaderMap) -> Response {
+    match aggregated_accept(headers) {
+        Some(ct) => respond(aggregated_list("", "v1", api_version_of(ct)), ct),
+        None => respond(
+            json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
+            "application/json",
+        ),
+    }
+}
+
+fn api_version_of(ct: &str) -> &'static str {
+    if ct == AGGREGATED_BETA { "apidiscovery.k8s.io/v2beta1" } else { "apidiscovery.k8s.io/v2" }
+}
+
+fn group_entry() -> Value {
+    let gv = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
+    json!({"name": GROUP, "versions": [gv], "preferredVersion": gv})
+}
+
+pub(crate) fn apis(headers: &HeaderMap) -> Response {
+    match aggregated_accept(headers) {
+        Some(ct) => respond(aggregated_list(GROUP, VERSION, api_version_of(ct)), ct),
+        None => respond(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]}), "application/json"),
+    }
+}
+
+pub(crate) fn api_group(group: &str) -> Result<Value, ApiError> {
+    if group != GROUP {
+        return Err(ApiError::NotFound { what: format!("API group {group:?}"), kind: None, name: group.into() });
+    }
+    let mut g = group_entry();
+    g["kind"] = "APIGroup".into();
+    g["apiVersion"] = "v1".into();
+    Ok(g)
+}
+
+pub(crate) fn resource_list(group: &str, version: &str) -> Result<Value, ApiError> {
+    let kinds: Vec<&KindInfo> = kinds_in(group).filter(|k| k.version == version).collect();
+    if kinds.is_empty() {
+        return Err(ApiError::NotFound { what: format!("API version {group}/{version}"), kind: None, name: version.into() });
+    }
+    let mut resources = Vec::new();
+    for k in kinds {
+        let mut r = json!({
+            "name": k.plural, "singularName": k.singular, "namespaced": k.namespaced, "kind": k.kind,
+            "verbs": VERBS, "shortNames": k.short_names,
+        });
+        if !k.group.is_empty() {
+            r["categories"] = json!(["groundwork"]);
+        }
+        resources.push(r);
+        if k.has_status {
+            resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+        }
+    }
+    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+}

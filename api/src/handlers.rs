@@ -1,0 +1,316 @@
+//! HTTP glue: resolves the path to a kind, parses the query and body, calls `objects` or
+//! `watch`, and renders objects, lists and Tables.
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use groundwork_store::Store;
+use groundwork_types::{KindInfo, kind_by_plural};
+use serde_json::{Value, json};
+
+use crate::objects::{self, Change, DeleteOptions, Part, Target, Written};
+use crate::query::Params;
+use crate::{ApiError, FieldSelector, LabelSelector, table};
+
+type Result<T> = std::result::Result<T, ApiError>;
+
+fn resolve(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo> {
+    kind_by_plural(group, plural)
+        .filter(|k| k.version == version)
+        .ok_or_else(|| ApiError::NotFound { what: format!("the server could not find the requested resource ({plural}.{group}/{version})"), kind: None, name: plural.into() })
+}
+
+fn cluster_target(group: &str, version: &str, plural: &str) -> Result<Target> {
+    let kind = resolve(group, version, plural)?;
+    if kind.namespaced {
+        return Err(ApiError::NotFound { what: format!("{plural} are namespaced; use /api/v1/namespaces/NAMESPACE/{plural}"), kind: None, name: plural.into() });
+    }
+    Ok(Target { kind, namespace: None })
+}
+
+fn accept(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
+}
+
+fn content_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .unwrap_or_default()
+}
+
+fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
+    if body.is_empty() {
+        return Err(ApiError::BadRequest("the request body is empty; send a JSON object".into()));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => Ok(v),
+        Err(e) if ctype.contains("yaml") => {
+            let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+            serde_saphyr::from_str::<Value>(text).map_err(|y| ApiError::BadRequest(format!("the body is neither JSON ({e}) nor YAML ({y})")))
+        }
+        Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+fn written(w: Written, kind: &'static KindInfo, as_table: bool) -> Response {
+    let mut resp = if as_table {
+        table_response(table::table(kind, &[w.object], json!({}), objects::now()))
+    } else {
+        axum::Json(w.object).into_response()
+    };
+    *resp.status_mut() = w.code;
+    for warning in w.warnings {
+        let v = format!("299 - {}", serde_json::to_string(&warning).unwrap_or_default());
+        if let Ok(h) = HeaderValue::from_str(&v) {
+            resp.headers_mut().append(header::WARNING, h);
+        }
+    }
+    resp
+}
+
+fn table_response(v: Value) -> Response {
+    let mut resp = axum::Json(v).into_response();
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(table::TABLE_CONTENT_TYPE));
+    resp
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ContinueToken {
+    rv: u64,
+    after: String,
+}
+
+fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Response> {
+    let kind = t.kind;
+    let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
+    let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or(""), kind.kind == "Event")?;
+    let filter = |o: &Value| labels.matches(o) && fields.matches(o);
+    let token = match &p.continue_ {
+        Some(c) => {
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .map_err(|_| ApiError::BadRequest("continue: not a token this server issued".into()))?;
+            let tok: ContinueToken =
+                serde_json::from_slice(&raw).map_err(|_| ApiError::BadRequest("continue: not a token this server issued".into()))?;
+            if tok.rv < store.compacted() {
+                return Err(ApiError::Expired(
+                    "The provided continue parameter is too old to display a consistent list result. Start a new list without the continue parameter.".into(),
+                ));
+            }
+            Some(tok)
+        }
+        None => None,
+    };
+    let page = store
+        .list(&t.prefix(), token.as_ref().map(|t| t.after.as_str()), p.limit, &filter)
+        .map_err(|e| ApiError::from_store(e, kind, ""))?;
+    // Every page of one list reports the first page's revision, so a watch started from it
+    // misses nothing.
+    let rv = token.as_ref().map_or(page.revision, |t| t.rv);
+    let mut meta = json!({"resourceVersion": rv.to_string()});
+    if let Some(after) = page.continue_after {
+        let tok = serde_json::to_vec(&ContinueToken { rv, after }).unwrap_or_default();
+        meta["continue"] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok).into();
+        meta["remainingItemCount"] = page.remaining.into();
+    }
+    let items: Vec<Value> = page.items.into_iter().map(|s| s.object).collect();
+    if as_table {
+        return Ok(table_response(table::table(kind, &items, meta, objects::now())));
+    }
+    Ok(axum::Json(json!({"apiVersion": kind.api_version(), "kind": format!("{}List", kind.kind), "metadata": meta, "items": items})).into_response())
+}
+
+async fn collection_request(store: Store, t: Target, method: Method, query: Option<String>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+    let p = Params::parse(query.as_deref())?;
+    let as_table = table::wants_table(accept(&headers));
+    match method {
+        Method::GET if p.watch => crate::watch::watch(&store, &t, &p, as_table).await,
+        Method::GET => list(&store, &t, &p, as_table),
+        Method::POST => {
+            if t.namespace.is_none() && t.kind.namespaced {
+                return Err(ApiError::MethodNotAllowed("create namespaced objects under /api/v1/namespaces/NAMESPACE/".into()));
+            }
+            let obj = parse_body(&body, &content_type(&headers))?;
+            Ok(written(objects::create(&store, &t, obj, &p).await?, t.kind, as_table))
+        }
+        Method::DELETE => {
+            // deletecollection: delete every object the selectors match.
+            let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
+            let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or(""), t.kind.kind == "Event")?;
+            let page = store
+                .list(&t.prefix(), None, 0, &|o| labels.matches(o) && fields.matches(o))
+                .map_err(|e| ApiError::from_store(e, t.kind, ""))?;
+            let mut items = Vec::new();
+            for s in page.items {
+                let name = objects::meta_str(&s.object, "name").unwrap_or("").to_string();
+                let target = Target { kind: t.kind, namespace: objects::meta_str(&s.object, "namespace").map(String::from).or(t.namespace.clone()) };
+                match objects::delete(&store, &target, &name, &DeleteOptions::default(), &p).await {
+                    Ok(w) => items.push(w.object),
+                    Err(ApiError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(axum::Json(json!({"apiVersion": t.kind.api_version(), "kind": format!("{}List", t.kind.kind), "metadata": {"resourceVersion": store.revision().to_string()}, "items": items})).into_response())
+        }
+        other => Err(ApiError::MethodNotAllowed(format!("{other} is not supported on a collection"))),
+    }
+}
+
+async fn item_request(
+    store: Store,
+    t: Target,
+    name: String,
+    part: Part,
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let p = Params::parse(query.as_deref())?;
+    let as_table = table::wants_table(accept(&headers));
+    let kind = t.kind;
+    match method {
+        Method::GET => {
+            let obj = store.get(&t.key(&name)).map_err(|e| ApiError::from_store(e, kind, &name))?.ok_or_else(|| ApiError::not_found(kind, &name))?;
+            Ok(written(Written { code: StatusCode::OK, object: obj.object, warnings: vec![] }, kind, as_table))
+        }
+        Method::PUT => {
+            let obj = parse_body(&body, &content_type(&headers))?;
+            Ok(written(objects::update(&store, &t, &name, Change::Replace(&obj), part, &p).await?, kind, as_table))
+        }
+        Method::PATCH => {
+            let ctype = content_type(&headers);
+            let patch = parse_body(&body, &ctype)?;
+            let w = match ctype.as_str() {
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await?
+                }
+                "application/json-patch+json" => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch)
+                        .map_err(|e| ApiError::BadRequest(format!("not an RFC 6902 JSON patch: {e}")))?;
+                    objects::update(&store, &t, &name, Change::Json(&ops), part, &p).await?
+                }
+                "application/apply-patch+yaml" | "application/apply-patch+json" => {
+                    match objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await {
+                        Err(ApiError::NotFound { .. }) if part == Part::Main => {
+                            let mut obj = patch;
+                            if let Some(m) = obj.as_object_mut() {
+                                let meta = m.entry("metadata").or_insert_with(|| json!({}));
+                                if let Some(meta) = meta.as_object_mut() {
+                                    meta.entry("name").or_insert_with(|| name.clone().into());
+                                }
+                            }
+                            objects::create(&store, &t, obj, &p).await?
+                        }
+                        other => other?,
+                    }
+                }
+                other => {
+                    return Err(ApiError::UnsupportedMediaType(format!(
+                        "the body of the request was in an unknown format ({other:?}) - accepted media types include: \
+                         application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, \
+                         application/strategic-merge-patch+json (treated as a merge patch)"
+                    )));
+                }
+            };
+            Ok(written(w, kind, as_table))
+        }
+        Method::DELETE if part == Part::Main => {
+            let opts: DeleteOptions = if body.is_empty() {
+                DeleteOptions::default()
+            } else {
+                serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
+            };
+            Ok(written(objects::delete(&store, &t, &name, &opts, &p).await?, kind, false))
+        }
+        other => Err(ApiError::MethodNotAllowed(format!("{other} is not supported here"))),
+    }
+}
+
+fn into_response(r: Result<Response>) -> Response {
+    r.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub(crate) async fn group_collection(
+    State(store): State<Store>,
+    Path((group, version, plural)): Path<(String, String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(async { collection_request(store, cluster_target(&group, &version, &plural)?, method, q, headers, body).await }.await)
+}
+
+pub(crate) async fn group_item(
+    State(store): State<Store>,
+    Path((group, version, plural, name)): Path<(String, String, String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(async { item_request(store, cluster_target(&group, &version, &plural)?, name, Part::Main, method, q, headers, body).await }.await)
+}
+
+pub(crate) async fn group_subresource(
+    State(store): State<Store>,
+    Path((group, version, plural, name, sub)): Path<(String, String, String, String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(
+        async {
+            let t = cluster_target(&group, &version, &plural)?;
+            if sub != "status" || !t.kind.has_status {
+                return Err(ApiError::NotFound { what: format!("subresource {sub:?} of {plural}"), kind: None, name });
+            }
+            item_request(store, t, name, Part::Status, method, q, headers, body).await
+        }
+        .await,
+    )
+}
+
+fn core_target(plural: &str, namespace: Option<String>) -> Result<Target> {
+    let kind = resolve("", "v1", plural)?;
+    Ok(Target { kind, namespace })
+}
+
+pub(crate) async fn core_collection(
+    State(store): State<Store>,
+    Path(plural): Path<String>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(async { collection_request(store, core_target(&plural, None)?, method, q, headers, body).await }.await)
+}
+
+pub(crate) async fn core_ns_collection(
+    State(store): State<Store>,
+    Path((ns, plural)): Path<(String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(async { collection_request(store, core_target(&plural, Some(ns))?, method, q, headers, body).await }.await)
+}
+
+pub(crate) async fn core_ns_item(
+    State(store): State<Store>,
+    Path((ns, plural, name)): Path<(String, String, String)>,
+    method: Method,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    into_response(async { item_request(store, core_target(&plural, Some(ns))?, name, Part::Main, method, q, headers, body).await }.await)
+}

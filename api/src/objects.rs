@@ -1,0 +1,480 @@
+//! Object semantics, independent of HTTP: create, update, patch, status writes and graceful
+//! deletion with Kubernetes' rules for metadata, generation, finalizers and optimistic
+//! concurrency. Every write is admitted (decoded, validated, normalised) before it reaches the
+//! store, so invalid input never changes stored state.
+
+use axum::http::StatusCode;
+use groundwork_store::{Precondition, Store, StoredObject, WriteOp};
+use groundwork_types::{FieldError, KindInfo, check_object_name};
+use jiff::Timestamp;
+use serde_json::{Map, Value, json};
+
+use crate::ApiError;
+use crate::query::{FieldValidation, Params};
+
+/// Where a request points: a kind, and the namespace for namespaced kinds ("" otherwise).
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub kind: &'static KindInfo,
+    /// `None` lists across all namespaces.
+    pub namespace: Option<String>,
+}
+
+impl Target {
+    fn group_segment(&self) -> &'static str {
+        if self.kind.group.is_empty() { "core" } else { self.kind.group }
+    }
+    pub fn key(&self, name: &str) -> String {
+        format!("{}/{}/{}/{}", self.group_segment(), self.kind.plural, self.namespace.as_deref().unwrap_or(""), name)
+    }
+    pub fn prefix(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{}/", self.group_segment(), self.kind.plural, ns),
+            None => format!("{}/{}/", self.group_segment(), self.kind.plural),
+        }
+    }
+}
+
+/// A successful write: the HTTP status, the object, and warnings for the client.
+pub(crate) struct Written {
+    pub code: StatusCode,
+    pub object: Value,
+    pub warnings: Vec<String>,
+}
+
+/// Which part of an object a write may change.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// Everything but `status` (the main resource).
+    Main,
+    /// Only `status` (the `/status` subresource).
+    Status,
+}
+
+const MAX_RETRIES: usize = 16;
+
+pub(crate) fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn now_string() -> String {
+    jiff::fmt::strtime::format("%Y-%m-%dT%H:%M:%SZ", Timestamp::now()).unwrap_or_default()
+}
+
+fn meta(obj: &Value) -> Option<&Map<String, Value>> {
+    obj.get("metadata").and_then(Value::as_object)
+}
+
+fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
+    let o = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let m = o.entry("metadata").or_insert_with(|| json!({}));
+    if !m.is_object() {
+        return Err(ApiError::BadRequest("metadata must be an object".into()));
+    }
+    Ok(m.as_object_mut().expect("checked"))
+}
+
+pub(crate) fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
+    meta(obj).and_then(|m| m.get(field)).and_then(Value::as_str)
+}
+
+fn finalizers(obj: &Value) -> Vec<String> {
+    meta(obj)
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+fn generation(obj: &Value) -> i64 {
+    meta(obj).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1)
+}
+
+/// The part of an object that bumps `generation` when it changes: all but metadata and status.
+fn desired_part(obj: &Value) -> Map<String, Value> {
+    let mut m = obj.as_object().cloned().unwrap_or_default();
+    for k in ["metadata", "status", "apiVersion", "kind"] {
+        m.remove(k);
+    }
+    m
+}
+
+fn without_rv(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    v
+}
+
+/// Checks (or fills in) `apiVersion` and `kind`.
+fn check_type_meta(kind: &KindInfo, obj: &mut Value) -> Result<(), ApiError> {
+    let o = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let want_av = kind.api_version();
+    match o.get("apiVersion").and_then(Value::as_str) {
+        None => {
+            o.insert("apiVersion".into(), want_av.clone().into());
+        }
+        Some(av) if av == want_av => {}
+        Some(av) => {
+            return Err(ApiError::BadRequest(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+    }
+    match o.get("kind").and_then(Value::as_str) {
+        None => {
+            o.insert("kind".into(), kind.kind.into());
+        }
+        Some(k) if k == kind.kind => {}
+        Some(k) => {
+            return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", kind.kind)));
+        }
+    }
+    Ok(())
+}
+
+/// Decodes, validates and normalises; applies `fieldValidation` to unknown fields.
+fn admit(kind: &'static KindInfo, obj: Value, fv: FieldValidation, name: &str) -> Result<(Value, Vec<String>), ApiError> {
+    let (normalized, unknown) = (kind.admit)(obj).map_err(|errs| ApiError::invalid(kind, name, errs))?;
+    let mut warnings = Vec::new();
+    if !unknown.is_empty() {
+        let msgs: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+        match fv {
+            FieldValidation::Strict => {
+                return Err(ApiError::BadRequest(format!("strict decoding error: {}", msgs.join(", "))));
+            }
+            FieldValidation::Warn => warnings = msgs,
+            FieldValidation::Ignore => {}
+        }
+    }
+    Ok((normalized, warnings))
+}
+
+/// Checks that reach other objects: a Node must fit in its rack's height.
+fn cross_check(store: &Store, kind: &'static KindInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
+    if kind.kind != "Node" {
+        return Ok(());
+    }
+    let Some(rack_name) = obj.pointer("/spec/rack/name").and_then(Value::as_str) else { return Ok(()) };
+    let rack_kind = groundwork_types::kind_by_kind("Rack").expect("Rack is registered");
+    let rack_target = Target { kind: rack_kind, namespace: None };
+    let Some(rack) = store.get(&rack_target.key(rack_name)).map_err(|e| ApiError::from_store(e, rack_kind, rack_name))? else {
+        return Ok(());
+    };
+    let node: groundwork_types::Node =
+        serde_json::from_value(obj.clone()).map_err(|e| ApiError::Internal(format!("admitted node does not decode: {e}")))?;
+    let rack: groundwork_types::Rack = serde_json::from_value(rack.object)
+        .map_err(|e| ApiError::Internal(format!("stored rack {rack_name:?} does not decode: {e}")))?;
+    let errs = groundwork_types::validate_node_in_rack(&node, &rack);
+    if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, name, errs)) }
+}
+
+fn random_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    let id = uuid::Uuid::new_v4();
+    id.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+}
+
+/// POST: creates an object.
+pub(crate) async fn create(store: &Store, t: &Target, mut obj: Value, p: &Params) -> Result<Written, ApiError> {
+    let kind = t.kind;
+    check_type_meta(kind, &mut obj)?;
+    let ns = t.namespace.clone().unwrap_or_default();
+    let m = meta_mut(&mut obj)?;
+    let mut name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    if name.is_empty()
+        && let Some(g) = m.get("generateName").and_then(Value::as_str)
+    {
+        name = format!("{g}{}", random_suffix());
+        m.insert("name".into(), name.clone().into());
+    }
+    if name.is_empty() {
+        return Err(ApiError::invalid_one(kind, "", FieldError::required("metadata.name", "name or generateName is required")));
+    }
+    let errs = check_object_name(&name);
+    if !errs.is_empty() {
+        return Err(ApiError::invalid(kind, &name, errs));
+    }
+    if m.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid_one(
+            kind,
+            &name,
+            FieldError::invalid("metadata.resourceVersion", "must not be set on objects to be created"),
+        ));
+    }
+    if kind.namespaced {
+        match m.get("namespace").and_then(Value::as_str) {
+            Some(n) if !n.is_empty() && n != ns => {
+                return Err(ApiError::BadRequest(format!(
+                    "the namespace of the provided object ({n}) does not match the namespace sent on the request ({ns})"
+                )));
+            }
+            _ => {
+                m.insert("namespace".into(), ns.clone().into());
+            }
+        }
+    } else {
+        m.remove("namespace");
+    }
+    m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
+    m.insert("creationTimestamp".into(), now_string().into());
+    m.insert("generation".into(), 1.into());
+    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        m.remove(k);
+    }
+    if kind.has_status
+        && let Some(o) = obj.as_object_mut()
+    {
+        o.remove("status");
+    }
+    let (obj, warnings) = admit(kind, obj, p.field_validation, &name)?;
+    cross_check(store, kind, &obj, &name)?;
+    if p.dry_run {
+        return Ok(Written { code: StatusCode::CREATED, object: obj, warnings });
+    }
+    let c = store
+        .write(WriteOp::Put { key: t.key(&name), value: obj, precondition: Precondition::MustNotExist })
+        .await
+        .map_err(|e| ApiError::from_store(e, kind, &name))?;
+    tracing::info!(kind = kind.kind, name, revision = c.revision, "created");
+    Ok(Written { code: StatusCode::CREATED, object: c.object, warnings })
+}
+
+/// How an update derives the desired object from the current one.
+pub(crate) enum Change<'a> {
+    /// PUT: the whole object.
+    Replace(&'a Value),
+    /// RFC 7386 merge patch (also used for apply and strategic-merge patches).
+    Merge(&'a Value),
+    /// RFC 6902 JSON patch.
+    Json(&'a json_patch::Patch),
+}
+
+impl Change<'_> {
+    fn desired(&self, current: &Value) -> Result<Value, String> {
+        match self {
+            Change::Replace(v) => Ok((*v).clone()),
+            Change::Merge(p) => {
+                let mut v = current.clone();
+                json_patch::merge(&mut v, p);
+                Ok(v)
+            }
+            Change::Json(p) => {
+                let mut v = current.clone();
+                json_patch::patch(&mut v, p).map_err(|e| e.to_string())?;
+                Ok(v)
+            }
+        }
+    }
+}
+
+/// PUT or PATCH of the main resource or of `/status`, with retries on concurrent writes when
+/// the client did not ask for a specific resourceVersion.
+pub(crate) async fn update(
+    store: &Store,
+    t: &Target,
+    name: &str,
+    change: Change<'_>,
+    part: Part,
+    p: &Params,
+) -> Result<Written, ApiError> {
+    let kind = t.kind;
+    let key = t.key(name);
+    for _ in 0..MAX_RETRIES {
+        let Some(current) = store.get(&key).map_err(|e| ApiError::from_store(e, kind, name))? else {
+            return Err(ApiError::not_found(kind, name));
+        };
+        let mut desired = change
+            .desired(&current.object)
+            .map_err(|e| ApiError::invalid_one(kind, name, FieldError::invalid("", format!("the patch does not apply: {e}"))))?;
+        check_type_meta(kind, &mut desired)?;
+        // A resourceVersion in the request (or left by a patch) is a precondition.
+        let explicit = match meta_str(&desired, "resourceVersion") {
+            Some(s) if !s.is_empty() => Some(s.parse::<u64>().map_err(|_| {
+                ApiError::BadRequest(format!("metadata.resourceVersion: {s:?} is not a valid resource version"))
+            })?),
+            _ => None,
+        };
+        if let Some(rv) = explicit
+            && rv != current.revision
+        {
+            return Err(ApiError::conflict(
+                kind,
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ));
+        }
+        let next = merge_server_fields(kind, &current, desired, part, name)?;
+        let (mut next, warnings) = admit(kind, next, p.field_validation, name)?;
+        if part == Part::Main {
+            cross_check(store, kind, &next, name)?;
+            if desired_part(&next) != desired_part(&current.object) {
+                meta_mut(&mut next)?.insert("generation".into(), (generation(&current.object) + 1).into());
+            }
+        }
+        if without_rv(&next) == without_rv(&current.object) {
+            return Ok(Written { code: StatusCode::OK, object: current.object, warnings });
+        }
+        let deleting = meta_str(&next, "deletionTimestamp").is_some();
+        if p.dry_run {
+            return Ok(Written { code: StatusCode::OK, object: next, warnings });
+        }
+        let op = if deleting && finalizers(&next).is_empty() {
+            WriteOp::Delete { key: key.clone(), precondition: Precondition::Revision(current.revision) }
+        } else {
+            WriteOp::Put { key: key.clone(), value: next, precondition: Precondition::Revision(current.revision) }
+        };
+        let is_delete = matches!(op, WriteOp::Delete { .. });
+        match store.write(op).await {
+            Ok(c) => {
+                if is_delete {
+                    tracing::info!(kind = kind.kind, name, revision = c.revision, "last finalizer removed; deleted");
+                } else {
+                    tracing::debug!(kind = kind.kind, name, revision = c.revision, "updated");
+                }
+                return Ok(Written { code: StatusCode::OK, object: c.object, warnings });
+            }
+            Err(groundwork_store::StoreError::Conflict { .. }) if explicit.is_none() || matches!(change, Change::Merge(_) | Change::Json(_)) => {
+                // Someone wrote in between; read again and re-apply.
+                continue;
+            }
+            Err(e) => return Err(ApiError::from_store(e, kind, name)),
+        }
+    }
+    Err(ApiError::conflict(kind, name, "too many concurrent writes to this object; retry"))
+}
+
+/// Carries server-owned fields over from the current object and keeps writes to their part.
+fn merge_server_fields(
+    kind: &'static KindInfo,
+    current: &StoredObject,
+    desired: Value,
+    part: Part,
+    name: &str,
+) -> Result<Value, ApiError> {
+    let cur_meta = meta(&current.object).cloned().unwrap_or_default();
+    let mut next = match part {
+        Part::Main => {
+            let mut next = desired;
+            if let Some(n) = meta_str(&next, "name")
+                && n != name
+            {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            if let (Some(u), Some(cu)) = (meta_str(&next, "uid"), cur_meta.get("uid").and_then(Value::as_str))
+                && !u.is_empty()
+                && u != cu
+            {
+                return Err(ApiError::invalid_one(kind, name, FieldError::invalid("metadata.uid", format!("{u:?}: field is immutable"))));
+            }
+            if kind.has_status {
+                let o = next.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+                match current.object.get("status") {
+                    Some(s) => o.insert("status".into(), s.clone()),
+                    None => o.remove("status"),
+                };
+            }
+            if cur_meta.contains_key("deletionTimestamp") {
+                let old = finalizers(&current.object);
+                if let Some(f) = finalizers(&next).into_iter().find(|f| !old.contains(f)) {
+                    return Err(ApiError::invalid_one(
+                        kind,
+                        name,
+                        FieldError::invalid("metadata.finalizers", format!("{f:?}: no new finalizers can be added if the object is being deleted")),
+                    ));
+                }
+            }
+            next
+        }
+        Part::Status => {
+            let mut next = current.object.clone();
+            let o = next.as_object_mut().ok_or_else(|| ApiError::Internal("stored object is not a JSON object".into()))?;
+            match desired.get("status") {
+                Some(s) if !s.is_null() => o.insert("status".into(), s.clone()),
+                _ => o.remove("status"),
+            };
+            next
+        }
+    };
+    let m = meta_mut(&mut next)?;
+    m.insert("name".into(), name.into());
+    for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
+        match cur_meta.get(k) {
+            Some(v) => m.insert(k.into(), v.clone()),
+            None => m.remove(k),
+        };
+    }
+    m.remove("resourceVersion");
+    m.remove("managedFields");
+    Ok(next)
+}
+
+/// Options a DELETE may carry in its body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DeleteOptions {
+    #[serde(default)]
+    pub preconditions: Option<Preconditions>,
+    #[serde(default)]
+    pub dry_run: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+/// DELETE: removes the object, or marks it for deletion while finalizers remain.
+pub(crate) async fn delete(store: &Store, t: &Target, name: &str, opts: &DeleteOptions, p: &Params) -> Result<Written, ApiError> {
+    let kind = t.kind;
+    let key = t.key(name);
+    let dry_run = p.dry_run || opts.dry_run.as_ref().is_some_and(|d| d.iter().any(|x| x == "All"));
+    let pre = opts.preconditions.as_ref();
+    for _ in 0..MAX_RETRIES {
+        let Some(current) = store.get(&key).map_err(|e| ApiError::from_store(e, kind, name))? else {
+            return Err(ApiError::not_found(kind, name));
+        };
+        if let Some(uid) = pre.and_then(|p| p.uid.as_deref())
+            && meta_str(&current.object, "uid") != Some(uid)
+        {
+            return Err(ApiError::conflict(kind, name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&current.object, "uid").unwrap_or(""))));
+        }
+        if let Some(rv) = pre.and_then(|p| p.resource_version.as_deref())
+            && rv != current.revision.to_string()
+        {
+            return Err(ApiError::conflict(kind, name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.revision)));
+        }
+        let op = if finalizers(&current.object).is_empty() {
+            WriteOp::Delete { key: key.clone(), precondition: Precondition::Revision(current.revision) }
+        } else if meta_str(&current.object, "deletionTimestamp").is_some() {
+            return Ok(Written { code: StatusCode::ACCEPTED, object: current.object, warnings: vec![] });
+        } else {
+            let mut next = current.object.clone();
+            let g = generation(&next);
+            let m = meta_mut(&mut next)?;
+            m.insert("deletionTimestamp".into(), now_string().into());
+            m.insert("deletionGracePeriodSeconds".into(), 0.into());
+            m.insert("generation".into(), (g + 1).into());
+            WriteOp::Put { key: key.clone(), value: next, precondition: Precondition::Revision(current.revision) }
+        };
+        let graceful = matches!(op, WriteOp::Put { .. });
+        if dry_run {
+            return Ok(Written { code: StatusCode::OK, object: current.object, warnings: vec![] });
+        }
+        match store.write(op).await {
+            Ok(c) => {
+                tracing::info!(kind = kind.kind, name, revision = c.revision, graceful, "delete");
+                let code = if graceful { StatusCode::ACCEPTED } else { StatusCode::OK };
+                return Ok(Written { code, object: c.object, warnings: vec![] });
+            }
+            Err(groundwork_store::StoreError::Conflict { .. }) if pre.is_none_or(|p| p.resource_version.is_none()) => continue,
+            Err(e) => return Err(ApiError::from_store(e, kind, name)),
+        }
+    }
+    Err(ApiError::conflict(kind, name, "too many concurrent writes to this object; retry"))
+}

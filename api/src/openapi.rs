@@ -1,0 +1,155 @@
+//! OpenAPI v3 for the kinds, generated from the Rust types (schemars, via the CRD schema).
+//! kubectl needs a PATCH operation with a `fieldValidation` parameter to hand validation to the
+//! server, and component schemas tagged with their group-version-kind for `kubectl explain`.
+
+use std::sync::OnceLock;
+
+use groundwork_types::{KindInfo, all_kinds};
+use serde_json::{Value, json};
+
+use crate::ApiError;
+
+fn schema_name(k: &KindInfo) -> String {
+    if k.group.is_empty() {
+        format!("io.k8s.api.core.{}.{}", k.version, k.kind)
+    } else {
+        let rev: Vec<&str> = k.group.split('.').rev().collect();
+        format!("{}.{}.{}", rev.join("."), k.version, k.kind)
+    }
+}
+
+fn kind_schema(k: &KindInfo) -> Value {
+    let mut schema = match k.crd {
+        Some(crd) => crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
+        None => json!({
+            "type": "object",
+            "description": "Event is a report of an event somewhere in the cluster (core/v1).",
+            "x-kubernetes-preserve-unknown-fields": true,
+        }),
+    };
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.insert("apiVersion".into(), json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."}));
+        props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
+        props.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata (ObjectMeta).", "x-kubernetes-preserve-unknown-fields": true}));
+    }
+    schema["x-kubernetes-group-version-kind"] = json!([{"group": k.group, "version": k.version, "kind": k.kind}]);
+    schema
+}
+
+fn params(names: &[&str]) -> Value {
+    Value::Array(names.iter().map(|n| json!({"name": n, "in": "query", "schema": {"type": "string"}, "uniqueItems": true})).collect())
+}
+
+fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
+    let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
+    let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(k))});
+    let body = json!({"content": {"application/json": {"schema": reference}}});
+    let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
+    let write_params = params(&["dryRun", "fieldManager", "fieldValidation"]);
+    let patch_body = json!({"content": {
+        "application/merge-patch+json": {"schema": {"type": "object"}},
+        "application/json-patch+json": {"schema": {"type": "object"}},
+        "application/apply-patch+yaml": {"schema": {"type": "object"}},
+    }});
+    // No strategic-merge-patch here, as for real custom resources: kubectl then computes a
+    // JSON merge patch (from the last-applied annotation) instead of a strategic one.
+    let op = |verb: &str, action: &str, extra: Value| {
+        let mut o = json!({
+            "operationId": format!("{verb}{}", k.kind), "x-kubernetes-action": action,
+            "x-kubernetes-group-version-kind": gvk, "responses": ok,
+        });
+        if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        o
+    };
+    let ns = if k.namespaced { "/namespaces/{namespace}" } else { "" };
+    let collection = format!("{prefix}{ns}/{}", k.plural);
+    let item = format!("{collection}/{{name}}");
+    let mut out = vec![
+        (
+            collection,
+            json!({
+                "get": op("list", "list", json!({"parameters": params(&["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "allowWatchBookmarks", "timeoutSeconds"])})),
+                "post": op("create", "post", json!({"parameters": write_params, "requestBody": body})),
+            }),
+        ),
+        (
+            item.clone(),
+            json!({
+                "get": op("read", "get", json!({})),
+                "put": op("replace", "put", json!({"parameters": write_params, "requestBody": body})),
+                "patch": op("patch", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
+                "delete": op("delete", "delete", json!({"parameters": params(&["dryRun"])})),
+            }),
+        ),
+    ];
+    if k.has_status {
+        out.push((
+            format!("{item}/status"),
+            json!({
+                "get": op("read", "get", json!({})),
+                "put": op("replace", "put", json!({"parameters": write_params, "requestBody": body})),
+                "patch": op("patch", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
+            }),
+        ));
+    }
+    out
+}
+
+fn document(group: &str, version: &str) -> Value {
+    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let mut paths = serde_json::Map::new();
+    let mut schemas = serde_json::Map::new();
+    for k in all_kinds().iter().filter(|k| k.group == group && k.version == version) {
+        for (p, ops) in operations(k, &prefix) {
+            paths.insert(p, ops);
+        }
+        schemas.insert(schema_name(k), kind_schema(k));
+    }
+    json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Groundwork", "version": version},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+struct Docs {
+    groundwork: Value,
+    core: Value,
+    hash_groundwork: String,
+    hash_core: String,
+}
+
+fn docs() -> &'static Docs {
+    static DOCS: OnceLock<Docs> = OnceLock::new();
+    DOCS.get_or_init(|| {
+        let groundwork = document(groundwork_types::GROUP, groundwork_types::VERSION);
+        let core = document("", "v1");
+        let hash = |v: &Value| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            v.to_string().hash(&mut h);
+            format!("{:016X}", h.finish())
+        };
+        Docs { hash_groundwork: hash(&groundwork), hash_core: hash(&core), groundwork, core }
+    })
+}
+
+pub(crate) fn index() -> Value {
+    let d = docs();
+    json!({"paths": {
+        format!("apis/{}/{}", groundwork_types::GROUP, groundwork_types::VERSION): {"serverRelativeURL": format!("/openapi/v3/apis/{}/{}?hash={}", groundwork_types::GROUP, groundwork_types::VERSION, d.hash_groundwork)},
+        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", d.hash_core)},
+    }})
+}
+
+pub(crate) fn group_version(path: &str) -> Result<Value, ApiError> {
+    let d = docs();
+    match path {
+        "apis/groundwork.dev/v1alpha1" => Ok(d.groundwork.clone()),
+        "api/v1" => Ok(d.core.clone()),
+        other => Err(ApiError::NotFound { what: format!("OpenAPI document {other:?}"), kind: None, name: other.into() }),
+    }
+}
