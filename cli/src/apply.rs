@@ -27,7 +27,7 @@ pub fn three_way_merge_patch(original: &Value, modified: &Value, current: &Value
                     patch.insert(k.clone(), Value::Object(sub));
                 }
             }
-            _ if cv == Some(mv) => {}
+            _ if cv.is_some_and(|cv| same(cv, mv)) => {}
             _ => {
                 patch.insert(k.clone(), mv.clone());
             }
@@ -41,6 +41,16 @@ pub fn three_way_merge_patch(original: &Value, modified: &Value, current: &Value
         }
     }
     patch
+}
+
+/// JSON equality with numbers compared by value (the server may render 10 as 10.0).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        _ => a == b,
+    }
 }
 
 fn kind_of(m: &Manifest) -> anyhow::Result<&'static KindInfo> {
@@ -99,9 +109,14 @@ async fn apply_one(api: &client::Api, kind: &'static KindInfo, m: &Manifest, dry
     let label = format!("{}/{name}", kind.singular);
     // What the file says, plus the annotation recording it.
     let mut modified = m.object.clone();
+    // Recorded exactly as kubectl records it (an empty annotations map stays), so kubectl
+    // and groundwork agree on what was last applied.
     let mut recorded = m.object.clone();
-    if let Some(a) = recorded.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
-        a.remove(LAST_APPLIED);
+    if let Some(meta) = recorded.get_mut("metadata").and_then(Value::as_object_mut) {
+        let a = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+        if let Some(a) = a.as_object_mut() {
+            a.remove(LAST_APPLIED);
+        }
     }
     let recorded_text = format!("{}\n", serde_json::to_string(&recorded)?);
     let meta = modified.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut).expect("name checked");
@@ -151,7 +166,7 @@ mod tests {
         let p = three_way_merge_patch(&original, &modified, &current);
         assert_eq!(Value::Object(p), json!({"spec": {"b": null, "list": [1, 2]}}));
         assert!(three_way_merge_patch(&modified, &modified, &current.clone()).get("spec").is_some());
-        let same = json!({"spec": {"a": 1, "list": [1, 2], "extra": 3}});
+        let same = json!({"spec": {"a": 1.0, "list": [1, 2], "extra": 3}});
         assert!(three_way_merge_patch(&modified, &modified, &same).is_empty());
     }
 }

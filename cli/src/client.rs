@@ -21,7 +21,13 @@ pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<Api> 
                 .await
                 .with_context(|| format!("using kubeconfig {}", p.display()))?
         }
-        None => kube::Config::infer().await.context("no kubeconfig: pass --kubeconfig or set KUBECONFIG")?,
+        None => kube::Config::infer().await.map_err(|e| {
+            tracing::debug!(error = %e, "kubeconfig inference failed");
+            anyhow::anyhow!(
+                "no kubeconfig found: pass --kubeconfig FILE or set KUBECONFIG \
+                 (`groundwork server` writes DATA_DIR/kubeconfig)"
+            )
+        })?,
     };
     Ok(Api { client: kube::Client::try_from(config)? })
 }

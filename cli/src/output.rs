@@ -56,7 +56,7 @@ pub(crate) fn print_aligned(header: &[String], rows: &[Vec<String>]) {
 
 fn cell(v: &Value) -> String {
     match v {
-        Value::Null => "<none>".into(),
+        Value::Null => String::new(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
     }

@@ -120,6 +120,7 @@ const NODE_COLUMNS: &[Column] = &[
     Column { name: "U", json_path: ".spec.rack.position", type_: "integer", priority: 1, description: "Lowest rack unit" },
     Column { name: "Profile", json_path: ".status.profile", type_: "string", priority: 0, description: "Assigned profile" },
     Column { name: "BMC", json_path: ".spec.bmc.address", type_: "string", priority: 1, description: "" },
+    Column { name: "Online", json_path: ".spec.online", type_: "boolean", priority: 1, description: "Desired power" },
     AGE,
 ];
 const PROFILE_COLUMNS: &[Column] = &[

@@ -34,9 +34,10 @@ pub struct NodeSpec {
     /// MAC addresses of the NICs the machine PXE-boots from.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "bootMACs")]
     pub boot_macs: Vec<String>,
-    /// Desired power state; absent means "leave as is".
+    /// Desired power: true = on, false = off, absent = leave as it is. (A boolean rather than
+    /// On/Off, because YAML 1.1 reads an unquoted `On` as `true`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub power: Option<PowerState>,
+    pub online: Option<bool>,
     /// Device for the next boot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_boot: Option<BootDevice>,
