@@ -19,6 +19,7 @@ use crate::validate::{FieldError, Validate, check_cidr, check_ip, check_non_nega
     shortname = "dc",
     category = "groundwork",
     status = "DatacenterStatus",
+    doc = "A datacenter: availability zones, network design, boot networks, power and cooling budgets.",
     derive = "PartialEq",
     derive = "Default"
 )]

@@ -20,6 +20,7 @@ use crate::validate::{FieldError, Validate, check_ip, check_mac, check_non_negat
     shortname = "gn",
     category = "groundwork",
     status = "NodeStatus",
+    doc = "A physical machine: rack position, BMC, boot NICs, desired power and provisioning state.",
     derive = "PartialEq",
     derive = "Default"
 )]

@@ -17,6 +17,7 @@ use crate::validate::{FieldError, Validate, check_unique};
     shortname = "prof",
     category = "groundwork",
     status = "ProfileStatus",
+    doc = "A machine profile: which Nodes it matches, how they boot, the OS image and machine configuration.",
     derive = "PartialEq",
     derive = "Default"
 )]

@@ -21,6 +21,7 @@ fn default_height() -> u32 {
     shortname = "rk",
     category = "groundwork",
     status = "RackStatus",
+    doc = "A rack in a datacenter zone: height, power budget, PDUs; its elevation is derived from Nodes.",
     derive = "PartialEq"
 )]
 #[serde(rename_all = "camelCase")]

@@ -19,6 +19,7 @@ use crate::validate::{FieldError, Validate, check_name, check_unique};
     shortname = "stack",
     category = "groundwork",
     status = "ServiceStackStatus",
+    doc = "The platform service layers (Vault, Consul, Nomad, ...) in dependency order.",
     derive = "PartialEq",
     derive = "Default"
 )]

@@ -1,0 +1,219 @@
+//! Test harness: runs the real `groundwork` binary on 127.0.0.1 with a fresh data directory,
+//! and real `kubectl` against it. Every process started is killed when its guard drops, and
+//! every wait is bounded.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_groundwork");
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A running `groundwork server`.
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub kubeconfig: PathBuf,
+    pub url: String,
+    extra: Vec<String>,
+}
+
+impl Server {
+    pub fn start() -> Server {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = Server {
+            kubeconfig: dir.path().join("kubeconfig"),
+            dir,
+            child: None,
+            url: String::new(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.launch();
+        s
+    }
+
+    fn launch(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log file");
+        let child = Command::new(BIN)
+            .args(["server", "--data-dir"])
+            .arg(self.dir.path())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start groundwork server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.kubeconfig.exists() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("server exited early ({status}); log:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "server did not write its kubeconfig in 20 s; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let kc = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        self.url = kc.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_string();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig parses");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kube config");
+        kube::Client::try_from(cfg).expect("kube client")
+    }
+
+    /// Runs kubectl against this server, bounded by 60 s.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_env(args, &[])
+    }
+
+    pub fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.arg("60").arg("kubectl").args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", self.dir.path());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("run kubectl")
+    }
+
+    /// Starts kubectl in the background (killed on drop of the guard).
+    pub fn kubectl_bg(&self, args: &[&str]) -> Bg {
+        let child = Command::new("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start kubectl");
+        Bg::new(child)
+    }
+
+    /// Runs `groundwork <args>` against this server.
+    pub fn groundwork(&self, args: &[&str]) -> Output {
+        Command::new("timeout").arg("60").arg(BIN).args(args).env("KUBECONFIG", &self.kubeconfig).output().expect("run groundwork")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A background process whose stdout lines arrive on a channel.
+pub struct Bg {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Bg {
+    fn new(mut child: Child) -> Bg {
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Bg { child, lines: rx }
+    }
+
+    /// Waits (bounded) for a stdout line containing `needle`.
+    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(needle) => return Some(l),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Exit status if it has exited within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut s = String::new();
+        if let Some(e) = self.child.stderr.as_mut() {
+            let _ = e.read_to_string(&mut s);
+        }
+        s
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[track_caller]
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "command failed: {}", text(&o));
+    stdout(&o)
+}
+
+pub fn manifests() -> PathBuf {
+    repo_root().join("manifests")
+}
+
+pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write file");
+    p
+}
