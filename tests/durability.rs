@@ -39,7 +39,12 @@ async fn sigkill_loses_no_acknowledged_write() {
         writers.push(tokio::spawn(async move {
             for i in 0..100_000 {
                 let name = format!("w{w}-{i}");
-                match tokio::time::timeout(Duration::from_secs(5), api.create(&PostParams::default(), &rack(&name))).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    api.create(&PostParams::default(), &rack(&name)),
+                )
+                .await
+                {
                     Ok(Ok(_)) => acked.lock().unwrap().push(name),
                     _ => return,
                 }
@@ -52,16 +57,44 @@ async fn sigkill_loses_no_acknowledged_write() {
         let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 20, "too few writes acknowledged before the kill: {}", acked.len());
+    assert!(
+        acked.len() > 20,
+        "too few writes acknowledged before the kill: {}",
+        acked.len()
+    );
     s.restart();
     let api: kube::Api<Rack> = kube::Api::all(s.client().await);
-    let stored: BTreeSet<String> = api.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|r| r.metadata.name).collect();
+    let stored: BTreeSet<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.name)
+        .collect();
     let missing: Vec<&String> = acked.iter().filter(|n| !stored.contains(*n)).collect();
-    assert!(missing.is_empty(), "{} of {} acknowledged writes lost, e.g. {:?}", missing.len(), acked.len(), &missing[..missing.len().min(5)]);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
     // Revisions are unique: nothing applied twice.
-    let rvs: BTreeSet<String> = api.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|r| r.metadata.resource_version).collect();
+    let rvs: BTreeSet<String> = api
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|r| r.metadata.resource_version)
+        .collect();
     assert_eq!(rvs.len(), stored.len());
-    eprintln!("acknowledged {} writes before SIGKILL; all {} present after restart", acked.len(), acked.len());
+    eprintln!(
+        "acknowledged {} writes before SIGKILL; all {} present after restart",
+        acked.len(),
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,14 +102,19 @@ async fn watch_resumed_from_last_revision_misses_nothing() {
     let s = Server::start();
     let client = s.client().await;
     let api: kube::Api<Rack> = kube::Api::all(client.clone());
-    let r = api.create(&PostParams::default(), &rack("r")).await.unwrap();
+    let r = api
+        .create(&PostParams::default(), &rack("r"))
+        .await
+        .unwrap();
     let start_rv = r.metadata.resource_version.unwrap();
     let writer = {
         let api = api.clone();
         tokio::spawn(async move {
             for i in 1..=300u32 {
                 let p = json!({"metadata": {"labels": {"seq": i.to_string()}}});
-                api.patch("r", &PatchParams::default(), &Patch::Merge(&p)).await.unwrap();
+                api.patch("r", &PatchParams::default(), &Patch::Merge(&p))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -84,9 +122,17 @@ async fn watch_resumed_from_last_revision_misses_nothing() {
     let mut seen = Vec::new();
     let mut rv = start_rv;
     while seen.len() < 300 {
-        let mut stream = api.watch(&WatchParams::default().timeout(2), &rv).await.unwrap().boxed();
+        let mut stream = api
+            .watch(&WatchParams::default().timeout(2), &rv)
+            .await
+            .unwrap()
+            .boxed();
         let mut taken = 0;
-        while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.expect("watch stalled").unwrap() {
+        while let Some(ev) = tokio::time::timeout(Duration::from_secs(10), stream.try_next())
+            .await
+            .expect("watch stalled")
+            .unwrap()
+        {
             match ev {
                 WatchEvent::Modified(o) => {
                     rv = o.metadata.resource_version.clone().unwrap();
@@ -102,7 +148,11 @@ async fn watch_resumed_from_last_revision_misses_nothing() {
         }
     }
     writer.await.unwrap();
-    assert_eq!(seen, (1..=300).collect::<Vec<_>>(), "events missed or repeated across reconnects");
+    assert_eq!(
+        seen,
+        (1..=300).collect::<Vec<_>>(),
+        "events missed or repeated across reconnects"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,13 +160,25 @@ async fn compacted_revision_gives_410_and_watcher_relists() {
     let s = Server::start_with(&["--history-retention", "10"]);
     let client = s.client().await;
     let api: kube::Api<Rack> = kube::Api::all(client.clone());
-    let first = api.create(&PostParams::default(), &rack("r0")).await.unwrap();
+    let first = api
+        .create(&PostParams::default(), &rack("r0"))
+        .await
+        .unwrap();
     for i in 1..50 {
-        api.create(&PostParams::default(), &rack(&format!("r{i}"))).await.unwrap();
+        api.create(&PostParams::default(), &rack(&format!("r{i}")))
+            .await
+            .unwrap();
     }
     let old = first.metadata.resource_version.unwrap();
-    let mut stream = api.watch(&WatchParams::default(), &old).await.unwrap().boxed();
-    match tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("no answer") {
+    let mut stream = api
+        .watch(&WatchParams::default(), &old)
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no answer")
+    {
         Some(Ok(WatchEvent::Error(e))) => {
             assert_eq!(e.code, 410);
             assert_eq!(e.reason, "Expired");
@@ -129,7 +191,11 @@ async fn compacted_revision_gives_410_and_watcher_relists() {
     let mut objs = Box::pin(objs);
     let mut count = 0;
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), objs.try_next()).await.expect("watcher stalled").unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), objs.try_next())
+            .await
+            .expect("watcher stalled")
+            .unwrap()
+        {
             Some(kube::runtime::watcher::Event::InitApply(_)) => count += 1,
             Some(kube::runtime::watcher::Event::InitDone) => break,
             _ => {}
@@ -144,7 +210,13 @@ async fn list_pagination_and_selectors() {
     let api: kube::Api<Rack> = kube::Api::all(s.client().await);
     for i in 0..25 {
         let mut r = rack(&format!("r{i:02}"));
-        r.metadata.labels = Some([("parity".to_string(), if i % 2 == 0 { "even" } else { "odd" }.to_string())].into());
+        r.metadata.labels = Some(
+            [(
+                "parity".to_string(),
+                if i % 2 == 0 { "even" } else { "odd" }.to_string(),
+            )]
+            .into(),
+        );
         api.create(&PostParams::default(), &r).await.unwrap();
     }
     let mut names = Vec::new();
@@ -160,11 +232,26 @@ async fn list_pagination_and_selectors() {
             _ => break,
         }
     }
-    assert_eq!(names, (0..25).map(|i| format!("r{i:02}")).collect::<Vec<_>>());
-    let odd = api.list(&ListParams::default().labels("parity=odd")).await.unwrap();
+    assert_eq!(
+        names,
+        (0..25).map(|i| format!("r{i:02}")).collect::<Vec<_>>()
+    );
+    let odd = api
+        .list(&ListParams::default().labels("parity=odd"))
+        .await
+        .unwrap();
     assert_eq!(odd.items.len(), 12);
-    let one = api.list(&ListParams::default().fields("metadata.name=r03")).await.unwrap();
+    let one = api
+        .list(&ListParams::default().fields("metadata.name=r03"))
+        .await
+        .unwrap();
     assert_eq!(one.items.len(), 1);
-    let bad = api.list(&ListParams::default().fields("spec.heightU=42")).await.unwrap_err();
-    assert!(matches!(bad, kube::Error::Api(ref s) if s.code == 400), "{bad:?}");
+    let bad = api
+        .list(&ListParams::default().fields("spec.heightU=42"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(bad, kube::Error::Api(ref s) if s.code == 400),
+        "{bad:?}"
+    );
 }

@@ -16,7 +16,11 @@ fn apply_manifests_twice_then_get_and_describe() {
     let first = ok(s.kubectl(&["apply", "-f", m.to_str().unwrap()]));
     assert_eq!(first.matches(" created").count(), 10, "{first}");
     let second = ok(s.kubectl(&["apply", "-f", m.to_str().unwrap()]));
-    assert_eq!(second.matches(" unchanged").count(), 10, "second apply changed something:\n{second}");
+    assert_eq!(
+        second.matches(" unchanged").count(),
+        10,
+        "second apply changed something:\n{second}"
+    );
     // Our own CLI agrees that nothing changed (same last-applied annotation as kubectl).
     let ours = ok(s.groundwork(&["apply", "-f", m.to_str().unwrap()]));
     assert_eq!(ours.matches(" unchanged").count(), 10, "{ours}");
@@ -32,7 +36,10 @@ fn apply_manifests_twice_then_get_and_describe() {
     }
     assert!(table.contains("rack-a1"), "{table}");
     let described = ok(s.kubectl(&["describe", "nodes.groundwork.dev", "server-1"]));
-    assert!(described.contains("server-1") && described.contains("Events:"), "{described}");
+    assert!(
+        described.contains("server-1") && described.contains("Events:"),
+        "{described}"
+    );
     let explained = ok(s.kubectl(&["explain", "racks.spec.heightU"]));
     assert!(explained.contains("heightU"), "{explained}");
 }
@@ -42,59 +49,151 @@ async fn get_watch_sees_status_written_by_another_client_and_wait_returns() {
     let s = Server::start();
     ok(s.kubectl(&["apply", "-f", manifests().to_str().unwrap()]));
     let watch = s.kubectl_bg(&["get", "nodes.groundwork.dev", "server-2", "-w"]);
-    assert!(watch.wait_line("server-2", Duration::from_secs(15)).is_some(), "initial row");
-    let mut wait = s.kubectl_bg(&["wait", "--for=condition=Inventoried", "nodes.groundwork.dev/server-2", "--timeout=30s"]);
+    assert!(
+        watch
+            .wait_line("server-2", Duration::from_secs(15))
+            .is_some(),
+        "initial row"
+    );
+    let mut wait = s.kubectl_bg(&[
+        "wait",
+        "--for=condition=Inventoried",
+        "nodes.groundwork.dev/server-2",
+        "--timeout=30s",
+    ]);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(wait.wait_exit(Duration::from_millis(10)).is_none(), "wait returned before the condition was set");
+    assert!(
+        wait.wait_exit(Duration::from_millis(10)).is_none(),
+        "wait returned before the condition was set"
+    );
 
     let nodes: kube::Api<Node> = kube::Api::all(s.client().await);
     let status = json!({"status": {"phase": "Inventoried", "power": "On", "conditions": [{
         "type": "Inventoried", "status": "True", "reason": "AgentReported", "message": "inventory received",
         "lastTransitionTime": "2026-11-24T00:00:00Z"}]}});
-    nodes.patch_status("server-2", &PatchParams::default(), &Patch::Merge(&status)).await.expect("patch_status");
+    nodes
+        .patch_status("server-2", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("patch_status");
 
     let line = watch.wait_line("Inventoried", Duration::from_secs(15));
-    assert!(line.is_some(), "kubectl get -w did not show the status change");
-    let st = wait.wait_exit(Duration::from_secs(20)).expect("kubectl wait did not return");
+    assert!(
+        line.is_some(),
+        "kubectl get -w did not show the status change"
+    );
+    let st = wait
+        .wait_exit(Duration::from_secs(20))
+        .expect("kubectl wait did not return");
     assert!(st.success(), "kubectl wait failed: {}", wait.stderr());
 
     // Status writes do not bump generation; spec writes do.
     let n = nodes.get("server-2").await.unwrap();
     assert_eq!(n.metadata.generation, Some(1));
-    nodes.patch("server-2", &PatchParams::default(), &Patch::Merge(&json!({"spec": {"online": false}}))).await.unwrap();
+    nodes
+        .patch(
+            "server-2",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"spec": {"online": false}})),
+        )
+        .await
+        .unwrap();
     let n = nodes.get("server-2").await.unwrap();
     assert_eq!(n.metadata.generation, Some(2));
-    assert_eq!(n.status.unwrap().phase, Some(groundwork_types::NodePhase::Inventoried), "spec writes keep status");
+    assert_eq!(
+        n.status.unwrap().phase,
+        Some(groundwork_types::NodePhase::Inventoried),
+        "spec writes keep status"
+    );
 }
 
 #[test]
 fn edit_with_a_scripted_editor() {
     let s = Server::start();
-    ok(s.kubectl(&["apply", "-f", manifests().join("10-rack.yaml").to_str().unwrap()]));
-    let editor = write(s.dir.path(), "editor.sh", "#!/bin/sh\nsed -i 's/heightU: 42/heightU: 40/' \"$1\"\n");
+    ok(s.kubectl(&[
+        "apply",
+        "-f",
+        manifests().join("10-rack.yaml").to_str().unwrap(),
+    ]));
+    let editor = write(
+        s.dir.path(),
+        "editor.sh",
+        "#!/bin/sh\nsed -i 's/heightU: 42/heightU: 40/' \"$1\"\n",
+    );
     std::fs::set_permissions(&editor, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let out = s.kubectl_env(&["edit", "racks.groundwork.dev", "rack-a1"], &[("KUBE_EDITOR", editor.to_str().unwrap())]);
+    let out = s.kubectl_env(
+        &["edit", "racks.groundwork.dev", "rack-a1"],
+        &[("KUBE_EDITOR", editor.to_str().unwrap())],
+    );
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("edited"), "{}", text(&out));
-    let got = ok(s.kubectl(&["get", "racks.groundwork.dev", "rack-a1", "-o", "jsonpath={.spec.heightU} {.metadata.generation}"]));
+    let got = ok(s.kubectl(&[
+        "get",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "-o",
+        "jsonpath={.spec.heightU} {.metadata.generation}",
+    ]));
     assert_eq!(got, "40 2");
 }
 
 #[test]
 fn delete_waits_for_finalizers() {
     let s = Server::start();
-    ok(s.kubectl(&["apply", "-f", manifests().join("10-rack.yaml").to_str().unwrap()]));
-    ok(s.kubectl(&["patch", "racks.groundwork.dev", "rack-a1", "--type", "merge", "-p", r#"{"metadata":{"finalizers":["groundwork.dev/test"]}}"#]));
+    ok(s.kubectl(&[
+        "apply",
+        "-f",
+        manifests().join("10-rack.yaml").to_str().unwrap(),
+    ]));
+    ok(s.kubectl(&[
+        "patch",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["groundwork.dev/test"]}}"#,
+    ]));
     let mut del = s.kubectl_bg(&["delete", "racks.groundwork.dev", "rack-a1", "--timeout=60s"]);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(del.wait_exit(Duration::from_millis(10)).is_none(), "delete returned while a finalizer remained");
-    let ts = ok(s.kubectl(&["get", "racks.groundwork.dev", "rack-a1", "-o", "jsonpath={.metadata.deletionTimestamp}"]));
+    assert!(
+        del.wait_exit(Duration::from_millis(10)).is_none(),
+        "delete returned while a finalizer remained"
+    );
+    let ts = ok(s.kubectl(&[
+        "get",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "-o",
+        "jsonpath={.metadata.deletionTimestamp}",
+    ]));
     assert!(!ts.is_empty(), "deletionTimestamp not set");
     // No new finalizers once deleting.
-    let add = s.kubectl(&["patch", "racks.groundwork.dev", "rack-a1", "--type", "merge", "-p", r#"{"metadata":{"finalizers":["groundwork.dev/test","x/y"]}}"#]);
-    assert!(!add.status.success() && text(&add).contains("no new finalizers"), "{}", text(&add));
-    ok(s.kubectl(&["patch", "racks.groundwork.dev", "rack-a1", "--type", "json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]));
-    let st = del.wait_exit(Duration::from_secs(30)).expect("delete did not return after the finalizer was removed");
+    let add = s.kubectl(&[
+        "patch",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["groundwork.dev/test","x/y"]}}"#,
+    ]);
+    assert!(
+        !add.status.success() && text(&add).contains("no new finalizers"),
+        "{}",
+        text(&add)
+    );
+    ok(s.kubectl(&[
+        "patch",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]));
+    let st = del
+        .wait_exit(Duration::from_secs(30))
+        .expect("delete did not return after the finalizer was removed");
     assert!(st.success(), "{}", del.stderr());
     let gone = s.kubectl(&["get", "racks.groundwork.dev", "rack-a1"]);
     assert!(text(&gone).contains("NotFound"), "{}", text(&gone));
@@ -103,41 +202,113 @@ fn delete_waits_for_finalizers() {
 #[test]
 fn stale_update_gets_409() {
     let s = Server::start();
-    ok(s.kubectl(&["apply", "-f", manifests().join("10-rack.yaml").to_str().unwrap()]));
+    ok(s.kubectl(&[
+        "apply",
+        "-f",
+        manifests().join("10-rack.yaml").to_str().unwrap(),
+    ]));
     let stale = ok(s.kubectl(&["get", "racks.groundwork.dev", "rack-a1", "-o", "json"]));
-    ok(s.kubectl(&["patch", "racks.groundwork.dev", "rack-a1", "--type", "merge", "-p", r#"{"spec":{"heightU":44}}"#]));
-    let f = write(s.dir.path(), "stale.json", &stale.replace("\"heightU\": 42", "\"heightU\": 45"));
+    ok(s.kubectl(&[
+        "patch",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"heightU":44}}"#,
+    ]));
+    let f = write(
+        s.dir.path(),
+        "stale.json",
+        &stale.replace("\"heightU\": 42", "\"heightU\": 45"),
+    );
     let out = s.kubectl(&["replace", "-f", f.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("Conflict") && text(&out).contains("has been modified"), "{}", text(&out));
-    let got = ok(s.kubectl(&["get", "racks.groundwork.dev", "rack-a1", "-o", "jsonpath={.spec.heightU}"]));
+    assert!(
+        text(&out).contains("Conflict") && text(&out).contains("has been modified"),
+        "{}",
+        text(&out)
+    );
+    let got = ok(s.kubectl(&[
+        "get",
+        "racks.groundwork.dev",
+        "rack-a1",
+        "-o",
+        "jsonpath={.spec.heightU}",
+    ]));
     assert_eq!(got, "44");
 }
 
 #[test]
 fn invalid_manifests_name_the_field_and_store_nothing() {
     let s = Server::start();
-    ok(s.kubectl(&["apply", "-f", manifests().join("10-rack.yaml").to_str().unwrap()]));
+    ok(s.kubectl(&[
+        "apply",
+        "-f",
+        manifests().join("10-rack.yaml").to_str().unwrap(),
+    ]));
     let before = ok(s.kubectl(&["get", "--raw", "/apis/groundwork.dev/v1alpha1/nodes"]));
     let cases = [
-        ("bad-mac", "spec:\n  bootMACs: [\"52:54:00:zz:00:01\"]\n", "spec.bootMACs[0]"),
-        ("unknown", "spec:\n  bogus: 1\n", "unknown field \"spec.bogus\""),
-        ("wrong-type", "spec:\n  rack: {name: rack-a1, position: first}\n", "spec.rack.position"),
-        ("too-high", "spec:\n  rack: {name: rack-a1, position: 42, heightU: 2}\n", "spec.rack.position"),
+        (
+            "bad-mac",
+            "spec:\n  bootMACs: [\"52:54:00:zz:00:01\"]\n",
+            "spec.bootMACs[0]",
+        ),
+        (
+            "unknown",
+            "spec:\n  bogus: 1\n",
+            "unknown field \"spec.bogus\"",
+        ),
+        (
+            "wrong-type",
+            "spec:\n  rack: {name: rack-a1, position: first}\n",
+            "spec.rack.position",
+        ),
+        (
+            "too-high",
+            "spec:\n  rack: {name: rack-a1, position: 42, heightU: 2}\n",
+            "spec.rack.position",
+        ),
         ("Bad_Name", "spec: {}\n", "metadata.name"),
     ];
     for (name, body, needle) in cases {
-        let f = write(s.dir.path(), "bad.yaml", &format!("apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata:\n  name: {name}\n{body}"));
+        let f = write(
+            s.dir.path(),
+            "bad.yaml",
+            &format!(
+                "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata:\n  name: {name}\n{body}"
+            ),
+        );
         let out = s.kubectl(&["apply", "-f", f.to_str().unwrap()]);
         assert!(!out.status.success(), "{name} was accepted");
-        assert!(text(&out).contains(needle), "{name}: error does not name {needle}: {}", text(&out));
+        assert!(
+            text(&out).contains(needle),
+            "{name}: error does not name {needle}: {}",
+            text(&out)
+        );
     }
-    let malformed = write(s.dir.path(), "malformed.yaml", "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: x\n");
-    assert!(!s.kubectl(&["apply", "-f", malformed.to_str().unwrap()]).status.success());
+    let malformed = write(
+        s.dir.path(),
+        "malformed.yaml",
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: x\n",
+    );
+    assert!(
+        !s.kubectl(&["apply", "-f", malformed.to_str().unwrap()])
+            .status
+            .success()
+    );
     let after = ok(s.kubectl(&["get", "--raw", "/apis/groundwork.dev/v1alpha1/nodes"]));
     assert_eq!(before, after, "a rejected write changed the store");
     // The Status object carries the field in details.causes.
-    let f = write(s.dir.path(), "bad.json", r#"{"apiVersion":"groundwork.dev/v1alpha1","kind":"Node","metadata":{"name":"n"},"spec":{"bootMACs":["nope"]}}"#);
+    let f = write(
+        s.dir.path(),
+        "bad.json",
+        r#"{"apiVersion":"groundwork.dev/v1alpha1","kind":"Node","metadata":{"name":"n"},"spec":{"bootMACs":["nope"]}}"#,
+    );
     let out = s.kubectl(&["create", "-f", f.to_str().unwrap(), "-v=8"]);
-    assert!(text(&out).contains(r#"field\":\"spec.bootMACs[0]"#), "{}", text(&out));
+    assert!(
+        text(&out).contains(r#"field\":\"spec.bootMACs[0]"#),
+        "{}",
+        text(&out)
+    );
 }

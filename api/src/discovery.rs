@@ -8,9 +8,19 @@ use serde_json::{Value, json};
 use crate::ApiError;
 
 const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
-const AGGREGATED_BETA: &str = "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
+const AGGREGATED_BETA: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList";
 
-const VERBS: [&str; 8] = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: [&str; 8] = [
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub(crate) fn version() -> Value {
     json!({
@@ -28,7 +38,11 @@ fn aggregated_accept(headers: &HeaderMap) -> Option<&'static str> {
     for part in accept.split(',') {
         let p: String = part.split(';').map(str::trim).collect::<Vec<_>>().join(";");
         if p.contains("g=apidiscovery.k8s.io") && p.contains("as=APIGroupDiscoveryList") {
-            return Some(if p.contains("v=v2beta1") { AGGREGATED_BETA } else { AGGREGATED });
+            return Some(if p.contains("v=v2beta1") {
+                AGGREGATED_BETA
+            } else {
+                AGGREGATED
+            });
         }
     }
     None
@@ -63,7 +77,8 @@ fn aggregated_list(group: &str, version: &str, api_version: &str) -> Value {
 
 fn respond(value: Value, content_type: &'static str) -> Response {
     let mut resp = axum::Json(value).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
 }
 
@@ -78,7 +93,11 @@ pub(crate) fn api(headers: &HeaderMap) -> Response {
 }
 
 fn api_version_of(ct: &str) -> &'static str {
-    if ct == AGGREGATED_BETA { "apidiscovery.k8s.io/v2beta1" } else { "apidiscovery.k8s.io/v2" }
+    if ct == AGGREGATED_BETA {
+        "apidiscovery.k8s.io/v2beta1"
+    } else {
+        "apidiscovery.k8s.io/v2"
+    }
 }
 
 fn group_entry() -> Value {
@@ -89,13 +108,20 @@ fn group_entry() -> Value {
 pub(crate) fn apis(headers: &HeaderMap) -> Response {
     match aggregated_accept(headers) {
         Some(ct) => respond(aggregated_list(GROUP, VERSION, api_version_of(ct)), ct),
-        None => respond(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]}), "application/json"),
+        None => respond(
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]}),
+            "application/json",
+        ),
     }
 }
 
 pub(crate) fn api_group(group: &str) -> Result<Value, ApiError> {
     if group != GROUP {
-        return Err(ApiError::NotFound { what: format!("API group {group:?}"), kind: None, name: group.into() });
+        return Err(ApiError::NotFound {
+            what: format!("API group {group:?}"),
+            kind: None,
+            name: group.into(),
+        });
     }
     let mut g = group_entry();
     g["kind"] = "APIGroup".into();
@@ -106,7 +132,11 @@ pub(crate) fn api_group(group: &str) -> Result<Value, ApiError> {
 pub(crate) fn resource_list(group: &str, version: &str) -> Result<Value, ApiError> {
     let kinds: Vec<&KindInfo> = kinds_in(group).filter(|k| k.version == version).collect();
     if kinds.is_empty() {
-        return Err(ApiError::NotFound { what: format!("API version {group}/{version}"), kind: None, name: version.into() });
+        return Err(ApiError::NotFound {
+            what: format!("API version {group}/{version}"),
+            kind: None,
+            name: version.into(),
+        });
     }
     let mut resources = Vec::new();
     for k in kinds {
@@ -122,6 +152,12 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Result<Value, ApiErro
             resources.push(json!({"name": format!("{}/status", k.plural), "singularName": "", "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
         }
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Ok(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    )
 }

@@ -10,13 +10,30 @@ use serde_json::{Value, json};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{what} not found")]
-    NotFound { what: String, kind: Option<&'static KindInfo>, name: String },
+    NotFound {
+        what: String,
+        kind: Option<&'static KindInfo>,
+        name: String,
+    },
     #[error("{what} already exists")]
-    AlreadyExists { what: String, kind: &'static KindInfo, name: String },
+    AlreadyExists {
+        what: String,
+        kind: &'static KindInfo,
+        name: String,
+    },
     #[error("Operation cannot be fulfilled on {what}: {detail}")]
-    Conflict { what: String, kind: &'static KindInfo, name: String, detail: String },
+    Conflict {
+        what: String,
+        kind: &'static KindInfo,
+        name: String,
+        detail: String,
+    },
     #[error("{} {name:?} is invalid: {}", kind_label(kind), causes.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "))]
-    Invalid { kind: &'static KindInfo, name: String, causes: Vec<FieldError> },
+    Invalid {
+        kind: &'static KindInfo,
+        name: String,
+        causes: Vec<FieldError>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -30,12 +47,20 @@ pub enum ApiError {
 }
 
 fn kind_label(k: &KindInfo) -> String {
-    if k.group.is_empty() { k.kind.to_string() } else { format!("{}.{}", k.kind, k.group) }
+    if k.group.is_empty() {
+        k.kind.to_string()
+    } else {
+        format!("{}.{}", k.kind, k.group)
+    }
 }
 
 impl ApiError {
     pub fn not_found(kind: &'static KindInfo, name: &str) -> Self {
-        ApiError::NotFound { what: format!("{} {name:?}", kind.qualified_plural()), kind: Some(kind), name: name.to_string() }
+        ApiError::NotFound {
+            what: format!("{} {name:?}", kind.qualified_plural()),
+            kind: Some(kind),
+            name: name.to_string(),
+        }
     }
     pub fn conflict(kind: &'static KindInfo, name: &str, detail: impl Into<String>) -> Self {
         ApiError::Conflict {
@@ -46,7 +71,11 @@ impl ApiError {
         }
     }
     pub fn invalid(kind: &'static KindInfo, name: &str, causes: Vec<FieldError>) -> Self {
-        ApiError::Invalid { kind, name: name.to_string(), causes }
+        ApiError::Invalid {
+            kind,
+            name: name.to_string(),
+            causes,
+        }
     }
     pub fn invalid_one(kind: &'static KindInfo, name: &str, cause: FieldError) -> Self {
         Self::invalid(kind, name, vec![cause])
@@ -66,9 +95,12 @@ impl ApiError {
                 kind,
                 name: name.to_string(),
             },
-            StoreError::Compacted { requested, compacted } => {
-                ApiError::Expired(format!("too old resource version: {requested} ({compacted})"))
-            }
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::Expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
             e @ (StoreError::Storage(_) | StoreError::Closed) => ApiError::Internal(e.to_string()),
         }
     }

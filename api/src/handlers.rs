@@ -19,15 +19,28 @@ type Result<T> = std::result::Result<T, ApiError>;
 fn resolve(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo> {
     kind_by_plural(group, plural)
         .filter(|k| k.version == version)
-        .ok_or_else(|| ApiError::NotFound { what: format!("the server could not find the requested resource ({plural}.{group}/{version})"), kind: None, name: plural.into() })
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!(
+                "the server could not find the requested resource ({plural}.{group}/{version})"
+            ),
+            kind: None,
+            name: plural.into(),
+        })
 }
 
 fn cluster_target(group: &str, version: &str, plural: &str) -> Result<Target> {
     let kind = resolve(group, version, plural)?;
     if kind.namespaced {
-        return Err(ApiError::NotFound { what: format!("{plural} are namespaced; use /api/v1/namespaces/NAMESPACE/{plural}"), kind: None, name: plural.into() });
+        return Err(ApiError::NotFound {
+            what: format!("{plural} are namespaced; use /api/v1/namespaces/NAMESPACE/{plural}"),
+            kind: None,
+            name: plural.into(),
+        });
     }
-    Ok(Target { kind, namespace: None })
+    Ok(Target {
+        kind,
+        namespace: None,
+    })
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {
@@ -38,21 +51,34 @@ fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|s| s.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|s| {
+            s.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
     if body.is_empty() {
-        return Err(ApiError::BadRequest("the request body is empty; send a JSON object".into()));
+        return Err(ApiError::BadRequest(
+            "the request body is empty; send a JSON object".into(),
+        ));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(v) => Ok(v),
         Err(e) if ctype.contains("yaml") => {
-            let text = std::str::from_utf8(body).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
-            serde_saphyr::from_str::<Value>(text).map_err(|y| ApiError::BadRequest(format!("the body is neither JSON ({e}) nor YAML ({y})")))
+            let text = std::str::from_utf8(body)
+                .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))?;
+            serde_saphyr::from_str::<Value>(text).map_err(|y| {
+                ApiError::BadRequest(format!("the body is neither JSON ({e}) nor YAML ({y})"))
+            })
         }
-        Err(e) => Err(ApiError::BadRequest(format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err(ApiError::BadRequest(format!(
+            "the body is not valid JSON: {e}"
+        ))),
     }
 }
 
@@ -64,7 +90,10 @@ fn written(w: Written, kind: &'static KindInfo, as_table: bool) -> Response {
     };
     *resp.status_mut() = w.code;
     for warning in w.warnings {
-        let v = format!("299 - {}", serde_json::to_string(&warning).unwrap_or_default());
+        let v = format!(
+            "299 - {}",
+            serde_json::to_string(&warning).unwrap_or_default()
+        );
         if let Ok(h) = HeaderValue::from_str(&v) {
             resp.headers_mut().append(header::WARNING, h);
         }
@@ -74,7 +103,10 @@ fn written(w: Written, kind: &'static KindInfo, as_table: bool) -> Response {
 
 fn table_response(v: Value) -> Response {
     let mut resp = axum::Json(v).into_response();
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(table::TABLE_CONTENT_TYPE));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(table::TABLE_CONTENT_TYPE),
+    );
     resp
 }
 
@@ -87,15 +119,21 @@ struct ContinueToken {
 fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Response> {
     let kind = t.kind;
     let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-    let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or(""), kind.kind == "Event")?;
+    let fields = FieldSelector::parse(
+        p.field_selector.as_deref().unwrap_or(""),
+        kind.kind == "Event",
+    )?;
     let filter = |o: &Value| labels.matches(o) && fields.matches(o);
     let token = match &p.continue_ {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(c)
-                .map_err(|_| ApiError::BadRequest("continue: not a token this server issued".into()))?;
-            let tok: ContinueToken =
-                serde_json::from_slice(&raw).map_err(|_| ApiError::BadRequest("continue: not a token this server issued".into()))?;
+                .map_err(|_| {
+                    ApiError::BadRequest("continue: not a token this server issued".into())
+                })?;
+            let tok: ContinueToken = serde_json::from_slice(&raw).map_err(|_| {
+                ApiError::BadRequest("continue: not a token this server issued".into())
+            })?;
             if tok.rv < store.compacted() {
                 return Err(ApiError::Expired(
                     "The provided continue parameter is too old to display a consistent list result. Start a new list without the continue parameter.".into(),
@@ -106,7 +144,12 @@ fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Respons
         None => None,
     };
     let page = store
-        .list(&t.prefix(), token.as_ref().map(|t| t.after.as_str()), p.limit, &filter)
+        .list(
+            &t.prefix(),
+            token.as_ref().map(|t| t.after.as_str()),
+            p.limit,
+            &filter,
+        )
         .map_err(|e| ApiError::from_store(e, kind, ""))?;
     // Every page of one list reports the first page's revision, so a watch started from it
     // misses nothing.
@@ -114,17 +157,31 @@ fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Respons
     let mut meta = json!({"resourceVersion": rv.to_string()});
     if let Some(after) = page.continue_after {
         let tok = serde_json::to_vec(&ContinueToken { rv, after }).unwrap_or_default();
-        meta["continue"] = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok).into();
+        meta["continue"] = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(tok)
+            .into();
         meta["remainingItemCount"] = page.remaining.into();
     }
     let items: Vec<Value> = page.items.into_iter().map(|s| s.object).collect();
     if as_table {
-        return Ok(table_response(table::table(kind, &items, meta, objects::now())));
+        return Ok(table_response(table::table(
+            kind,
+            &items,
+            meta,
+            objects::now(),
+        )));
     }
     Ok(axum::Json(json!({"apiVersion": kind.api_version(), "kind": format!("{}List", kind.kind), "metadata": meta, "items": items})).into_response())
 }
 
-async fn collection_request(store: Store, t: Target, method: Method, query: Option<String>, headers: HeaderMap, body: Bytes) -> Result<Response> {
+async fn collection_request(
+    store: Store,
+    t: Target,
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let p = Params::parse(query.as_deref())?;
     let as_table = table::wants_table(accept(&headers));
     match method {
@@ -132,22 +189,40 @@ async fn collection_request(store: Store, t: Target, method: Method, query: Opti
         Method::GET => list(&store, &t, &p, as_table),
         Method::POST => {
             if t.namespace.is_none() && t.kind.namespaced {
-                return Err(ApiError::MethodNotAllowed("create namespaced objects under /api/v1/namespaces/NAMESPACE/".into()));
+                return Err(ApiError::MethodNotAllowed(
+                    "create namespaced objects under /api/v1/namespaces/NAMESPACE/".into(),
+                ));
             }
             let obj = parse_body(&body, &content_type(&headers))?;
-            Ok(written(objects::create(&store, &t, obj, &p).await?, t.kind, as_table))
+            Ok(written(
+                objects::create(&store, &t, obj, &p).await?,
+                t.kind,
+                as_table,
+            ))
         }
         Method::DELETE => {
             // deletecollection: delete every object the selectors match.
             let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-            let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or(""), t.kind.kind == "Event")?;
+            let fields = FieldSelector::parse(
+                p.field_selector.as_deref().unwrap_or(""),
+                t.kind.kind == "Event",
+            )?;
             let page = store
-                .list(&t.prefix(), None, 0, &|o| labels.matches(o) && fields.matches(o))
+                .list(&t.prefix(), None, 0, &|o| {
+                    labels.matches(o) && fields.matches(o)
+                })
                 .map_err(|e| ApiError::from_store(e, t.kind, ""))?;
             let mut items = Vec::new();
             for s in page.items {
-                let name = objects::meta_str(&s.object, "name").unwrap_or("").to_string();
-                let target = Target { kind: t.kind, namespace: objects::meta_str(&s.object, "namespace").map(String::from).or(t.namespace.clone()) };
+                let name = objects::meta_str(&s.object, "name")
+                    .unwrap_or("")
+                    .to_string();
+                let target = Target {
+                    kind: t.kind,
+                    namespace: objects::meta_str(&s.object, "namespace")
+                        .map(String::from)
+                        .or(t.namespace.clone()),
+                };
                 match objects::delete(&store, &target, &name, &DeleteOptions::default(), &p).await {
                     Ok(w) => items.push(w.object),
                     Err(ApiError::NotFound { .. }) => {}
@@ -156,8 +231,18 @@ async fn collection_request(store: Store, t: Target, method: Method, query: Opti
             }
             Ok(axum::Json(json!({"apiVersion": t.kind.api_version(), "kind": format!("{}List", t.kind.kind), "metadata": {"resourceVersion": store.revision().to_string()}, "items": items})).into_response())
         }
-        other => Err(ApiError::MethodNotAllowed(format!("{other} is not supported on a collection"))),
+        other => Err(ApiError::MethodNotAllowed(format!(
+            "{other} is not supported on a collection"
+        ))),
     }
+}
+
+/// The parts of an HTTP request a handler needs.
+struct Req {
+    method: Method,
+    query: Option<String>,
+    headers: HeaderMap,
+    body: Bytes,
 }
 
 async fn item_request(
@@ -165,22 +250,40 @@ async fn item_request(
     t: Target,
     name: String,
     part: Part,
-    method: Method,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    req: Req,
 ) -> Result<Response> {
+    let Req {
+        method,
+        query,
+        headers,
+        body,
+    } = req;
     let p = Params::parse(query.as_deref())?;
     let as_table = table::wants_table(accept(&headers));
     let kind = t.kind;
     match method {
         Method::GET => {
-            let obj = store.get(&t.key(&name)).map_err(|e| ApiError::from_store(e, kind, &name))?.ok_or_else(|| ApiError::not_found(kind, &name))?;
-            Ok(written(Written { code: StatusCode::OK, object: obj.object, warnings: vec![] }, kind, as_table))
+            let obj = store
+                .get(&t.key(&name))
+                .map_err(|e| ApiError::from_store(e, kind, &name))?
+                .ok_or_else(|| ApiError::not_found(kind, &name))?;
+            Ok(written(
+                Written {
+                    code: StatusCode::OK,
+                    object: obj.object,
+                    warnings: vec![],
+                },
+                kind,
+                as_table,
+            ))
         }
         Method::PUT => {
             let obj = parse_body(&body, &content_type(&headers))?;
-            Ok(written(objects::update(&store, &t, &name, Change::Replace(&obj), part, &p).await?, kind, as_table))
+            Ok(written(
+                objects::update(&store, &t, &name, Change::Replace(&obj), part, &p).await?,
+                kind,
+                as_table,
+            ))
         }
         Method::PATCH => {
             let ctype = content_type(&headers);
@@ -190,12 +293,14 @@ async fn item_request(
                     objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await?
                 }
                 "application/json-patch+json" => {
-                    let ops: json_patch::Patch = serde_json::from_value(patch)
-                        .map_err(|e| ApiError::BadRequest(format!("not an RFC 6902 JSON patch: {e}")))?;
+                    let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                        ApiError::BadRequest(format!("not an RFC 6902 JSON patch: {e}"))
+                    })?;
                     objects::update(&store, &t, &name, Change::Json(&ops), part, &p).await?
                 }
                 "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                    match objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await {
+                    match objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await
+                    {
                         Err(ApiError::NotFound { .. }) if part == Part::Main => {
                             let mut obj = patch;
                             if let Some(m) = obj.as_object_mut() {
@@ -223,11 +328,18 @@ async fn item_request(
             let opts: DeleteOptions = if body.is_empty() {
                 DeleteOptions::default()
             } else {
-                serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
+                serde_json::from_slice(&body)
+                    .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
             };
-            Ok(written(objects::delete(&store, &t, &name, &opts, &p).await?, kind, false))
+            Ok(written(
+                objects::delete(&store, &t, &name, &opts, &p).await?,
+                kind,
+                false,
+            ))
         }
-        other => Err(ApiError::MethodNotAllowed(format!("{other} is not supported here"))),
+        other => Err(ApiError::MethodNotAllowed(format!(
+            "{other} is not supported here"
+        ))),
     }
 }
 
@@ -243,7 +355,20 @@ pub(crate) async fn group_collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(async { collection_request(store, cluster_target(&group, &version, &plural)?, method, q, headers, body).await }.await)
+    into_response(
+        async {
+            collection_request(
+                store,
+                cluster_target(&group, &version, &plural)?,
+                method,
+                q,
+                headers,
+                body,
+            )
+            .await
+        }
+        .await,
+    )
 }
 
 pub(crate) async fn group_item(
@@ -254,7 +379,24 @@ pub(crate) async fn group_item(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(async { item_request(store, cluster_target(&group, &version, &plural)?, name, Part::Main, method, q, headers, body).await }.await)
+    into_response(
+        async {
+            item_request(
+                store,
+                cluster_target(&group, &version, &plural)?,
+                name,
+                Part::Main,
+                Req {
+                    method,
+                    query: q,
+                    headers,
+                    body,
+                },
+            )
+            .await
+        }
+        .await,
+    )
 }
 
 pub(crate) async fn group_subresource(
@@ -269,9 +411,25 @@ pub(crate) async fn group_subresource(
         async {
             let t = cluster_target(&group, &version, &plural)?;
             if sub != "status" || !t.kind.has_status {
-                return Err(ApiError::NotFound { what: format!("subresource {sub:?} of {plural}"), kind: None, name });
+                return Err(ApiError::NotFound {
+                    what: format!("subresource {sub:?} of {plural}"),
+                    kind: None,
+                    name,
+                });
             }
-            item_request(store, t, name, Part::Status, method, q, headers, body).await
+            item_request(
+                store,
+                t,
+                name,
+                Part::Status,
+                Req {
+                    method,
+                    query: q,
+                    headers,
+                    body,
+                },
+            )
+            .await
         }
         .await,
     )
@@ -290,7 +448,12 @@ pub(crate) async fn core_collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(async { collection_request(store, core_target(&plural, None)?, method, q, headers, body).await }.await)
+    into_response(
+        async {
+            collection_request(store, core_target(&plural, None)?, method, q, headers, body).await
+        }
+        .await,
+    )
 }
 
 pub(crate) async fn core_ns_collection(
@@ -301,7 +464,20 @@ pub(crate) async fn core_ns_collection(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(async { collection_request(store, core_target(&plural, Some(ns))?, method, q, headers, body).await }.await)
+    into_response(
+        async {
+            collection_request(
+                store,
+                core_target(&plural, Some(ns))?,
+                method,
+                q,
+                headers,
+                body,
+            )
+            .await
+        }
+        .await,
+    )
 }
 
 pub(crate) async fn core_ns_item(
@@ -312,5 +488,22 @@ pub(crate) async fn core_ns_item(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    into_response(async { item_request(store, core_target(&plural, Some(ns))?, name, Part::Main, method, q, headers, body).await }.await)
+    into_response(
+        async {
+            item_request(
+                store,
+                core_target(&plural, Some(ns))?,
+                name,
+                Part::Main,
+                Req {
+                    method,
+                    query: q,
+                    headers,
+                    body,
+                },
+            )
+            .await
+        }
+        .await,
+    )
 }

@@ -22,10 +22,20 @@ pub(crate) struct Target {
 
 impl Target {
     fn group_segment(&self) -> &'static str {
-        if self.kind.group.is_empty() { "core" } else { self.kind.group }
+        if self.kind.group.is_empty() {
+            "core"
+        } else {
+            self.kind.group
+        }
     }
     pub fn key(&self, name: &str) -> String {
-        format!("{}/{}/{}/{}", self.group_segment(), self.kind.plural, self.namespace.as_deref().unwrap_or(""), name)
+        format!(
+            "{}/{}/{}/{}",
+            self.group_segment(),
+            self.kind.plural,
+            self.namespace.as_deref().unwrap_or(""),
+            name
+        )
     }
     pub fn prefix(&self) -> String {
         match &self.namespace {
@@ -66,7 +76,9 @@ fn meta(obj: &Value) -> Option<&Map<String, Value>> {
 }
 
 fn meta_mut(obj: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
-    let o = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
     let m = o.entry("metadata").or_insert_with(|| json!({}));
     if !m.is_object() {
         return Err(ApiError::BadRequest("metadata must be an object".into()));
@@ -82,12 +94,19 @@ fn finalizers(obj: &Value) -> Vec<String> {
     meta(obj)
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn generation(obj: &Value) -> i64 {
-    meta(obj).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(1)
+    meta(obj)
+        .and_then(|m| m.get("generation"))
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
 }
 
 /// The part of an object that bumps `generation` when it changes: all but metadata and status.
@@ -109,7 +128,9 @@ fn without_rv(obj: &Value) -> Value {
 
 /// Checks (or fills in) `apiVersion` and `kind`.
 fn check_type_meta(kind: &KindInfo, obj: &mut Value) -> Result<(), ApiError> {
-    let o = obj.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+    let o = obj
+        .as_object_mut()
+        .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
     let want_av = kind.api_version();
     match o.get("apiVersion").and_then(Value::as_str) {
         None => {
@@ -128,21 +149,36 @@ fn check_type_meta(kind: &KindInfo, obj: &mut Value) -> Result<(), ApiError> {
         }
         Some(k) if k == kind.kind => {}
         Some(k) => {
-            return Err(ApiError::BadRequest(format!("the kind in the data ({k}) does not match the expected kind ({})", kind.kind)));
+            return Err(ApiError::BadRequest(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                kind.kind
+            )));
         }
     }
     Ok(())
 }
 
 /// Decodes, validates and normalises; applies `fieldValidation` to unknown fields.
-fn admit(kind: &'static KindInfo, obj: Value, fv: FieldValidation, name: &str) -> Result<(Value, Vec<String>), ApiError> {
-    let (normalized, unknown) = (kind.admit)(obj).map_err(|errs| ApiError::invalid(kind, name, errs))?;
+fn admit(
+    kind: &'static KindInfo,
+    obj: Value,
+    fv: FieldValidation,
+    name: &str,
+) -> Result<(Value, Vec<String>), ApiError> {
+    let (normalized, unknown) =
+        (kind.admit)(obj).map_err(|errs| ApiError::invalid(kind, name, errs))?;
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
-        let msgs: Vec<String> = unknown.iter().map(|u| format!("unknown field \"{u}\"")).collect();
+        let msgs: Vec<String> = unknown
+            .iter()
+            .map(|u| format!("unknown field \"{u}\""))
+            .collect();
         match fv {
             FieldValidation::Strict => {
-                return Err(ApiError::BadRequest(format!("strict decoding error: {}", msgs.join(", "))));
+                return Err(ApiError::BadRequest(format!(
+                    "strict decoding error: {}",
+                    msgs.join(", ")
+                )));
             }
             FieldValidation::Warn => warnings = msgs,
             FieldValidation::Ignore => {}
@@ -152,37 +188,68 @@ fn admit(kind: &'static KindInfo, obj: Value, fv: FieldValidation, name: &str) -
 }
 
 /// Checks that reach other objects: a Node must fit in its rack's height.
-fn cross_check(store: &Store, kind: &'static KindInfo, obj: &Value, name: &str) -> Result<(), ApiError> {
+fn cross_check(
+    store: &Store,
+    kind: &'static KindInfo,
+    obj: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
     if kind.kind != "Node" {
         return Ok(());
     }
-    let Some(rack_name) = obj.pointer("/spec/rack/name").and_then(Value::as_str) else { return Ok(()) };
-    let rack_kind = groundwork_types::kind_by_kind("Rack").expect("Rack is registered");
-    let rack_target = Target { kind: rack_kind, namespace: None };
-    let Some(rack) = store.get(&rack_target.key(rack_name)).map_err(|e| ApiError::from_store(e, rack_kind, rack_name))? else {
+    let Some(rack_name) = obj.pointer("/spec/rack/name").and_then(Value::as_str) else {
         return Ok(());
     };
-    let node: groundwork_types::Node =
-        serde_json::from_value(obj.clone()).map_err(|e| ApiError::Internal(format!("admitted node does not decode: {e}")))?;
-    let rack: groundwork_types::Rack = serde_json::from_value(rack.object)
-        .map_err(|e| ApiError::Internal(format!("stored rack {rack_name:?} does not decode: {e}")))?;
+    let rack_kind = groundwork_types::kind_by_kind("Rack").expect("Rack is registered");
+    let rack_target = Target {
+        kind: rack_kind,
+        namespace: None,
+    };
+    let Some(rack) = store
+        .get(&rack_target.key(rack_name))
+        .map_err(|e| ApiError::from_store(e, rack_kind, rack_name))?
+    else {
+        return Ok(());
+    };
+    let node: groundwork_types::Node = serde_json::from_value(obj.clone())
+        .map_err(|e| ApiError::Internal(format!("admitted node does not decode: {e}")))?;
+    let rack: groundwork_types::Rack = serde_json::from_value(rack.object).map_err(|e| {
+        ApiError::Internal(format!("stored rack {rack_name:?} does not decode: {e}"))
+    })?;
     let errs = groundwork_types::validate_node_in_rack(&node, &rack);
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid(kind, name, errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(kind, name, errs))
+    }
 }
 
 fn random_suffix() -> String {
     const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let id = uuid::Uuid::new_v4();
-    id.as_bytes().iter().take(5).map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
+    id.as_bytes()
+        .iter()
+        .take(5)
+        .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
+        .collect()
 }
 
 /// POST: creates an object.
-pub(crate) async fn create(store: &Store, t: &Target, mut obj: Value, p: &Params) -> Result<Written, ApiError> {
+pub(crate) async fn create(
+    store: &Store,
+    t: &Target,
+    mut obj: Value,
+    p: &Params,
+) -> Result<Written, ApiError> {
     let kind = t.kind;
     check_type_meta(kind, &mut obj)?;
     let ns = t.namespace.clone().unwrap_or_default();
     let m = meta_mut(&mut obj)?;
-    let mut name = m.get("name").and_then(Value::as_str).unwrap_or("").to_string();
+    let mut name = m
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty()
         && let Some(g) = m.get("generateName").and_then(Value::as_str)
     {
@@ -190,17 +257,27 @@ pub(crate) async fn create(store: &Store, t: &Target, mut obj: Value, p: &Params
         m.insert("name".into(), name.clone().into());
     }
     if name.is_empty() {
-        return Err(ApiError::invalid_one(kind, "", FieldError::required("metadata.name", "name or generateName is required")));
+        return Err(ApiError::invalid_one(
+            kind,
+            "",
+            FieldError::required("metadata.name", "name or generateName is required"),
+        ));
     }
     let errs = check_object_name(&name);
     if !errs.is_empty() {
         return Err(ApiError::invalid(kind, &name, errs));
     }
-    if m.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+    if m.get("resourceVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|s| !s.is_empty())
+    {
         return Err(ApiError::invalid_one(
             kind,
             &name,
-            FieldError::invalid("metadata.resourceVersion", "must not be set on objects to be created"),
+            FieldError::invalid(
+                "metadata.resourceVersion",
+                "must not be set on objects to be created",
+            ),
         ));
     }
     if kind.namespaced {
@@ -220,7 +297,13 @@ pub(crate) async fn create(store: &Store, t: &Target, mut obj: Value, p: &Params
     m.insert("uid".into(), uuid::Uuid::new_v4().to_string().into());
     m.insert("creationTimestamp".into(), now_string().into());
     m.insert("generation".into(), 1.into());
-    for k in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+    for k in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "managedFields",
+        "selfLink",
+    ] {
         m.remove(k);
     }
     if kind.has_status
@@ -231,14 +314,26 @@ pub(crate) async fn create(store: &Store, t: &Target, mut obj: Value, p: &Params
     let (obj, warnings) = admit(kind, obj, p.field_validation, &name)?;
     cross_check(store, kind, &obj, &name)?;
     if p.dry_run {
-        return Ok(Written { code: StatusCode::CREATED, object: obj, warnings });
+        return Ok(Written {
+            code: StatusCode::CREATED,
+            object: obj,
+            warnings,
+        });
     }
     let c = store
-        .write(WriteOp::Put { key: t.key(&name), value: obj, precondition: Precondition::MustNotExist })
+        .write(WriteOp::Put {
+            key: t.key(&name),
+            value: obj,
+            precondition: Precondition::MustNotExist,
+        })
         .await
         .map_err(|e| ApiError::from_store(e, kind, &name))?;
     tracing::info!(kind = kind.kind, name, revision = c.revision, "created");
-    Ok(Written { code: StatusCode::CREATED, object: c.object, warnings })
+    Ok(Written {
+        code: StatusCode::CREATED,
+        object: c.object,
+        warnings,
+    })
 }
 
 /// How an update derives the desired object from the current one.
@@ -282,17 +377,26 @@ pub(crate) async fn update(
     let kind = t.kind;
     let key = t.key(name);
     for _ in 0..MAX_RETRIES {
-        let Some(current) = store.get(&key).map_err(|e| ApiError::from_store(e, kind, name))? else {
+        let Some(current) = store
+            .get(&key)
+            .map_err(|e| ApiError::from_store(e, kind, name))?
+        else {
             return Err(ApiError::not_found(kind, name));
         };
-        let mut desired = change
-            .desired(&current.object)
-            .map_err(|e| ApiError::invalid_one(kind, name, FieldError::invalid("", format!("the patch does not apply: {e}"))))?;
+        let mut desired = change.desired(&current.object).map_err(|e| {
+            ApiError::invalid_one(
+                kind,
+                name,
+                FieldError::invalid("", format!("the patch does not apply: {e}")),
+            )
+        })?;
         check_type_meta(kind, &mut desired)?;
         // A resourceVersion in the request (or left by a patch) is a precondition.
         let explicit = match meta_str(&desired, "resourceVersion") {
             Some(s) if !s.is_empty() => Some(s.parse::<u64>().map_err(|_| {
-                ApiError::BadRequest(format!("metadata.resourceVersion: {s:?} is not a valid resource version"))
+                ApiError::BadRequest(format!(
+                    "metadata.resourceVersion: {s:?} is not a valid resource version"
+                ))
             })?),
             _ => None,
         };
@@ -310,39 +414,72 @@ pub(crate) async fn update(
         if part == Part::Main {
             cross_check(store, kind, &next, name)?;
             if desired_part(&next) != desired_part(&current.object) {
-                meta_mut(&mut next)?.insert("generation".into(), (generation(&current.object) + 1).into());
+                meta_mut(&mut next)?.insert(
+                    "generation".into(),
+                    (generation(&current.object) + 1).into(),
+                );
             }
         }
         if without_rv(&next) == without_rv(&current.object) {
-            return Ok(Written { code: StatusCode::OK, object: current.object, warnings });
+            return Ok(Written {
+                code: StatusCode::OK,
+                object: current.object,
+                warnings,
+            });
         }
         let deleting = meta_str(&next, "deletionTimestamp").is_some();
         if p.dry_run {
-            return Ok(Written { code: StatusCode::OK, object: next, warnings });
+            return Ok(Written {
+                code: StatusCode::OK,
+                object: next,
+                warnings,
+            });
         }
         let op = if deleting && finalizers(&next).is_empty() {
-            WriteOp::Delete { key: key.clone(), precondition: Precondition::Revision(current.revision) }
+            WriteOp::Delete {
+                key: key.clone(),
+                precondition: Precondition::Revision(current.revision),
+            }
         } else {
-            WriteOp::Put { key: key.clone(), value: next, precondition: Precondition::Revision(current.revision) }
+            WriteOp::Put {
+                key: key.clone(),
+                value: next,
+                precondition: Precondition::Revision(current.revision),
+            }
         };
         let is_delete = matches!(op, WriteOp::Delete { .. });
         match store.write(op).await {
             Ok(c) => {
                 if is_delete {
-                    tracing::info!(kind = kind.kind, name, revision = c.revision, "last finalizer removed; deleted");
+                    tracing::info!(
+                        kind = kind.kind,
+                        name,
+                        revision = c.revision,
+                        "last finalizer removed; deleted"
+                    );
                 } else {
                     tracing::debug!(kind = kind.kind, name, revision = c.revision, "updated");
                 }
-                return Ok(Written { code: StatusCode::OK, object: c.object, warnings });
+                return Ok(Written {
+                    code: StatusCode::OK,
+                    object: c.object,
+                    warnings,
+                });
             }
-            Err(groundwork_store::StoreError::Conflict { .. }) if explicit.is_none() || matches!(change, Change::Merge(_) | Change::Json(_)) => {
+            Err(groundwork_store::StoreError::Conflict { .. })
+                if explicit.is_none() || matches!(change, Change::Merge(_) | Change::Json(_)) =>
+            {
                 // Someone wrote in between; read again and re-apply.
                 continue;
             }
             Err(e) => return Err(ApiError::from_store(e, kind, name)),
         }
     }
-    Err(ApiError::conflict(kind, name, "too many concurrent writes to this object; retry"))
+    Err(ApiError::conflict(
+        kind,
+        name,
+        "too many concurrent writes to this object; retry",
+    ))
 }
 
 /// Carries server-owned fields over from the current object and keeps writes to their part.
@@ -364,14 +501,22 @@ fn merge_server_fields(
                     "the name of the object ({n}) does not match the name on the URL ({name})"
                 )));
             }
-            if let (Some(u), Some(cu)) = (meta_str(&next, "uid"), cur_meta.get("uid").and_then(Value::as_str))
-                && !u.is_empty()
+            if let (Some(u), Some(cu)) = (
+                meta_str(&next, "uid"),
+                cur_meta.get("uid").and_then(Value::as_str),
+            ) && !u.is_empty()
                 && u != cu
             {
-                return Err(ApiError::invalid_one(kind, name, FieldError::invalid("metadata.uid", format!("{u:?}: field is immutable"))));
+                return Err(ApiError::invalid_one(
+                    kind,
+                    name,
+                    FieldError::invalid("metadata.uid", format!("{u:?}: field is immutable")),
+                ));
             }
             if kind.has_status {
-                let o = next.as_object_mut().ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
+                let o = next
+                    .as_object_mut()
+                    .ok_or_else(|| ApiError::BadRequest("the body must be a JSON object".into()))?;
                 match current.object.get("status") {
                     Some(s) => o.insert("status".into(), s.clone()),
                     None => o.remove("status"),
@@ -383,7 +528,12 @@ fn merge_server_fields(
                     return Err(ApiError::invalid_one(
                         kind,
                         name,
-                        FieldError::invalid("metadata.finalizers", format!("{f:?}: no new finalizers can be added if the object is being deleted")),
+                        FieldError::invalid(
+                            "metadata.finalizers",
+                            format!(
+                                "{f:?}: no new finalizers can be added if the object is being deleted"
+                            ),
+                        ),
                     ));
                 }
             }
@@ -391,7 +541,9 @@ fn merge_server_fields(
         }
         Part::Status => {
             let mut next = current.object.clone();
-            let o = next.as_object_mut().ok_or_else(|| ApiError::Internal("stored object is not a JSON object".into()))?;
+            let o = next
+                .as_object_mut()
+                .ok_or_else(|| ApiError::Internal("stored object is not a JSON object".into()))?;
             match desired.get("status") {
                 Some(s) if !s.is_null() => o.insert("status".into(), s.clone()),
                 _ => o.remove("status"),
@@ -401,7 +553,14 @@ fn merge_server_fields(
     };
     let m = meta_mut(&mut next)?;
     m.insert("name".into(), name.into());
-    for k in ["uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace"] {
+    for k in [
+        "uid",
+        "creationTimestamp",
+        "generation",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+    ] {
         match cur_meta.get(k) {
             Some(v) => m.insert(k.into(), v.clone()),
             None => m.remove(k),
@@ -430,29 +589,63 @@ pub(crate) struct Preconditions {
 }
 
 /// DELETE: removes the object, or marks it for deletion while finalizers remain.
-pub(crate) async fn delete(store: &Store, t: &Target, name: &str, opts: &DeleteOptions, p: &Params) -> Result<Written, ApiError> {
+pub(crate) async fn delete(
+    store: &Store,
+    t: &Target,
+    name: &str,
+    opts: &DeleteOptions,
+    p: &Params,
+) -> Result<Written, ApiError> {
     let kind = t.kind;
     let key = t.key(name);
-    let dry_run = p.dry_run || opts.dry_run.as_ref().is_some_and(|d| d.iter().any(|x| x == "All"));
+    let dry_run = p.dry_run
+        || opts
+            .dry_run
+            .as_ref()
+            .is_some_and(|d| d.iter().any(|x| x == "All"));
     let pre = opts.preconditions.as_ref();
     for _ in 0..MAX_RETRIES {
-        let Some(current) = store.get(&key).map_err(|e| ApiError::from_store(e, kind, name))? else {
+        let Some(current) = store
+            .get(&key)
+            .map_err(|e| ApiError::from_store(e, kind, name))?
+        else {
             return Err(ApiError::not_found(kind, name));
         };
         if let Some(uid) = pre.and_then(|p| p.uid.as_deref())
             && meta_str(&current.object, "uid") != Some(uid)
         {
-            return Err(ApiError::conflict(kind, name, format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta_str(&current.object, "uid").unwrap_or(""))));
+            return Err(ApiError::conflict(
+                kind,
+                name,
+                format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta_str(&current.object, "uid").unwrap_or("")
+                ),
+            ));
         }
         if let Some(rv) = pre.and_then(|p| p.resource_version.as_deref())
             && rv != current.revision.to_string()
         {
-            return Err(ApiError::conflict(kind, name, format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.revision)));
+            return Err(ApiError::conflict(
+                kind,
+                name,
+                format!(
+                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    current.revision
+                ),
+            ));
         }
         let op = if finalizers(&current.object).is_empty() {
-            WriteOp::Delete { key: key.clone(), precondition: Precondition::Revision(current.revision) }
+            WriteOp::Delete {
+                key: key.clone(),
+                precondition: Precondition::Revision(current.revision),
+            }
         } else if meta_str(&current.object, "deletionTimestamp").is_some() {
-            return Ok(Written { code: StatusCode::ACCEPTED, object: current.object, warnings: vec![] });
+            return Ok(Written {
+                code: StatusCode::ACCEPTED,
+                object: current.object,
+                warnings: vec![],
+            });
         } else {
             let mut next = current.object.clone();
             let g = generation(&next);
@@ -460,21 +653,51 @@ pub(crate) async fn delete(store: &Store, t: &Target, name: &str, opts: &DeleteO
             m.insert("deletionTimestamp".into(), now_string().into());
             m.insert("deletionGracePeriodSeconds".into(), 0.into());
             m.insert("generation".into(), (g + 1).into());
-            WriteOp::Put { key: key.clone(), value: next, precondition: Precondition::Revision(current.revision) }
+            WriteOp::Put {
+                key: key.clone(),
+                value: next,
+                precondition: Precondition::Revision(current.revision),
+            }
         };
         let graceful = matches!(op, WriteOp::Put { .. });
         if dry_run {
-            return Ok(Written { code: StatusCode::OK, object: current.object, warnings: vec![] });
+            return Ok(Written {
+                code: StatusCode::OK,
+                object: current.object,
+                warnings: vec![],
+            });
         }
         match store.write(op).await {
             Ok(c) => {
-                tracing::info!(kind = kind.kind, name, revision = c.revision, graceful, "delete");
-                let code = if graceful { StatusCode::ACCEPTED } else { StatusCode::OK };
-                return Ok(Written { code, object: c.object, warnings: vec![] });
+                tracing::info!(
+                    kind = kind.kind,
+                    name,
+                    revision = c.revision,
+                    graceful,
+                    "delete"
+                );
+                let code = if graceful {
+                    StatusCode::ACCEPTED
+                } else {
+                    StatusCode::OK
+                };
+                return Ok(Written {
+                    code,
+                    object: c.object,
+                    warnings: vec![],
+                });
             }
-            Err(groundwork_store::StoreError::Conflict { .. }) if pre.is_none_or(|p| p.resource_version.is_none()) => continue,
+            Err(groundwork_store::StoreError::Conflict { .. })
+                if pre.is_none_or(|p| p.resource_version.is_none()) =>
+            {
+                continue;
+            }
             Err(e) => return Err(ApiError::from_store(e, kind, name)),
         }
     }
-    Err(ApiError::conflict(kind, name, "too many concurrent writes to this object; retry"))
+    Err(ApiError::conflict(
+        kind,
+        name,
+        "too many concurrent writes to this object; retry",
+    ))
 }

@@ -32,7 +32,8 @@ fn kind_schema(k: &KindInfo) -> Value {
         props.insert("kind".into(), json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."}));
         props.insert("metadata".into(), json!({"type": "object", "description": "Standard object's metadata (ObjectMeta).", "x-kubernetes-preserve-unknown-fields": true}));
     }
-    schema["x-kubernetes-group-version-kind"] = json!([{"group": k.group, "version": k.version, "kind": k.kind}]);
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": k.group, "version": k.version, "kind": k.kind}]);
     schema
 }
 
@@ -63,7 +64,11 @@ fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
         }
         o
     };
-    let ns = if k.namespaced { "/namespaces/{namespace}" } else { "" };
+    let ns = if k.namespaced {
+        "/namespaces/{namespace}"
+    } else {
+        ""
+    };
     let collection = format!("{prefix}{ns}/{}", k.plural);
     let item = format!("{collection}/{{name}}");
     let mut out = vec![
@@ -98,10 +103,17 @@ fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
 }
 
 fn document(group: &str, version: &str) -> Value {
-    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    for k in all_kinds().iter().filter(|k| k.group == group && k.version == version) {
+    for k in all_kinds()
+        .iter()
+        .filter(|k| k.group == group && k.version == version)
+    {
         for (p, ops) in operations(k, &prefix) {
             paths.insert(p, ops);
         }
@@ -133,7 +145,12 @@ fn docs() -> &'static Docs {
             v.to_string().hash(&mut h);
             format!("{:016X}", h.finish())
         };
-        Docs { hash_groundwork: hash(&groundwork), hash_core: hash(&core), groundwork, core }
+        Docs {
+            hash_groundwork: hash(&groundwork),
+            hash_core: hash(&core),
+            groundwork,
+            core,
+        }
     })
 }
 
@@ -150,6 +167,10 @@ pub(crate) fn group_version(path: &str) -> Result<Value, ApiError> {
     match path {
         "apis/groundwork.dev/v1alpha1" => Ok(d.groundwork.clone()),
         "api/v1" => Ok(d.core.clone()),
-        other => Err(ApiError::NotFound { what: format!("OpenAPI document {other:?}"), kind: None, name: other.into() }),
+        other => Err(ApiError::NotFound {
+            what: format!("OpenAPI document {other:?}"),
+            kind: None,
+            name: other.into(),
+        }),
     }
 }

@@ -39,21 +39,28 @@ impl Params {
                 "labelSelector" => p.label_selector = Some(v).filter(|s| !s.is_empty()),
                 "fieldSelector" => p.field_selector = Some(v).filter(|s| !s.is_empty()),
                 "limit" => {
-                    p.limit = v.parse().map_err(|_| ApiError::BadRequest(format!("limit: {v:?} is not a number")))?
+                    p.limit = v.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("limit: {v:?} is not a number"))
+                    })?
                 }
                 "continue" => p.continue_ = Some(v).filter(|s| !s.is_empty()),
                 "resourceVersion" => p.resource_version = Some(v).filter(|s| !s.is_empty()),
                 "watch" => p.watch = truthy(&v),
                 "allowWatchBookmarks" => p.allow_bookmarks = truthy(&v),
                 "timeoutSeconds" => {
-                    p.timeout_seconds =
-                        Some(v.parse().map_err(|_| ApiError::BadRequest(format!("timeoutSeconds: {v:?} is not a number")))?)
+                    p.timeout_seconds = Some(v.parse().map_err(|_| {
+                        ApiError::BadRequest(format!("timeoutSeconds: {v:?} is not a number"))
+                    })?)
                 }
                 "sendInitialEvents" => p.send_initial_events = truthy(&v),
                 "dryRun" => match v.as_str() {
                     "All" => p.dry_run = true,
                     "" => {}
-                    other => return Err(ApiError::BadRequest(format!("dryRun: unsupported value {other:?}; use All"))),
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "dryRun: unsupported value {other:?}; use All"
+                        )));
+                    }
                 },
                 "fieldValidation" => {
                     p.field_validation = match v.as_str() {
@@ -78,10 +85,11 @@ impl Params {
     pub fn resource_version_number(&self) -> Result<Option<u64>, ApiError> {
         match self.resource_version.as_deref() {
             None | Some("0") => Ok(None),
-            Some(s) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| ApiError::BadRequest(format!("resourceVersion: {s:?} is not a valid resource version"))),
+            Some(s) => s.parse().map(Some).map_err(|_| {
+                ApiError::BadRequest(format!(
+                    "resourceVersion: {s:?} is not a valid resource version"
+                ))
+            }),
         }
     }
 }
@@ -92,12 +100,18 @@ mod tests {
 
     #[test]
     fn kube_rs_style_queries() {
-        let p = Params::parse(Some("&limit=500&watch=true&resourceVersion=12&allowWatchBookmarks=true&timeoutSeconds=290")).unwrap();
+        let p = Params::parse(Some(
+            "&limit=500&watch=true&resourceVersion=12&allowWatchBookmarks=true&timeoutSeconds=290",
+        ))
+        .unwrap();
         assert_eq!(p.limit, 500);
         assert!(p.watch && p.allow_bookmarks);
         assert_eq!(p.resource_version_number().unwrap(), Some(12));
         assert_eq!(p.timeout_seconds, Some(290));
-        let p = Params::parse(Some("fieldSelector=metadata.name%3Dr1&fieldValidation=Strict")).unwrap();
+        let p = Params::parse(Some(
+            "fieldSelector=metadata.name%3Dr1&fieldValidation=Strict",
+        ))
+        .unwrap();
         assert_eq!(p.field_selector.as_deref(), Some("metadata.name=r1"));
         assert_eq!(p.field_validation, FieldValidation::Strict);
         assert!(Params::parse(Some("limit=ten")).is_err());

@@ -39,8 +39,15 @@ fn split_top(s: &str) -> Vec<&str> {
 fn check_key(k: &str, whole: &str) -> Result<String, ApiError> {
     let ok = !k.is_empty()
         && k.len() <= 316
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
-    if ok { Ok(k.to_string()) } else { Err(ApiError::BadRequest(format!("labelSelector {whole:?}: invalid label key {k:?}"))) }
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+    if ok {
+        Ok(k.to_string())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "labelSelector {whole:?}: invalid label key {k:?}"
+        )))
+    }
 }
 
 impl LabelSelector {
@@ -51,11 +58,19 @@ impl LabelSelector {
             if part.is_empty() {
                 continue;
             }
-            let bad = || ApiError::BadRequest(format!("labelSelector {s:?}: cannot parse {part:?}"));
+            let bad =
+                || ApiError::BadRequest(format!("labelSelector {s:?}: cannot parse {part:?}"));
             let set = |rest: &str| -> Result<Vec<String>, ApiError> {
                 let rest = rest.trim();
-                let inner = rest.strip_prefix('(').and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
-                Ok(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+                let inner = rest
+                    .strip_prefix('(')
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(bad)?;
+                Ok(inner
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect())
             };
             if let Some(k) = part.strip_prefix('!') {
                 reqs.push(Req::NotExists(check_key(k.trim(), s)?));
@@ -121,11 +136,15 @@ impl FieldSelector {
             } else if let Some((f, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
                 (f, true, v)
             } else {
-                return Err(ApiError::BadRequest(format!("fieldSelector {s:?}: {part:?} is not field=value or field!=value")));
+                return Err(ApiError::BadRequest(format!(
+                    "fieldSelector {s:?}: {part:?} is not field=value or field!=value"
+                )));
             };
             let field = field.trim();
             if !(COMMON_FIELDS.contains(&field) || (is_event && EVENT_FIELDS.contains(&field))) {
-                return Err(ApiError::BadRequest(format!("field label not supported: {field}")));
+                return Err(ApiError::BadRequest(format!(
+                    "field label not supported: {field}"
+                )));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }
@@ -134,7 +153,10 @@ impl FieldSelector {
 
     /// The name this selector pins (`metadata.name=X`), if any.
     pub fn pinned_name(&self) -> Option<&str> {
-        self.0.iter().find(|(f, eq, _)| f == "metadata.name" && *eq).map(|(_, _, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(f, eq, _)| f == "metadata.name" && *eq)
+            .map(|(_, _, v)| v.as_str())
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
@@ -170,7 +192,11 @@ mod tests {
             ("zone in (x),role", false),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&o), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&o),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("tier in a,b").is_err());
         assert!(LabelSelector::parse("bad key=1").is_err());
@@ -179,11 +205,24 @@ mod tests {
     #[test]
     fn field_selectors() {
         let ev = json!({"metadata": {"name": "e1", "namespace": "default"}, "involvedObject": {"name": "n1", "kind": "Node"}, "source": {"component": "c"}});
-        let f = FieldSelector::parse("involvedObject.name=n1,involvedObject.kind=Node,involvedObject.namespace=", true).unwrap();
+        let f = FieldSelector::parse(
+            "involvedObject.name=n1,involvedObject.kind=Node,involvedObject.namespace=",
+            true,
+        )
+        .unwrap();
         assert!(f.matches(&ev));
         assert!(FieldSelector::parse("source=c", true).unwrap().matches(&ev));
-        assert!(!FieldSelector::parse("metadata.name!=e1", true).unwrap().matches(&ev));
+        assert!(
+            !FieldSelector::parse("metadata.name!=e1", true)
+                .unwrap()
+                .matches(&ev)
+        );
         assert!(FieldSelector::parse("spec.power=On", false).is_err());
-        assert_eq!(FieldSelector::parse("metadata.name=x", false).unwrap().pinned_name(), Some("x"));
+        assert_eq!(
+            FieldSelector::parse("metadata.name=x", false)
+                .unwrap()
+                .pinned_name(),
+            Some("x")
+        );
     }
 }

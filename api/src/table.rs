@@ -9,11 +9,17 @@ pub(crate) const TABLE_CONTENT_TYPE: &str = "application/json;as=Table;v=v1;g=me
 
 /// Whether the Accept header asks for a Table.
 pub(crate) fn wants_table(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")))
+    accept.is_some_and(|a| {
+        a.split(',')
+            .next()
+            .is_some_and(|first| first.contains("as=Table"))
+    })
 }
 
 pub(crate) fn column_definitions(kind: &KindInfo) -> Value {
-    let mut cols = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0})];
+    let mut cols = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name of the object", "priority": 0}),
+    ];
     for c in kind.columns {
         cols.push(json!({
             "name": c.name,
@@ -27,7 +33,11 @@ pub(crate) fn column_definitions(kind: &KindInfo) -> Value {
 }
 
 pub(crate) fn row(kind: &KindInfo, obj: &Value, now: Timestamp) -> Value {
-    let mut cells = vec![obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null)];
+    let mut cells = vec![
+        obj.pointer("/metadata/name")
+            .cloned()
+            .unwrap_or(Value::Null),
+    ];
     for c in kind.columns {
         cells.push(cell(c, obj, now));
     }
@@ -50,7 +60,11 @@ pub(crate) fn table(kind: &KindInfo, objs: &[Value], meta: Value, now: Timestamp
 fn cell(c: &Column, obj: &Value, now: Timestamp) -> Value {
     let values = lookup(obj, c.json_path);
     if c.type_ == "date" {
-        return match values.first().and_then(Value::as_str).and_then(|s| s.parse::<Timestamp>().ok()) {
+        return match values
+            .first()
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<Timestamp>().ok())
+        {
             Some(t) => Value::String(human_duration(now.duration_since(t).as_secs())),
             None => Value::String("<unknown>".into()),
         };
@@ -107,19 +121,35 @@ pub fn human_duration(secs: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if m < 180 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else if d < 365 * 8 {
-        if d % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", d % 365) }
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
     } else {
         format!("{y}y")
     }
@@ -131,7 +161,17 @@ mod tests {
 
     #[test]
     fn durations_like_kubectl() {
-        for (s, want) in [(0, "0s"), (119, "119s"), (125, "2m5s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (30 * 3600, "30h"), (3 * 86400 + 7200, "3d2h"), (400 * 86400, "400d"), (3 * 365 * 86400 + 86400, "3y1d")] {
+        for (s, want) in [
+            (0, "0s"),
+            (119, "119s"),
+            (125, "2m5s"),
+            (600, "10m"),
+            (3 * 3600 + 60, "3h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400 + 7200, "3d2h"),
+            (400 * 86400, "400d"),
+            (3 * 365 * 86400 + 86400, "3y1d"),
+        ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
     }

@@ -35,7 +35,10 @@ fn bookmark(kind: &KindInfo, revision: u64, initial_end: bool) -> Bytes {
     if initial_end {
         meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
     }
-    line("BOOKMARK", json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta}))
+    line(
+        "BOOKMARK",
+        json!({"kind": kind.kind, "apiVersion": kind.api_version(), "metadata": meta}),
+    )
 }
 
 fn expired(e: &StoreError) -> Bytes {
@@ -43,17 +46,30 @@ fn expired(e: &StoreError) -> Bytes {
     line("ERROR", err.status())
 }
 
-pub(crate) async fn watch(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Response, ApiError> {
+pub(crate) async fn watch(
+    store: &Store,
+    t: &Target,
+    p: &Params,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let kind = t.kind;
     let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-    let fields = FieldSelector::parse(p.field_selector.as_deref().unwrap_or(""), kind.kind == "Event")?;
+    let fields = FieldSelector::parse(
+        p.field_selector.as_deref().unwrap_or(""),
+        kind.kind == "Event",
+    )?;
     let matches = move |o: &Value| labels.matches(o) && fields.matches(o);
     let prefix = t.prefix();
     let requested = p.resource_version_number()?;
 
     let (start, initial) = if requested.is_none() || p.send_initial_events {
-        let page = store.list(&prefix, None, 0, &matches).map_err(|e| ApiError::from_store(e, kind, ""))?;
-        (page.revision, page.items.into_iter().map(|s| s.object).collect::<Vec<_>>())
+        let page = store
+            .list(&prefix, None, 0, &matches)
+            .map_err(|e| ApiError::from_store(e, kind, ""))?;
+        (
+            page.revision,
+            page.items.into_iter().map(|s| s.object).collect::<Vec<_>>(),
+        )
     } else {
         (requested.unwrap_or(0), Vec::new())
     };
@@ -68,9 +84,16 @@ pub(crate) async fn watch(store: &Store, t: &Target, p: &Params, as_table: bool)
         Err(e) => return Err(ApiError::from_store(e, kind, "")),
     };
     let render = move |o: Value| -> Value {
-        if as_table { table::table(kind, &[o], json!({}), crate::objects::now()) } else { o }
+        if as_table {
+            table::table(kind, &[o], json!({}), crate::objects::now())
+        } else {
+            o
+        }
     };
-    let timeout = p.timeout_seconds.map(Duration::from_secs).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = p
+        .timeout_seconds
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_TIMEOUT);
     let allow_bookmarks = p.allow_bookmarks;
     let send_initial = p.send_initial_events;
     tokio::spawn(async move {
@@ -84,7 +107,8 @@ pub(crate) async fn watch(store: &Store, t: &Target, p: &Params, as_table: bool)
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
+        let mut ticks =
+            tokio::time::interval_at(tokio::time::Instant::now() + BOOKMARK_EVERY, BOOKMARK_EVERY);
         loop {
             let out = tokio::select! {
                 _ = tx.closed() => return,
@@ -129,7 +153,13 @@ pub(crate) async fn watch(store: &Store, t: &Target, p: &Params, as_table: bool)
 fn respond(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     resp
 }

@@ -15,9 +15,15 @@ pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-config
 /// The patch that takes `current` to `modified`, deleting what `original` (the last applied
 /// configuration) had and `modified` no longer has. Lists are replaced whole (JSON merge
 /// patch semantics, as for custom resources in Kubernetes).
-pub fn three_way_merge_patch(original: &Value, modified: &Value, current: &Value) -> Map<String, Value> {
+pub fn three_way_merge_patch(
+    original: &Value,
+    modified: &Value,
+    current: &Value,
+) -> Map<String, Value> {
     let mut patch = Map::new();
-    let (Some(m), cur) = (modified.as_object(), current.as_object()) else { return patch };
+    let (Some(m), cur) = (modified.as_object(), current.as_object()) else {
+        return patch;
+    };
     for (k, mv) in m {
         let cv = cur.and_then(|c| c.get(k));
         match (mv, cv) {
@@ -47,30 +53,55 @@ pub fn three_way_merge_patch(original: &Value, modified: &Value, current: &Value
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b)),
-        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w))),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
         _ => a == b,
     }
 }
 
 fn kind_of(m: &Manifest) -> anyhow::Result<&'static KindInfo> {
-    let av = m.object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let av = m
+        .object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let kind = m.object.get("kind").and_then(Value::as_str).unwrap_or("");
     if av.is_empty() || kind.is_empty() {
         bail!("{}: apiVersion and kind are required", m.source);
     }
-    all_kinds().iter().find(|k| k.api_version() == av && k.kind == kind).ok_or_else(|| {
-        anyhow::anyhow!("{}: unknown kind {kind:?} in apiVersion {av:?} (known: {})", m.source,
-            all_kinds().iter().map(|k| format!("{}/{}", k.api_version(), k.kind)).collect::<Vec<_>>().join(", "))
-    })
+    all_kinds()
+        .iter()
+        .find(|k| k.api_version() == av && k.kind == kind)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: unknown kind {kind:?} in apiVersion {av:?} (known: {})",
+                m.source,
+                all_kinds()
+                    .iter()
+                    .map(|k| format!("{}/{}", k.api_version(), k.kind))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
 }
 
 /// Objects others refer to go first, so references resolve on the first apply.
 fn rank(k: &KindInfo) -> usize {
-    ["Datacenter", "Rack", "Profile", "Node", "ServiceStack"].iter().position(|x| *x == k.kind).unwrap_or(9)
+    ["Datacenter", "Rack", "Profile", "Node", "ServiceStack"]
+        .iter()
+        .position(|x| *x == k.kind)
+        .unwrap_or(9)
 }
 
-pub(crate) async fn run(kubeconfig: Option<PathBuf>, files: &[PathBuf], dry_run: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(
+    kubeconfig: Option<PathBuf>,
+    files: &[PathBuf],
+    dry_run: bool,
+) -> anyhow::Result<()> {
     let manifests = read_manifests(files)?;
     let api = client::connect(kubeconfig).await?;
     let mut items = Vec::new();
@@ -100,12 +131,28 @@ pub(crate) async fn run(kubeconfig: Option<PathBuf>, files: &[PathBuf], dry_run:
     Ok(())
 }
 
-async fn apply_one(api: &client::Api, kind: &'static KindInfo, m: &Manifest, dry_run: bool) -> anyhow::Result<String> {
-    let name = m.object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
+async fn apply_one(
+    api: &client::Api,
+    kind: &'static KindInfo,
+    m: &Manifest,
+    dry_run: bool,
+) -> anyhow::Result<String> {
+    let name = m
+        .object
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
     if name.is_empty() {
         bail!("metadata.name is required");
     }
-    let ns = kind.namespaced.then(|| m.object.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string());
+    let ns = kind.namespaced.then(|| {
+        m.object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_string()
+    });
     let label = format!("{}/{name}", kind.singular);
     // What the file says, plus the annotation recording it.
     let mut modified = m.object.clone();
@@ -113,30 +160,53 @@ async fn apply_one(api: &client::Api, kind: &'static KindInfo, m: &Manifest, dry
     // and groundwork agree on what was last applied.
     let mut recorded = m.object.clone();
     if let Some(meta) = recorded.get_mut("metadata").and_then(Value::as_object_mut) {
-        let a = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+        let a = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Map::new()));
         if let Some(a) = a.as_object_mut() {
             a.remove(LAST_APPLIED);
         }
     }
     let recorded_text = format!("{}\n", serde_json::to_string(&recorded)?);
-    let meta = modified.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut).expect("name checked");
-    let ann = meta.entry("annotations").or_insert_with(|| Value::Object(Map::new()));
+    let meta = modified
+        .as_object_mut()
+        .and_then(|o| o.get_mut("metadata"))
+        .and_then(Value::as_object_mut)
+        .expect("name checked");
+    let ann = meta
+        .entry("annotations")
+        .or_insert_with(|| Value::Object(Map::new()));
     if let Some(a) = ann.as_object_mut() {
         a.insert(LAST_APPLIED.into(), Value::String(recorded_text));
     }
     let suffix = if dry_run { " (server dry run)" } else { "" };
-    let q = if dry_run { "?fieldManager=groundwork&fieldValidation=Strict&dryRun=All" } else { "?fieldManager=groundwork&fieldValidation=Strict" };
+    let q = if dry_run {
+        "?fieldManager=groundwork&fieldValidation=Strict&dryRun=All"
+    } else {
+        "?fieldManager=groundwork&fieldValidation=Strict"
+    };
     let item = item_path(kind, ns.as_deref(), &name);
     let current = api.get(&item).await.map_err(client::explain)?;
     match current {
         None => {
             let uri = format!("{}{q}", collection_path(kind, ns.as_deref()));
-            api.json(http::Method::POST, &uri, Some("application/json"), None, Some(&modified)).await.map_err(client::explain)?;
+            api.json(
+                http::Method::POST,
+                &uri,
+                Some("application/json"),
+                None,
+                Some(&modified),
+            )
+            .await
+            .map_err(client::explain)?;
             Ok(format!("{label} created{suffix}"))
         }
         Some(cur) => {
             let original = cur
-                .pointer(&format!("/metadata/annotations/{}", LAST_APPLIED.replace('/', "~1")))
+                .pointer(&format!(
+                    "/metadata/annotations/{}",
+                    LAST_APPLIED.replace('/', "~1")
+                ))
                 .and_then(Value::as_str)
                 .and_then(|s| serde_json::from_str::<Value>(s).ok())
                 .unwrap_or(Value::Null);
@@ -145,9 +215,15 @@ async fn apply_one(api: &client::Api, kind: &'static KindInfo, m: &Manifest, dry
                 return Ok(format!("{label} unchanged"));
             }
             let uri = format!("{item}{q}");
-            api.json(http::Method::PATCH, &uri, Some("application/merge-patch+json"), None, Some(&Value::Object(patch)))
-                .await
-                .map_err(client::explain)?;
+            api.json(
+                http::Method::PATCH,
+                &uri,
+                Some("application/merge-patch+json"),
+                None,
+                Some(&Value::Object(patch)),
+            )
+            .await
+            .map_err(client::explain)?;
             Ok(format!("{label} configured{suffix}"))
         }
     }
@@ -162,10 +238,18 @@ mod tests {
     fn three_way() {
         let original = json!({"spec": {"a": 1, "b": 2, "list": [1]}});
         let modified = json!({"spec": {"a": 1, "list": [1, 2]}});
-        let current = json!({"spec": {"a": 1, "b": 2, "c": "server", "list": [1]}, "status": {"x": 1}});
+        let current =
+            json!({"spec": {"a": 1, "b": 2, "c": "server", "list": [1]}, "status": {"x": 1}});
         let p = three_way_merge_patch(&original, &modified, &current);
-        assert_eq!(Value::Object(p), json!({"spec": {"b": null, "list": [1, 2]}}));
-        assert!(three_way_merge_patch(&modified, &modified, &current.clone()).get("spec").is_some());
+        assert_eq!(
+            Value::Object(p),
+            json!({"spec": {"b": null, "list": [1, 2]}})
+        );
+        assert!(
+            three_way_merge_patch(&modified, &modified, &current.clone())
+                .get("spec")
+                .is_some()
+        );
         let same = json!({"spec": {"a": 1.0, "list": [1, 2], "extra": 3}});
         assert!(three_way_merge_patch(&modified, &modified, &same).is_empty());
     }

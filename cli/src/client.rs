@@ -16,7 +16,8 @@ pub(crate) struct Api {
 pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<Api> {
     let config = match kubeconfig {
         Some(p) => {
-            let kc = Kubeconfig::read_from(&p).with_context(|| format!("reading kubeconfig {}", p.display()))?;
+            let kc = Kubeconfig::read_from(&p)
+                .with_context(|| format!("reading kubeconfig {}", p.display()))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .with_context(|| format!("using kubeconfig {}", p.display()))?
@@ -29,12 +30,18 @@ pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<Api> 
             )
         })?,
     };
-    Ok(Api { client: kube::Client::try_from(config)? })
+    Ok(Api {
+        client: kube::Client::try_from(config)?,
+    })
 }
 
 /// `/apis/<g>/<v>/<plural>` (or the core/namespaced form).
 pub(crate) fn collection_path(k: &KindInfo, namespace: Option<&str>) -> String {
-    let base = if k.group.is_empty() { format!("/api/{}", k.version) } else { format!("/apis/{}/{}", k.group, k.version) };
+    let base = if k.group.is_empty() {
+        format!("/api/{}", k.version)
+    } else {
+        format!("/apis/{}/{}", k.group, k.version)
+    };
     match (k.namespaced, namespace) {
         (true, Some(ns)) => format!("{base}/namespaces/{ns}/{}", k.plural),
         _ => format!("{base}/{}", k.plural),
@@ -54,7 +61,14 @@ pub(crate) fn explain(e: kube::Error) -> anyhow::Error {
 }
 
 impl Api {
-    pub async fn json(&self, method: http::Method, uri: &str, content_type: Option<&str>, accept: Option<&str>, body: Option<&Value>) -> Result<Value, kube::Error> {
+    pub async fn json(
+        &self,
+        method: http::Method,
+        uri: &str,
+        content_type: Option<&str>,
+        accept: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value, kube::Error> {
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(ct) = content_type {
             req = req.header(http::header::CONTENT_TYPE, ct);
@@ -62,13 +76,18 @@ impl Api {
         if let Some(a) = accept {
             req = req.header(http::header::ACCEPT, a);
         }
-        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default()).unwrap_or_default();
+        let body = body
+            .map(|b| serde_json::to_vec(b).unwrap_or_default())
+            .unwrap_or_default();
         let req = req.body(body).map_err(kube::Error::HttpError)?;
         self.client.request::<Value>(req).await
     }
 
     pub async fn get(&self, uri: &str) -> Result<Option<Value>, kube::Error> {
-        match self.json(http::Method::GET, uri, None, Some("application/json"), None).await {
+        match self
+            .json(http::Method::GET, uri, None, Some("application/json"), None)
+            .await
+        {
             Ok(v) => Ok(Some(v)),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
             Err(e) => Err(e),

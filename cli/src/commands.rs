@@ -18,7 +18,11 @@ pub(crate) fn resolve_kind(name: &str) -> anyhow::Result<&'static KindInfo> {
     kind_by_kind(name).ok_or_else(|| {
         anyhow::anyhow!(
             "unknown kind {name:?}; known kinds: {}",
-            groundwork_types::all_kinds().iter().map(|k| k.kind).collect::<Vec<_>>().join(", ")
+            groundwork_types::all_kinds()
+                .iter()
+                .map(|k| k.kind)
+                .collect::<Vec<_>>()
+                .join(", ")
         )
     })
 }
@@ -37,13 +41,21 @@ fn query(selector: Option<&str>) -> String {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
 }
 
-pub(crate) async fn get(kc: Option<PathBuf>, kind: &str, names: &[String], output: &str, selector: Option<&str>) -> anyhow::Result<()> {
+pub(crate) async fn get(
+    kc: Option<PathBuf>,
+    kind: &str,
+    names: &[String],
+    output: &str,
+    selector: Option<&str>,
+) -> anyhow::Result<()> {
     let k = resolve_kind(kind)?;
     let api = client::connect(kc).await?;
     let ns = default_ns(k);
@@ -52,16 +64,30 @@ pub(crate) async fn get(kc: Option<PathBuf>, kind: &str, names: &[String], outpu
             let wide = output == "wide";
             if names.is_empty() {
                 let uri = format!("{}{}", collection_path(k, ns), query(selector));
-                let t = api.json(http::Method::GET, &uri, None, Some(TABLE_ACCEPT), None).await.map_err(client::explain)?;
+                let t = api
+                    .json(http::Method::GET, &uri, None, Some(TABLE_ACCEPT), None)
+                    .await
+                    .map_err(client::explain)?;
                 print_table(&t, wide);
             } else {
                 let mut merged: Option<Value> = None;
                 for n in names {
-                    let t = api.json(http::Method::GET, &item_path(k, ns, n), None, Some(TABLE_ACCEPT), None).await.map_err(client::explain)?;
+                    let t = api
+                        .json(
+                            http::Method::GET,
+                            &item_path(k, ns, n),
+                            None,
+                            Some(TABLE_ACCEPT),
+                            None,
+                        )
+                        .await
+                        .map_err(client::explain)?;
                     match &mut merged {
                         None => merged = Some(t),
                         Some(m) => {
-                            if let (Some(rows), Some(more)) = (m["rows"].as_array_mut(), t["rows"].as_array()) {
+                            if let (Some(rows), Some(more)) =
+                                (m["rows"].as_array_mut(), t["rows"].as_array())
+                            {
                                 rows.extend(more.iter().cloned());
                             }
                         }
@@ -73,23 +99,50 @@ pub(crate) async fn get(kc: Option<PathBuf>, kind: &str, names: &[String], outpu
         "yaml" | "json" | "name" => {
             let objs: Vec<Value> = if names.is_empty() {
                 let uri = format!("{}{}", collection_path(k, ns), query(selector));
-                let list = api.json(http::Method::GET, &uri, None, Some("application/json"), None).await.map_err(client::explain)?;
+                let list = api
+                    .json(
+                        http::Method::GET,
+                        &uri,
+                        None,
+                        Some("application/json"),
+                        None,
+                    )
+                    .await
+                    .map_err(client::explain)?;
                 list["items"].as_array().cloned().unwrap_or_default()
             } else {
                 let mut v = Vec::new();
                 for n in names {
-                    v.push(api.json(http::Method::GET, &item_path(k, ns, n), None, Some("application/json"), None).await.map_err(client::explain)?);
+                    v.push(
+                        api.json(
+                            http::Method::GET,
+                            &item_path(k, ns, n),
+                            None,
+                            Some("application/json"),
+                            None,
+                        )
+                        .await
+                        .map_err(client::explain)?,
+                    );
                 }
                 v
             };
             let single = names.len() == 1;
-            let doc = if single { objs[0].clone() } else { json!({"apiVersion": "v1", "kind": "List", "items": objs}) };
+            let doc = if single {
+                objs[0].clone()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": objs})
+            };
             match output {
                 "yaml" => print!("{}", to_yaml(&doc)),
                 "json" => println!("{}", serde_json::to_string_pretty(&doc)?),
                 _ => {
                     for o in if single { vec![doc] } else { objs } {
-                        println!("{}/{}", k.singular, o["metadata"]["name"].as_str().unwrap_or(""));
+                        println!(
+                            "{}/{}",
+                            k.singular,
+                            o["metadata"]["name"].as_str().unwrap_or("")
+                        );
                     }
                 }
             }
@@ -102,47 +155,103 @@ pub(crate) async fn get(kc: Option<PathBuf>, kind: &str, names: &[String], outpu
 pub(crate) async fn describe(kc: Option<PathBuf>, kind: &str, name: &str) -> anyhow::Result<()> {
     let k = resolve_kind(kind)?;
     let api = client::connect(kc).await?;
-    let obj = api.json(http::Method::GET, &item_path(k, default_ns(k), name), None, None, None).await.map_err(client::explain)?;
+    let obj = api
+        .json(
+            http::Method::GET,
+            &item_path(k, default_ns(k), name),
+            None,
+            None,
+            None,
+        )
+        .await
+        .map_err(client::explain)?;
     let mut shown = obj.clone();
-    if let Some(a) = shown.pointer_mut("/metadata/annotations").and_then(Value::as_object_mut) {
+    if let Some(a) = shown
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+    {
         a.remove(crate::apply::LAST_APPLIED);
         if a.is_empty() {
-            shown["metadata"].as_object_mut().map(|m| m.remove("annotations"));
+            shown["metadata"]
+                .as_object_mut()
+                .map(|m| m.remove("annotations"));
         }
     }
     print!("{}", to_yaml(&shown));
     let uid = obj["metadata"]["uid"].as_str().unwrap_or("");
-    let sel = format!("involvedObject.kind={},involvedObject.name={name},involvedObject.uid={uid}", k.kind);
+    let sel = format!(
+        "involvedObject.kind={},involvedObject.name={name},involvedObject.uid={uid}",
+        k.kind
+    );
     print_events(&api, &sel).await
 }
 
 async fn print_events(api: &client::Api, field_selector: &str) -> anyhow::Result<()> {
     let uri = format!("/api/v1/events?fieldSelector={}", encode(field_selector));
-    let list = api.json(http::Method::GET, &uri, None, Some("application/json"), None).await.map_err(client::explain)?;
+    let list = api
+        .json(
+            http::Method::GET,
+            &uri,
+            None,
+            Some("application/json"),
+            None,
+        )
+        .await
+        .map_err(client::explain)?;
     let mut items = list["items"].as_array().cloned().unwrap_or_default();
     println!("Events:");
     if items.is_empty() {
         println!("  <none>");
         return Ok(());
     }
-    let when = |e: &Value| e["lastTimestamp"].as_str().or(e["eventTime"].as_str()).or(e["metadata"]["creationTimestamp"].as_str()).unwrap_or("").to_string();
+    let when = |e: &Value| {
+        e["lastTimestamp"]
+            .as_str()
+            .or(e["eventTime"].as_str())
+            .or(e["metadata"]["creationTimestamp"].as_str())
+            .unwrap_or("")
+            .to_string()
+    };
     items.sort_by_key(when);
     let now = jiff::Timestamp::now();
     let rows: Vec<Vec<String>> = items
         .iter()
         .map(|e| {
-            let age = when(e).parse::<jiff::Timestamp>().map(|t| groundwork_api::human_duration(now.duration_since(t).as_secs())).unwrap_or_default();
-            let count = e["count"].as_i64().filter(|c| *c > 1).map(|c| format!(" (x{c})")).unwrap_or_default();
+            let age = when(e)
+                .parse::<jiff::Timestamp>()
+                .map(|t| groundwork_api::human_duration(now.duration_since(t).as_secs()))
+                .unwrap_or_default();
+            let count = e["count"]
+                .as_i64()
+                .filter(|c| *c > 1)
+                .map(|c| format!(" (x{c})"))
+                .unwrap_or_default();
             vec![
                 format!("  {}", e["type"].as_str().unwrap_or("")),
                 e["reason"].as_str().unwrap_or("").to_string(),
                 format!("{age}{count}"),
-                format!("{}/{}", e["involvedObject"]["kind"].as_str().unwrap_or("").to_ascii_lowercase(), e["involvedObject"]["name"].as_str().unwrap_or("")),
+                format!(
+                    "{}/{}",
+                    e["involvedObject"]["kind"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_ascii_lowercase(),
+                    e["involvedObject"]["name"].as_str().unwrap_or("")
+                ),
                 e["message"].as_str().unwrap_or("").to_string(),
             ]
         })
         .collect();
-    print_aligned(&["  TYPE".into(), "REASON".into(), "AGE".into(), "OBJECT".into(), "MESSAGE".into()], &rows);
+    print_aligned(
+        &[
+            "  TYPE".into(),
+            "REASON".into(),
+            "AGE".into(),
+            "OBJECT".into(),
+            "MESSAGE".into(),
+        ],
+        &rows,
+    );
     Ok(())
 }
 
@@ -151,24 +260,54 @@ pub(crate) async fn events(kc: Option<PathBuf>, object: Option<&str>) -> anyhow:
     let sel = match object {
         None => String::new(),
         Some(o) => {
-            let Some((kind, name)) = o.split_once('/') else { bail!("{o:?}: use KIND/NAME, e.g. node/n1") };
-            format!("involvedObject.kind={},involvedObject.name={name}", resolve_kind(kind)?.kind)
+            let Some((kind, name)) = o.split_once('/') else {
+                bail!("{o:?}: use KIND/NAME, e.g. node/n1")
+            };
+            format!(
+                "involvedObject.kind={},involvedObject.name={name}",
+                resolve_kind(kind)?.kind
+            )
         }
     };
     print_events(&api, &sel).await
 }
 
-pub(crate) async fn delete(kc: Option<PathBuf>, kind: &str, names: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn delete(
+    kc: Option<PathBuf>,
+    kind: &str,
+    names: &[String],
+) -> anyhow::Result<()> {
     let k = resolve_kind(kind)?;
     let api = client::connect(kc).await?;
     let mut failed = 0;
     for n in names {
-        let body = json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
-        match api.json(http::Method::DELETE, &item_path(k, default_ns(k), n), Some("application/json"), None, Some(&body)).await {
+        let body =
+            json!({"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"});
+        match api
+            .json(
+                http::Method::DELETE,
+                &item_path(k, default_ns(k), n),
+                Some("application/json"),
+                None,
+                Some(&body),
+            )
+            .await
+        {
             Ok(obj) => {
-                let fins: Vec<String> = obj["metadata"]["finalizers"].as_array().map(|a| a.iter().filter_map(|f| f.as_str().map(String::from)).collect()).unwrap_or_default();
+                let fins: Vec<String> = obj["metadata"]["finalizers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| f.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 if obj["metadata"]["deletionTimestamp"].is_string() && !fins.is_empty() {
-                    println!("{}/{n} deletion requested; waiting on finalizers: {}", k.singular, fins.join(", "));
+                    println!(
+                        "{}/{n} deletion requested; waiting on finalizers: {}",
+                        k.singular,
+                        fins.join(", ")
+                    );
                 } else {
                     println!("{}/{n} deleted", k.singular);
                 }
@@ -185,7 +324,12 @@ pub(crate) async fn delete(kc: Option<PathBuf>, kind: &str, names: &[String]) ->
     Ok(())
 }
 
-pub(crate) async fn watch(kc: Option<PathBuf>, kind: &str, name: Option<&str>, full: bool) -> anyhow::Result<()> {
+pub(crate) async fn watch(
+    kc: Option<PathBuf>,
+    kind: &str,
+    name: Option<&str>,
+    full: bool,
+) -> anyhow::Result<()> {
     let k = resolve_kind(kind)?;
     let api = client::connect(kc).await?;
     let ar = ApiResource {
@@ -212,10 +356,21 @@ pub(crate) async fn watch(kc: Option<PathBuf>, kind: &str, name: Option<&str>, f
             let rv = o.metadata.resource_version.as_deref().unwrap_or("");
             let time = jiff::Zoned::now().strftime("%H:%M:%S").to_string();
             if full {
-                println!("{time} {type_} {}/{name} rv={rv} {}", k.singular, serde_json::to_string(o).unwrap_or_default());
+                println!(
+                    "{time} {type_} {}/{name} rv={rv} {}",
+                    k.singular,
+                    serde_json::to_string(o).unwrap_or_default()
+                );
             } else {
-                let status = o.data.get("status").map(|s| serde_json::to_string(s).unwrap_or_default()).unwrap_or_else(|| "{}".into());
-                println!("{time} {type_} {}/{name} rv={rv} status={status}", k.singular);
+                let status = o
+                    .data
+                    .get("status")
+                    .map(|s| serde_json::to_string(s).unwrap_or_default())
+                    .unwrap_or_else(|| "{}".into());
+                println!(
+                    "{time} {type_} {}/{name} rv={rv} status={status}",
+                    k.singular
+                );
             }
         };
         match ev {

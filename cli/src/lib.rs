@@ -86,7 +86,10 @@ enum Command {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -108,10 +111,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Apply { files, dry_run } => apply::run(kc, &files, dry_run).await,
-        Command::Get { kind, names, output, selector } => commands::get(kc, &kind, &names, &output, selector.as_deref()).await,
+        Command::Get {
+            kind,
+            names,
+            output,
+            selector,
+        } => commands::get(kc, &kind, &names, &output, selector.as_deref()).await,
         Command::Describe { kind, name } => commands::describe(kc, &kind, &name).await,
         Command::Delete { kind, names } => commands::delete(kc, &kind, &names).await,
-        Command::Watch { kind, name, full } => commands::watch(kc, &kind, name.as_deref(), full).await,
+        Command::Watch { kind, name, full } => {
+            commands::watch(kc, &kind, name.as_deref(), full).await
+        }
         Command::Events { object } => commands::events(kc, object.as_deref()).await,
         Command::Schema { kind, crd, write } => schema::run(kind.as_deref(), crd, write.as_deref()),
     }

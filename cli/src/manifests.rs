@@ -14,7 +14,10 @@ pub struct Manifest {
 }
 
 fn is_manifest(p: &Path) -> bool {
-    matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"))
+    matches!(
+        p.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
 }
 
 fn files_in(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -40,18 +43,33 @@ fn files_in(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// Parses YAML text holding one or more documents; empty documents are skipped, and a
 /// `kind: List` is flattened into its items.
 pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<Manifest>> {
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text).map_err(|e| anyhow::anyhow!("{source}: invalid YAML: {e}"))?;
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text)
+        .map_err(|e| anyhow::anyhow!("{source}: invalid YAML: {e}"))?;
     let mut out = Vec::new();
     for (i, d) in docs.into_iter().enumerate() {
         match d {
             Value::Null => {}
             Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                for item in m.get("items").and_then(Value::as_array).cloned().unwrap_or_default() {
-                    out.push(Manifest { source: format!("{source} (document {})", i + 1), object: item });
+                for item in m
+                    .get("items")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+                {
+                    out.push(Manifest {
+                        source: format!("{source} (document {})", i + 1),
+                        object: item,
+                    });
                 }
             }
-            Value::Object(_) => out.push(Manifest { source: format!("{source} (document {})", i + 1), object: d }),
-            other => bail!("{source} (document {}): expected an object with apiVersion and kind, found {other}", i + 1),
+            Value::Object(_) => out.push(Manifest {
+                source: format!("{source} (document {})", i + 1),
+                object: d,
+            }),
+            other => bail!(
+                "{source} (document {}): expected an object with apiVersion and kind, found {other}",
+                i + 1
+            ),
         }
     }
     Ok(out)
@@ -63,7 +81,9 @@ pub fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<Manifest>> {
     for p in paths {
         if p.as_os_str() == "-" {
             let mut text = String::new();
-            std::io::stdin().read_to_string(&mut text).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("reading stdin")?;
             out.extend(parse_documents(&text, "<stdin>")?);
             continue;
         }
@@ -73,7 +93,8 @@ pub fn read_manifests(paths: &[PathBuf]) -> anyhow::Result<Vec<Manifest>> {
         let mut files = Vec::new();
         files_in(p, &mut files)?;
         for f in files {
-            let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+            let text =
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
             out.extend(parse_documents(&text, &f.display().to_string())?);
         }
     }
@@ -91,6 +112,11 @@ mod tests {
         assert_eq!(docs.len(), 3);
         assert_eq!(docs[2].object["kind"], "Node");
         assert!(parse_documents("- a\n- b\n", "t").is_err());
-        assert!(parse_documents("a: [1, 2\n", "t").unwrap_err().to_string().contains("invalid YAML"));
+        assert!(
+            parse_documents("a: [1, 2\n", "t")
+                .unwrap_err()
+                .to_string()
+                .contains("invalid YAML")
+        );
     }
 }

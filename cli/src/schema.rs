@@ -34,7 +34,13 @@ pub fn schema_files() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for k in all_kinds() {
         if let (Some(schema), Some(crd)) = (json_schema(k), k.crd) {
-            out.push((format!("{}.schema.json", k.singular), format!("{}\n", serde_json::to_string_pretty(&schema).unwrap_or_default())));
+            out.push((
+                format!("{}.schema.json", k.singular),
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&schema).unwrap_or_default()
+                ),
+            ));
             out.push((format!("{}.crd.yaml", k.singular), to_yaml(&crd())));
         }
     }
@@ -51,13 +57,23 @@ pub(crate) fn run(kind: Option<&str>, crd: bool, write: Option<&Path>) -> anyhow
         }
         return Ok(());
     }
-    let Some(kind) = kind else { bail!("name a kind (e.g. `groundwork schema Node`) or use --write DIR") };
+    let Some(kind) = kind else {
+        bail!("name a kind (e.g. `groundwork schema Node`) or use --write DIR")
+    };
     let k = resolve_kind(kind)?;
-    let Some(crd_fn) = k.crd else { bail!("{} is a built-in Kubernetes kind; see the Kubernetes API reference", k.kind) };
+    let Some(crd_fn) = k.crd else {
+        bail!(
+            "{} is a built-in Kubernetes kind; see the Kubernetes API reference",
+            k.kind
+        )
+    };
     if crd {
         print!("{}", to_yaml(&crd_fn()));
     } else {
-        println!("{}", serde_json::to_string_pretty(&json_schema(k).expect("has a CRD"))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_schema(k).expect("has a CRD"))?
+        );
     }
     Ok(())
 }

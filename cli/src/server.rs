@@ -23,8 +23,12 @@ pub(crate) struct ServerArgs {
 }
 
 fn init_logging(format: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         "json" => builder.json().init(),
         "text" => builder.init(),
@@ -41,16 +45,20 @@ fn kubeconfig(server: &str) -> String {
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format)?;
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
     cfg.history_retention = args.history_retention.max(1);
     let store = tokio::task::spawn_blocking(move || Store::open(cfg)).await??;
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     // Written after the socket is bound: once the kubeconfig exists, the server answers.
     let kc_path = args.data_dir.join("kubeconfig");
     let tmp = args.data_dir.join(".kubeconfig.tmp");
-    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}"))).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}")))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &kc_path)?;
     tracing::info!(%addr, kubeconfig = %kc_path.display(), revision = store.revision(), "serving the Groundwork API");
     groundwork_api::serve(listener, store, shutdown_signal()).await?;

@@ -2,8 +2,14 @@
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The object was changed since it was read.
-    #[error("{key}: the object has been modified (revision {actual}, expected {expected}); read it again and retry")]
-    Conflict { key: String, expected: u64, actual: u64 },
+    #[error(
+        "{key}: the object has been modified (revision {actual}, expected {expected}); read it again and retry"
+    )]
+    Conflict {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
     /// The object does not exist.
     #[error("{key}: not found")]
     NotFound { key: String },

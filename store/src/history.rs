@@ -12,9 +12,16 @@ use crate::{StoreError, WatchEvent};
 /// reaches back that far (so a concurrent compaction cannot open a silent gap).
 pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>, StoreError> {
     let txn = inner.db.begin_read()?;
-    let compacted = txn.open_table(META)?.get("compacted")?.map(|g| g.value()).unwrap_or(0);
+    let compacted = txn
+        .open_table(META)?
+        .get("compacted")?
+        .map(|g| g.value())
+        .unwrap_or(0);
     if revision < compacted {
-        return Err(StoreError::Compacted { requested: revision, compacted });
+        return Err(StoreError::Compacted {
+            requested: revision,
+            compacted,
+        });
     }
     let table = txn.open_table(HISTORY)?;
     let mut out = Vec::new();

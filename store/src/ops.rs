@@ -20,8 +20,15 @@ pub enum Precondition {
 /// One write. `Put` stores `value` with `metadata.resourceVersion` set to the new revision.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum WriteOp {
-    Put { key: String, value: Value, precondition: Precondition },
-    Delete { key: String, precondition: Precondition },
+    Put {
+        key: String,
+        value: Value,
+        precondition: Precondition,
+    },
+    Delete {
+        key: String,
+        precondition: Precondition,
+    },
 }
 
 impl WriteOp {

@@ -32,7 +32,11 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), history_retention: 100_000, max_batch: 512 }
+        Self {
+            path: path.into(),
+            history_retention: 100_000,
+            max_batch: 512,
+        }
     }
 }
 
@@ -76,7 +80,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("revision", &self.revision()).finish()
+        f.debug_struct("Store")
+            .field("revision", &self.revision())
+            .finish()
     }
 }
 
@@ -84,7 +90,8 @@ impl Store {
     /// Opens (or creates) the database and starts the writer thread.
     pub fn open(config: StoreConfig) -> Result<Store, StoreError> {
         if let Some(dir) = config.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
         }
         let db = Database::create(&config.path)
             .map_err(|e| StoreError::Storage(format!("{}: {e}", config.path.display())))?;
@@ -138,7 +145,11 @@ impl Store {
     /// Applies one write durably. Returns when it is on disk.
     pub async fn write(&self, op: WriteOp) -> Result<Committed, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.inner.writer.send(Request { op, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.inner
+            .writer
+            .send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -149,7 +160,10 @@ impl Store {
         match table.get(key)? {
             Some(g) => {
                 let (revision, bytes) = g.value();
-                Ok(Some(StoredObject { revision, object: serde_json::from_slice(bytes)? }))
+                Ok(Some(StoredObject {
+                    revision,
+                    object: serde_json::from_slice(bytes)?,
+                }))
             }
             None => Ok(None),
         }
@@ -165,7 +179,11 @@ impl Store {
         filter: &dyn Fn(&Value) -> bool,
     ) -> Result<ListPage, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let revision = txn.open_table(META)?.get("revision")?.map(|g| g.value()).unwrap_or(1);
+        let revision = txn
+            .open_table(META)?
+            .get("revision")?
+            .map(|g| g.value())
+            .unwrap_or(1);
         let table = txn.open_table(OBJECTS)?;
         let lower = match start_after {
             Some(k) if k >= prefix => Bound::Excluded(k),
@@ -192,12 +210,20 @@ impl Store {
             if limit > 0 && items.len() + 1 == limit {
                 continue_after = Some(key.to_string());
             }
-            items.push(StoredObject { revision: rev, object });
+            items.push(StoredObject {
+                revision: rev,
+                object,
+            });
         }
         if remaining == 0 {
             continue_after = None;
         }
-        Ok(ListPage { items, revision, continue_after, remaining })
+        Ok(ListPage {
+            items,
+            revision,
+            continue_after,
+            remaining,
+        })
     }
 
     /// Streams every change after `revision`, first from history, then live.
@@ -209,7 +235,11 @@ impl Store {
     }
 }
 
-fn writer_loop(inner: std::sync::Weak<Inner>, mut rx: mpsc::Receiver<Request>, config: StoreConfig) {
+fn writer_loop(
+    inner: std::sync::Weak<Inner>,
+    mut rx: mpsc::Receiver<Request>,
+    config: StoreConfig,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < config.max_batch {
@@ -264,9 +294,16 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
                 None => None,
             };
             let pre = match &req.op {
-                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
+                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => {
+                    *precondition
+                }
             };
-            if let Err(e) = check(key, pre, current.as_ref().map(|c| c.0), matches!(req.op, WriteOp::Delete { .. })) {
+            if let Err(e) = check(
+                key,
+                pre,
+                current.as_ref().map(|c| c.0),
+                matches!(req.op, WriteOp::Delete { .. }),
+            ) {
                 results.push(Err(e));
                 continue;
             }
@@ -277,19 +314,38 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
                     set_resource_version(&mut value, rev);
                     let bytes = serde_json::to_vec(&value)?;
                     objects.insert(key, (rev, bytes.as_slice()))?;
-                    let type_ = if current.is_some() { EventType::Modified } else { EventType::Added };
-                    WatchEvent { revision: rev, type_, key: key.to_string(), object: value, prev: current.map(|c| c.1) }
+                    let type_ = if current.is_some() {
+                        EventType::Modified
+                    } else {
+                        EventType::Added
+                    };
+                    WatchEvent {
+                        revision: rev,
+                        type_,
+                        key: key.to_string(),
+                        object: value,
+                        prev: current.map(|c| c.1),
+                    }
                 }
                 WriteOp::Delete { .. } => {
                     objects.remove(key)?;
                     let (_, mut last) = current.expect("checked: exists");
                     let prev = last.clone();
                     set_resource_version(&mut last, rev);
-                    WatchEvent { revision: rev, type_: EventType::Deleted, key: key.to_string(), object: last, prev: Some(prev) }
+                    WatchEvent {
+                        revision: rev,
+                        type_: EventType::Deleted,
+                        key: key.to_string(),
+                        object: last,
+                        prev: Some(prev),
+                    }
                 }
             };
             hist.insert(rev, serde_json::to_vec(&event)?.as_slice())?;
-            results.push(Ok(Committed { revision: rev, object: event.object.clone() }));
+            results.push(Ok(Committed {
+                revision: rev,
+                object: event.object.clone(),
+            }));
             events.push(event);
         }
         meta.insert("revision", rev)?;
@@ -298,22 +354,33 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
     Ok((results, events, rev))
 }
 
-fn check(key: &str, pre: Precondition, current: Option<u64>, is_delete: bool) -> Result<(), StoreError> {
+fn check(
+    key: &str,
+    pre: Precondition,
+    current: Option<u64>,
+    is_delete: bool,
+) -> Result<(), StoreError> {
     let key_s = || key.to_string();
     match (pre, current) {
         (_, None) if is_delete => Err(StoreError::NotFound { key: key_s() }),
         (Precondition::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists { key: key_s() }),
-        (Precondition::MustExist | Precondition::Revision(_), None) => Err(StoreError::NotFound { key: key_s() }),
-        (Precondition::Revision(want), Some(have)) if want != have => {
-            Err(StoreError::Conflict { key: key_s(), expected: want, actual: have })
+        (Precondition::MustExist | Precondition::Revision(_), None) => {
+            Err(StoreError::NotFound { key: key_s() })
         }
+        (Precondition::Revision(want), Some(have)) if want != have => Err(StoreError::Conflict {
+            key: key_s(),
+            expected: want,
+            actual: have,
+        }),
         _ => Ok(()),
     }
 }
 
 fn set_resource_version(v: &mut Value, rev: u64) {
     if let Some(obj) = v.as_object_mut() {
-        let meta = obj.entry("metadata").or_insert_with(|| Value::Object(Default::default()));
+        let meta = obj
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Default::default()));
         if let Some(m) = meta.as_object_mut() {
             m.insert("resourceVersion".into(), Value::String(rev.to_string()));
         }

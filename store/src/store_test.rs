@@ -9,7 +9,11 @@ fn open(dir: &tempfile::TempDir, retention: u64) -> Store {
 }
 
 fn put(key: &str, v: Value, pre: Precondition) -> WriteOp {
-    WriteOp::Put { key: key.into(), value: v, precondition: pre }
+    WriteOp::Put {
+        key: key.into(),
+        value: v,
+        precondition: pre,
+    }
 }
 
 #[tokio::test]
@@ -17,19 +21,57 @@ async fn preconditions_and_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 1000);
     assert_eq!(s.revision(), 1);
-    let a = s.write(put("k/a", json!({"metadata": {"name": "a"}}), Precondition::MustNotExist)).await.unwrap();
+    let a = s
+        .write(put(
+            "k/a",
+            json!({"metadata": {"name": "a"}}),
+            Precondition::MustNotExist,
+        ))
+        .await
+        .unwrap();
     assert_eq!(a.revision, 2);
     assert_eq!(a.object["metadata"]["resourceVersion"], "2");
-    let dup = s.write(put("k/a", json!({}), Precondition::MustNotExist)).await;
-    assert!(matches!(dup, Err(StoreError::AlreadyExists { .. })), "{dup:?}");
-    let stale = s.write(put("k/a", json!({}), Precondition::Revision(1))).await;
-    assert!(matches!(stale, Err(StoreError::Conflict { expected: 1, actual: 2, .. })), "{stale:?}");
+    let dup = s
+        .write(put("k/a", json!({}), Precondition::MustNotExist))
+        .await;
+    assert!(
+        matches!(dup, Err(StoreError::AlreadyExists { .. })),
+        "{dup:?}"
+    );
+    let stale = s
+        .write(put("k/a", json!({}), Precondition::Revision(1)))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
     // A failed write consumes no revision.
-    let b = s.write(put("k/a", json!({"x": 1}), Precondition::Revision(2))).await.unwrap();
+    let b = s
+        .write(put("k/a", json!({"x": 1}), Precondition::Revision(2)))
+        .await
+        .unwrap();
     assert_eq!(b.revision, 3);
-    let gone = s.write(WriteOp::Delete { key: "k/missing".into(), precondition: Precondition::None }).await;
+    let gone = s
+        .write(WriteOp::Delete {
+            key: "k/missing".into(),
+            precondition: Precondition::None,
+        })
+        .await;
     assert!(matches!(gone, Err(StoreError::NotFound { .. })));
-    let d = s.write(WriteOp::Delete { key: "k/a".into(), precondition: Precondition::Revision(3) }).await.unwrap();
+    let d = s
+        .write(WriteOp::Delete {
+            key: "k/a".into(),
+            precondition: Precondition::Revision(3),
+        })
+        .await
+        .unwrap();
     assert_eq!(d.revision, 4);
     assert_eq!(d.object["x"], 1, "a delete returns the last state");
     assert!(s.get("k/a").unwrap().is_none());
@@ -41,7 +83,13 @@ async fn reopen_keeps_everything() {
     {
         let s = open(&dir, 1000);
         for i in 0..20 {
-            s.write(put(&format!("k/{i:02}"), json!({"i": i}), Precondition::None)).await.unwrap();
+            s.write(put(
+                &format!("k/{i:02}"),
+                json!({"i": i}),
+                Precondition::None,
+            ))
+            .await
+            .unwrap();
         }
     }
     // The writer thread holds only a weak reference; give it a moment to drop the database.
@@ -67,12 +115,16 @@ async fn list_pages_and_prefixes() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 1000);
     for k in ["a/1", "a/2", "a/3", "ab/1", "b/1"] {
-        s.write(put(k, json!({"k": k}), Precondition::None)).await.unwrap();
+        s.write(put(k, json!({"k": k}), Precondition::None))
+            .await
+            .unwrap();
     }
     let p1 = s.list("a/", None, 2, &|_| true).unwrap();
     assert_eq!(p1.items.len(), 2);
     assert_eq!(p1.remaining, 1);
-    let p2 = s.list("a/", p1.continue_after.as_deref(), 2, &|_| true).unwrap();
+    let p2 = s
+        .list("a/", p1.continue_after.as_deref(), 2, &|_| true)
+        .unwrap();
     assert_eq!(p2.items.len(), 1);
     assert_eq!(p2.items[0].object["k"], "a/3");
     assert!(p2.continue_after.is_none());
@@ -85,14 +137,18 @@ async fn watch_replays_then_streams_without_gaps() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 1000);
     for i in 0..5 {
-        s.write(put("k/x", json!({"i": i}), Precondition::None)).await.unwrap();
+        s.write(put("k/x", json!({"i": i}), Precondition::None))
+            .await
+            .unwrap();
     }
     let mut w = s.watch(3).unwrap();
     let writer = {
         let s = s.clone();
         tokio::spawn(async move {
             for i in 5..5000 {
-                s.write(put("k/x", json!({"i": i}), Precondition::None)).await.unwrap();
+                s.write(put("k/x", json!({"i": i}), Precondition::None))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -100,7 +156,10 @@ async fn watch_replays_then_streams_without_gaps() {
     // even though the live channel (4096) overflows while this watcher sleeps.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     for want in 4..=5001u64 {
-        let e = tokio::time::timeout(std::time::Duration::from_secs(20), w.recv()).await.unwrap().unwrap();
+        let e = tokio::time::timeout(std::time::Duration::from_secs(20), w.recv())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(e.revision, want);
     }
     writer.await.unwrap();
@@ -111,11 +170,16 @@ async fn compaction_expires_old_revisions() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 10);
     for i in 0..50 {
-        s.write(put(&format!("k/{i}"), json!({}), Precondition::None)).await.unwrap();
+        s.write(put(&format!("k/{i}"), json!({}), Precondition::None))
+            .await
+            .unwrap();
     }
     assert!(s.compacted() >= 51 - 11, "compacted {}", s.compacted());
     match s.watch(2) {
-        Err(StoreError::Compacted { requested: 2, compacted }) => assert_eq!(compacted, s.compacted()),
+        Err(StoreError::Compacted {
+            requested: 2,
+            compacted,
+        }) => assert_eq!(compacted, s.compacted()),
         other => panic!("expected Compacted, got {:?}", other.map(|_| ())),
     }
     let mut w = s.watch(s.compacted()).unwrap();

@@ -17,8 +17,18 @@ pub struct WatchStream {
 }
 
 impl WatchStream {
-    pub(crate) fn new(store: Store, rx: broadcast::Receiver<Arc<WatchEvent>>, last: u64, pending: Vec<Arc<WatchEvent>>) -> Self {
-        Self { store, rx, last, pending: pending.into() }
+    pub(crate) fn new(
+        store: Store,
+        rx: broadcast::Receiver<Arc<WatchEvent>>,
+        last: u64,
+        pending: Vec<Arc<WatchEvent>>,
+    ) -> Self {
+        Self {
+            store,
+            rx,
+            last,
+            pending: pending.into(),
+        }
     }
 
     /// The revision of the last event delivered (or the starting revision).
@@ -44,7 +54,11 @@ impl WatchStream {
                     return Ok(e);
                 }
                 Err(RecvError::Lagged(n)) => {
-                    tracing::debug!(skipped = n, after = self.last, "watcher lagged; replaying from history");
+                    tracing::debug!(
+                        skipped = n,
+                        after = self.last,
+                        "watcher lagged; replaying from history"
+                    );
                     self.rx = self.rx.resubscribe();
                     self.pending = crate::history::after(&self.store.inner, self.last)?.into();
                 }

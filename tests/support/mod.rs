@@ -44,7 +44,11 @@ impl Server {
 
     fn launch(&mut self) {
         let _ = std::fs::remove_file(&self.kubeconfig);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("server.log")).expect("log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("log file");
         let child = Command::new(BIN)
             .args(["server", "--data-dir"])
             .arg(self.dir.path())
@@ -58,14 +62,26 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.kubeconfig.exists() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("server exited early ({status}); log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "server did not write its kubeconfig in 20 s; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "server did not write its kubeconfig in 20 s; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         let kc = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
-        self.url = kc.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_string();
+        self.url = kc
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("server line")
+            .to_string();
     }
 
     pub fn log(&self) -> String {
@@ -87,7 +103,9 @@ impl Server {
 
     pub async fn client(&self) -> kube::Client {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig parses");
-        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.expect("kube config");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("kube config");
         kube::Client::try_from(cfg).expect("kube client")
     }
 
@@ -98,7 +116,11 @@ impl Server {
 
     pub fn kubectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut cmd = Command::new("timeout");
-        cmd.arg("60").arg("kubectl").args(args).env("KUBECONFIG", &self.kubeconfig).env("HOME", self.dir.path());
+        cmd.arg("60")
+            .arg("kubectl")
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -120,7 +142,13 @@ impl Server {
 
     /// Runs `groundwork <args>` against this server.
     pub fn groundwork(&self, args: &[&str]) -> Output {
-        Command::new("timeout").arg("60").arg(BIN).args(args).env("KUBECONFIG", &self.kubeconfig).output().expect("run groundwork")
+        Command::new("timeout")
+            .arg("60")
+            .arg(BIN)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output()
+            .expect("run groundwork")
     }
 }
 
@@ -195,7 +223,11 @@ impl Drop for Bg {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 pub fn stdout(o: &Output) -> String {

@@ -17,7 +17,9 @@ pub struct Decoded<T> {
 
 /// Decodes `value` into `T`. Errors name the offending field; unknown fields are reported,
 /// not fatal (the caller decides per `fieldValidation`).
-pub fn decode<T: DeserializeOwned + Serialize>(value: serde_json::Value) -> Result<Decoded<T>, FieldError> {
+pub fn decode<T: DeserializeOwned + Serialize>(
+    value: serde_json::Value,
+) -> Result<Decoded<T>, FieldError> {
     let mut unknown = Vec::new();
     let mut on_ignored = |path: serde_ignored::Path<'_>| unknown.push(render(&path));
     let de = serde_ignored::Deserializer::new(value, &mut on_ignored);
@@ -29,7 +31,10 @@ pub fn decode<T: DeserializeOwned + Serialize>(value: serde_json::Value) -> Resu
     // apiVersion/kind are read by the derived type but the generated root struct may treat
     // them as ignored; they are not unknown.
     unknown.retain(|p| p != "apiVersion" && p != "kind");
-    Ok(Decoded { object, unknown_fields: unknown })
+    Ok(Decoded {
+        object,
+        unknown_fields: unknown,
+    })
 }
 
 fn render(path: &serde_ignored::Path<'_>) -> String {
@@ -39,9 +44,15 @@ fn render(path: &serde_ignored::Path<'_>) -> String {
         Path::Seq { parent, index } => format!("{}[{index}]", render(parent)),
         Path::Map { parent, key } => {
             let p = render(parent);
-            if p.is_empty() { key.clone() } else { format!("{p}.{key}") }
+            if p.is_empty() {
+                key.clone()
+            } else {
+                format!("{p}.{key}")
+            }
         }
-        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => render(parent),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => render(parent),
     }
 }
 
@@ -62,7 +73,15 @@ mod tests {
         let d = decode::<ServiceStack>(v).unwrap();
         let mut u = d.unknown_fields.clone();
         u.sort();
-        assert_eq!(u, vec!["metadata.colour", "spec.extra", "spec.layers[0].bogus", "stray"]);
+        assert_eq!(
+            u,
+            vec![
+                "metadata.colour",
+                "spec.extra",
+                "spec.layers[0].bogus",
+                "stray"
+            ]
+        );
     }
 
     #[test]

@@ -64,10 +64,34 @@ mod tests {
         let t0 = Timestamp::from_second(1_000).unwrap();
         let t1 = Timestamp::from_second(2_000).unwrap();
         let mut cs = vec![];
-        assert!(set_condition(&mut cs, "Ready", false, "Waiting", "", Some(1), t0));
-        assert!(!set_condition(&mut cs, "Ready", false, "Waiting", "", Some(1), t1));
+        assert!(set_condition(
+            &mut cs,
+            "Ready",
+            false,
+            "Waiting",
+            "",
+            Some(1),
+            t0
+        ));
+        assert!(!set_condition(
+            &mut cs,
+            "Ready",
+            false,
+            "Waiting",
+            "",
+            Some(1),
+            t1
+        ));
         assert_eq!(cs[0].last_transition_time.0, t0);
-        assert!(set_condition(&mut cs, "Ready", true, "Done", "", Some(1), t1));
+        assert!(set_condition(
+            &mut cs,
+            "Ready",
+            true,
+            "Done",
+            "",
+            Some(1),
+            t1
+        ));
         assert_eq!(cs[0].last_transition_time.0, t1);
         assert!(condition_is_true(&cs, "Ready"));
     }

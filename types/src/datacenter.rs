@@ -7,7 +7,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{FieldError, Validate, check_cidr, check_ip, check_non_negative, check_unique};
+use crate::validate::{
+    FieldError, Validate, check_cidr, check_ip, check_non_negative, check_unique,
+};
 
 /// A datacenter: the zones, networks and budgets every Rack and Node lives in.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -166,40 +168,78 @@ impl Validate for Datacenter {
     fn validate(&self) -> Vec<FieldError> {
         let s = &self.spec;
         let mut errs = Vec::new();
-        check_unique("spec.availabilityZones", s.availability_zones.iter().map(|z| z.name.as_str()), &mut errs);
-        let zones: BTreeSet<&str> = s.availability_zones.iter().map(|z| z.name.as_str()).collect();
+        check_unique(
+            "spec.availabilityZones",
+            s.availability_zones.iter().map(|z| z.name.as_str()),
+            &mut errs,
+        );
+        let zones: BTreeSet<&str> = s
+            .availability_zones
+            .iter()
+            .map(|z| z.name.as_str())
+            .collect();
         let zone_ok = |field: String, z: &str, errs: &mut Vec<FieldError>| {
             if !zones.contains(z) {
                 errs.push(FieldError::invalid(
                     field,
-                    format!("{z:?}: not one of spec.availabilityZones ({})", zones.iter().cloned().collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "{z:?}: not one of spec.availabilityZones ({})",
+                        zones.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ),
                 ));
             }
         };
         for (i, z) in s.availability_zones.iter().enumerate() {
-            crate::validate::check_name(&format!("spec.availabilityZones[{i}].name"), &z.name, &mut errs);
+            crate::validate::check_name(
+                &format!("spec.availabilityZones[{i}].name"),
+                &z.name,
+                &mut errs,
+            );
         }
         if let Some(net) = &s.network {
             for (i, u) in net.transit.iter().enumerate() {
-                zone_ok(format!("spec.network.transit[{i}].availabilityZone"), &u.availability_zone, &mut errs);
+                zone_ok(
+                    format!("spec.network.transit[{i}].availabilityZone"),
+                    &u.availability_zone,
+                    &mut errs,
+                );
                 if let Some(c) = &u.cidr {
                     check_cidr(&format!("spec.network.transit[{i}].cidr"), c, &mut errs);
                 }
-                check_non_negative(&format!("spec.network.transit[{i}].bandwidthGbps"), u.bandwidth_gbps, &mut errs);
+                check_non_negative(
+                    &format!("spec.network.transit[{i}].bandwidthGbps"),
+                    u.bandwidth_gbps,
+                    &mut errs,
+                );
             }
             for (i, l) in net.core_links.iter().enumerate() {
-                zone_ok(format!("spec.network.coreLinks[{i}].from"), &l.from, &mut errs);
+                zone_ok(
+                    format!("spec.network.coreLinks[{i}].from"),
+                    &l.from,
+                    &mut errs,
+                );
                 zone_ok(format!("spec.network.coreLinks[{i}].to"), &l.to, &mut errs);
                 if l.from == l.to {
-                    errs.push(FieldError::invalid(format!("spec.network.coreLinks[{i}].to"), "a core link joins two different zones"));
+                    errs.push(FieldError::invalid(
+                        format!("spec.network.coreLinks[{i}].to"),
+                        "a core link joins two different zones",
+                    ));
                 }
             }
         }
-        check_unique("spec.bootNetworks", s.boot_networks.iter().map(|n| n.name.as_str()), &mut errs);
+        check_unique(
+            "spec.bootNetworks",
+            s.boot_networks.iter().map(|n| n.name.as_str()),
+            &mut errs,
+        );
         let mut nets: Vec<(usize, ipnet::IpNet)> = Vec::new();
         for (i, n) in s.boot_networks.iter().enumerate() {
             let f = format!("spec.bootNetworks[{i}]");
-            zone_ok(format!("{f}.availabilityZone"), &n.availability_zone, &mut errs);
+            zone_ok(
+                format!("{f}.availabilityZone"),
+                &n.availability_zone,
+                &mut errs,
+            );
             let net = check_cidr(&format!("{f}.cidr"), &n.cidr, &mut errs);
             let inside = |field: String, ip: &str, errs: &mut Vec<FieldError>| {
                 let before = errs.len();
@@ -208,7 +248,10 @@ impl Validate for Datacenter {
                     && let (Some(net), Ok(addr)) = (net, ip.parse::<std::net::IpAddr>())
                     && !net.contains(&addr)
                 {
-                    errs.push(FieldError::invalid(field, format!("{ip:?}: outside the boot network {net}")));
+                    errs.push(FieldError::invalid(
+                        field,
+                        format!("{ip:?}: outside the boot network {net}"),
+                    ));
                 }
             };
             if let Some(gw) = &n.gateway {
@@ -220,10 +263,15 @@ impl Validate for Datacenter {
             if let Some(pool) = &n.discovery_pool {
                 inside(format!("{f}.discoveryPool.start"), &pool.start, &mut errs);
                 inside(format!("{f}.discoveryPool.end"), &pool.end, &mut errs);
-                if let (Ok(a), Ok(b)) = (pool.start.parse::<std::net::IpAddr>(), pool.end.parse::<std::net::IpAddr>())
-                    && a > b
+                if let (Ok(a), Ok(b)) = (
+                    pool.start.parse::<std::net::IpAddr>(),
+                    pool.end.parse::<std::net::IpAddr>(),
+                ) && a > b
                 {
-                    errs.push(FieldError::invalid(format!("{f}.discoveryPool.end"), "the pool ends before it starts"));
+                    errs.push(FieldError::invalid(
+                        format!("{f}.discoveryPool.end"),
+                        "the pool ends before it starts",
+                    ));
                 }
                 if n.dhcp_mode == DhcpMode::Proxy {
                     errs.push(FieldError::invalid(

@@ -55,11 +55,19 @@ impl std::fmt::Debug for KindInfo {
 
 impl KindInfo {
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.to_string() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
     /// `nodes.groundwork.dev`, or `events` for the core group.
     pub fn qualified_plural(&self) -> String {
-        if self.group.is_empty() { self.plural.to_string() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.to_string()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 }
 
@@ -69,7 +77,8 @@ fn admit_typed<T: DeserializeOwned + Serialize + Validate>(v: Value) -> Admitted
     if !errs.is_empty() {
         return Err(errs);
     }
-    let out = serde_json::to_value(&d.object).map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    let out = serde_json::to_value(&d.object)
+        .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
     Ok((out, d.unknown_fields))
 }
 
@@ -78,7 +87,10 @@ fn admit_event(v: Value) -> Admitted {
     let mut errs = Vec::new();
     let ev = &d.object;
     if ev.involved_object.name.as_deref().unwrap_or("").is_empty() {
-        errs.push(FieldError::required("involvedObject.name", "name the object the event is about"));
+        errs.push(FieldError::required(
+            "involvedObject.name",
+            "name the object the event is about",
+        ));
     }
     if ev.reason.as_deref().unwrap_or("").is_empty() {
         errs.push(FieldError::required("reason", "a short CamelCase reason"));
@@ -87,58 +99,218 @@ fn admit_event(v: Value) -> Admitted {
         && t != "Normal"
         && t != "Warning"
     {
-        errs.push(FieldError::invalid("type", format!("{t:?}: Normal or Warning")));
+        errs.push(FieldError::invalid(
+            "type",
+            format!("{t:?}: Normal or Warning"),
+        ));
     }
     if !errs.is_empty() {
         return Err(errs);
     }
-    let out = serde_json::to_value(&d.object).map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    let out = serde_json::to_value(&d.object)
+        .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
     Ok((out, d.unknown_fields))
 }
 
-const AGE: Column = Column { name: "Age", json_path: ".metadata.creationTimestamp", type_: "date", priority: 0, description: "" };
+const AGE: Column = Column {
+    name: "Age",
+    json_path: ".metadata.creationTimestamp",
+    type_: "date",
+    priority: 0,
+    description: "",
+};
 
 const DATACENTER_COLUMNS: &[Column] = &[
-    Column { name: "Zones", json_path: ".spec.availabilityZones[*].name", type_: "string", priority: 0, description: "Availability zones" },
-    Column { name: "Racks", json_path: ".status.racks", type_: "integer", priority: 0, description: "Racks in the datacenter" },
-    Column { name: "Nodes", json_path: ".status.nodes", type_: "integer", priority: 0, description: "Nodes in the datacenter" },
-    Column { name: "Power-Used", json_path: ".status.powerUsedKw", type_: "number", priority: 1, description: "kW drawn" },
+    Column {
+        name: "Zones",
+        json_path: ".spec.availabilityZones[*].name",
+        type_: "string",
+        priority: 0,
+        description: "Availability zones",
+    },
+    Column {
+        name: "Racks",
+        json_path: ".status.racks",
+        type_: "integer",
+        priority: 0,
+        description: "Racks in the datacenter",
+    },
+    Column {
+        name: "Nodes",
+        json_path: ".status.nodes",
+        type_: "integer",
+        priority: 0,
+        description: "Nodes in the datacenter",
+    },
+    Column {
+        name: "Power-Used",
+        json_path: ".status.powerUsedKw",
+        type_: "number",
+        priority: 1,
+        description: "kW drawn",
+    },
     AGE,
 ];
 const RACK_COLUMNS: &[Column] = &[
-    Column { name: "Datacenter", json_path: ".spec.datacenter", type_: "string", priority: 0, description: "" },
-    Column { name: "Zone", json_path: ".spec.availabilityZone", type_: "string", priority: 0, description: "" },
-    Column { name: "Height", json_path: ".spec.heightU", type_: "integer", priority: 0, description: "Rack units" },
-    Column { name: "Used", json_path: ".status.unitsUsed", type_: "integer", priority: 0, description: "Rack units in use" },
-    Column { name: "Power-Budget", json_path: ".spec.powerBudgetKw", type_: "number", priority: 1, description: "kW" },
+    Column {
+        name: "Datacenter",
+        json_path: ".spec.datacenter",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Zone",
+        json_path: ".spec.availabilityZone",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Height",
+        json_path: ".spec.heightU",
+        type_: "integer",
+        priority: 0,
+        description: "Rack units",
+    },
+    Column {
+        name: "Used",
+        json_path: ".status.unitsUsed",
+        type_: "integer",
+        priority: 0,
+        description: "Rack units in use",
+    },
+    Column {
+        name: "Power-Budget",
+        json_path: ".spec.powerBudgetKw",
+        type_: "number",
+        priority: 1,
+        description: "kW",
+    },
     AGE,
 ];
 const NODE_COLUMNS: &[Column] = &[
-    Column { name: "Phase", json_path: ".status.phase", type_: "string", priority: 0, description: "Life-cycle phase" },
-    Column { name: "Power", json_path: ".status.power", type_: "string", priority: 0, description: "Observed power" },
-    Column { name: "Rack", json_path: ".spec.rack.name", type_: "string", priority: 0, description: "" },
-    Column { name: "U", json_path: ".spec.rack.position", type_: "integer", priority: 1, description: "Lowest rack unit" },
-    Column { name: "Profile", json_path: ".status.profile", type_: "string", priority: 0, description: "Assigned profile" },
-    Column { name: "BMC", json_path: ".spec.bmc.address", type_: "string", priority: 1, description: "" },
-    Column { name: "Online", json_path: ".spec.online", type_: "boolean", priority: 1, description: "Desired power" },
+    Column {
+        name: "Phase",
+        json_path: ".status.phase",
+        type_: "string",
+        priority: 0,
+        description: "Life-cycle phase",
+    },
+    Column {
+        name: "Power",
+        json_path: ".status.power",
+        type_: "string",
+        priority: 0,
+        description: "Observed power",
+    },
+    Column {
+        name: "Rack",
+        json_path: ".spec.rack.name",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "U",
+        json_path: ".spec.rack.position",
+        type_: "integer",
+        priority: 1,
+        description: "Lowest rack unit",
+    },
+    Column {
+        name: "Profile",
+        json_path: ".status.profile",
+        type_: "string",
+        priority: 0,
+        description: "Assigned profile",
+    },
+    Column {
+        name: "BMC",
+        json_path: ".spec.bmc.address",
+        type_: "string",
+        priority: 1,
+        description: "",
+    },
+    Column {
+        name: "Online",
+        json_path: ".spec.online",
+        type_: "boolean",
+        priority: 1,
+        description: "Desired power",
+    },
     AGE,
 ];
 const PROFILE_COLUMNS: &[Column] = &[
-    Column { name: "Priority", json_path: ".spec.priority", type_: "integer", priority: 0, description: "" },
-    Column { name: "Roles", json_path: ".spec.roles", type_: "string", priority: 0, description: "" },
-    Column { name: "Assigned", json_path: ".status.assignedNodes", type_: "integer", priority: 0, description: "Nodes with this profile" },
+    Column {
+        name: "Priority",
+        json_path: ".spec.priority",
+        type_: "integer",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Roles",
+        json_path: ".spec.roles",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Assigned",
+        json_path: ".status.assignedNodes",
+        type_: "integer",
+        priority: 0,
+        description: "Nodes with this profile",
+    },
     AGE,
 ];
 const STACK_COLUMNS: &[Column] = &[
-    Column { name: "Layers", json_path: ".spec.layers[*].name", type_: "string", priority: 0, description: "" },
-    Column { name: "Datacenter", json_path: ".spec.datacenter", type_: "string", priority: 1, description: "" },
+    Column {
+        name: "Layers",
+        json_path: ".spec.layers[*].name",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Datacenter",
+        json_path: ".spec.datacenter",
+        type_: "string",
+        priority: 1,
+        description: "",
+    },
     AGE,
 ];
 const EVENT_COLUMNS: &[Column] = &[
-    Column { name: "Type", json_path: ".type", type_: "string", priority: 0, description: "" },
-    Column { name: "Reason", json_path: ".reason", type_: "string", priority: 0, description: "" },
-    Column { name: "Object", json_path: ".involvedObject.name", type_: "string", priority: 0, description: "" },
-    Column { name: "Message", json_path: ".message", type_: "string", priority: 0, description: "" },
+    Column {
+        name: "Type",
+        json_path: ".type",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Reason",
+        json_path: ".reason",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Object",
+        json_path: ".involvedObject.name",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Message",
+        json_path: ".message",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
     AGE,
 ];
 
@@ -161,11 +333,32 @@ macro_rules! crd_kind {
 }
 
 static KINDS: &[KindInfo] = &[
-    crd_kind!(Datacenter, "Datacenter", "datacenters", "datacenter", ["dc"], DATACENTER_COLUMNS),
+    crd_kind!(
+        Datacenter,
+        "Datacenter",
+        "datacenters",
+        "datacenter",
+        ["dc"],
+        DATACENTER_COLUMNS
+    ),
     crd_kind!(Rack, "Rack", "racks", "rack", ["rk"], RACK_COLUMNS),
     crd_kind!(Node, "Node", "nodes", "node", ["gn"], NODE_COLUMNS),
-    crd_kind!(Profile, "Profile", "profiles", "profile", ["prof"], PROFILE_COLUMNS),
-    crd_kind!(ServiceStack, "ServiceStack", "servicestacks", "servicestack", ["stack"], STACK_COLUMNS),
+    crd_kind!(
+        Profile,
+        "Profile",
+        "profiles",
+        "profile",
+        ["prof"],
+        PROFILE_COLUMNS
+    ),
+    crd_kind!(
+        ServiceStack,
+        "ServiceStack",
+        "servicestacks",
+        "servicestack",
+        ["stack"],
+        STACK_COLUMNS
+    ),
     KindInfo {
         group: "",
         version: "v1",
@@ -187,7 +380,9 @@ pub fn all_kinds() -> &'static [KindInfo] {
 }
 
 pub fn kind_by_plural(group: &str, plural: &str) -> Option<&'static KindInfo> {
-    KINDS.iter().find(|k| k.group == group && k.plural == plural)
+    KINDS
+        .iter()
+        .find(|k| k.group == group && k.plural == plural)
 }
 
 /// Looks a kind up by `Kind`, plural, singular or short name (case-insensitive), as the CLI
@@ -200,7 +395,10 @@ pub fn kind_by_kind(name: &str) -> Option<&'static KindInfo> {
     };
     KINDS.iter().find(|k| {
         group.as_deref().is_none_or(|g| g == k.group)
-            && (k.kind.eq_ignore_ascii_case(&base) || k.plural == base || k.singular == base || k.short_names.contains(&base.as_str()))
+            && (k.kind.eq_ignore_ascii_case(&base)
+                || k.plural == base
+                || k.singular == base
+                || k.short_names.contains(&base.as_str()))
     })
 }
 
@@ -208,7 +406,8 @@ fn crd_with_columns(mut crd: Value, cols: &[Column]) -> Value {
     let cols: Vec<Value> = cols
         .iter()
         .map(|c| {
-            let mut v = serde_json::json!({"name": c.name, "jsonPath": c.json_path, "type": c.type_});
+            let mut v =
+                serde_json::json!({"name": c.name, "jsonPath": c.json_path, "type": c.type_});
             if c.priority > 0 {
                 v["priority"] = c.priority.into();
             }
@@ -218,7 +417,10 @@ fn crd_with_columns(mut crd: Value, cols: &[Column]) -> Value {
             v
         })
         .collect();
-    if let Some(versions) = crd.pointer_mut("/spec/versions").and_then(Value::as_array_mut) {
+    if let Some(versions) = crd
+        .pointer_mut("/spec/versions")
+        .and_then(Value::as_array_mut)
+    {
         for v in versions {
             v["additionalPrinterColumns"] = Value::Array(cols.clone());
         }
@@ -228,7 +430,10 @@ fn crd_with_columns(mut crd: Value, cols: &[Column]) -> Value {
 
 /// The CRD of every Groundwork kind, as YAML-ready JSON values (for `schemas/`).
 pub fn crd_yaml_documents() -> Vec<(&'static str, Value)> {
-    KINDS.iter().filter_map(|k| k.crd.map(|f| (k.kind, f()))).collect()
+    KINDS
+        .iter()
+        .filter_map(|k| k.crd.map(|f| (k.kind, f())))
+        .collect()
 }
 
 /// Checks `metadata.name` of an object about to be stored.
@@ -266,7 +471,11 @@ mod tests {
         for (_, crd) in docs {
             let v = &crd["spec"]["versions"][0];
             assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());
-            assert!(v["additionalPrinterColumns"].as_array().is_some_and(|c| !c.is_empty()));
+            assert!(
+                v["additionalPrinterColumns"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            );
         }
     }
 }

@@ -15,16 +15,19 @@ mod validate;
 pub use admission::{Decoded, decode};
 pub use conditions::{condition_is_true, find_condition, set_condition};
 pub use datacenter::*;
-pub use kinds::{API_VERSION, Admitted, Column, GROUP, KindInfo, VERSION, all_kinds, check_object_name, crd_yaml_documents, kind_by_kind, kind_by_plural};
+pub use kinds::{
+    API_VERSION, Admitted, Column, GROUP, KindInfo, VERSION, all_kinds, check_object_name,
+    crd_yaml_documents, kind_by_kind, kind_by_plural,
+};
 pub use node::*;
 pub use profile::*;
 pub use rack::*;
 pub use servicestack::*;
 pub use validate::{FieldError, FieldErrorKind, Validate, validate_node_in_rack};
 
+/// Kubernetes' own `Event` (core/v1): what controllers record, served at `/api/v1/events`.
+pub use k8s_openapi::api::core::v1::Event;
 /// Kubernetes' own `Condition` (meta/v1), used by every kind's status.
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 /// Kubernetes' own `ObjectMeta`, the `metadata` of every object.
 pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-/// Kubernetes' own `Event` (core/v1): what controllers record, served at `/api/v1/events`.
-pub use k8s_openapi::api::core::v1::Event;

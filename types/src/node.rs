@@ -8,7 +8,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{FieldError, Validate, check_ip, check_mac, check_non_negative, check_ref, normalize_mac};
+use crate::validate::{
+    FieldError, Validate, check_ip, check_mac, check_non_negative, check_ref, normalize_mac,
+};
 
 /// A machine in a rack.
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -232,7 +234,11 @@ pub struct Nic {
 impl Node {
     /// Boot MACs in canonical form (lower-case, colon-separated); invalid ones are skipped.
     pub fn normalized_boot_macs(&self) -> Vec<String> {
-        self.spec.boot_macs.iter().filter_map(|m| normalize_mac(m)).collect()
+        self.spec
+            .boot_macs
+            .iter()
+            .filter_map(|m| normalize_mac(m))
+            .collect()
     }
 }
 
@@ -243,18 +249,32 @@ impl Validate for Node {
         if let Some(r) = &s.rack {
             check_ref("spec.rack.name", &r.name, &mut errs);
             if r.position == 0 {
-                errs.push(FieldError::invalid("spec.rack.position", "0: rack units count from 1 at the bottom"));
+                errs.push(FieldError::invalid(
+                    "spec.rack.position",
+                    "0: rack units count from 1 at the bottom",
+                ));
             }
             if r.height_u == 0 || r.height_u > 60 {
-                errs.push(FieldError::invalid("spec.rack.heightU", format!("{}: must be between 1 and 60", r.height_u)));
+                errs.push(FieldError::invalid(
+                    "spec.rack.heightU",
+                    format!("{}: must be between 1 and 60", r.height_u),
+                ));
             }
         }
         if let Some(b) = &s.bmc {
             if b.address.is_empty() {
-                errs.push(FieldError::required("spec.bmc.address", "the BMC's host name or IP address"));
+                errs.push(FieldError::required(
+                    "spec.bmc.address",
+                    "the BMC's host name or IP address",
+                ));
             } else if b.address.chars().any(|c| c.is_whitespace() || c == '/') {
-                errs.push(FieldError::invalid("spec.bmc.address", format!("{:?}: a host name or IP address", b.address)));
-            } else if b.address.chars().next().is_some_and(|c| c.is_ascii_digit()) && !b.address.contains(':') {
+                errs.push(FieldError::invalid(
+                    "spec.bmc.address",
+                    format!("{:?}: a host name or IP address", b.address),
+                ));
+            } else if b.address.chars().next().is_some_and(|c| c.is_ascii_digit())
+                && !b.address.contains(':')
+            {
                 check_ip("spec.bmc.address", &b.address, &mut errs);
             }
             check_ref("spec.bmc.credentialsRef", &b.credentials_ref, &mut errs);
@@ -264,7 +284,10 @@ impl Validate for Node {
             let before = errs.len();
             check_mac(&format!("spec.bootMACs[{i}]"), m, &mut errs);
             if errs.len() == before && !seen.insert(normalize_mac(m)) {
-                errs.push(FieldError::duplicate(format!("spec.bootMACs[{i}]"), format!("{m:?}")));
+                errs.push(FieldError::duplicate(
+                    format!("spec.bootMACs[{i}]"),
+                    format!("{m:?}"),
+                ));
             }
         }
         if let Some(p) = &s.profile {
@@ -273,7 +296,11 @@ impl Validate for Node {
         check_non_negative("spec.powerDrawKw", s.power_draw_kw, &mut errs);
         if let Some(inv) = self.status.as_ref().and_then(|st| st.inventory.as_ref()) {
             for (i, n) in inv.nics.iter().enumerate() {
-                check_mac(&format!("status.inventory.nics[{i}].mac"), &n.mac, &mut errs);
+                check_mac(
+                    &format!("status.inventory.nics[{i}].mac"),
+                    &n.mac,
+                    &mut errs,
+                );
             }
         }
         errs

@@ -164,43 +164,69 @@ impl Validate for Profile {
                     errs.push(FieldError {
                         field: format!("{f}.operator"),
                         kind: crate::FieldErrorKind::NotSupported,
-                        message: format!("{:?}: supported values: {}", e.operator, SELECTOR_OPS.join(", ")),
+                        message: format!(
+                            "{:?}: supported values: {}",
+                            e.operator,
+                            SELECTOR_OPS.join(", ")
+                        ),
                     });
                 }
                 let n = e.values.as_ref().map_or(0, Vec::len);
                 match e.operator.as_str() {
-                    "In" | "NotIn" if n == 0 => errs.push(FieldError::required(format!("{f}.values"), "In and NotIn need values")),
-                    "Exists" | "DoesNotExist" if n > 0 => {
-                        errs.push(FieldError::invalid(format!("{f}.values"), "Exists and DoesNotExist take no values"))
-                    }
+                    "In" | "NotIn" if n == 0 => errs.push(FieldError::required(
+                        format!("{f}.values"),
+                        "In and NotIn need values",
+                    )),
+                    "Exists" | "DoesNotExist" if n > 0 => errs.push(FieldError::invalid(
+                        format!("{f}.values"),
+                        "Exists and DoesNotExist take no values",
+                    )),
                     _ => {}
                 }
             }
         }
         if let Some(os) = &s.os {
             if !(os.url.starts_with("http://") || os.url.starts_with("https://")) {
-                errs.push(FieldError::invalid("spec.os.url", format!("{:?}: must be an http:// or https:// URL", os.url)));
+                errs.push(FieldError::invalid(
+                    "spec.os.url",
+                    format!("{:?}: must be an http:// or https:// URL", os.url),
+                ));
             }
             let hex = os.checksum.strip_prefix("sha256:");
             if !hex.is_some_and(|h| h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit())) {
-                errs.push(FieldError::invalid("spec.os.checksum", format!("{:?}: must be sha256:<64 hex digits>", os.checksum)));
+                errs.push(FieldError::invalid(
+                    "spec.os.checksum",
+                    format!("{:?}: must be sha256:<64 hex digits>", os.checksum),
+                ));
             }
         }
         if let Some(mc) = &s.machine_config {
-            check_unique("spec.machineConfig.users", mc.users.iter().map(|u| u.name.as_str()), &mut errs);
+            check_unique(
+                "spec.machineConfig.users",
+                mc.users.iter().map(|u| u.name.as_str()),
+                &mut errs,
+            );
             for (i, f) in mc.files.iter().enumerate() {
                 if !f.path.starts_with('/') {
-                    errs.push(FieldError::invalid(format!("spec.machineConfig.files[{i}].path"), format!("{:?}: must be absolute", f.path)));
+                    errs.push(FieldError::invalid(
+                        format!("spec.machineConfig.files[{i}].path"),
+                        format!("{:?}: must be absolute", f.path),
+                    ));
                 }
                 if let Some(m) = &f.mode
                     && (m.len() != 4 || u32::from_str_radix(m, 8).is_err())
                 {
-                    errs.push(FieldError::invalid(format!("spec.machineConfig.files[{i}].mode"), format!("{m:?}: four octal digits, e.g. \"0644\"")));
+                    errs.push(FieldError::invalid(
+                        format!("spec.machineConfig.files[{i}].mode"),
+                        format!("{m:?}: four octal digits, e.g. \"0644\""),
+                    ));
                 }
             }
             for (i, k) in mc.users.iter().enumerate() {
                 for (j, key) in k.ssh_authorized_keys.iter().enumerate() {
-                    let ok = key.starts_with("ssh-") || key.starts_with("ecdsa-") || key.starts_with("sk-");
+                    let ok = key.starts_with("ssh-")
+                        || key.starts_with("ecdsa-")
+                        || key.starts_with("sk-");
                     if !ok {
                         errs.push(FieldError::invalid(
                             format!("spec.machineConfig.users[{i}].sshAuthorizedKeys[{j}]"),

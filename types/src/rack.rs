@@ -95,11 +95,18 @@ impl Validate for Rack {
         check_ref("spec.datacenter", &s.datacenter, &mut errs);
         check_ref("spec.availabilityZone", &s.availability_zone, &mut errs);
         if s.height_u == 0 || s.height_u > 60 {
-            errs.push(FieldError::invalid("spec.heightU", format!("{}: must be between 1 and 60", s.height_u)));
+            errs.push(FieldError::invalid(
+                "spec.heightU",
+                format!("{}: must be between 1 and 60", s.height_u),
+            ));
         }
         check_non_negative("spec.powerBudgetKw", s.power_budget_kw, &mut errs);
         check_non_negative("spec.coolingKw", s.cooling_kw, &mut errs);
-        check_unique("spec.pdus", s.pdus.iter().map(|p| p.name.as_str()), &mut errs);
+        check_unique(
+            "spec.pdus",
+            s.pdus.iter().map(|p| p.name.as_str()),
+            &mut errs,
+        );
         for (i, p) in s.pdus.iter().enumerate() {
             check_non_negative(&format!("spec.pdus[{i}].maxKw"), p.max_kw, &mut errs);
         }

@@ -136,7 +136,9 @@ impl ServiceStackSpec {
             let before = order.len();
             for l in &self.layers {
                 if !done.contains(l.name.as_str())
-                    && l.depends_on.iter().all(|d| done.contains(d.as_str()) || !known.contains(d.as_str()))
+                    && l.depends_on
+                        .iter()
+                        .all(|d| done.contains(d.as_str()) || !known.contains(d.as_str()))
                 {
                     done.insert(&l.name);
                     order.push(l.name.as_str());
@@ -146,7 +148,12 @@ impl ServiceStackSpec {
                 return Ok(order);
             }
             if order.len() == before {
-                return Err(self.layers.iter().map(|l| l.name.as_str()).filter(|n| !done.contains(n)).collect());
+                return Err(self
+                    .layers
+                    .iter()
+                    .map(|l| l.name.as_str())
+                    .filter(|n| !done.contains(n))
+                    .collect());
             }
         }
     }
@@ -157,28 +164,50 @@ impl Validate for ServiceStack {
         let s = &self.spec;
         let mut errs = Vec::new();
         if s.layers.is_empty() {
-            errs.push(FieldError::required("spec.layers", "a stack needs at least one layer"));
+            errs.push(FieldError::required(
+                "spec.layers",
+                "a stack needs at least one layer",
+            ));
         }
-        check_unique("spec.layers", s.layers.iter().map(|l| l.name.as_str()), &mut errs);
+        check_unique(
+            "spec.layers",
+            s.layers.iter().map(|l| l.name.as_str()),
+            &mut errs,
+        );
         let names: BTreeSet<&str> = s.layers.iter().map(|l| l.name.as_str()).collect();
         for (i, l) in s.layers.iter().enumerate() {
             check_name(&format!("spec.layers[{i}].name"), &l.name, &mut errs);
             if l.services.is_empty() {
-                errs.push(FieldError::required(format!("spec.layers[{i}].services"), "name at least one service"));
+                errs.push(FieldError::required(
+                    format!("spec.layers[{i}].services"),
+                    "name at least one service",
+                ));
             }
             for (j, d) in l.depends_on.iter().enumerate() {
                 if !names.contains(d.as_str()) {
-                    errs.push(FieldError::invalid(format!("spec.layers[{i}].dependsOn[{j}]"), format!("{d:?}: no layer of that name")));
+                    errs.push(FieldError::invalid(
+                        format!("spec.layers[{i}].dependsOn[{j}]"),
+                        format!("{d:?}: no layer of that name"),
+                    ));
                 } else if d == &l.name {
-                    errs.push(FieldError::invalid(format!("spec.layers[{i}].dependsOn[{j}]"), "a layer cannot depend on itself"));
+                    errs.push(FieldError::invalid(
+                        format!("spec.layers[{i}].dependsOn[{j}]"),
+                        "a layer cannot depend on itself",
+                    ));
                 }
             }
             if l.placement.as_ref().and_then(|p| p.count) == Some(0) {
-                errs.push(FieldError::invalid(format!("spec.layers[{i}].placement.count"), "0: omit count to run on every matching node"));
+                errs.push(FieldError::invalid(
+                    format!("spec.layers[{i}].placement.count"),
+                    "0: omit count to run on every matching node",
+                ));
             }
         }
         if let Err(cycle) = s.topological_order() {
-            errs.push(FieldError::invalid("spec.layers", format!("dependency cycle among layers: {}", cycle.join(", "))));
+            errs.push(FieldError::invalid(
+                "spec.layers",
+                format!("dependency cycle among layers: {}", cycle.join(", ")),
+            ));
         }
         errs
     }
@@ -199,9 +228,15 @@ mod tests {
 
     #[test]
     fn order_and_cycles() {
-        let spec = ServiceStackSpec { datacenter: None, layers: vec![layer("b", &["a"]), layer("a", &[]), layer("c", &["b", "a"])] };
+        let spec = ServiceStackSpec {
+            datacenter: None,
+            layers: vec![layer("b", &["a"]), layer("a", &[]), layer("c", &["b", "a"])],
+        };
         assert_eq!(spec.topological_order().unwrap(), vec!["a", "b", "c"]);
-        let cyc = ServiceStackSpec { datacenter: None, layers: vec![layer("a", &["b"]), layer("b", &["a"]), layer("c", &[])] };
+        let cyc = ServiceStackSpec {
+            datacenter: None,
+            layers: vec![layer("a", &["b"]), layer("b", &["a"]), layer("c", &[])],
+        };
         assert_eq!(cyc.topological_order().unwrap_err(), vec!["a", "b"]);
         let st = ServiceStack::new("s", cyc);
         let errs = st.validate();

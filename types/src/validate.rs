@@ -48,18 +48,34 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Required, message: message.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Required,
+            message: message.into(),
+        }
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Invalid, message: message.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Invalid,
+            message: message.into(),
+        }
     }
     pub fn duplicate(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), kind: FieldErrorKind::Duplicate, message: message.into() }
+        Self {
+            field: field.into(),
+            kind: FieldErrorKind::Duplicate,
+            message: message.into(),
+        }
     }
     pub fn unknown(field: impl Into<String>) -> Self {
         let field = field.into();
         let message = format!("unknown field \"{field}\"");
-        Self { field, kind: FieldErrorKind::Unknown, message }
+        Self {
+            field,
+            kind: FieldErrorKind::Unknown,
+            message,
+        }
     }
 }
 
@@ -102,8 +118,12 @@ pub fn validate_node_in_rack(node: &Node, rack: &Rack) -> Vec<FieldError> {
                 "spec.rack.position",
                 format!(
                     "{}: a {} U node at U{} reaches U{}, beyond rack {:?}'s {} U",
-                    place.position, place.height_u, place.position, top,
-                    rack.metadata.name.as_deref().unwrap_or(""), rack.spec.height_u
+                    place.position,
+                    place.height_u,
+                    place.position,
+                    top,
+                    rack.metadata.name.as_deref().unwrap_or(""),
+                    rack.spec.height_u
                 ),
             ));
         }
@@ -118,9 +138,15 @@ pub fn check_name(field: &str, name: &str, errs: &mut Vec<FieldError>) {
         errs.push(FieldError::required(field, "a name is required"));
         return;
     }
-    let ok_chars = name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
     let ends_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if name.len() > 253 || !ok_chars || !ends_ok(name.chars().next()) || !ends_ok(name.chars().last()) {
+    if name.len() > 253
+        || !ok_chars
+        || !ends_ok(name.chars().next())
+        || !ends_ok(name.chars().last())
+    {
         errs.push(FieldError::invalid(
             field,
             format!(
@@ -140,7 +166,11 @@ pub fn check_ref(field: &str, name: &str, errs: &mut Vec<FieldError>) {
 /// '-' separators. `None` when it is not 6 hexadecimal octets.
 pub fn normalize_mac(mac: &str) -> Option<String> {
     let parts: Vec<&str> = mac.split([':', '-']).collect();
-    if parts.len() != 6 || parts.iter().any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit())) {
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
         return None;
     }
     Some(parts.join(":").to_ascii_lowercase())
@@ -148,13 +178,19 @@ pub fn normalize_mac(mac: &str) -> Option<String> {
 
 pub fn check_mac(field: &str, mac: &str, errs: &mut Vec<FieldError>) {
     if normalize_mac(mac).is_none() {
-        errs.push(FieldError::invalid(field, format!("{mac:?}: not a MAC address (six hex octets, e.g. 52:54:00:12:34:56)")));
+        errs.push(FieldError::invalid(
+            field,
+            format!("{mac:?}: not a MAC address (six hex octets, e.g. 52:54:00:12:34:56)"),
+        ));
     }
 }
 
 pub fn check_ip(field: &str, ip: &str, errs: &mut Vec<FieldError>) {
     if ip.parse::<std::net::IpAddr>().is_err() {
-        errs.push(FieldError::invalid(field, format!("{ip:?}: not an IP address")));
+        errs.push(FieldError::invalid(
+            field,
+            format!("{ip:?}: not an IP address"),
+        ));
     }
 }
 
@@ -163,11 +199,17 @@ pub fn check_cidr(field: &str, cidr: &str, errs: &mut Vec<FieldError>) -> Option
     match cidr.parse::<ipnet::IpNet>() {
         Ok(net) if net.trunc() == net => Some(net),
         Ok(net) => {
-            errs.push(FieldError::invalid(field, format!("{cidr:?}: host bits set; did you mean {}?", net.trunc())));
+            errs.push(FieldError::invalid(
+                field,
+                format!("{cidr:?}: host bits set; did you mean {}?", net.trunc()),
+            ));
             None
         }
         Err(_) => {
-            errs.push(FieldError::invalid(field, format!("{cidr:?}: not a CIDR (e.g. 10.1.0.0/24)")));
+            errs.push(FieldError::invalid(
+                field,
+                format!("{cidr:?}: not a CIDR (e.g. 10.1.0.0/24)"),
+            ));
             None
         }
     }
@@ -177,16 +219,26 @@ pub fn check_non_negative(field: &str, v: Option<f64>, errs: &mut Vec<FieldError
     if let Some(v) = v
         && !(v.is_finite() && v >= 0.0)
     {
-        errs.push(FieldError::invalid(field, format!("{v}: must be a finite number >= 0")));
+        errs.push(FieldError::invalid(
+            field,
+            format!("{v}: must be a finite number >= 0"),
+        ));
     }
 }
 
 /// Reports a duplicate for every name seen twice in `names` (`field` gets the index).
-pub fn check_unique<'a>(field: &str, names: impl Iterator<Item = &'a str>, errs: &mut Vec<FieldError>) {
+pub fn check_unique<'a>(
+    field: &str,
+    names: impl Iterator<Item = &'a str>,
+    errs: &mut Vec<FieldError>,
+) {
     let mut seen = BTreeSet::new();
     for (i, n) in names.enumerate() {
         if !seen.insert(n) {
-            errs.push(FieldError::duplicate(format!("{field}[{i}].name"), format!("{n:?}")));
+            errs.push(FieldError::duplicate(
+                format!("{field}[{i}].name"),
+                format!("{n:?}"),
+            ));
         }
     }
 }
@@ -197,7 +249,10 @@ mod tests {
 
     #[test]
     fn mac_forms() {
-        assert_eq!(normalize_mac("52-54-00-AB-cd-EF").as_deref(), Some("52:54:00:ab:cd:ef"));
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-EF").as_deref(),
+            Some("52:54:00:ab:cd:ef")
+        );
         assert_eq!(normalize_mac("52:54:00:ab:cd"), None);
         assert_eq!(normalize_mac("52:54:00:ab:cd:eg"), None);
         assert_eq!(normalize_mac("525400abcdef"), None);
@@ -210,7 +265,11 @@ mod tests {
         assert!(check_cidr("f", "10.0.0.1/24", &mut errs).is_none());
         assert!(check_cidr("f", "10.0.0.0/33", &mut errs).is_none());
         assert_eq!(errs.len(), 2);
-        assert!(errs[0].message.contains("10.0.0.0/24"), "{}", errs[0].message);
+        assert!(
+            errs[0].message.contains("10.0.0.0/24"),
+            "{}",
+            errs[0].message
+        );
     }
 
     #[test]
