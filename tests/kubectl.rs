@@ -312,3 +312,104 @@ fn invalid_manifests_name_the_field_and_store_nothing() {
         text(&out)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_show_in_describe_and_in_the_cli() {
+    let s = Server::start();
+    ok(s.kubectl(&[
+        "apply",
+        "-f",
+        manifests().join("30-nodes.yaml").to_str().unwrap(),
+    ]));
+    let client = s.client().await;
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let uid = nodes.get("server-1").await.unwrap().metadata.uid.unwrap();
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(client, "default");
+    let ev: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
+        "metadata": {"name": "server-1.power", "namespace": "default"},
+        "involvedObject": {"apiVersion": "groundwork.dev/v1alpha1", "kind": "Node", "name": "server-1", "uid": uid},
+        "reason": "PoweredOn", "message": "BMC reports power on", "type": "Normal", "count": 1,
+        "firstTimestamp": "2026-11-24T00:00:00Z", "lastTimestamp": "2026-11-24T00:00:00Z",
+        "source": {"component": "power-controller"}
+    }))
+    .unwrap();
+    events
+        .create(&Default::default(), &ev)
+        .await
+        .expect("create event");
+    let described = ok(s.kubectl(&["describe", "nodes.groundwork.dev", "server-1"]));
+    assert!(
+        described.contains("PoweredOn") && described.contains("BMC reports power on"),
+        "{described}"
+    );
+    let other = ok(s.kubectl(&["describe", "nodes.groundwork.dev", "server-2"]));
+    assert!(
+        !other.contains("PoweredOn"),
+        "events leaked to another node: {other}"
+    );
+    let ours = ok(s.groundwork(&["events", "node/server-1"]));
+    assert!(ours.contains("PoweredOn"), "{ours}");
+    let listed = ok(s.kubectl(&["get", "events"]));
+    assert!(listed.contains("PoweredOn"), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groundwork_cli_get_watch_delete() {
+    let s = Server::start();
+    let applied = ok(s.groundwork(&["apply", "-f", manifests().to_str().unwrap()]));
+    assert_eq!(applied.matches(" created").count(), 10, "{applied}");
+    let table = ok(s.groundwork(&["get", "nodes"]));
+    assert!(
+        table.starts_with("NAME") && table.contains("server-4"),
+        "{table}"
+    );
+    let yaml = ok(s.groundwork(&["get", "rack", "rack-a1", "-o", "yaml"]));
+    assert!(yaml.contains("heightU: 42"), "{yaml}");
+    let mut watch = {
+        let child = std::process::Command::new(BIN)
+            .args(["watch", "nodes", "server-3"])
+            .env("KUBECONFIG", &s.kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        support::Bg::from_child(child)
+    };
+    assert!(
+        watch
+            .wait_line("node/server-3", Duration::from_secs(15))
+            .is_some(),
+        "initial state"
+    );
+    let nodes: kube::Api<Node> = kube::Api::all(s.client().await);
+    nodes
+        .patch_status(
+            "server-3",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": {"phase": "Discovering"}})),
+        )
+        .await
+        .unwrap();
+    assert!(
+        watch
+            .wait_line("Discovering", Duration::from_secs(15))
+            .is_some(),
+        "watch missed the status change"
+    );
+    assert!(watch.wait_exit(Duration::from_millis(10)).is_none());
+    let deleted = ok(s.groundwork(&["delete", "node", "server-3"]));
+    assert!(deleted.contains("node/server-3 deleted"), "{deleted}");
+    let missing = s.groundwork(&["get", "node", "server-3"]);
+    assert!(
+        !missing.status.success() && text(&missing).contains("NotFound"),
+        "{}",
+        text(&missing)
+    );
+    let bad = s.groundwork(&["get", "toasters"]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("unknown kind"),
+        "{}",
+        text(&bad)
+    );
+}

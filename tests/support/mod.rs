@@ -165,6 +165,10 @@ pub struct Bg {
 }
 
 impl Bg {
+    pub fn from_child(child: Child) -> Bg {
+        Self::new(child)
+    }
+
     fn new(mut child: Child) -> Bg {
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");

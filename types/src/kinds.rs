@@ -71,7 +71,13 @@ impl KindInfo {
     }
 }
 
-fn admit_typed<T: DeserializeOwned + Serialize + Validate>(v: Value) -> Admitted {
+fn admit_typed<T: DeserializeOwned + Serialize + Validate>(mut v: Value) -> Admitted {
+    // An absent spec is an empty one (as for CRDs); required fields inside it are still named.
+    if let Some(o) = v.as_object_mut()
+        && o.get("spec").is_none_or(Value::is_null)
+    {
+        o.insert("spec".into(), Value::Object(Default::default()));
+    }
     let d = crate::decode::<T>(v).map_err(|e| vec![e])?;
     let errs = d.object.validate();
     if !errs.is_empty() {
@@ -462,6 +468,15 @@ mod tests {
             "spec": {"bootMACs": ["52:54:00:00:00:01", "zz:54:00:00:00:01"]}});
         let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
         assert_eq!(errs[0].field, "spec.bootMACs[1]");
+    }
+
+    #[test]
+    fn absent_spec_is_empty_but_required_fields_are_named() {
+        let p = json!({"apiVersion": API_VERSION, "kind": "Profile", "metadata": {"name": "p"}});
+        assert!((kind_by_kind("Profile").unwrap().admit)(p).is_ok());
+        let r = json!({"apiVersion": API_VERSION, "kind": "Rack", "metadata": {"name": "r"}});
+        let errs = (kind_by_kind("Rack").unwrap().admit)(r).unwrap_err();
+        assert!(errs[0].message.contains("datacenter"), "{errs:?}");
     }
 
     #[test]
