@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::objects::{self, Change, DeleteOptions, Part, Target, Written};
 use crate::query::Params;
-use crate::{ApiError, FieldSelector, LabelSelector, table};
+use crate::{ApiError, table};
 
 type Result<T> = std::result::Result<T, ApiError>;
 
@@ -118,12 +118,7 @@ struct ContinueToken {
 
 fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Response> {
     let kind = t.kind;
-    let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-    let fields = FieldSelector::parse(
-        p.field_selector.as_deref().unwrap_or(""),
-        kind.kind == "Event",
-    )?;
-    let filter = |o: &Value| labels.matches(o) && fields.matches(o);
+    let filter = p.selector(kind)?;
     let token = match &p.continue_ {
         Some(c) => {
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -202,15 +197,9 @@ async fn collection_request(
         }
         Method::DELETE => {
             // deletecollection: delete every object the selectors match.
-            let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-            let fields = FieldSelector::parse(
-                p.field_selector.as_deref().unwrap_or(""),
-                t.kind.kind == "Event",
-            )?;
+            let matches = p.selector(t.kind)?;
             let page = store
-                .list(&t.prefix(), None, 0, &|o| {
-                    labels.matches(o) && fields.matches(o)
-                })
+                .list(&t.prefix(), None, 0, &matches)
                 .map_err(|e| ApiError::from_store(e, t.kind, ""))?;
             let mut items = Vec::new();
             for s in page.items {

@@ -81,6 +81,19 @@ impl Params {
         Ok(p)
     }
 
+    /// The request's label and field selectors as one predicate over objects of `kind`.
+    pub fn selector(
+        &self,
+        kind: &groundwork_types::KindInfo,
+    ) -> Result<impl Fn(&serde_json::Value) -> bool + Send + Sync + 'static, ApiError> {
+        let labels = crate::LabelSelector::parse(self.label_selector.as_deref().unwrap_or(""))?;
+        let fields = crate::FieldSelector::parse(
+            self.field_selector.as_deref().unwrap_or(""),
+            kind.kind == "Event",
+        )?;
+        Ok(move |o: &serde_json::Value| labels.matches(o) && fields.matches(o))
+    }
+
     /// The requested resourceVersion as a number; `None` for absent or "0" ("any").
     pub fn resource_version_number(&self) -> Result<Option<u64>, ApiError> {
         match self.resource_version.as_deref() {

@@ -17,7 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::objects::Target;
 use crate::query::Params;
-use crate::{ApiError, FieldSelector, LabelSelector, table};
+use crate::{ApiError, table};
 
 /// Idle time after which a bookmark is sent (when the client allows bookmarks).
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
@@ -53,12 +53,7 @@ pub(crate) async fn watch(
     as_table: bool,
 ) -> Result<Response, ApiError> {
     let kind = t.kind;
-    let labels = LabelSelector::parse(p.label_selector.as_deref().unwrap_or(""))?;
-    let fields = FieldSelector::parse(
-        p.field_selector.as_deref().unwrap_or(""),
-        kind.kind == "Event",
-    )?;
-    let matches = move |o: &Value| labels.matches(o) && fields.matches(o);
+    let matches = p.selector(kind)?;
     let prefix = t.prefix();
     let requested = p.resource_version_number()?;
 
