@@ -2,7 +2,7 @@
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use groundwork_types::{GROUP, KindInfo, VERSION, all_kinds};
+use groundwork_types::{KindInfo, all_kinds, group_versions};
 use serde_json::{Value, json};
 
 use crate::ApiError;
@@ -67,12 +67,20 @@ fn aggregated_resource(k: &KindInfo) -> Value {
     r
 }
 
-fn aggregated_list(group: &str, version: &str, api_version: &str) -> Value {
-    let resources: Vec<Value> = kinds_in(group).map(aggregated_resource).collect();
-    json!({
-        "kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {},
-        "items": [{"metadata": {"name": group}, "versions": [{"version": version, "resources": resources, "freshness": "Current"}]}],
-    })
+/// The aggregated discovery document for the core group (`core`) or every named group.
+fn aggregated_list(core: bool, api_version: &str) -> Value {
+    let items: Vec<Value> = group_versions()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(group, version)| {
+            let resources: Vec<Value> = kinds_in(group)
+                .filter(|k| k.version == version)
+                .map(aggregated_resource)
+                .collect();
+            json!({"metadata": {"name": group}, "versions": [{"version": version, "resources": resources, "freshness": "Current"}]})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {}, "items": items})
 }
 
 fn respond(value: Value, content_type: &'static str) -> Response {
@@ -84,7 +92,7 @@ fn respond(value: Value, content_type: &'static str) -> Response {
 
 pub(crate) fn api(headers: &HeaderMap) -> Response {
     match aggregated_accept(headers) {
-        Some(ct) => respond(aggregated_list("", "v1", api_version_of(ct)), ct),
+        Some(ct) => respond(aggregated_list(true, api_version_of(ct)), ct),
         None => respond(
             json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}),
             "application/json",
@@ -100,30 +108,46 @@ fn api_version_of(ct: &str) -> &'static str {
     }
 }
 
-fn group_entry() -> Value {
-    let gv = json!({"groupVersion": format!("{GROUP}/{VERSION}"), "version": VERSION});
-    json!({"name": GROUP, "versions": [gv], "preferredVersion": gv})
+fn group_entry(group: &str) -> Option<Value> {
+    let versions: Vec<Value> = group_versions()
+        .into_iter()
+        .filter(|(g, _)| *g == group)
+        .map(|(g, v)| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first()?.clone();
+    Some(json!({"name": group, "versions": versions, "preferredVersion": preferred}))
 }
 
 pub(crate) fn apis(headers: &HeaderMap) -> Response {
     match aggregated_accept(headers) {
-        Some(ct) => respond(aggregated_list(GROUP, VERSION, api_version_of(ct)), ct),
+        Some(ct) => respond(aggregated_list(false, api_version_of(ct)), ct),
         None => respond(
-            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group_entry()]}),
+            json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": group_versions()
+                .into_iter()
+                .filter(|(g, _)| !g.is_empty())
+                .map(|(g, _)| g)
+                .fold(Vec::<&str>::new(), |mut acc, g| {
+                    if !acc.contains(&g) {
+                        acc.push(g);
+                    }
+                    acc
+                })
+                .into_iter()
+                .filter_map(group_entry)
+                .collect::<Vec<_>>()}),
             "application/json",
         ),
     }
 }
 
 pub(crate) fn api_group(group: &str) -> Result<Value, ApiError> {
-    if group != GROUP {
+    let Some(mut g) = group_entry(group).filter(|_| !group.is_empty()) else {
         return Err(ApiError::NotFound {
             what: format!("API group {group:?}"),
             kind: None,
             name: group.into(),
         });
-    }
-    let mut g = group_entry();
+    };
     g["kind"] = "APIGroup".into();
     g["apiVersion"] = "v1".into();
     Ok(g)

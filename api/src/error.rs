@@ -44,6 +44,8 @@ pub enum ApiError {
     Expired(String),
     #[error("{0}")]
     Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn kind_label(k: &KindInfo) -> String {
@@ -115,6 +117,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -129,6 +132,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::Expired(_) => "Expired",
             ApiError::Internal(_) => "InternalError",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
         }
     }
 

@@ -2,7 +2,9 @@
 //! `watch`, and renders objects, lists and Tables.
 
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -12,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::objects::{self, Change, DeleteOptions, Part, Target, Written};
 use crate::query::Params;
+use crate::server::AppState;
 use crate::{ApiError, table};
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -26,21 +29,6 @@ fn resolve(group: &str, version: &str, plural: &str) -> Result<&'static KindInfo
             kind: None,
             name: plural.into(),
         })
-}
-
-fn cluster_target(group: &str, version: &str, plural: &str) -> Result<Target> {
-    let kind = resolve(group, version, plural)?;
-    if kind.namespaced {
-        return Err(ApiError::NotFound {
-            what: format!("{plural} are namespaced; use /api/v1/namespaces/NAMESPACE/{plural}"),
-            kind: None,
-            name: plural.into(),
-        });
-    }
-    Ok(Target {
-        kind,
-        namespace: None,
-    })
 }
 
 fn accept(headers: &HeaderMap) -> Option<&str> {
@@ -227,7 +215,7 @@ async fn collection_request(
 }
 
 /// The parts of an HTTP request a handler needs.
-struct Req {
+pub(crate) struct Req {
     method: Method,
     query: Option<String>,
     headers: HeaderMap,
@@ -336,163 +324,78 @@ fn into_response(r: Result<Response>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
 }
 
-pub(crate) async fn group_collection(
-    State(store): State<Store>,
-    Path((group, version, plural)): Path<(String, String, String)>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    into_response(
-        async {
-            collection_request(
-                store,
-                cluster_target(&group, &version, &plural)?,
-                method,
-                q,
-                headers,
-                body,
-            )
+impl<S: Send + Sync> FromRequest<S> for Req {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, Response> {
+        let (parts, body) = req.into_parts();
+        let query = parts.uri.query().map(String::from);
+        let body = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
             .await
-        }
-        .await,
-    )
+            .map_err(|e| {
+                ApiError::BadRequest(format!("reading the request body: {e}")).into_response()
+            })?;
+        Ok(Req {
+            method: parts.method,
+            query,
+            headers: parts.headers,
+            body,
+        })
+    }
 }
 
-pub(crate) async fn group_item(
-    State(store): State<Store>,
-    Path((group, version, plural, name)): Path<(String, String, String, String)>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+/// Every resource route: `/api/v1/[namespaces/NS/]PLURAL[/NAME]` and
+/// `/apis/GROUP/VERSION/[namespaces/NS/]PLURAL[/NAME[/SUBRESOURCE]]`.
+pub(crate) async fn resource(
+    State(st): State<AppState>,
+    Path(p): Path<HashMap<String, String>>,
+    req: Req,
 ) -> Response {
-    into_response(
-        async {
-            item_request(
-                store,
-                cluster_target(&group, &version, &plural)?,
-                name,
-                Part::Main,
-                Req {
-                    method,
-                    query: q,
-                    headers,
-                    body,
-                },
-            )
-            .await
-        }
-        .await,
-    )
+    into_response(dispatch(st, p, req).await)
 }
 
-pub(crate) async fn group_subresource(
-    State(store): State<Store>,
-    Path((group, version, plural, name, sub)): Path<(String, String, String, String, String)>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    into_response(
-        async {
-            let t = cluster_target(&group, &version, &plural)?;
-            if sub != "status" || !t.kind.has_status {
-                return Err(ApiError::NotFound {
-                    what: format!("subresource {sub:?} of {plural}"),
-                    kind: None,
-                    name,
-                });
-            }
-            item_request(
-                store,
-                t,
-                name,
-                Part::Status,
-                Req {
-                    method,
-                    query: q,
-                    headers,
-                    body,
-                },
-            )
-            .await
+async fn dispatch(st: AppState, p: HashMap<String, String>, req: Req) -> Result<Response> {
+    let group = p.get("group").map_or("", String::as_str);
+    let version = p.get("version").map_or("v1", String::as_str);
+    let plural = p.get("plural").map_or("", String::as_str);
+    let kind = resolve(group, version, plural)?;
+    let namespace = p.get("ns").cloned();
+    let name = p.get("name").cloned();
+    let base = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    if !kind.namespaced && namespace.is_some() {
+        return Err(ApiError::NotFound {
+            what: format!("{plural} are cluster-scoped; use {base}/{plural}"),
+            kind: None,
+            name: plural.into(),
+        });
+    }
+    if kind.namespaced && namespace.is_none() && name.is_some() {
+        return Err(ApiError::NotFound {
+            what: format!("{plural} are namespaced; use {base}/namespaces/NAMESPACE/{plural}"),
+            kind: None,
+            name: plural.into(),
+        });
+    }
+    let t = Target { kind, namespace };
+    let Some(name) = name else {
+        return collection_request(st.store, t, req.method, req.query, req.headers, req.body).await;
+    };
+    match p.get("sub").map(String::as_str) {
+        None => item_request(st.store, t, name, Part::Main, req).await,
+        Some("status") if kind.has_status => {
+            item_request(st.store, t, name, Part::Status, req).await
         }
-        .await,
-    )
-}
-
-fn core_target(plural: &str, namespace: Option<String>) -> Result<Target> {
-    let kind = resolve("", "v1", plural)?;
-    Ok(Target { kind, namespace })
-}
-
-pub(crate) async fn core_collection(
-    State(store): State<Store>,
-    Path(plural): Path<String>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    into_response(
-        async {
-            collection_request(store, core_target(&plural, None)?, method, q, headers, body).await
+        Some("log") if req.method == Method::GET && !kind.namespaced => {
+            crate::logs::object_log(&st, kind, &name, req.query.as_deref())
         }
-        .await,
-    )
-}
-
-pub(crate) async fn core_ns_collection(
-    State(store): State<Store>,
-    Path((ns, plural)): Path<(String, String)>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    into_response(
-        async {
-            collection_request(
-                store,
-                core_target(&plural, Some(ns))?,
-                method,
-                q,
-                headers,
-                body,
-            )
-            .await
-        }
-        .await,
-    )
-}
-
-pub(crate) async fn core_ns_item(
-    State(store): State<Store>,
-    Path((ns, plural, name)): Path<(String, String, String)>,
-    method: Method,
-    RawQuery(q): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    into_response(
-        async {
-            item_request(
-                store,
-                core_target(&plural, Some(ns))?,
-                name,
-                Part::Main,
-                Req {
-                    method,
-                    query: q,
-                    headers,
-                    body,
-                },
-            )
-            .await
-        }
-        .await,
-    )
+        Some(sub) => Err(ApiError::NotFound {
+            what: format!("subresource {sub:?} of {plural}"),
+            kind: None,
+            name,
+        }),
+    }
 }

@@ -1,10 +1,11 @@
 //! The Groundwork API server: Kubernetes REST and watch conventions for the Groundwork kinds
-//! (group `groundwork.dev/v1alpha1`) and core/v1 Events, over the object store, so that
+//! (group `groundwork.dev/v1alpha1`), core/v1 Events and coordination.k8s.io/v1 Leases, over the object store, so that
 //! `kubectl` and kube-rs work unmodified. This crate is the only one that knows the wire format.
 
 mod discovery;
 mod error;
 mod handlers;
+mod logs;
 mod objects;
 mod openapi;
 mod query;
@@ -15,5 +16,5 @@ mod watch;
 
 pub use error::ApiError;
 pub use selector::{FieldSelector, LabelSelector};
-pub use server::{ServerConfig, router, serve};
+pub use server::{ServerConfig, router, router_with, serve};
 pub use table::human_duration;

@@ -23,7 +23,7 @@ fn kind_schema(k: &KindInfo) -> Value {
         Some(crd) => crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone(),
         None => json!({
             "type": "object",
-            "description": "Event is a report of an event somewhere in the cluster (core/v1).",
+            "description": format!("{} ({}), as in Kubernetes.", k.kind, k.api_version()),
             "x-kubernetes-preserve-unknown-fields": true,
         }),
     };
@@ -127,50 +127,52 @@ fn document(group: &str, version: &str) -> Value {
     })
 }
 
-struct Docs {
-    groundwork: Value,
-    core: Value,
-    hash_groundwork: String,
-    hash_core: String,
-}
-
-fn docs() -> &'static Docs {
-    static DOCS: OnceLock<Docs> = OnceLock::new();
+/// One OpenAPI document per group-version, with its hash (clients cache by it).
+fn docs() -> &'static Vec<(String, Value, String)> {
+    static DOCS: OnceLock<Vec<(String, Value, String)>> = OnceLock::new();
     DOCS.get_or_init(|| {
-        let groundwork = document(groundwork_types::GROUP, groundwork_types::VERSION);
-        let core = document("", "v1");
-        let hash = |v: &Value| {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            v.to_string().hash(&mut h);
-            format!("{:016X}", h.finish())
-        };
-        Docs {
-            hash_groundwork: hash(&groundwork),
-            hash_core: hash(&core),
-            groundwork,
-            core,
-        }
+        groundwork_types::group_versions()
+            .into_iter()
+            .map(|(g, v)| {
+                let path = if g.is_empty() {
+                    format!("api/{v}")
+                } else {
+                    format!("apis/{g}/{v}")
+                };
+                let doc = document(g, v);
+                let hash = {
+                    use std::hash::{Hash, Hasher};
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    doc.to_string().hash(&mut h);
+                    format!("{:016X}", h.finish())
+                };
+                (path, doc, hash)
+            })
+            .collect()
     })
 }
 
 pub(crate) fn index() -> Value {
-    let d = docs();
-    json!({"paths": {
-        format!("apis/{}/{}", groundwork_types::GROUP, groundwork_types::VERSION): {"serverRelativeURL": format!("/openapi/v3/apis/{}/{}?hash={}", groundwork_types::GROUP, groundwork_types::VERSION, d.hash_groundwork)},
-        "api/v1": {"serverRelativeURL": format!("/openapi/v3/api/v1?hash={}", d.hash_core)},
-    }})
+    let paths: serde_json::Map<String, Value> = docs()
+        .iter()
+        .map(|(path, _, hash)| {
+            (
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            )
+        })
+        .collect();
+    json!({ "paths": paths })
 }
 
 pub(crate) fn group_version(path: &str) -> Result<Value, ApiError> {
-    let d = docs();
-    match path {
-        "apis/groundwork.dev/v1alpha1" => Ok(d.groundwork.clone()),
-        "api/v1" => Ok(d.core.clone()),
-        other => Err(ApiError::NotFound {
-            what: format!("OpenAPI document {other:?}"),
+    docs()
+        .iter()
+        .find(|(p, _, _)| p == path)
+        .map(|(_, doc, _)| doc.clone())
+        .ok_or_else(|| ApiError::NotFound {
+            what: format!("OpenAPI document {path:?}"),
             kind: None,
-            name: other.into(),
-        }),
-    }
+            name: path.into(),
+        })
 }

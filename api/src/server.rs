@@ -4,22 +4,42 @@ use std::future::Future;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Path, Request};
-use axum::http::HeaderMap;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use groundwork_observe::{ApiLabels, LogHub, ResourceLabels, metrics};
 use groundwork_store::Store;
 use tokio::net::TcpListener;
 
 use crate::{ApiError, discovery, handlers, openapi};
 
 /// Settings of the API server.
-#[derive(Clone, Debug, Default)]
-pub struct ServerConfig {}
+#[derive(Clone, Default)]
+pub struct ServerConfig {
+    /// The log hub of the controllers running in this process; serves `.../NAME/log`.
+    pub logs: Option<LogHub>,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub store: Store,
+    pub logs: Option<LogHub>,
+}
+
+/// The API's routes over a store, with no controller logs.
+pub fn router(store: Store) -> Router {
+    router_with(store, ServerConfig::default())
+}
 
 /// The API's routes over a store.
-pub fn router(store: Store) -> Router {
+pub fn router_with(store: Store, cfg: ServerConfig) -> Router {
+    let state = AppState {
+        store,
+        logs: cfg.logs,
+    };
     Router::new()
         .route(
             "/version",
@@ -28,6 +48,7 @@ pub fn router(store: Store) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
+        .route("/metrics", get(render_metrics))
         .route(
             "/api",
             get(|h: HeaderMap| async move { discovery::api(&h) }),
@@ -68,26 +89,32 @@ pub fn router(store: Store) -> Router {
             "/openapi/v3/{*path}",
             get(|Path(p): Path<String>| async move { json(openapi::group_version(&p)) }),
         )
-        .route(
-            "/apis/{group}/{version}/{plural}",
-            any(handlers::group_collection),
-        )
+        .route("/apis/{group}/{version}/{plural}", any(handlers::resource))
         .route(
             "/apis/{group}/{version}/{plural}/{name}",
-            any(handlers::group_item),
+            any(handlers::resource),
         )
         .route(
             "/apis/{group}/{version}/{plural}/{name}/{sub}",
-            any(handlers::group_subresource),
+            any(handlers::resource),
         )
-        .route("/api/v1/{plural}", any(handlers::core_collection))
         .route(
-            "/api/v1/namespaces/{ns}/{plural}",
-            any(handlers::core_ns_collection),
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+            any(handlers::resource),
         )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}",
+            any(handlers::resource),
+        )
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}/{sub}",
+            any(handlers::resource),
+        )
+        .route("/api/v1/{plural}", any(handlers::resource))
+        .route("/api/v1/namespaces/{ns}/{plural}", any(handlers::resource))
         .route(
             "/api/v1/namespaces/{ns}/{plural}/{name}",
-            any(handlers::core_ns_item),
+            any(handlers::resource),
         )
         .fallback(|req: Request| async move {
             ApiError::NotFound {
@@ -99,8 +126,8 @@ pub fn router(store: Store) -> Router {
                 name: String::new(),
             }
         })
-        .layer(middleware::from_fn(log_request))
-        .with_state(store)
+        .layer(middleware::from_fn(observe_request))
+        .with_state(state)
 }
 
 fn json(r: Result<serde_json::Value, ApiError>) -> Response {
@@ -110,16 +137,92 @@ fn json(r: Result<serde_json::Value, ApiError>) -> Response {
     }
 }
 
-async fn log_request(req: Request, next: Next) -> Response {
+async fn render_metrics(State(st): State<AppState>) -> Response {
+    let m = metrics();
+    m.store_revision.set(st.store.revision() as i64);
+    let mut resp = m.encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(groundwork_observe::OPENMETRICS_CONTENT_TYPE),
+    );
+    resp
+}
+
+/// The Kubernetes verb and the resource (`nodes`, `nodes/status`) of a request, as the
+/// apiserver's own request metrics name them; `("get", "")` for non-resource paths.
+pub(crate) fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static str, String) {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest: &[&str] = match segs.first() {
+        Some(&"apis") if segs.len() >= 4 => &segs[3..],
+        Some(&"api") if segs.len() >= 3 => &segs[2..],
+        _ => &[],
+    };
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        &rest[2..]
+    } else {
+        rest
+    };
+    if rest.is_empty() {
+        return (
+            if *method == Method::GET {
+                "get"
+            } else {
+                "other"
+            },
+            String::new(),
+        );
+    }
+    let named = rest.len() >= 2;
+    let resource = match rest.get(2) {
+        Some(sub) => format!("{}/{sub}", rest[0]),
+        None => rest[0].to_string(),
+    };
+    let watch = query.is_some_and(|q| {
+        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
+    });
+    let verb = match *method {
+        Method::GET if watch => "watch",
+        Method::GET if named => "get",
+        Method::GET => "list",
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE if named => "delete",
+        Method::DELETE => "deletecollection",
+        _ => "other",
+    };
+    (verb, resource)
+}
+
+async fn observe_request(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let (verb, resource) = classify(&method, &path, req.uri().query());
     let start = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16();
+    let elapsed = start.elapsed();
+    if path != "/metrics" {
+        let m = metrics();
+        m.api_requests
+            .get_or_create(&ApiLabels {
+                verb: verb.into(),
+                resource: resource.clone(),
+                code: status,
+            })
+            .inc();
+        m.api_request_duration
+            .get_or_create(&ResourceLabels {
+                verb: verb.into(),
+                resource,
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+    let elapsed_ms = elapsed.as_millis() as u64;
     if status >= 500 {
-        tracing::warn!(%method, path, status, elapsed_ms = start.elapsed().as_millis() as u64, "request");
+        tracing::warn!(%method, path, status, elapsed_ms, "request");
     } else {
-        tracing::debug!(%method, path, status, elapsed_ms = start.elapsed().as_millis() as u64, "request");
+        tracing::debug!(%method, path, status, elapsed_ms, "request");
     }
     resp
 }
@@ -128,9 +231,64 @@ async fn log_request(req: Request, next: Next) -> Response {
 pub async fn serve(
     listener: TcpListener,
     store: Store,
+    cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(store))
+    axum::serve(listener, router_with(store, cfg))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_classified_like_the_apiserver_does() {
+        let c = |m: Method, p: &str, q: Option<&str>| {
+            let (v, r) = classify(&m, p, q);
+            format!("{v} {r}")
+        };
+        assert_eq!(
+            c(Method::GET, "/apis/groundwork.dev/v1alpha1/nodes", None),
+            "list nodes"
+        );
+        assert_eq!(
+            c(
+                Method::GET,
+                "/apis/groundwork.dev/v1alpha1/nodes",
+                Some("watch=true&resourceVersion=5")
+            ),
+            "watch nodes"
+        );
+        assert_eq!(
+            c(
+                Method::PATCH,
+                "/apis/groundwork.dev/v1alpha1/nodes/n1/status",
+                None
+            ),
+            "patch nodes/status"
+        );
+        assert_eq!(
+            c(Method::GET, "/api/v1/namespaces/default/events", None),
+            "list events"
+        );
+        assert_eq!(
+            c(Method::DELETE, "/api/v1/namespaces/default/events/e1", None),
+            "delete events"
+        );
+        assert_eq!(
+            c(
+                Method::PUT,
+                "/apis/coordination.k8s.io/v1/namespaces/gw/leases/rack",
+                None
+            ),
+            "update leases"
+        );
+        assert_eq!(
+            c(Method::DELETE, "/apis/groundwork.dev/v1alpha1/racks", None),
+            "deletecollection racks"
+        );
+        assert_eq!(c(Method::GET, "/apis", None), "get ");
+    }
 }

@@ -91,7 +91,23 @@ pub(crate) async fn watch(
         .unwrap_or(DEFAULT_TIMEOUT);
     let allow_bookmarks = p.allow_bookmarks;
     let send_initial = p.send_initial_events;
+    let open_watches = groundwork_observe::metrics()
+        .api_watches
+        .get_or_create(&groundwork_observe::ResourceLabels {
+            verb: "watch".into(),
+            resource: kind.plural.into(),
+        })
+        .clone();
     tokio::spawn(async move {
+        open_watches.inc();
+        // Decrements however the task ends.
+        struct Open(prometheus_client::metrics::gauge::Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        let _open = Open(open_watches);
         for o in initial {
             if tx.send(Ok(line("ADDED", render(o)))).await.is_err() {
                 return;

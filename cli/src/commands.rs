@@ -382,3 +382,45 @@ pub(crate) async fn watch(
     }
     Ok(())
 }
+
+/// `groundwork logs KIND/NAME [-f] [--tail N]`: the controllers' log lines about one object.
+pub(crate) async fn logs(
+    kc: Option<PathBuf>,
+    object: &str,
+    follow: bool,
+    tail: Option<usize>,
+) -> anyhow::Result<()> {
+    use futures::AsyncBufReadExt;
+    let Some((kind, name)) = object.split_once('/') else {
+        bail!("{object:?}: use KIND/NAME, e.g. node/server-1")
+    };
+    let k = resolve_kind(kind)?;
+    if k.namespaced {
+        bail!(
+            "{}: logs are kept for Groundwork objects (nodes, racks, ...)",
+            k.plural
+        );
+    }
+    let api = client::connect(kc).await?;
+    let mut uri = format!("{}/log?follow={follow}", item_path(k, None, name));
+    if let Some(n) = tail {
+        uri.push_str(&format!("&tailLines={n}"));
+    }
+    let req = http::Request::get(&uri)
+        .header(http::header::ACCEPT, "text/plain")
+        .body(Vec::new())?;
+    let reader = api
+        .client
+        .request_stream(req)
+        .await
+        .map_err(client::explain)?;
+    let mut lines = reader.lines();
+    use std::io::Write;
+    while let Some(line) = lines.next().await {
+        let line = line?;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    Ok(())
+}

@@ -29,8 +29,21 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the API server on an embedded store.
+    /// Run the API server on an embedded store, with the controllers.
     Server(server::ServerArgs),
+    /// Run controllers only, against the API server of the kubeconfig.
+    Controller(server::ControllerOnlyArgs),
+    /// Show the controllers' log lines about one object (KIND/NAME), and follow them (-f).
+    Logs {
+        /// KIND/NAME, e.g. node/server-1 or rack/rack-a1.
+        object: String,
+        /// Keep streaming new lines.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines kept so far.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
     /// Create or update objects from YAML files, a directory, or stdin (-).
     Apply {
         /// File, directory (every .yaml/.yml/.json in it, sorted) or - for stdin.
@@ -110,6 +123,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let kc = cli.kubeconfig;
     match cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Controller(args) => server::run_controllers(args, kc).await,
+        Command::Logs {
+            object,
+            follow,
+            tail,
+        } => commands::logs(kc, &object, follow, tail).await,
         Command::Apply { files, dry_run } => apply::run(kc, &files, dry_run).await,
         Command::Get {
             kind,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use groundwork_observe::LogHub;
 use groundwork_store::{Store, StoreConfig};
 
 #[derive(clap::Args, Debug)]
@@ -20,20 +21,88 @@ pub(crate) struct ServerArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    #[command(flatten)]
+    controllers: ControllerArgs,
 }
 
-fn init_logging(format: &str) -> anyhow::Result<()> {
+/// Which controllers run, and how they elect a leader.
+#[derive(clap::Args, Debug)]
+pub(crate) struct ControllerArgs {
+    /// Controllers to run: all, none, or a comma-separated list of
+    /// datacenter, rack, node-placement, profile, profile-status.
+    #[arg(long, default_value = "all", value_parser = check_controllers)]
+    controllers: String,
+    /// Lease holder identity (default: host name and PID); unique per process.
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long a controller Lease lasts without renewal before another instance takes over.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    lease_duration_seconds: u64,
+    /// Reconciles of different objects at once, per controller.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    workers: u64,
+}
+
+fn check_controllers(s: &str) -> Result<String, String> {
+    groundwork_controller::parse_controllers(s).map(|_| s.to_string())
+}
+
+impl ControllerArgs {
+    pub(crate) fn options(&self) -> groundwork_controller::Options {
+        let list = groundwork_controller::parse_controllers(&self.controllers).unwrap_or_default();
+        let mut o = groundwork_controller::Options::new(list);
+        if let Some(id) = &self.identity {
+            o.identity = id.clone();
+        }
+        o.lease = groundwork_controller::LeaseTiming::from_lease_duration(
+            std::time::Duration::from_secs(self.lease_duration_seconds),
+        );
+        o.settings.workers = self.workers as usize;
+        o
+    }
+}
+
+/// `groundwork controller`: controllers only, against any API server (kubeconfig).
+#[derive(clap::Args, Debug)]
+pub(crate) struct ControllerOnlyArgs {
+    /// Log format: text or json.
+    #[arg(long, default_value = "text")]
+    log_format: String,
+    #[command(flatten)]
+    controllers: ControllerArgs,
+}
+
+/// Logs to stderr (text or JSON lines) and, when `hub` is given, copies the lines about each
+/// object into it for `groundwork logs`. `RUST_LOG` filters stderr; the hub keeps info and up.
+fn init_logging(format: &str, hub: Option<&LogHub>) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    match format {
-        "json" => builder.json().init(),
-        "text" => builder.init(),
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = match format {
+        "json" => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        "text" => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .boxed(),
         other => anyhow::bail!("--log-format {other:?}: use text or json"),
-    }
+    };
+    let hub_layer = hub.map(|h| {
+        h.layer()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
+    });
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(filter))
+        .with(hub_layer)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("setting up logging: {e}"))?;
     Ok(())
 }
 
@@ -44,7 +113,8 @@ fn kubeconfig(server: &str) -> String {
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    init_logging(&args.log_format)?;
+    let hub = LogHub::new(1000, 10_000);
+    init_logging(&args.log_format, Some(&hub))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
@@ -61,8 +131,49 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &kc_path)?;
     tracing::info!(%addr, kubeconfig = %kc_path.display(), revision = store.revision(), "serving the Groundwork API");
-    groundwork_api::serve(listener, store, shutdown_signal()).await?;
+    // Controllers reach the API like any client, over loopback.
+    let local = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let opts = args.controllers.options();
+    let with_controllers = !opts.controllers.is_empty();
+    let client = kube::Client::try_from(kube::Config::new(
+        format!("http://{local}").parse().context("API URL")?,
+    ))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let controllers = tokio::spawn(groundwork_controller::run(client, opts, stop_rx));
+    let shutdown = async move {
+        shutdown_signal().await;
+        // Controllers first: they release their Leases through the API, which still serves.
+        let _ = stop_tx.send(true);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(8), controllers).await;
+    };
+    let cfg = groundwork_api::ServerConfig {
+        logs: with_controllers.then_some(hub),
+    };
+    groundwork_api::serve(listener, store, cfg, shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// `groundwork controller`: runs controllers against the API server of the kubeconfig.
+pub(crate) async fn run_controllers(
+    args: ControllerOnlyArgs,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    init_logging(&args.log_format, None)?;
+    let api = crate::client::connect(kubeconfig).await?;
+    let opts = args.controllers.options();
+    if opts.controllers.is_empty() {
+        anyhow::bail!("--controllers none: nothing to run");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(groundwork_controller::run(api.client, opts, stop_rx));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(8), task).await;
     Ok(())
 }
 

@@ -53,6 +53,12 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(if self.extra.iter().any(|a| a == "--controllers") {
+                &[][..]
+            } else {
+                // Tests that count writes or events run without controllers unless asked.
+                &["--controllers", "none"][..]
+            })
             .args(&self.extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -149,6 +155,87 @@ impl Server {
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
             .expect("run groundwork")
+    }
+}
+
+/// A `groundwork controller` process against a server (killed by PID on drop).
+pub struct Controllers {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl Controllers {
+    /// Starts `groundwork controller --identity ID` with `extra` arguments.
+    pub fn start(server: &Server, id: &str, extra: &[&str]) -> Controllers {
+        let log_path = server.dir.path().join(format!("controller-{id}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(["controller", "--identity", id])
+            .args(extra)
+            .env("KUBECONFIG", &server.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start groundwork controller");
+        Controllers {
+            child: Some(child),
+            log_path,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// SIGKILL: no lease release, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Controllers {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -288,6 +288,16 @@ const STACK_COLUMNS: &[Column] = &[
     },
     AGE,
 ];
+const LEASE_COLUMNS: &[Column] = &[
+    Column {
+        name: "Holder",
+        json_path: ".spec.holderIdentity",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    AGE,
+];
 const EVENT_COLUMNS: &[Column] = &[
     Column {
         name: "Type",
@@ -378,6 +388,19 @@ static KINDS: &[KindInfo] = &[
         admit: admit_event,
         crd: None,
     },
+    KindInfo {
+        group: "coordination.k8s.io",
+        version: "v1",
+        kind: "Lease",
+        plural: "leases",
+        singular: "lease",
+        short_names: &[],
+        namespaced: true,
+        has_status: false,
+        columns: LEASE_COLUMNS,
+        admit: admit_lease,
+        crd: None,
+    },
 ];
 
 /// Every kind the API serves.
@@ -406,6 +429,47 @@ pub fn kind_by_kind(name: &str) -> Option<&'static KindInfo> {
                 || k.singular == base
                 || k.short_names.contains(&base.as_str()))
     })
+}
+
+fn admit_lease(v: Value) -> Admitted {
+    let d = crate::decode::<crate::Lease>(v).map_err(|e| vec![e])?;
+    let mut errs = Vec::new();
+    if let Some(spec) = &d.object.spec {
+        if let Some(s) = spec.lease_duration_seconds
+            && s <= 0
+        {
+            errs.push(FieldError::invalid(
+                "spec.leaseDurationSeconds",
+                format!("{s}: must be greater than 0"),
+            ));
+        }
+        if let Some(t) = spec.lease_transitions
+            && t < 0
+        {
+            errs.push(FieldError::invalid(
+                "spec.leaseTransitions",
+                format!("{t}: must be 0 or more"),
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let out = serde_json::to_value(&d.object)
+        .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    Ok((out, d.unknown_fields))
+}
+
+/// The distinct (group, version) pairs the API serves, core ("", "v1") first.
+pub fn group_versions() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<(&'static str, &'static str)> = Vec::new();
+    for k in KINDS {
+        if !out.contains(&(k.group, k.version)) {
+            out.push((k.group, k.version));
+        }
+    }
+    out.sort_by_key(|(g, _)| !g.is_empty());
+    out
 }
 
 fn crd_with_columns(mut crd: Value, cols: &[Column]) -> Value {

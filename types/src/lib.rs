@@ -17,7 +17,7 @@ pub use conditions::{condition_is_true, find_condition, set_condition};
 pub use datacenter::*;
 pub use kinds::{
     API_VERSION, Admitted, Column, GROUP, KindInfo, VERSION, all_kinds, check_object_name,
-    crd_yaml_documents, kind_by_kind, kind_by_plural,
+    crd_yaml_documents, group_versions, kind_by_kind, kind_by_plural,
 };
 pub use node::*;
 pub use profile::*;
@@ -25,6 +25,8 @@ pub use rack::*;
 pub use servicestack::*;
 pub use validate::{FieldError, FieldErrorKind, Validate, validate_node_in_rack};
 
+/// Kubernetes' own `Lease` (coordination.k8s.io/v1): controller leader election.
+pub use k8s_openapi::api::coordination::v1::Lease;
 /// Kubernetes' own `Event` (core/v1): what controllers record, served at `/api/v1/events`.
 pub use k8s_openapi::api::core::v1::Event;
 /// Kubernetes' own `Condition` (meta/v1), used by every kind's status.

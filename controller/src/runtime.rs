@@ -1,0 +1,302 @@
+//! The reconcile runtime every controller shares:
+//!
+//! watch (shared [`Caches`]) → map each change to object names → [`WorkQueue`] (one entry
+//! per object, never two reconciles of one object at once) → workers call
+//! [`Reconciler::reconcile`] → [`Action`] (requeue after, or wait for the next change) →
+//! on error, retry after `max(per-object exponential backoff, shared token bucket)`.
+//!
+//! A controller acts only while it holds its Lease (see [`crate::lease`]); on gaining it, it
+//! waits for the caches to sync and then reconciles every object once (level-triggered
+//! resync), so nothing that changed while it was not leading is missed.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use groundwork_observe::{ControllerLabels, ReconcileLabels, metrics};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::caches::{Caches, Change};
+use crate::events::Recorder;
+use crate::queue::WorkQueue;
+use crate::retry::{Backoff, TokenBucket};
+
+/// What to do after a successful reconcile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Reconcile again after this long even if nothing changes.
+    Requeue(Duration),
+    /// Reconcile again when the object or something it depends on changes.
+    AwaitChange,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// A write lost an optimistic-concurrency race (409): retry, nothing is wrong.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
+}
+
+/// What a reconcile can use.
+pub struct Ctx {
+    pub client: Client,
+    pub caches: Caches,
+    pub recorder: Recorder,
+}
+
+/// One controller: its object kind, how changes map to its objects, and the reconcile.
+pub trait Reconciler: Send + Sync + 'static {
+    type K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static;
+    /// Controller name: Lease name, metric label, log field.
+    const NAME: &'static str;
+    /// The cache of the objects this controller reconciles.
+    fn store(caches: &Caches) -> &Store<Self::K>;
+    /// Names of the objects to reconcile because `change` happened.
+    fn map(&self, change: &Change, caches: &Caches) -> Vec<String>;
+    fn reconcile(
+        &self,
+        obj: Arc<Self::K>,
+        ctx: &Ctx,
+    ) -> impl Future<Output = Result<Action, Error>> + Send;
+}
+
+/// Tuning of the runtime.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Reconciles of different objects running at once, per controller.
+    pub workers: usize,
+    pub backoff: Backoff,
+    /// Retries per second across all objects of a controller, and the burst.
+    pub retry_rate: f64,
+    pub retry_burst: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            workers: 2,
+            backoff: Backoff::default(),
+            retry_rate: 10.0,
+            retry_burst: 100,
+        }
+    }
+}
+
+/// `kind/name` as logs and `groundwork logs` name an object (lower-case kind).
+pub fn object_key<K: Resource<DynamicType = ()>>(name: &str) -> String {
+    format!("{}/{name}", K::kind(&()).to_ascii_lowercase())
+}
+
+/// Writes `status` (a merge patch of the status) if it changes anything, with the cached
+/// object's resourceVersion as precondition (409 if the cache was stale). Returns whether it
+/// wrote.
+pub async fn patch_status<K>(client: &Client, obj: &K, status: Value) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let current = serde_json::to_value(obj)
+        .map_err(|e| Error::Other(e.to_string()))?
+        .get("status")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut merged = current.clone();
+    json_patch::merge(&mut merged, &status);
+    if merged == current {
+        return Ok(false);
+    }
+    let api: kube::Api<K> = kube::Api::all(client.clone());
+    let patch = serde_json::json!({
+        "metadata": {"resourceVersion": obj.resource_version()},
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Runs controller `r` whenever `leading` is true, until `leading`'s sender is dropped.
+pub async fn run<R: Reconciler>(
+    r: Arc<R>,
+    ctx: Arc<Ctx>,
+    settings: Settings,
+    mut leading: watch::Receiver<bool>,
+) {
+    let labels = ControllerLabels {
+        controller: R::NAME.into(),
+    };
+    loop {
+        if leading.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        metrics().leader.get_or_create(&labels).set(1);
+        let queue = Arc::new(WorkQueue::new());
+        let mut tasks = Vec::new();
+        // Subscribe before the resync, so a change between the two is not missed.
+        let mut changes = ctx.caches.subscribe();
+        tasks.push(tokio::spawn({
+            let (r, ctx, queue) = (r.clone(), ctx.clone(), queue.clone());
+            async move {
+                ctx.caches.wait_synced().await;
+                for o in R::store(&ctx.caches).state() {
+                    queue.add(&o.name_any());
+                }
+                tracing::info!(
+                    controller = R::NAME,
+                    objects = queue.len(),
+                    "caches synced; reconciling"
+                );
+                loop {
+                    match changes.recv().await {
+                        Ok(c) => {
+                            for k in r.map(&c, &ctx.caches) {
+                                queue.add(&k);
+                            }
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                controller = R::NAME,
+                                missed = n,
+                                "fell behind the watch; resyncing all objects"
+                            );
+                            for o in R::store(&ctx.caches).state() {
+                                queue.add(&o.name_any());
+                            }
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                    metrics()
+                        .queue_depth
+                        .get_or_create(&ControllerLabels {
+                            controller: R::NAME.into(),
+                        })
+                        .set(queue.len() as i64);
+                }
+            }
+        }));
+        let failures: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+        let bucket = Arc::new(TokenBucket::new(settings.retry_rate, settings.retry_burst));
+        for _ in 0..settings.workers.max(1) {
+            tasks.push(tokio::spawn(worker(
+                r.clone(),
+                ctx.clone(),
+                queue.clone(),
+                failures.clone(),
+                bucket.clone(),
+                settings.backoff,
+            )));
+        }
+        let _ = leading.wait_for(|l| !*l).await;
+        queue.close();
+        for t in &tasks {
+            t.abort();
+        }
+        metrics().leader.get_or_create(&labels).set(0);
+        metrics().queue_depth.get_or_create(&labels).set(0);
+        tracing::info!(controller = R::NAME, "stopped (not leading)");
+    }
+}
+
+async fn worker<R: Reconciler>(
+    r: Arc<R>,
+    ctx: Arc<Ctx>,
+    queue: Arc<WorkQueue>,
+    failures: Arc<Mutex<HashMap<String, u32>>>,
+    bucket: Arc<TokenBucket>,
+    backoff: Backoff,
+) {
+    let m = metrics();
+    let labels = ControllerLabels {
+        controller: R::NAME.into(),
+    };
+    let result = |result: &str| ReconcileLabels {
+        controller: R::NAME.into(),
+        result: result.into(),
+    };
+    while let Some(key) = queue.next().await {
+        m.queue_depth.get_or_create(&labels).set(queue.len() as i64);
+        let Some(obj) = R::store(&ctx.caches).get(&ObjectRef::new(&key)) else {
+            // Deleted: nothing of it is left to reconcile.
+            failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            queue.done(&key);
+            continue;
+        };
+        let span = tracing::info_span!(
+            "reconcile",
+            controller = R::NAME,
+            object = %object_key::<R::K>(&key),
+            resource_version = obj.resource_version().unwrap_or_default(),
+        );
+        let start = Instant::now();
+        let res = r.reconcile(obj, &ctx).instrument(span.clone()).await;
+        m.reconcile_duration
+            .get_or_create(&labels)
+            .observe(start.elapsed().as_secs_f64());
+        let next = match res {
+            Ok(action) => {
+                failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                match action {
+                    Action::Requeue(d) => {
+                        m.reconciles.get_or_create(&result("requeue")).inc();
+                        Some(Instant::now() + d)
+                    }
+                    Action::AwaitChange => {
+                        m.reconciles.get_or_create(&result("success")).inc();
+                        None
+                    }
+                }
+            }
+            Err(e) => {
+                m.reconciles.get_or_create(&result("error")).inc();
+                m.reconcile_errors.get_or_create(&labels).inc();
+                let n = {
+                    let mut f = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let n = f.entry(key.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                let delay = backoff.delay(n).max(bucket.reserve());
+                let retry_in_ms = delay.as_millis() as u64;
+                span.in_scope(|| {
+                    if e.is_conflict() {
+                        tracing::debug!(retry_in_ms, "stale cache (409 Conflict); retrying");
+                    } else {
+                        tracing::warn!(error = %e, attempt = n, retry_in_ms, "reconcile failed");
+                    }
+                });
+                Some(Instant::now() + delay)
+            }
+        };
+        queue.done(&key);
+        if let Some(at) = next {
+            queue.add_at(&key, at);
+        }
+        m.queue_depth.get_or_create(&labels).set(queue.len() as i64);
+    }
+}
