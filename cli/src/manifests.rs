@@ -43,7 +43,16 @@ fn files_in(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// Parses YAML text holding one or more documents; empty documents are skipped, and a
 /// `kind: List` is flattened into its items.
 pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<Manifest>> {
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple(text)
+    // A datacenter is thousands of objects in one file: lift the parser's document and node
+    // caps (1,024 and 250,000 by default); the other alias/depth guards stay.
+    let options = serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 1_000_000,
+            max_nodes: 50_000_000,
+            max_events: 200_000_000,
+        },
+    };
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple_with_options(text, options)
         .map_err(|e| anyhow::anyhow!("{source}: invalid YAML: {e}"))?;
     let mut out = Vec::new();
     for (i, d) in docs.into_iter().enumerate() {
@@ -118,5 +127,13 @@ mod tests {
                 .to_string()
                 .contains("invalid YAML")
         );
+    }
+
+    #[test]
+    fn thousands_of_documents_in_one_file() {
+        let text: String = (0..5000)
+            .map(|i| format!("---\nkind: Node\nmetadata: {{name: n{i}}}\nspec: {{online: true}}\n"))
+            .collect();
+        assert_eq!(parse_documents(&text, "t").unwrap().len(), 5000);
     }
 }

@@ -2,24 +2,34 @@
 //! controller of the process, and a broadcast of what changed so each controller can map a
 //! change to the objects it must reconcile.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
 use groundwork_types::{Datacenter, Node, Profile, Rack};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 /// An object that was added, changed or deleted (its last known state).
 #[derive(Clone, Debug)]
-pub enum Change {
+pub enum ChangedObject {
     Datacenter(Arc<Datacenter>),
     Rack(Arc<Rack>),
     Node(Arc<Node>),
     Profile(Arc<Profile>),
+}
+
+/// A change, and whether it touched more than `status`: created, deleted, a new
+/// `generation` (spec) or new labels. Controllers that derive things from specs skip the rest,
+/// so their own status writes do not fan out into more reconciles.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub object: ChangedObject,
+    pub spec_changed: bool,
 }
 
 /// Read-only caches of every kind the controllers read, kept current by watches.
@@ -34,7 +44,7 @@ pub struct Caches {
 
 fn spawn_reflector<K>(
     client: &Client,
-    wrap: fn(Arc<K>) -> Change,
+    wrap: fn(Arc<K>) -> ChangedObject,
     tx: broadcast::Sender<Change>,
 ) -> (Store<K>, JoinHandle<()>)
 where
@@ -52,15 +62,25 @@ where
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff();
         futures::pin_mut!(stream);
+        // name → (generation, labels) last seen, to tell spec changes from status writes.
+        let mut seen: HashMap<String, (Option<i64>, BTreeMap<String, String>)> = HashMap::new();
         while let Some(ev) = stream.next().await {
             match ev {
-                Ok(
-                    watcher::Event::Apply(o)
-                    | watcher::Event::Delete(o)
-                    | watcher::Event::InitApply(o),
-                ) => {
+                Ok(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => {
+                    let now = (o.meta().generation, o.labels().clone());
+                    let before = seen.insert(o.name_any(), now.clone());
                     // No receivers yet is fine: controllers enqueue everything when they start.
-                    let _ = tx.send(wrap(Arc::new(o)));
+                    let _ = tx.send(Change {
+                        object: wrap(Arc::new(o)),
+                        spec_changed: before.as_ref() != Some(&now),
+                    });
+                }
+                Ok(watcher::Event::Delete(o)) => {
+                    seen.remove(&o.name_any());
+                    let _ = tx.send(Change {
+                        object: wrap(Arc::new(o)),
+                        spec_changed: true,
+                    });
                 }
                 Ok(watcher::Event::Init | watcher::Event::InitDone) => {}
                 Err(e) => {
@@ -76,10 +96,10 @@ impl Caches {
     /// Starts one watch per kind. The tasks run until aborted.
     pub fn start(client: &Client) -> (Caches, Vec<JoinHandle<()>>) {
         let (tx, _) = broadcast::channel(8192);
-        let (datacenters, t1) = spawn_reflector(client, Change::Datacenter, tx.clone());
-        let (racks, t2) = spawn_reflector(client, Change::Rack, tx.clone());
-        let (nodes, t3) = spawn_reflector(client, Change::Node, tx.clone());
-        let (profiles, t4) = spawn_reflector(client, Change::Profile, tx.clone());
+        let (datacenters, t1) = spawn_reflector(client, ChangedObject::Datacenter, tx.clone());
+        let (racks, t2) = spawn_reflector(client, ChangedObject::Rack, tx.clone());
+        let (nodes, t3) = spawn_reflector(client, ChangedObject::Node, tx.clone());
+        let (profiles, t4) = spawn_reflector(client, ChangedObject::Profile, tx.clone());
         (
             Caches {
                 datacenters,

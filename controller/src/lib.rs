@@ -126,7 +126,13 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
                 &opts,
                 &stop,
             ),
-            "rack" => start(topology::RackController, &client, &caches, &opts, &stop),
+            "rack" => start(
+                topology::RackController::default(),
+                &client,
+                &caches,
+                &opts,
+                &stop,
+            ),
             "node-placement" => start(
                 topology::PlacementController::default(),
                 &client,

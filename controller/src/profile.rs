@@ -16,7 +16,7 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::caches::{Caches, Change};
+use crate::caches::{Caches, Change, ChangedObject};
 use crate::events::EventType;
 use crate::runtime::{Action, Ctx, Error, Reconciler, patch_status};
 
@@ -214,10 +214,13 @@ impl Reconciler for ProfileController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match change {
-            Change::Node(n) => vec![n.name_any()],
-            Change::Profile(_) => c.nodes.state().iter().map(|n| n.name_any()).collect(),
-            Change::Rack(_) | Change::Datacenter(_) => vec![],
+        match &change.object {
+            // Its labels, spec or inventory (status) may have changed.
+            ChangedObject::Node(n) => vec![n.name_any()],
+            ChangedObject::Profile(_) if change.spec_changed => {
+                c.nodes.state().iter().map(|n| n.name_any()).collect()
+            }
+            _ => vec![],
         }
     }
 
@@ -362,11 +365,14 @@ impl Reconciler for ProfileStatusController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match change {
-            Change::Profile(_) | Change::Node(_) => {
+        match &change.object {
+            // Nodes' status.profile is what is counted.
+            ChangedObject::Node(_) => c.profiles.state().iter().map(|p| p.name_any()).collect(),
+            ChangedObject::Profile(_) if change.spec_changed => {
                 c.profiles.state().iter().map(|p| p.name_any()).collect()
             }
-            Change::Rack(_) | Change::Datacenter(_) => vec![],
+            ChangedObject::Profile(p) => vec![p.name_any()],
+            _ => vec![],
         }
     }
 

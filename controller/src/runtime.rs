@@ -272,6 +272,16 @@ async fn worker<R: Reconciler>(
                     }
                 }
             }
+            Err(e) if e.is_conflict() => {
+                // Someone wrote the object after our cache saw it. Its newer version is on the
+                // way through the watch and triggers a reconcile (or already did: then the key
+                // was parked and is due now). The requeue is only a safety net.
+                m.reconciles.get_or_create(&result("conflict")).inc();
+                span.in_scope(|| {
+                    tracing::debug!("stale cache (409 Conflict); waiting for the newer version")
+                });
+                Some(Instant::now() + Duration::from_secs(1))
+            }
             Err(e) => {
                 m.reconciles.get_or_create(&result("error")).inc();
                 m.reconcile_errors.get_or_create(&labels).inc();
@@ -284,11 +294,7 @@ async fn worker<R: Reconciler>(
                 let delay = backoff.delay(n).max(bucket.reserve());
                 let retry_in_ms = delay.as_millis() as u64;
                 span.in_scope(|| {
-                    if e.is_conflict() {
-                        tracing::debug!(retry_in_ms, "stale cache (409 Conflict); retrying");
-                    } else {
-                        tracing::warn!(error = %e, attempt = n, retry_in_ms, "reconcile failed");
-                    }
+                    tracing::warn!(error = %e, attempt = n, retry_in_ms, "reconcile failed");
                 });
                 Some(Instant::now() + delay)
             }
@@ -298,5 +304,89 @@ async fn worker<R: Reconciler>(
             queue.add_at(&key, at);
         }
         m.queue_depth.get_or_create(&labels).set(queue.len() as i64);
+    }
+}
+
+/// Where an object stands with respect to a controller's finalizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finalizing {
+    /// Live, and carries the finalizer: reconcile normally.
+    Apply,
+    /// Being deleted while carrying the finalizer: clean up, then [`remove_finalizer`].
+    Cleanup,
+    /// Being deleted without our finalizer: nothing of ours to clean up.
+    Gone,
+}
+
+fn finalizers_patch(obj: &impl Resource, ops: Vec<Value>) -> Value {
+    // `test` first: if the list changed since the cache saw it, the patch fails (422) and the
+    // reconcile is retried on fresh data, as kube-runtime's finalizer helper does.
+    let current = obj.meta().finalizers.clone().unwrap_or_default();
+    let mut all =
+        vec![serde_json::json!({"op": "test", "path": "/metadata/finalizers", "value": current})];
+    if obj.meta().finalizers.is_none() {
+        all = vec![serde_json::json!({"op": "add", "path": "/metadata/finalizers", "value": []})];
+    }
+    all.extend(ops);
+    Value::Array(all)
+}
+
+/// Makes sure a live object carries finalizer `name` (adding it if needed) and says what the
+/// reconcile should do.
+pub async fn finalizer_step<K>(client: &Client, obj: &K, name: &str) -> Result<Finalizing, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let has = obj.finalizers().iter().any(|f| f == name);
+    if obj.meta().deletion_timestamp.is_some() {
+        return Ok(if has {
+            Finalizing::Cleanup
+        } else {
+            Finalizing::Gone
+        });
+    }
+    if !has {
+        let patch = finalizers_patch(
+            obj,
+            vec![serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": name})],
+        );
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(|e| Error::Other(e.to_string()))?;
+        kube::Api::<K>::all(client.clone())
+            .patch(
+                &obj.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Json::<()>(patch),
+            )
+            .await?;
+    }
+    Ok(Finalizing::Apply)
+}
+
+/// Removes finalizer `name` after cleanup; the API deletes the object once none remain.
+pub async fn remove_finalizer<K>(client: &Client, obj: &K, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    let Some(i) = obj.finalizers().iter().position(|f| f == name) else {
+        return Ok(());
+    };
+    let patch = finalizers_patch(
+        obj,
+        vec![serde_json::json!({"op": "remove", "path": format!("/metadata/finalizers/{i}")})],
+    );
+    let patch: json_patch::Patch =
+        serde_json::from_value(patch).map_err(|e| Error::Other(e.to_string()))?;
+    match kube::Api::<K>::all(client.clone())
+        .patch(
+            &obj.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }

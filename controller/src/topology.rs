@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
-use crate::caches::{Caches, Change};
+use crate::caches::{Caches, Change, ChangedObject};
 use crate::events::EventType;
 use crate::runtime::{Action, Ctx, Error, Reconciler, patch_status};
 
@@ -175,7 +175,11 @@ fn all_names<K: kube::Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<S
 
 // ---------------------------------------------------------------------------------------------
 
-pub struct RackController;
+#[derive(Default)]
+pub struct RackController {
+    /// The rack each node was last seen in: a move updates both racks.
+    last_rack: Mutex<HashMap<String, String>>,
+}
 
 impl Reconciler for RackController {
     type K = Rack;
@@ -186,12 +190,21 @@ impl Reconciler for RackController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match change {
-            Change::Rack(r) => vec![r.name_any()],
-            // A node may have moved between racks: its old rack is not known here, and racks
-            // are few, so every rack is looked at again (cheap: no write unless it changed).
-            Change::Node(_) | Change::Datacenter(_) => all_names(&c.racks),
-            Change::Profile(_) => vec![],
+        match &change.object {
+            ChangedObject::Rack(r) => vec![r.name_any()],
+            // Only specs count here: the node's rack now, and the one it left.
+            ChangedObject::Node(n) if change.spec_changed => {
+                let now = n.spec.rack.as_ref().map(|p| p.name.clone());
+                let mut last = self.last_rack.lock().unwrap_or_else(|p| p.into_inner());
+                let before = match &now {
+                    Some(r) => last.insert(n.name_any(), r.clone()),
+                    None => last.remove(&n.name_any()),
+                };
+                now.into_iter().chain(before).collect()
+            }
+            // Zones and the datacenter's existence feed every rack's ZoneKnown.
+            ChangedObject::Datacenter(_) if change.spec_changed => all_names(&c.racks),
+            _ => vec![],
         }
     }
 
@@ -385,10 +398,12 @@ impl Reconciler for DatacenterController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match change {
-            Change::Datacenter(d) => vec![d.name_any()],
-            Change::Rack(_) | Change::Node(_) => all_names(&c.datacenters),
-            Change::Profile(_) => vec![],
+        match &change.object {
+            ChangedObject::Datacenter(d) => vec![d.name_any()],
+            ChangedObject::Rack(_) | ChangedObject::Node(_) if change.spec_changed => {
+                all_names(&c.datacenters)
+            }
+            _ => vec![],
         }
     }
 
@@ -547,8 +562,9 @@ impl Reconciler for PlacementController {
                 .map(|n| n.name_any())
                 .collect()
         };
-        match change {
-            Change::Node(n) => {
+        match &change.object {
+            ChangedObject::Node(n) if !change.spec_changed => vec![n.name_any()],
+            ChangedObject::Node(n) => {
                 let name = n.name_any();
                 let now_rack = n.spec.rack.as_ref().map(|p| p.name.clone());
                 let before = {
@@ -564,8 +580,8 @@ impl Reconciler for PlacementController {
                 }
                 keys
             }
-            Change::Rack(r) => in_rack(&r.name_any()),
-            Change::Datacenter(_) | Change::Profile(_) => vec![],
+            ChangedObject::Rack(r) if change.spec_changed => in_rack(&r.name_any()),
+            _ => vec![],
         }
     }
 

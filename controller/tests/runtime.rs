@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groundwork_controller::caches::{Caches, Change};
+use groundwork_controller::caches::{Caches, Change, ChangedObject};
 use groundwork_controller::events::Recorder;
 use groundwork_controller::retry::Backoff;
 use groundwork_controller::runtime::{
@@ -30,8 +30,8 @@ impl Reconciler for Flaky {
         &c.racks
     }
     fn map(&self, change: &Change, _: &Caches) -> Vec<String> {
-        match change {
-            Change::Rack(r) => vec![r.name_any()],
+        match &change.object {
+            ChangedObject::Rack(r) => vec![r.name_any()],
             _ => vec![],
         }
     }
@@ -194,4 +194,49 @@ async fn the_token_bucket_caps_retries_across_objects() {
         })
         .collect();
     assert!(per_object.iter().all(|c| *c >= 1), "{per_object:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finalizer_helpers_hold_deletion_until_cleanup() {
+    use groundwork_controller::runtime::{Finalizing, finalizer_step, remove_finalizer};
+    let (client, _dir) = api_server().await;
+    rack(&client, "r1", false).await;
+    let racks: Api<Rack> = Api::all(client.clone());
+    const F: &str = "groundwork.dev/test-cleanup";
+    let r = racks.get("r1").await.unwrap();
+    assert_eq!(
+        finalizer_step(&client, &r, F).await.unwrap(),
+        Finalizing::Apply
+    );
+    let r = racks.get("r1").await.unwrap();
+    assert_eq!(r.finalizers(), &[F.to_string()]);
+    // Idempotent: a second step adds nothing.
+    assert_eq!(
+        finalizer_step(&client, &r, F).await.unwrap(),
+        Finalizing::Apply
+    );
+    assert_eq!(racks.get("r1").await.unwrap().finalizers().len(), 1);
+    // A stale view (the list changed meanwhile) is refused rather than clobbering.
+    let mut stale = r.clone();
+    stale.metadata.finalizers = Some(vec!["example.com/other".into(), F.into()]);
+    assert!(
+        remove_finalizer(&client, &stale, F).await.is_err(),
+        "JSON patch test must fail"
+    );
+    assert_eq!(
+        racks.get("r1").await.unwrap().finalizers(),
+        &[F.to_string()]
+    );
+    racks.delete("r1", &Default::default()).await.unwrap();
+    let r = racks.get("r1").await.expect("held by the finalizer");
+    assert!(r.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        finalizer_step(&client, &r, F).await.unwrap(),
+        Finalizing::Cleanup
+    );
+    remove_finalizer(&client, &r, F).await.unwrap();
+    assert!(
+        racks.get_opt("r1").await.unwrap().is_none(),
+        "deleted once cleaned up"
+    );
 }

@@ -33,7 +33,7 @@ pub struct ControllerLabels {
     pub controller: String,
 }
 
-/// `result` is `success`, `requeue` or `error`.
+/// `result` is `success`, `requeue`, `conflict` (stale cache, 409) or `error`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     pub controller: String,
