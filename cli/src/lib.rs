@@ -1,6 +1,7 @@
 //! The `groundwork` command: the server, and kubectl-like commands for operators.
 
 mod apply;
+mod bmc;
 mod client;
 mod commands;
 mod manifests;
@@ -31,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the API server on an embedded store, with the controllers.
     Server(server::ServerArgs),
+    /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
+    Bmc(bmc::BmcArgs),
     /// Run controllers only, against the API server of the kubeconfig.
     Controller(server::ControllerOnlyArgs),
     /// Show the controllers' log lines about one object (KIND/NAME), and follow them (-f).
@@ -124,6 +127,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Controller(args) => server::run_controllers(args, kc).await,
+        Command::Bmc(args) => bmc::run(args).await,
         Command::Logs {
             object,
             follow,
