@@ -131,7 +131,7 @@ fn prometheus_scrapes_api_and_controller_metrics() {
         "sum(groundwork_controller_leader)",
         Duration::from_secs(30),
     );
-    assert_eq!(leaders[0]["value"][1], "5", "{leaders}");
+    assert_eq!(leaders[0]["value"][1], "6", "{leaders}");
     query_until(
         port,
         "groundwork_store_revision > 10",

@@ -9,12 +9,14 @@ mod logs;
 mod objects;
 mod openapi;
 mod query;
+mod secrets;
 mod selector;
 mod server;
 mod table;
 mod watch;
 
 pub use error::ApiError;
+pub use secrets::set_secret_key;
 pub use selector::{FieldSelector, LabelSelector};
 pub use server::{ServerConfig, router, router_with, serve};
 pub use table::human_duration;

@@ -165,8 +165,11 @@ fn admit(
     fv: FieldValidation,
     name: &str,
 ) -> Result<(Value, Vec<String>), ApiError> {
-    let (normalized, unknown) =
+    let (mut normalized, unknown) =
         (kind.admit)(obj).map_err(|errs| ApiError::invalid(kind, name, errs))?;
+    if kind.kind == "Credential" {
+        crate::secrets::seal_credential(&mut normalized, name)?;
+    }
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
         let msgs: Vec<String> = unknown

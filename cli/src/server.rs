@@ -29,7 +29,7 @@ pub(crate) struct ServerArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct ControllerArgs {
     /// Controllers to run: all, none, or a comma-separated list of
-    /// datacenter, rack, node-placement, profile, profile-status.
+    /// datacenter, rack, node-placement, profile, profile-status, power.
     #[arg(long, default_value = "all", value_parser = check_controllers)]
     controllers: String,
     /// Lease holder identity (default: host name and PID); unique per process.
@@ -41,6 +41,15 @@ pub(crate) struct ControllerArgs {
     /// Reconciles of different objects at once, per controller.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
     workers: u64,
+    /// Power controller: BMC calls in flight at once across all Nodes (one per BMC always).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    bmc_concurrency: u64,
+    /// Power controller: time limit of each BMC call, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=300))]
+    bmc_timeout_seconds: u64,
+    /// Power controller: how often the power of a settled Node is read again, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    power_poll_seconds: u64,
 }
 
 fn check_controllers(s: &str) -> Result<String, String> {
@@ -58,6 +67,9 @@ impl ControllerArgs {
             std::time::Duration::from_secs(self.lease_duration_seconds),
         );
         o.settings.workers = self.workers as usize;
+        o.bmc_global_limit = self.bmc_concurrency as usize;
+        o.bmc_timeout = std::time::Duration::from_secs(self.bmc_timeout_seconds);
+        o.power_poll = std::time::Duration::from_secs(self.power_poll_seconds);
         o
     }
 }
@@ -68,6 +80,9 @@ pub(crate) struct ControllerOnlyArgs {
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
+    /// The API server's secret key (its DATA_DIR/secret.key), to open Credentials for BMCs.
+    #[arg(long)]
+    secret_key_file: Option<PathBuf>,
     #[command(flatten)]
     controllers: ControllerArgs,
 }
@@ -106,6 +121,32 @@ fn init_logging(format: &str, hub: Option<&LogHub>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The key that seals Credentials at rest: `DATA_DIR/secret.key`, created (mode 0600) on
+/// first start. Every member of a cluster needs the same key; back it up with the data.
+fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_types::secrets::SecretKey> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("secret.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => groundwork_types::secrets::SecretKey::decode(&text)
+            .with_context(|| format!("{} is not a Groundwork secret key", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = groundwork_types::secrets::SecretKey::generate();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            writeln!(f, "{}", key.encode())?;
+            f.sync_all()?;
+            tracing::info!(path = %path.display(), "created the secret key for Credentials");
+            Ok(key)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
 fn kubeconfig(server: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: groundwork\n  cluster:\n    server: {server}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: groundwork\n  context:\n    cluster: groundwork\n    user: admin\n    namespace: default\ncurrent-context: groundwork\n"
@@ -117,6 +158,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format, Some(&hub))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    let key = secret_key(&args.data_dir)?;
+    groundwork_api::set_secret_key(key.clone());
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
     cfg.history_retention = args.history_retention.max(1);
     let store = tokio::task::spawn_blocking(move || Store::open(cfg)).await??;
@@ -137,7 +180,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         addr
     };
-    let opts = args.controllers.options();
+    let mut opts = args.controllers.options();
+    opts.secret_key = Some(key);
     let with_controllers = !opts.controllers.is_empty();
     let client = kube::Client::try_from(kube::Config::new(
         format!("http://{local}").parse().context("API URL")?,
@@ -165,7 +209,15 @@ pub(crate) async fn run_controllers(
 ) -> anyhow::Result<()> {
     init_logging(&args.log_format, None)?;
     let api = crate::client::connect(kubeconfig).await?;
-    let opts = args.controllers.options();
+    let mut opts = args.controllers.options();
+    if let Some(f) = &args.secret_key_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading --secret-key-file {}", f.display()))?;
+        opts.secret_key = Some(
+            groundwork_types::secrets::SecretKey::decode(&text)
+                .with_context(|| format!("--secret-key-file {}", f.display()))?,
+        );
+    }
     if opts.controllers.is_empty() {
         anyhow::bail!("--controllers none: nothing to run");
     }

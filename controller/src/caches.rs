@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use groundwork_types::{Datacenter, Node, Profile, Rack};
+use groundwork_types::{Credential, Datacenter, Node, Profile, Rack};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -21,6 +21,7 @@ pub enum ChangedObject {
     Rack(Arc<Rack>),
     Node(Arc<Node>),
     Profile(Arc<Profile>),
+    Credential(Arc<Credential>),
 }
 
 /// A change, and whether it touched more than `status`: created, deleted, a new
@@ -39,6 +40,7 @@ pub struct Caches {
     pub racks: Store<Rack>,
     pub nodes: Store<Node>,
     pub profiles: Store<Profile>,
+    pub credentials: Store<Credential>,
     changes: broadcast::Sender<Change>,
 }
 
@@ -100,15 +102,17 @@ impl Caches {
         let (racks, t2) = spawn_reflector(client, ChangedObject::Rack, tx.clone());
         let (nodes, t3) = spawn_reflector(client, ChangedObject::Node, tx.clone());
         let (profiles, t4) = spawn_reflector(client, ChangedObject::Profile, tx.clone());
+        let (credentials, t5) = spawn_reflector(client, ChangedObject::Credential, tx.clone());
         (
             Caches {
                 datacenters,
                 racks,
                 nodes,
                 profiles,
+                credentials,
                 changes: tx,
             },
-            vec![t1, t2, t3, t4],
+            vec![t1, t2, t3, t4, t5],
         )
     }
 
@@ -119,6 +123,7 @@ impl Caches {
             self.racks.wait_until_ready(),
             self.nodes.wait_until_ready(),
             self.profiles.wait_until_ready(),
+            self.credentials.wait_until_ready(),
         );
     }
 

@@ -10,6 +10,7 @@
 pub mod caches;
 pub mod events;
 pub mod lease;
+pub mod power;
 pub mod profile;
 pub mod queue;
 pub mod retry;
@@ -33,6 +34,7 @@ pub const ALL: &[&str] = &[
     "node-placement",
     "profile",
     "profile-status",
+    "power",
 ];
 
 /// Parses `all`, `none` or a comma-separated list of controller names.
@@ -58,13 +60,32 @@ pub fn parse_controllers(s: &str) -> Result<Vec<String>, String> {
 }
 
 /// What to run and how.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Options {
     pub controllers: Vec<String>,
     /// Who holds the Leases: unique per process (host name and PID by default).
     pub identity: String,
     pub lease: LeaseTiming,
     pub settings: Settings,
+    /// Opens Credentials (the API server's secret key).
+    pub secret_key: Option<groundwork_types::secrets::SecretKey>,
+    pub bmc: Arc<dyn groundwork_bmc::Connector>,
+    /// Power controller: BMC calls in flight at once, across all Nodes.
+    pub bmc_global_limit: usize,
+    /// Power controller: bound on each BMC call.
+    pub bmc_timeout: Duration,
+    /// Power controller: how often a synced Node's power is read again.
+    pub power_poll: Duration,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("controllers", &self.controllers)
+            .field("identity", &self.identity)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Options {
@@ -74,6 +95,11 @@ impl Options {
             identity: default_identity(),
             lease: LeaseTiming::default(),
             settings: Settings::default(),
+            secret_key: None,
+            bmc: Arc::new(groundwork_bmc::NetConnector),
+            bmc_global_limit: 32,
+            bmc_timeout: Duration::from_secs(10),
+            power_poll: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +123,8 @@ fn start<R: Reconciler>(
         client: client.clone(),
         caches: caches.clone(),
         recorder: events::Recorder::new(client.clone(), R::NAME, &opts.identity),
+        secret_key: opts.secret_key.clone(),
+        bmc: opts.bmc.clone(),
     });
     let (lead_tx, lead_rx) = watch::channel(false);
     let elector = lease::Elector::new(client.clone(), R::NAME, &opts.identity, opts.lease.clone());
@@ -143,6 +171,17 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
             "profile" => start(profile::ProfileController, &client, &caches, &opts, &stop),
             "profile-status" => start(
                 profile::ProfileStatusController,
+                &client,
+                &caches,
+                &opts,
+                &stop,
+            ),
+            "power" => start(
+                power::PowerController::new(
+                    opts.bmc_global_limit,
+                    opts.bmc_timeout,
+                    opts.power_poll,
+                ),
                 &client,
                 &caches,
                 &opts,

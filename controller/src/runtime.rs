@@ -59,6 +59,10 @@ pub struct Ctx {
     pub client: Client,
     pub caches: Caches,
     pub recorder: Recorder,
+    /// Opens Credentials' sealed passwords (the API server's secret key).
+    pub secret_key: Option<groundwork_types::secrets::SecretKey>,
+    /// Reaches BMCs (the network in production, a simulator in tests).
+    pub bmc: Arc<dyn groundwork_bmc::Connector>,
 }
 
 /// One controller: its object kind, how changes map to its objects, and the reconcile.
@@ -304,6 +308,47 @@ async fn worker<R: Reconciler>(
             queue.add_at(&key, at);
         }
         m.queue_depth.get_or_create(&labels).set(queue.len() as i64);
+    }
+}
+
+/// Sets condition `type_` and records an Event when its status flips (or is first set to
+/// False), with a log line; not on every reconcile.
+pub async fn condition_with_event<K: Resource<DynamicType = ()>>(
+    ctx: &Ctx,
+    obj: &K,
+    conds: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+) {
+    let before = conds
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status == "True");
+    groundwork_types::set_condition(
+        conds,
+        type_,
+        ok,
+        reason,
+        message,
+        obj.meta().generation,
+        jiff::Timestamp::now(),
+    );
+    if before != Some(ok) && (before.is_some() || !ok) {
+        let t = if ok {
+            crate::events::EventType::Normal
+        } else {
+            crate::events::EventType::Warning
+        };
+        ctx.recorder
+            .publish(&obj.object_ref(&()), t, reason, message)
+            .await;
+        if ok {
+            tracing::info!(condition = type_, reason, "{message}");
+        } else {
+            tracing::warn!(condition = type_, reason, "{message}");
+        }
     }
 }
 

@@ -11,14 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use groundwork_types::{Datacenter, ElevationSlot, Node, Rack, set_condition};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
 use crate::caches::{Caches, Change, ChangedObject};
-use crate::events::EventType;
-use crate::runtime::{Action, Ctx, Error, Reconciler, patch_status};
+use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event, patch_status};
 
 /// The units a node occupies: `[position, position + height - 1]`.
 fn span_of(n: &Node) -> Option<(String, u32, u32)> {
@@ -127,46 +125,6 @@ fn kw(x: f64) -> f64 {
 
 fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
-}
-
-/// Sets `type_` and records an Event when its status flips (not on every reconcile).
-async fn condition_with_event<K: kube::Resource<DynamicType = ()>>(
-    ctx: &Ctx,
-    obj: &K,
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) {
-    let before = conds
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status == "True");
-    set_condition(
-        conds,
-        type_,
-        ok,
-        reason,
-        message,
-        obj.meta().generation,
-        now(),
-    );
-    if before != Some(ok) && (before.is_some() || !ok) {
-        let t = if ok {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        ctx.recorder
-            .publish(&obj.object_ref(&()), t, reason, message)
-            .await;
-        if ok {
-            tracing::info!(condition = type_, reason, "{message}");
-        } else {
-            tracing::warn!(condition = type_, reason, "{message}");
-        }
-    }
 }
 
 fn all_names<K: kube::Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<String> {

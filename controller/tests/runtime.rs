@@ -91,6 +91,8 @@ fn start(client: &Client, settings: Settings) -> (Arc<Flaky>, tokio::sync::watch
         client: client.clone(),
         caches,
         recorder: Recorder::new(client.clone(), "flaky", "test"),
+        secret_key: None,
+        bmc: Arc::new(groundwork_bmc::NetConnector),
     });
     let flaky = Arc::new(Flaky {
         attempts: Mutex::new(Vec::new()),

@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validate::{FieldError, Validate, check_name};
-use crate::{Datacenter, Node, Profile, Rack, ServiceStack};
+use crate::{Credential, Datacenter, Node, Profile, Rack, ServiceStack};
 
 pub const GROUP: &str = "groundwork.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -288,6 +288,16 @@ const STACK_COLUMNS: &[Column] = &[
     },
     AGE,
 ];
+const CREDENTIAL_COLUMNS: &[Column] = &[
+    Column {
+        name: "Username",
+        json_path: ".spec.username",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    AGE,
+];
 const LEASE_COLUMNS: &[Column] = &[
     Column {
         name: "Holder",
@@ -375,6 +385,17 @@ static KINDS: &[KindInfo] = &[
         ["stack"],
         STACK_COLUMNS
     ),
+    KindInfo {
+        has_status: false,
+        ..crd_kind!(
+            Credential,
+            "Credential",
+            "credentials",
+            "credential",
+            ["cred"],
+            CREDENTIAL_COLUMNS
+        )
+    },
     KindInfo {
         group: "",
         version: "v1",
@@ -546,7 +567,7 @@ mod tests {
     #[test]
     fn crds_have_schema_and_columns() {
         let docs = crd_yaml_documents();
-        assert_eq!(docs.len(), 5);
+        assert_eq!(docs.len(), 6);
         for (_, crd) in docs {
             let v = &crd["spec"]["versions"][0];
             assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());

@@ -4,16 +4,19 @@
 
 mod admission;
 mod conditions;
+mod credential;
 mod datacenter;
 mod kinds;
 mod node;
 mod profile;
 mod rack;
+pub mod secrets;
 mod servicestack;
 mod validate;
 
 pub use admission::{Decoded, decode};
 pub use conditions::{condition_is_true, find_condition, set_condition};
+pub use credential::*;
 pub use datacenter::*;
 pub use kinds::{
     API_VERSION, Admitted, Column, GROUP, KindInfo, VERSION, all_kinds, check_object_name,

@@ -95,6 +95,12 @@ pub struct Bmc {
     pub protocol: BmcProtocol,
     /// Name of the credentials object holding the BMC's user name and password.
     pub credentials_ref: String,
+    /// IPMI cipher suite: 3 (SHA-1, the default) or 17 (SHA-256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suite: Option<u8>,
+    /// Redfish: accept the BMC's self-signed certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
@@ -262,6 +268,15 @@ impl Validate for Node {
             }
         }
         if let Some(b) = &s.bmc {
+            if let Some(c) = b.cipher_suite
+                && c != 3
+                && c != 17
+            {
+                errs.push(FieldError::invalid(
+                    "spec.bmc.cipherSuite",
+                    format!("{c}: supported cipher suites are 3 and 17"),
+                ));
+            }
             if b.address.is_empty() {
                 errs.push(FieldError::required(
                     "spec.bmc.address",

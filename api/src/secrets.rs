@@ -1,0 +1,59 @@
+//! Credentials are sealed on the way in: the write-only `spec.password` becomes
+//! `spec.encryptedPassword` (see `groundwork_types::secrets`), and any copy of the password in
+//! kubectl's last-applied annotation is removed, so the store, the API output, watches and
+//! logs never hold it in plaintext.
+
+use std::sync::OnceLock;
+
+use groundwork_types::secrets::SecretKey;
+use serde_json::Value;
+
+use crate::ApiError;
+
+static KEY: OnceLock<SecretKey> = OnceLock::new();
+
+/// Sets the process' secret key (the first call wins; the server calls it once at start).
+pub fn set_secret_key(key: SecretKey) {
+    let _ = KEY.set(key);
+}
+
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+pub(crate) fn seal_credential(obj: &mut Value, name: &str) -> Result<(), ApiError> {
+    if let Some(pw) = obj
+        .pointer_mut("/spec")
+        .and_then(Value::as_object_mut)
+        .and_then(|s| s.remove("password"))
+    {
+        let Some(key) = KEY.get() else {
+            return Err(ApiError::Unavailable(
+                "this server has no secret key, so it cannot store passwords".into(),
+            ));
+        };
+        let text = pw
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| pw.to_string());
+        obj["spec"]["encryptedPassword"] = key.seal(&format!("credentials/{name}"), &text).into();
+    }
+    // kubectl apply keeps the whole manifest in an annotation: drop the password from it.
+    if let Some(ann) = obj
+        .pointer_mut("/metadata/annotations")
+        .and_then(Value::as_object_mut)
+        && let Some(Value::String(text)) = ann.get(LAST_APPLIED).cloned()
+    {
+        match serde_json::from_str::<Value>(&text) {
+            Ok(mut v) => {
+                if let Some(spec) = v.pointer_mut("/spec").and_then(Value::as_object_mut) {
+                    spec.remove("password");
+                }
+                ann.insert(LAST_APPLIED.into(), Value::String(v.to_string()));
+            }
+            // Not JSON we understand: do not keep what may contain the password.
+            Err(_) => {
+                ann.remove(LAST_APPLIED);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,190 @@
+//! The power controller against a BMC speaking real IPMI 2.0 (the simulated BMC of
+//! groundwork-bmc, on 127.0.0.1): Credentials sealed at rest, power converging off → on → off
+//! with the boot device set first, a BMC that stops answering and comes back, a wrong
+//! password; conditions, Events, and no password anywhere in the API or the logs.
+
+mod support;
+
+use std::time::Duration;
+
+use groundwork_bmc::ipmi::sim::SimBmc;
+use groundwork_types::{Credential, Event, Node};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::json;
+use support::{Server, eventually, ok, write};
+
+const WAIT: Duration = Duration::from_secs(30);
+const PASSWORD: &str = "Sup3r-s3cret-Pw";
+
+async fn node(c: &Client) -> Node {
+    Api::<Node>::all(c.clone()).get("n1").await.unwrap()
+}
+
+fn cond(n: &Node, t: &str) -> Option<(String, String)> {
+    n.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+async fn events(c: &Client) -> Vec<(String, String)> {
+    Api::<Event>::namespaced(c.clone(), "default")
+        .list(&ListParams::default().fields("involvedObject.name=n1"))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| (e.reason.unwrap_or_default(), e.message.unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_converges_survives_a_hung_bmc_and_keeps_the_password_secret() {
+    let sim = SimBmc::start("127.0.0.1:0".parse().unwrap(), "admin", PASSWORD)
+        .await
+        .unwrap();
+    let s = Server::start_with(&[
+        "--controllers",
+        "all",
+        "--power-poll-seconds",
+        "1",
+        "--bmc-timeout-seconds",
+        "2",
+    ]);
+    let c = s.client().await;
+    let yaml = format!(
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: bmc1}}\nspec: {{username: admin, password: {PASSWORD}}}\n---\n\
+         apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {{name: n1}}\nspec:\n  online: false\n  bmc: {{address: 127.0.0.1, port: {}, protocol: ipmi, credentialsRef: bmc1}}\n",
+        sim.addr.port()
+    );
+    let f = write(s.dir.path(), "n1.yaml", &yaml);
+    // kubectl apply: its last-applied annotation would carry the password; the server drops it.
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let cred = Api::<Credential>::all(c.clone()).get("bmc1").await.unwrap();
+    assert!(cred.spec.password.is_none());
+    assert!(
+        cred.spec
+            .encrypted_password
+            .as_deref()
+            .unwrap()
+            .starts_with("v1:")
+    );
+    let raw = ok(s.kubectl(&["get", "credentials", "bmc1", "-o", "json"]));
+    assert!(!raw.contains(PASSWORD), "{raw}");
+    assert!(raw.contains("last-applied-configuration"), "{raw}");
+
+    // Off, as desired.
+    let n = eventually(WAIT, "power Off observed", || async {
+        let n = node(&c).await;
+        (cond(&n, "PowerSynced").map(|x| x.0) == Some("True".into())).then_some(n)
+    })
+    .await;
+    assert_eq!(
+        n.status.as_ref().unwrap().power,
+        Some(groundwork_types::PowerState::Off)
+    );
+    assert_eq!(cond(&n, "BmcReachable").unwrap().0, "True");
+
+    // On, booting from the network once.
+    Api::<Node>::all(c.clone())
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"online": true, "nextBoot": "Pxe"}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "power On observed", || async {
+        let n = node(&c).await;
+        (n.status.as_ref()?.power == Some(groundwork_types::PowerState::On)
+            && cond(&n, "PowerSynced")?.0 == "True")
+            .then_some(())
+    })
+    .await;
+    assert!(sim.state().power_on);
+    assert_eq!(
+        sim.state().boot_flags,
+        (0x80, 0x04),
+        "PXE, next boot only, set before power on"
+    );
+    assert!(events(&c).await.iter().any(|(r, _)| r == "PowerOn"));
+
+    // The BMC hangs: a Timeout condition, an Event, the error in status; then it recovers.
+    sim.set_unresponsive(true);
+    let n = eventually(WAIT, "BMC unreachable", || async {
+        let n = node(&c).await;
+        (cond(&n, "BmcReachable")?.0 == "False").then_some(n)
+    })
+    .await;
+    assert_eq!(cond(&n, "BmcReachable").unwrap().1, "Timeout");
+    assert!(
+        n.status
+            .as_ref()
+            .unwrap()
+            .last_bmc_error
+            .as_deref()
+            .unwrap()
+            .contains("timed out")
+    );
+    assert!(events(&c).await.iter().any(|(r, _)| r == "Timeout"));
+    sim.set_unresponsive(false);
+    eventually(WAIT, "BMC reachable again", || async {
+        let n = node(&c).await;
+        (cond(&n, "BmcReachable")?.0 == "True" && n.status.as_ref()?.last_bmc_error.is_none())
+            .then_some(())
+    })
+    .await;
+
+    // Someone powers the machine off behind our back: the poll notices and corrects it.
+    sim.set_power(false);
+    eventually(WAIT, "power restored", || async {
+        sim.state().power_on.then_some(())
+    })
+    .await;
+
+    // Off again.
+    Api::<Node>::all(c.clone())
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"online": false}})),
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "power Off again", || async {
+        let n = node(&c).await;
+        (n.status.as_ref()?.power == Some(groundwork_types::PowerState::Off)).then_some(())
+    })
+    .await;
+    assert!(!sim.state().power_on);
+    assert!(events(&c).await.iter().any(|(r, _)| r == "PowerOff"));
+
+    // A wrong password is an authentication failure, named as such.
+    let bad = "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {name: bmc1}\nspec: {username: admin, password: wrong-one}\n";
+    let f = write(s.dir.path(), "bad.yaml", bad);
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let (_, reason) = eventually(WAIT, "authentication failure", || async {
+        let n = node(&c).await;
+        cond(&n, "BmcReachable").filter(|x| x.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "AuthenticationFailed");
+
+    // The password is nowhere: not in any object, event or log line.
+    let all = ok(s.kubectl(&[
+        "get",
+        "credentials,nodes.groundwork.dev,events",
+        "-A",
+        "-o",
+        "json",
+    ]));
+    assert!(!all.contains(PASSWORD) && !all.contains("wrong-one"));
+    let log = s.log();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains("wrong-one"),
+        "password in the server log"
+    );
+}
