@@ -3,6 +3,7 @@
 //! Every call is bounded by timeouts; passwords never appear in `Debug` output or errors.
 
 pub mod ipmi;
+#[cfg(feature = "redfish")]
 pub mod redfish;
 
 use std::net::SocketAddr;
@@ -192,7 +193,12 @@ impl Connector for NetConnector {
                 cfg.attempt_timeout = (ep.timeout / 3).max(Duration::from_millis(200));
                 Ok(Arc::new(ipmi::IpmiBmc::new(cfg)))
             }
+            #[cfg(feature = "redfish")]
             Protocol::Redfish => Ok(Arc::new(redfish::RedfishBmc::new(ep)?)),
+            #[cfg(not(feature = "redfish"))]
+            Protocol::Redfish => Err(BmcError::Unsupported(
+                "built without the redfish feature".into(),
+            )),
         }
     }
 }
