@@ -87,6 +87,19 @@ async fn power_converges_survives_a_hung_bmc_and_keeps_the_password_secret() {
         Some(groundwork_types::PowerState::Off)
     );
     assert_eq!(cond(&n, "BmcReachable").unwrap().0, "True");
+    // The BMC's FRU fills the machine's identity while no agent has reported.
+    let sys = eventually(WAIT, "inventory from the FRU", || async {
+        node(&c)
+            .await
+            .status?
+            .inventory?
+            .system
+            .filter(|s| s.serial.is_some())
+    })
+    .await;
+    assert_eq!(sys.serial, Some(format!("SIM-{}", sim.addr.port())));
+    assert_eq!(sys.vendor.as_deref(), Some("Groundwork"));
+    assert_eq!(sys.model.as_deref(), Some("SimServer 1U"));
 
     // On, booting from the network once.
     Api::<Node>::all(c.clone())

@@ -83,22 +83,54 @@ fn main() {
     let t = Instant::now();
     for (i, a) in addrs.iter().enumerate() {
         let out = Command::new("ipmitool")
-            .args(["-I", "lanplus", "-C", "3", "-H", "127.0.0.1", "-p", &a.port().to_string()])
-            .args(["-U", "admin", "-P", "password", "chassis", "power", "status"])
+            .args([
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &a.port().to_string(),
+            ])
+            .args([
+                "-U", "admin", "-P", "password", "chassis", "power", "status",
+            ])
             .output()
             .expect("ipmitool");
         let text = String::from_utf8_lossy(&out.stdout);
         let want = if i % 2 == 0 { "on" } else { "off" };
-        assert!(text.contains(&format!("Chassis Power is {want}")), "BMC {i}: {text}");
+        assert!(
+            text.contains(&format!("Chassis Power is {want}")),
+            "BMC {i}: {text}"
+        );
     }
     let ipmitool = t.elapsed();
     let c = median(concurrent);
     let s = median(sequential);
     println!("BMCs: {n} (simulated, real RMCP+ suite 3 on 127.0.0.1; one session per poll)");
-    println!("groundwork concurrent : {:>8.1} ms  ({:.0} polls/s)", c.as_secs_f64() * 1e3, n as f64 / c.as_secs_f64());
-    println!("groundwork sequential : {:>8.1} ms  ({:.2} ms/poll)", s.as_secs_f64() * 1e3, s.as_secs_f64() * 1e3 / n as f64);
-    println!("ipmitool sequential   : {:>8.1} ms  ({:.2} ms/poll)", ipmitool.as_secs_f64() * 1e3, ipmitool.as_secs_f64() * 1e3 / n as f64);
-    println!("ratio ipmitool sequential / groundwork concurrent: {:.1}x", ipmitool.as_secs_f64() / c.as_secs_f64());
-    println!("ratio ipmitool sequential / groundwork sequential: {:.1}x", ipmitool.as_secs_f64() / s.as_secs_f64());
+    println!(
+        "groundwork concurrent : {:>8.1} ms  ({:.0} polls/s)",
+        c.as_secs_f64() * 1e3,
+        n as f64 / c.as_secs_f64()
+    );
+    println!(
+        "groundwork sequential : {:>8.1} ms  ({:.2} ms/poll)",
+        s.as_secs_f64() * 1e3,
+        s.as_secs_f64() * 1e3 / n as f64
+    );
+    println!(
+        "ipmitool sequential   : {:>8.1} ms  ({:.2} ms/poll)",
+        ipmitool.as_secs_f64() * 1e3,
+        ipmitool.as_secs_f64() * 1e3 / n as f64
+    );
+    println!(
+        "ratio ipmitool sequential / groundwork concurrent: {:.1}x",
+        ipmitool.as_secs_f64() / c.as_secs_f64()
+    );
+    println!(
+        "ratio ipmitool sequential / groundwork sequential: {:.1}x",
+        ipmitool.as_secs_f64() / s.as_secs_f64()
+    );
     drop(sims);
 }

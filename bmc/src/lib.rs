@@ -79,6 +79,20 @@ pub struct BmcInfo {
     pub uuid: Option<String>,
 }
 
+/// What the BMC knows of the machine (IPMI: the FRU; Redfish: the ComputerSystem), merged into
+/// a Node's inventory where the in-band agent has not reported.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BmcInventory {
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub serial: Option<String>,
+    pub uuid: Option<String>,
+    pub logical_processors: Option<u64>,
+    pub memory_gib: Option<f64>,
+    pub mac_addresses: Vec<String>,
+    pub drives_bytes: Vec<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BmcError {
     /// Wrong user name or password, or a privilege the user lacks.
@@ -116,6 +130,7 @@ pub trait Bmc: Send + Sync {
         efi: bool,
     ) -> BoxFuture<'_, Result<(), BmcError>>;
     fn info(&self) -> BoxFuture<'_, Result<BmcInfo, BmcError>>;
+    fn inventory(&self) -> BoxFuture<'_, Result<BmcInventory, BmcError>>;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
 
-use crate::{Bmc, BmcError, BmcInfo, BootTarget, Endpoint, Power, PowerAction};
+use crate::{Bmc, BmcError, BmcInfo, BmcInventory, BootTarget, Endpoint, Power, PowerAction};
 
 pub struct RedfishBmc {
     base: String,
@@ -267,6 +267,21 @@ impl Bmc for RedfishBmc {
         efi: bool,
     ) -> BoxFuture<'_, Result<(), BmcError>> {
         Box::pin(self.boot(target, once, efi))
+    }
+    fn inventory(&self) -> BoxFuture<'_, Result<BmcInventory, BmcError>> {
+        Box::pin(async move {
+            let i = RedfishBmc::inventory(self).await?;
+            Ok(BmcInventory {
+                manufacturer: i.manufacturer,
+                model: i.model,
+                serial: i.serial,
+                uuid: i.uuid,
+                logical_processors: i.logical_processors,
+                memory_gib: i.memory_gib,
+                mac_addresses: i.mac_addresses,
+                drives_bytes: i.drives_bytes,
+            })
+        })
     }
     fn info(&self) -> BoxFuture<'_, Result<BmcInfo, BmcError>> {
         Box::pin(async move {

@@ -156,3 +156,50 @@ async fn ipmitool_agrees_with_the_simulator_on_both_suites() {
         assert_eq!(c.power_status().await.unwrap(), Power::On);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fru_and_sel_read_the_same_as_ipmitool() {
+    use groundwork_bmc::ipmi::{Session, read_fru, read_sel};
+    let sim = sim().await;
+    let mut cfg = IpmiConfig::new(sim.addr, "admin", "s3cret-pw");
+    cfg.suite = CipherSuite::Suite17;
+    let mut s = Session::open(&cfg).await.unwrap();
+    let fru = read_fru(&mut s).await.unwrap();
+    let sel = read_sel(&mut s, 100).await.unwrap();
+    s.close().await;
+    let serial = format!("SIM-{}", sim.addr.port());
+    assert_eq!(fru.product_serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(fru.product_name.as_deref(), Some("SimServer 1U"));
+    assert_eq!(sel.len(), 2);
+    assert_eq!(sel[0].sensor_type, 0x09, "power unit");
+    assert!(sel[0].asserted && !sel[1].asserted);
+    assert_eq!(sel[1].timestamp - sel[0].timestamp, 60);
+
+    let out = tokio::task::block_in_place(|| ipmitool(&sim, "17", &["fru", "print", "0"]));
+    assert!(
+        out.contains(&format!("Product Serial        : {serial}")),
+        "{out}"
+    );
+    assert!(
+        out.contains("Product Name          : SimServer 1U"),
+        "{out}"
+    );
+    assert!(out.contains("Board Mfg             : Groundwork"), "{out}");
+    let out = tokio::task::block_in_place(|| ipmitool(&sim, "17", &["sel", "list"]));
+    assert_eq!(
+        out.lines().filter(|l| l.contains("Power Unit")).count(),
+        2,
+        "{out}"
+    );
+    assert!(
+        out.contains("Asserted") && out.contains("Deasserted"),
+        "{out}"
+    );
+
+    let inv = client(&sim, CipherSuite::Suite3, "s3cret-pw")
+        .inventory()
+        .await
+        .unwrap();
+    assert_eq!(inv.serial.as_deref(), Some(serial.as_str()));
+    assert_eq!(inv.manufacturer.as_deref(), Some("Groundwork"));
+}

@@ -53,6 +53,14 @@ enum BmcOp {
     },
     /// What the BMC says about itself.
     Info,
+    /// What the BMC knows of the machine (IPMI: FRU; Redfish: the ComputerSystem).
+    Inventory,
+    /// The System Event Log (IPMI).
+    Sel {
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
 }
 
 fn password(args: &BmcArgs) -> anyhow::Result<String> {
@@ -123,6 +131,48 @@ pub(crate) async fn run(args: BmcArgs) -> anyhow::Result<()> {
                 },
                 if *efi { "UEFI" } else { "BIOS" }
             );
+        }
+        BmcOp::Inventory => {
+            let i = tokio::time::timeout(budget, bmc.inventory())
+                .await
+                .map_err(|_| anyhow::anyhow!("{}: no result in {budget:?}", args.address))??;
+            println!("{}", serde_json::to_string_pretty(&i)?);
+        }
+        BmcOp::Sel { max } => {
+            if ep.protocol != Protocol::Ipmi {
+                anyhow::bail!("sel: IPMI only (Redfish keeps logs under LogServices)");
+            }
+            let mut cfg = groundwork_bmc::ipmi::IpmiConfig::new(
+                ep.address
+                    .parse()
+                    .or_else(|_| format!("{}:623", ep.address).parse())?,
+                &ep.username,
+                &ep.password,
+            );
+            cfg.suite = groundwork_bmc::ipmi::CipherSuite::from_id(ep.cipher_suite)
+                .ok_or_else(|| anyhow::anyhow!("cipher suite"))?;
+            let entries = tokio::time::timeout(budget, async {
+                let mut s = groundwork_bmc::ipmi::Session::open(&cfg).await?;
+                let r = groundwork_bmc::ipmi::read_sel(&mut s, *max).await;
+                s.close().await;
+                r
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("{}: no result in {budget:?}", args.address))??;
+            for e in entries {
+                let ts = jiff::Timestamp::from_second(i64::from(e.timestamp))
+                    .map(|t| t.to_string())
+                    .unwrap_or_default();
+                println!(
+                    "{:>5} | {ts} | sensor type {:#04x} #{:#04x} | event type {:#04x} | {} | data {:02x?}",
+                    e.id,
+                    e.sensor_type,
+                    e.sensor_number,
+                    e.event_type,
+                    if e.asserted { "Asserted" } else { "Deasserted" },
+                    e.data
+                );
+            }
         }
         BmcOp::Info => {
             let i = tokio::time::timeout(budget, bmc.info())

@@ -205,7 +205,7 @@ impl Reconciler for PowerController {
         drop(_permit);
 
         match outcome {
-            Ok((observed, acted)) => {
+            Ok((observed, acted, inv)) => {
                 condition_with_event(
                     ctx,
                     node.as_ref(),
@@ -245,12 +245,12 @@ impl Reconciler for PowerController {
                     Power::On => "On",
                     Power::Off => "Off",
                 };
-                patch_status(
-                    &ctx.client,
-                    node.as_ref(),
-                    json!({"power": power, "lastBmcError": Value::Null, "conditions": conds}),
-                )
-                .await?;
+                let mut patch =
+                    json!({"power": power, "lastBmcError": Value::Null, "conditions": conds});
+                if let Some(system) = inv {
+                    patch["inventory"] = json!({ "system": system });
+                }
+                patch_status(&ctx.client, node.as_ref(), patch).await?;
                 Ok(if acted || !synced {
                     Action::Requeue(Duration::from_secs(2))
                 } else {
@@ -300,15 +300,47 @@ fn ep_proto(ep: &Endpoint) -> &'static str {
 
 impl PowerController {
     /// Reads power, acts if it differs from the desired state, and returns (observed power
-    /// afterwards, whether it acted).
+    /// afterwards, whether it acted, system identity fields to fill in).
     async fn converge(
         &self,
         ctx: &Ctx,
         node: &Node,
         ep: &Endpoint,
-    ) -> Result<(Power, bool), BmcError> {
+    ) -> Result<(Power, bool, Option<Value>), BmcError> {
         let bmc = ctx.bmc.connect(ep)?;
         let observed = self.call("power status", bmc.power_status()).await?;
+        // The BMC's view of the machine's identity fills what in-band inventory has not
+        // reported yet; it never overwrites what the agent reported.
+        let have = node
+            .status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .and_then(|i| i.system.clone())
+            .unwrap_or_default();
+        let mut inv = None;
+        if have.vendor.is_none() || have.model.is_none() || have.serial.is_none() {
+            match self.call("inventory", bmc.inventory()).await {
+                Ok(i) => {
+                    let mut sys = serde_json::Map::new();
+                    let mut put = |k: &str, mine: &Option<String>, theirs: Option<String>| {
+                        if mine.is_none()
+                            && let Some(v) = theirs
+                        {
+                            sys.insert(k.into(), v.into());
+                        }
+                    };
+                    put("vendor", &have.vendor, i.manufacturer);
+                    put("model", &have.model, i.model);
+                    put("serial", &have.serial, i.serial);
+                    put("uuid", &have.uuid, i.uuid);
+                    if !sys.is_empty() {
+                        inv = Some(Value::Object(sys));
+                    }
+                }
+                // Not every BMC has a FRU; power management does not depend on it.
+                Err(e) => tracing::debug!(error = %e, "BMC inventory unavailable"),
+            }
+        }
         let obj = node.object_ref(&());
         match (node.spec.online, observed) {
             (Some(true), Power::Off) => {
@@ -333,7 +365,7 @@ impl PowerController {
                     )
                     .await;
                 let now = self.call("power status", bmc.power_status()).await?;
-                Ok((now, true))
+                Ok((now, true, inv))
             }
             (Some(false), Power::On) => {
                 self.call("power off", bmc.set_power(PowerAction::Off))
@@ -348,9 +380,9 @@ impl PowerController {
                     )
                     .await;
                 let now = self.call("power status", bmc.power_status()).await?;
-                Ok((now, true))
+                Ok((now, true, inv))
             }
-            _ => Ok((observed, false)),
+            _ => Ok((observed, false, inv)),
         }
     }
 }

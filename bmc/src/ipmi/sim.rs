@@ -41,6 +41,8 @@ struct Pending {
 }
 
 struct Inner {
+    fru: Vec<u8>,
+    sel: Vec<[u8; 16]>,
     state: Mutex<SimState>,
     user: String,
     password: String,
@@ -81,7 +83,39 @@ impl SimBmc {
     ) -> std::io::Result<SimBmc> {
         let sock = UdpSocket::bind(bind).await?;
         let addr = sock.local_addr()?;
+        let fru = wire::build_fru(
+            [
+                "Groundwork",
+                "SimBoard",
+                &format!("BRD-{}", addr.port()),
+                "GW-1",
+            ],
+            [
+                "Groundwork",
+                "SimServer 1U",
+                "GW-SIM-1",
+                "1.0",
+                &format!("SIM-{}", addr.port()),
+                "lab",
+            ],
+        );
+        // Two SEL records: a power unit (0x09) "power off" assertion, then a deassertion.
+        let rec = |id: u16, ts: u32, dir: u8| {
+            let mut r = [0u8; 16];
+            r[..2].copy_from_slice(&id.to_le_bytes());
+            r[2] = 0x02;
+            r[3..7].copy_from_slice(&ts.to_le_bytes());
+            r[7] = 0x20;
+            r[9] = 0x04;
+            r[10] = 0x09;
+            r[11] = 0x01;
+            r[12] = dir | 0x6f;
+            r
+        };
+        let sel = vec![rec(1, 1_700_000_000, 0x00), rec(2, 1_700_000_060, 0x80)];
         let inner = Arc::new(Inner {
+            fru,
+            sel,
             state: Mutex::new(SimState::default()),
             user: user.into(),
             password: password.into(),
@@ -339,6 +373,8 @@ fn command(inner: &Inner, m: &wire::Message) -> (bool, Vec<u8>) {
         (0x06, 0x01) => "device-id",
         (0x06, 0x3b) => "set-privilege",
         (0x06, 0x3c) => "close-session",
+        (0x0a, 0x10) | (0x0a, 0x11) => "fru",
+        (0x0a, 0x40) | (0x0a, 0x42) | (0x0a, 0x43) => "sel",
         _ => "other",
     };
     *st.commands.entry(name).or_default() += 1;
@@ -386,6 +422,69 @@ fn command(inner: &Inner, m: &wire::Message) -> (bool, Vec<u8>) {
             rsp(0, &[m.body.first().copied().unwrap_or(4) & 0x0f]),
         ),
         (0x06, 0x3c) => (true, rsp(0, &[])),
+        // Get FRU Inventory Area Info / Read FRU Data (device 0, byte access).
+        (0x0a, 0x10) => {
+            let n = inner.fru.len() as u16;
+            (false, rsp(0, &[n as u8, (n >> 8) as u8, 0]))
+        }
+        (0x0a, 0x11) if m.body.len() >= 4 => {
+            let off = u16::from_le_bytes([m.body[1], m.body[2]]) as usize;
+            let end = (off + m.body[3] as usize).min(inner.fru.len());
+            let chunk = inner.fru.get(off..end).unwrap_or(&[]);
+            let mut d = vec![chunk.len() as u8];
+            d.extend_from_slice(chunk);
+            (false, rsp(0, &d))
+        }
+        // Get SEL Info / Reserve SEL / Get SEL Entry.
+        (0x0a, 0x40) => {
+            let n = inner.sel.len() as u16;
+            (
+                false,
+                rsp(
+                    0,
+                    &[
+                        0x51,
+                        n as u8,
+                        (n >> 8) as u8,
+                        0x00,
+                        0x10,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0,
+                        0x02,
+                    ],
+                ),
+            )
+        }
+        (0x0a, 0x42) => (false, rsp(0, &[0x01, 0x00])),
+        (0x0a, 0x43) if m.body.len() >= 6 => {
+            let id = u16::from_le_bytes([m.body[2], m.body[3]]);
+            let idx = match id {
+                0x0000 => Some(0),
+                0xffff => inner.sel.len().checked_sub(1),
+                n => inner
+                    .sel
+                    .iter()
+                    .position(|r| u16::from_le_bytes([r[0], r[1]]) == n),
+            };
+            match idx {
+                Some(i) => {
+                    let next = inner
+                        .sel
+                        .get(i + 1)
+                        .map_or(0xffff, |r| u16::from_le_bytes([r[0], r[1]]));
+                    let mut d = next.to_le_bytes().to_vec();
+                    d.extend_from_slice(&inner.sel[i]);
+                    (false, rsp(0, &d))
+                }
+                None => (false, rsp(0xcb, &[])),
+            }
+        }
         _ => (false, rsp(0xc1, &[])),
     }
 }

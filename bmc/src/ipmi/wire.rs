@@ -785,3 +785,199 @@ mod tests {
         }
     }
 }
+
+/// Inventory read from a FRU (IPMI Platform Management FRU Information Storage Definition
+/// v1.0): the board and product areas.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Fru {
+    pub board_manufacturer: Option<String>,
+    pub board_product: Option<String>,
+    pub board_serial: Option<String>,
+    pub board_part: Option<String>,
+    pub product_manufacturer: Option<String>,
+    pub product_name: Option<String>,
+    pub product_part: Option<String>,
+    pub product_version: Option<String>,
+    pub product_serial: Option<String>,
+    pub asset_tag: Option<String>,
+}
+
+/// Decodes one type/length field; returns (value, bytes used), or None at the end marker.
+fn fru_field(b: &[u8]) -> Option<(Option<String>, usize)> {
+    let tl = *b.first()?;
+    if tl == 0xc1 {
+        return None;
+    }
+    let len = (tl & 0x3f) as usize;
+    let raw = b.get(1..1 + len)?;
+    let text = match tl >> 6 {
+        // 8-bit ASCII + Latin 1.
+        0b11 => raw.iter().map(|c| *c as char).collect::<String>(),
+        // 6-bit packed ASCII: 4 characters per 3 bytes, each + 0x20.
+        0b10 => {
+            let mut s = String::new();
+            for chunk in raw.chunks(3) {
+                let mut v: u32 = 0;
+                for (i, c) in chunk.iter().enumerate() {
+                    v |= u32::from(*c) << (8 * i);
+                }
+                for i in 0..(chunk.len() * 8 / 6) {
+                    s.push(char::from(((v >> (6 * i)) & 0x3f) as u8 + 0x20));
+                }
+            }
+            s
+        }
+        // Binary or BCD plus: hex.
+        _ => raw.iter().map(|c| format!("{c:02x}")).collect(),
+    };
+    let t = text.trim_end_matches(['\0', ' ']).trim().to_string();
+    Some(((!t.is_empty()).then_some(t), 1 + len))
+}
+
+/// The fields of an area, after its fixed header of `skip` bytes.
+fn fru_fields(area: &[u8], skip: usize) -> Vec<Option<String>> {
+    let mut out = Vec::new();
+    let mut off = skip;
+    while let Some(rest) = area.get(off..) {
+        match fru_field(rest) {
+            Some((v, used)) => {
+                out.push(v);
+                off += used;
+            }
+            None => break,
+        }
+    }
+    out
+}
+
+pub fn parse_fru(data: &[u8]) -> Result<Fru, WireError> {
+    if data.len() < 8 {
+        return Err(WireError::Short("FRU common header"));
+    }
+    if data[0] & 0x0f != 0x01 {
+        return Err(WireError::Unexpected("FRU format version (not 1)"));
+    }
+    if checksum(&data[..7]) != data[7] {
+        return Err(WireError::Checksum("FRU common header"));
+    }
+    let area = |off: u8| -> Option<&[u8]> {
+        let start = off as usize * 8;
+        if off == 0 {
+            return None;
+        }
+        let len = *data.get(start + 1)? as usize * 8;
+        data.get(start..start + len)
+    };
+    let mut fru = Fru::default();
+    if let Some(b) = area(data[3]) {
+        // version, length, language, manufacturing date (3 bytes).
+        let f = fru_fields(b, 6);
+        let get = |i: usize| f.get(i).cloned().flatten();
+        fru.board_manufacturer = get(0);
+        fru.board_product = get(1);
+        fru.board_serial = get(2);
+        fru.board_part = get(3);
+    }
+    if let Some(p) = area(data[4]) {
+        // version, length, language.
+        let f = fru_fields(p, 3);
+        let get = |i: usize| f.get(i).cloned().flatten();
+        fru.product_manufacturer = get(0);
+        fru.product_name = get(1);
+        fru.product_part = get(2);
+        fru.product_version = get(3);
+        fru.product_serial = get(4);
+        fru.asset_tag = get(5);
+    }
+    Ok(fru)
+}
+
+/// Builds a FRU image with a board and a product area (for the simulated BMC and tests).
+pub fn build_fru(board: [&str; 4], product: [&str; 6]) -> Vec<u8> {
+    fn area(header: &[u8], fields: &[&str]) -> Vec<u8> {
+        let mut a = header.to_vec();
+        for f in fields {
+            a.push(0xc0 | f.len().min(63) as u8);
+            a.extend_from_slice(&f.as_bytes()[..f.len().min(63)]);
+        }
+        a.push(0xc1);
+        while !(a.len() + 1).is_multiple_of(8) {
+            a.push(0);
+        }
+        a[1] = ((a.len() + 1) / 8) as u8;
+        let c = checksum(&a);
+        a.push(c);
+        a
+    }
+    let board = area(&[0x01, 0, 0x00, 0, 0, 0], &board);
+    let product = area(&[0x01, 0, 0x00], &product);
+    let mut h = vec![0x01, 0, 0, 1, (1 + board.len() / 8) as u8, 0, 0];
+    h.push(checksum(&h));
+    h.extend(board);
+    h.extend(product);
+    h
+}
+
+/// One System Event Log record.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SelEntry {
+    pub id: u16,
+    pub record_type: u8,
+    /// Seconds since 1970 (for standard records, type 0x02).
+    pub timestamp: u32,
+    pub sensor_type: u8,
+    pub sensor_number: u8,
+    /// Event/reading type code.
+    pub event_type: u8,
+    /// Assertion (true) or deassertion.
+    pub asserted: bool,
+    pub data: [u8; 3],
+}
+
+/// Parses a Get SEL Entry response body: next record id, then the 16-byte record.
+pub fn parse_sel_entry(d: &[u8]) -> Result<(u16, SelEntry), WireError> {
+    if d.len() < 18 {
+        return Err(WireError::Short("SEL entry"));
+    }
+    let next = u16::from_le_bytes([d[0], d[1]]);
+    let r = &d[2..18];
+    Ok((
+        next,
+        SelEntry {
+            id: u16::from_le_bytes([r[0], r[1]]),
+            record_type: r[2],
+            timestamp: u32::from_le_bytes([r[3], r[4], r[5], r[6]]),
+            sensor_type: r[10],
+            sensor_number: r[11],
+            event_type: r[12] & 0x7f,
+            asserted: r[12] & 0x80 == 0,
+            data: [r[13], r[14], r[15]],
+        },
+    ))
+}
+
+#[cfg(test)]
+mod fru_tests {
+    use super::*;
+
+    #[test]
+    fn fru_round_trip_and_six_bit_ascii() {
+        let img = build_fru(
+            ["Acme", "X11-Board", "BRD123", "P-1"],
+            ["Acme", "Rackserver 9", "RS9", "1.0", "SN-42", "asset-7"],
+        );
+        let f = parse_fru(&img).unwrap();
+        assert_eq!(f.board_manufacturer.as_deref(), Some("Acme"));
+        assert_eq!(f.board_serial.as_deref(), Some("BRD123"));
+        assert_eq!(f.product_name.as_deref(), Some("Rackserver 9"));
+        assert_eq!(f.product_serial.as_deref(), Some("SN-42"));
+        assert_eq!(f.asset_tag.as_deref(), Some("asset-7"));
+        // "IPMI" in 6-bit packed ASCII: I=0x29, P=0x30, M=0x2d, I=0x29.
+        let v: u32 = 0x29 | (0x30 << 6) | (0x2d << 12) | (0x29 << 18);
+        let field = [0x83, v as u8, (v >> 8) as u8, (v >> 16) as u8];
+        assert_eq!(fru_field(&field).unwrap().0.as_deref(), Some("IPMI"));
+        for n in 0..img.len() {
+            let _ = parse_fru(&img[..n]);
+        }
+    }
+}
