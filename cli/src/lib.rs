@@ -4,6 +4,7 @@ mod apply;
 mod bmc;
 mod client;
 mod commands;
+mod dhcp;
 mod manifests;
 mod output;
 mod schema;
@@ -34,6 +35,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
+    /// Run the DHCP server alone, configured by flags.
+    Dhcp(dhcp::DhcpArgs),
     /// Run controllers only, against the API server of the kubeconfig.
     Controller(server::ControllerOnlyArgs),
     /// Show the controllers' log lines about one object (KIND/NAME), and follow them (-f).
@@ -128,6 +131,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Controller(args) => server::run_controllers(args, kc).await,
         Command::Bmc(args) => bmc::run(args).await,
+        Command::Dhcp(args) => dhcp::run(args).await,
         Command::Logs {
             object,
             follow,

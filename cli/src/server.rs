@@ -229,7 +229,12 @@ pub(crate) async fn run_controllers(
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Logging for the standalone services (stderr only).
+pub(crate) fn init_logging_plain(format: &str) -> anyhow::Result<()> {
+    init_logging(format, None)
+}
+
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
