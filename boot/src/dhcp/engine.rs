@@ -472,6 +472,22 @@ pub fn decode(bytes: &[u8]) -> Option<v4::Message> {
     .flatten()
 }
 
+impl Engine {
+    /// Live records at `now` (tests).
+    pub fn live_records_at(&self, now: u64) -> Vec<Record> {
+        self.table
+            .by_mac
+            .iter()
+            .filter(|(_, l)| l.expires > now)
+            .map(|(m, l)| Record {
+                mac: *m,
+                ip: l.ip,
+                expires: l.expires,
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -810,21 +826,5 @@ mod tests {
                 assert_ne!(decode(&r.bytes).unwrap().yiaddr(), a);
             }
         }
-    }
-}
-
-impl Engine {
-    /// Live records at `now` (tests).
-    pub fn live_records_at(&self, now: u64) -> Vec<Record> {
-        self.table
-            .by_mac
-            .iter()
-            .filter(|(_, l)| l.expires > now)
-            .map(|(m, l)| Record {
-                mac: *m,
-                ip: l.ip,
-                expires: l.expires,
-            })
-            .collect()
     }
 }
