@@ -1,4 +1,6 @@
-//! Groundwork's boot plane: the DHCP server that answers machines on boot networks (TFTP and
-//! HTTP/iPXE come next, in this crate).
+//! Groundwork's boot plane: DHCP for boot networks, TFTP for the first iPXE stage, and HTTP
+//! for iPXE scripts, kernels, ramdisks and images.
 
 pub mod dhcp;
+pub mod http;
+pub mod tftp;

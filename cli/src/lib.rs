@@ -2,6 +2,7 @@
 
 mod apply;
 mod bmc;
+mod boot;
 mod client;
 mod commands;
 mod dhcp;
@@ -35,6 +36,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
+    /// Run the boot file servers (TFTP and HTTP/iPXE) from one directory.
+    Boot(boot::BootArgs),
     /// Run the DHCP server alone, configured by flags.
     Dhcp(dhcp::DhcpArgs),
     /// Run controllers only, against the API server of the kubeconfig.
@@ -132,6 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => server::run_controllers(args, kc).await,
         Command::Bmc(args) => bmc::run(args).await,
         Command::Dhcp(args) => dhcp::run(args).await,
+        Command::Boot(args) => boot::run(args).await,
         Command::Logs {
             object,
             follow,

@@ -23,6 +23,21 @@ pub(crate) struct ServerArgs {
     log_format: String,
     #[command(flatten)]
     controllers: ControllerArgs,
+    /// Boot files (undionly.kpxe, ipxe.efi, the discovery ramdisk): serves them over HTTP
+    /// (--boot-http) and TFTP (--boot-tftp), with iPXE scripts rendered from the Nodes.
+    #[arg(long)]
+    boot_root: Option<PathBuf>,
+    #[arg(long, default_value = "0.0.0.0:8080", requires = "boot_root")]
+    boot_http: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:69", requires = "boot_root")]
+    boot_tftp: SocketAddr,
+    /// Discovery ramdisk kernel, initrd (under --boot-root, or URLs) and command line.
+    #[arg(long, default_value = "vmlinuz")]
+    boot_kernel: String,
+    #[arg(long, default_value = "initrd.img")]
+    boot_initrd: String,
+    #[arg(long, default_value = "console=ttyS0")]
+    boot_cmdline: String,
 }
 
 /// Which controllers run, and how they elect a leader.
@@ -186,6 +201,30 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let client = kube::Client::try_from(kube::Config::new(
         format!("http://{local}").parse().context("API URL")?,
     ))?;
+    if let Some(root) = &args.boot_root {
+        let stats = std::sync::Arc::new(groundwork_boot::tftp::TftpStats::default());
+        let (tftp, _t) = groundwork_boot::tftp::spawn(args.boot_tftp, root, stats)
+            .with_context(|| format!("TFTP on {}", args.boot_tftp))?;
+        let http = tokio::net::TcpListener::bind(args.boot_http)
+            .await
+            .with_context(|| format!("boot HTTP on {}", args.boot_http))?;
+        let (caches, _tasks) = groundwork_controller::caches::Caches::start(&client);
+        let scripts = std::sync::Arc::new(groundwork_controller::bootscripts::NodeScripts {
+            caches,
+            kernel: args.boot_kernel.clone(),
+            initrd: args.boot_initrd.clone(),
+            cmdline: args.boot_cmdline.clone(),
+        });
+        tracing::info!(%tftp, http = %http.local_addr()?, root = %root.display(), "boot servers ready");
+        let root = root.clone();
+        tokio::spawn(async move {
+            if let Err(e) =
+                groundwork_boot::http::serve(http, &root, scripts, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "boot HTTP server stopped");
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(groundwork_controller::run(client, opts, stop_rx));
     let shutdown = async move {

@@ -26,7 +26,7 @@ pub use node::*;
 pub use profile::*;
 pub use rack::*;
 pub use servicestack::*;
-pub use validate::{FieldError, FieldErrorKind, Validate, validate_node_in_rack};
+pub use validate::{FieldError, FieldErrorKind, Validate, normalize_mac, validate_node_in_rack};
 
 /// Kubernetes' own `Lease` (coordination.k8s.io/v1): controller leader election.
 pub use k8s_openapi::api::coordination::v1::Lease;

@@ -1,0 +1,142 @@
+//! The HTTP side of booting: `/boot.ipxe` (what DHCP points iPXE at) chains to a script for
+//! the machine's MAC, rendered by a [`ScriptSource`] (the API-backed one renders from the
+//! Node's phase and Profile); everything else is a file under the root, streamed with Range
+//! support (tower-http `ServeDir`: never loads a whole file into memory).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::services::ServeDir;
+
+/// Renders the iPXE script for a machine.
+pub trait ScriptSource: Send + Sync {
+    /// `mac` as iPXE sends it (`52:54:00:12:34:56`), `base` the URL the machine reached us at.
+    fn script(&self, mac: &str, base: &str) -> String;
+}
+
+/// The script every machine gets when nothing is known about it: the discovery ramdisk.
+pub struct StaticScripts {
+    pub kernel: String,
+    pub initrd: String,
+    pub cmdline: String,
+}
+
+impl ScriptSource for StaticScripts {
+    fn script(&self, mac: &str, base: &str) -> String {
+        discovery_script(base, &self.kernel, &self.initrd, &self.cmdline, mac)
+    }
+}
+
+/// Boots the discovery/install ramdisk. `kernel`/`initrd` are file names under the root (or
+/// absolute URLs).
+pub fn discovery_script(
+    base: &str,
+    kernel: &str,
+    initrd: &str,
+    cmdline: &str,
+    mac: &str,
+) -> String {
+    let url = |f: &str| {
+        if f.starts_with("http://") || f.starts_with("https://") {
+            f.to_string()
+        } else {
+            format!("{base}/{}", f.trim_start_matches('/'))
+        }
+    };
+    format!(
+        "#!ipxe\n# groundwork: discovery for {mac}\nkernel {} initrd=initrd.img {cmdline} groundwork.mac={mac} groundwork.url={base}\ninitrd --name initrd.img {}\nboot || goto failed\n:failed\necho boot failed; retrying in 10 s\nsleep 10\nchain {base}/boot.ipxe\n",
+        url(kernel),
+        url(initrd)
+    )
+}
+
+/// Boots from the first local disk (installed machines).
+pub fn local_disk_script(mac: &str) -> String {
+    format!(
+        "#!ipxe\n# groundwork: {mac} is installed: boot from local disk\nsanboot --no-describe --drive 0x80 || exit\n"
+    )
+}
+
+#[derive(Clone)]
+struct AppState {
+    scripts: Arc<dyn ScriptSource>,
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || ".:-[]".contains(c))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+fn ipxe(text: String) -> Response {
+    let mut r = text.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct MacQuery {
+    mac: Option<String>,
+}
+
+fn valid_mac(m: &str) -> bool {
+    crate::dhcp::leases::parse_mac(m).is_some()
+}
+
+/// The boot HTTP routes over `root`.
+pub fn router(root: &Path, scripts: Arc<dyn ScriptSource>) -> Router {
+    Router::new()
+        .route(
+            "/boot.ipxe",
+            get(|headers: HeaderMap| async move {
+                let base = base_url(&headers);
+                ipxe(format!("#!ipxe\nchain {base}/ipxe?mac=${{net0/mac}}\n"))
+            }),
+        )
+        .route(
+            "/ipxe",
+            get(
+                |State(st): State<AppState>, headers: HeaderMap, Query(q): Query<MacQuery>| async move {
+                    let base = base_url(&headers);
+                    match q.mac.as_deref().filter(|m| valid_mac(m)) {
+                        Some(mac) => ipxe(st.scripts.script(&mac.to_ascii_lowercase(), &base)),
+                        None => (
+                            axum::http::StatusCode::BAD_REQUEST,
+                            "mac=XX:XX:XX:XX:XX:XX is required\n",
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
+        .fallback_service(ServeDir::new(root).append_index_html_on_directories(false))
+        .with_state(AppState { scripts })
+}
+
+/// Serves the boot HTTP routes on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    root: &Path,
+    scripts: Arc<dyn ScriptSource>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(root, scripts))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

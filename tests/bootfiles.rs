@@ -1,0 +1,379 @@
+//! The boot file servers against real clients on 127.0.0.1: tftp-hpa, atftp (with blksize,
+//! tsize, timeout and windowsize options) and curl over TFTP, checksums compared; curl over
+//! HTTP for the iPXE scripts and a Range request; path traversal refused.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Boot {
+    child: Child,
+    http: u16,
+    tftp: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start() -> Boot {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    // 3 MiB + 77 bytes of pseudo-random data: several windows, a partial last block.
+    let mut f = std::fs::File::create(root.join("kernel.bin")).unwrap();
+    let mut x: u64 = 0x1234_5678_9abc_def0;
+    let mut buf = Vec::with_capacity((3 << 20) + 77);
+    for _ in 0..(3 << 20) + 77 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.push(x as u8);
+    }
+    f.write_all(&buf).unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside the root").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("escape")).unwrap();
+    let (http, tftp) = (free_tcp(), free_udp());
+    let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
+    let child = Command::new(support::BIN)
+        .args(["boot", "--root"])
+        .arg(&root)
+        .args([
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--tftp",
+            &format!("127.0.0.1:{tftp}"),
+        ])
+        .args([
+            "--kernel",
+            "kernel.bin",
+            "--initrd",
+            "initrd.img",
+            "--cmdline",
+            "console=ttyS0 quiet",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+        assert!(Instant::now() < deadline, "boot servers did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Boot {
+        child,
+        http,
+        tftp,
+        dir,
+    }
+}
+
+fn md5(p: &std::path::Path) -> String {
+    let o = Command::new("md5sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn run(args: &[&str], cwd: &std::path::Path) -> String {
+    let o = Command::new("timeout")
+        .arg("60")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("client installed (tests/run installs tftp-hpa, atftp, curl)");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn tftp_clients_fetch_files_with_options_and_cannot_escape_the_root() {
+    let b = start();
+    let want = md5(&b.dir.path().join("root/kernel.bin"));
+    let out = b.dir.path();
+    let port = b.tftp.to_string();
+
+    // tftp-hpa: plain RFC 1350 (512-byte blocks).
+    run(
+        &[
+            "tftp",
+            "-m",
+            "binary",
+            "127.0.0.1",
+            &port,
+            "-c",
+            "get",
+            "kernel.bin",
+            "hpa.bin",
+        ],
+        out,
+    );
+    assert_eq!(md5(&out.join("hpa.bin")), want, "tftp-hpa");
+
+    // atftp with every option: blksize, tsize, timeout, windowsize.
+    let trace = run(
+        &[
+            "atftp",
+            "--trace",
+            "--option",
+            "blksize 1428",
+            "--option",
+            "tsize 0",
+            "--option",
+            "timeout 2",
+            "--option",
+            "windowsize 8",
+            "--get",
+            "-r",
+            "kernel.bin",
+            "-l",
+            "atftp.bin",
+            "127.0.0.1",
+            &port,
+        ],
+        out,
+    );
+    assert_eq!(md5(&out.join("atftp.bin")), want, "atftp: {trace}");
+    let oack = trace
+        .lines()
+        .find(|l| l.contains("OACK"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        oack.contains("blksize: 1428") && oack.contains("tsize: 3145805"),
+        "OACK: {oack}\n{trace}"
+    );
+    assert!(oack.contains("windowsize: 8"), "OACK: {oack}");
+
+    // curl with a large block size.
+    run(
+        &[
+            "curl",
+            "-sS",
+            "--tftp-blksize",
+            "1468",
+            "-o",
+            "curl.bin",
+            &format!("tftp://127.0.0.1:{port}/kernel.bin"),
+        ],
+        out,
+    );
+    assert_eq!(md5(&out.join("curl.bin")), want, "curl tftp");
+
+    // No way out: parent directories and symlinks leading outside are refused.
+    for evil in ["../secret.txt", "escape", "/etc/passwd"] {
+        let t = run(
+            &[
+                "curl",
+                "-sS",
+                "-o",
+                "evil.bin",
+                &format!("tftp://127.0.0.1:{port}/{evil}"),
+            ],
+            out,
+        );
+        assert!(
+            !std::fs::read_to_string(out.join("evil.bin"))
+                .unwrap_or_default()
+                .contains("outside")
+                && !std::fs::read_to_string(out.join("evil.bin"))
+                    .unwrap_or_default()
+                    .contains("root:"),
+            "{evil}: {t}"
+        );
+        let _ = std::fs::remove_file(out.join("evil.bin"));
+    }
+}
+
+#[test]
+fn http_serves_ipxe_scripts_and_ranges() {
+    let b = start();
+    let base = format!("http://127.0.0.1:{}", b.http);
+    let out = b.dir.path();
+    let s = run(&["curl", "-sS", &format!("{base}/boot.ipxe")], out);
+    assert!(
+        s.starts_with("#!ipxe") && s.contains(&format!("chain {base}/ipxe?mac=${{net0/mac}}")),
+        "{s}"
+    );
+    let s = run(
+        &["curl", "-sS", &format!("{base}/ipxe?mac=52:54:00:AA:BB:CC")],
+        out,
+    );
+    assert!(s.contains(&format!("kernel {base}/kernel.bin")), "{s}");
+    assert!(
+        s.contains("groundwork.mac=52:54:00:aa:bb:cc") && s.contains("console=ttyS0 quiet"),
+        "{s}"
+    );
+    let bad = run(
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/ipxe?mac=nope"),
+        ],
+        out,
+    );
+    assert_eq!(bad, "400");
+
+    // Range: the last 1,000 bytes of the kernel.
+    let all = std::fs::read(out.join("root/kernel.bin")).unwrap();
+    let code = run(
+        &[
+            "curl",
+            "-sS",
+            "-r",
+            "-1000",
+            "-o",
+            "tail.bin",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/kernel.bin"),
+        ],
+        out,
+    );
+    assert_eq!(code, "206");
+    assert_eq!(
+        std::fs::read(out.join("tail.bin")).unwrap(),
+        all[all.len() - 1000..]
+    );
+    let code = run(
+        &[
+            "curl",
+            "-sS",
+            "-o",
+            "full.bin",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/kernel.bin"),
+        ],
+        out,
+    );
+    assert_eq!(code, "200");
+    assert_eq!(
+        md5(&out.join("full.bin")),
+        md5(&out.join("root/kernel.bin"))
+    );
+    let code = run(
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--path-as-is",
+            &format!("{base}/../secret.txt"),
+        ],
+        out,
+    );
+    assert_ne!(code, "200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipxe_scripts_follow_the_node_phase_and_profile() {
+    use kube::api::{Patch, PatchParams};
+    let root = tempfile::tempdir().unwrap();
+    let (http, tftp) = (free_tcp(), free_udp());
+    let s = support::Server::start_with(&[
+        "--boot-root",
+        root.path().to_str().unwrap(),
+        "--boot-http",
+        &format!("127.0.0.1:{http}"),
+        "--boot-tftp",
+        &format!("127.0.0.1:{tftp}"),
+    ]);
+    let c = s.client().await;
+    let yaml = "apiVersion: groundwork.dev/v1alpha1\nkind: Profile\nmetadata: {name: worker}\nspec:\n  boot: {kernel: install/vmlinuz, initrd: install/initrd.img, cmdline: 'root=/dev/ram0'}\n---\napiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\nspec: {bootMACs: ['52-54-00-00-00-01']}\n";
+    let f = support::write(s.dir.path(), "n.yaml", yaml);
+    support::ok(s.groundwork(&["apply", "-f", f.to_str().unwrap()]));
+    let base = format!("http://127.0.0.1:{http}");
+    let get = |mac: &str| {
+        let url = format!("{base}/ipxe?mac={mac}");
+        async move {
+            tokio::task::spawn_blocking(move || {
+                run(&["curl", "-sS", &url], std::path::Path::new("/"))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let unknown = get("52:54:00:00:00:99").await;
+    assert!(
+        unknown.contains("kernel http://127.0.0.1") && !unknown.contains("groundwork.node="),
+        "{unknown}"
+    );
+    let known = support::eventually(Duration::from_secs(20), "the node is known", || async {
+        let t = get("52:54:00:00:00:01").await;
+        t.contains("groundwork.node=n1").then_some(t)
+    })
+    .await;
+    assert!(known.contains("/vmlinuz"), "{known}");
+
+    let nodes: kube::Api<groundwork_types::Node> = kube::Api::all(c.clone());
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(
+                serde_json::json!({"status": {"phase": "Assigned", "profile": "worker"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let install = support::eventually(Duration::from_secs(20), "install script", || async {
+        let t = get("52:54:00:00:00:01").await;
+        t.contains("groundwork.mode=install").then_some(t)
+    })
+    .await;
+    assert!(
+        install.contains(&format!("kernel {base}/install/vmlinuz"))
+            && install.contains("root=/dev/ram0"),
+        "{install}"
+    );
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"status": {"phase": "Provisioned"}})),
+        )
+        .await
+        .unwrap();
+    let local = support::eventually(Duration::from_secs(20), "local disk", || async {
+        let t = get("52:54:00:00:00:01").await;
+        t.contains("sanboot").then_some(t)
+    })
+    .await;
+    assert!(local.starts_with("#!ipxe"), "{local}");
+}
