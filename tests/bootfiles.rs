@@ -331,8 +331,9 @@ async fn ipxe_scripts_follow_the_node_phase_and_profile() {
     };
     let unknown = get("52:54:00:00:00:99").await;
     assert!(
-        unknown.contains("kernel http://127.0.0.1") && !unknown.contains("groundwork.node="),
-        "{unknown}"
+        unknown.contains("kernel http://127.0.0.1")
+            && unknown.contains("groundwork.node=m-525400000099"),
+        "an unknown machine is enlisted under its MAC: {unknown}"
     );
     let known = support::eventually(Duration::from_secs(20), "the node is known", || async {
         let t = get("52:54:00:00:00:01").await;
@@ -376,4 +377,102 @@ async fn ipxe_scripts_follow_the_node_phase_and_profile() {
     })
     .await;
     assert!(local.starts_with("#!ipxe"), "{local}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_token() {
+    let root = tempfile::tempdir().unwrap();
+    let (http, tftp) = (free_tcp(), free_udp());
+    let s = support::Server::start_with(&[
+        "--boot-root",
+        root.path().to_str().unwrap(),
+        "--boot-http",
+        &format!("127.0.0.1:{http}"),
+        "--boot-tftp",
+        &format!("127.0.0.1:{tftp}"),
+    ]);
+    let c = s.client().await;
+    let base = format!("http://127.0.0.1:{http}");
+    let mac = "52:54:00:00:00:99";
+    let script = tokio::task::spawn_blocking({
+        let url = format!("{base}/ipxe?mac={mac}");
+        move || run(&["curl", "-sS", &url], std::path::Path::new("/"))
+    })
+    .await
+    .unwrap();
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("groundwork.token="))
+        .expect("a boot token in the script")
+        .to_string();
+    assert!(
+        script.contains("groundwork.node=m-525400000099"),
+        "{script}"
+    );
+    let nodes: kube::Api<groundwork_types::Node> = kube::Api::all(c.clone());
+    support::eventually(
+        Duration::from_secs(20),
+        "enlisted in phase Discovering",
+        || async {
+            let n = nodes.get("m-525400000099").await.ok()?;
+            (n.status?.phase == Some(groundwork_types::NodePhase::Discovering)).then_some(())
+        },
+    )
+    .await;
+
+    // A wrong token is refused and writes nothing.
+    let agent = |token: &str| {
+        Command::new(support::BIN)
+            .args([
+                "agent",
+                "--url",
+                &base,
+                "--mac",
+                mac,
+                "--token",
+                token,
+                "--timeout",
+                "20",
+            ])
+            .output()
+            .unwrap()
+    };
+    let bad = tokio::task::block_in_place(|| agent("00112233445566778899aabbccddeeff"));
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(
+        nodes
+            .get("m-525400000099")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .inventory
+            .is_none()
+    );
+
+    // This machine's real inventory, with the right token.
+    let good = tokio::task::block_in_place(|| agent(&token));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&good.stdout).trim(),
+        "m-525400000099"
+    );
+    let n = nodes.get("m-525400000099").await.unwrap();
+    let st = n.status.unwrap();
+    assert_eq!(st.phase, Some(groundwork_types::NodePhase::Inventoried));
+    let inv = st.inventory.unwrap();
+    assert!(
+        !inv.cpus.is_empty() && inv.memory_bytes.unwrap_or(0) > 0,
+        "{inv:?}"
+    );
+    assert!(!inv.nics.is_empty(), "{inv:?}");
 }

@@ -19,6 +19,17 @@ pub trait ScriptSource: Send + Sync {
     fn script(&self, mac: &str, base: &str) -> String;
 }
 
+/// Where the ramdisk agent's inventory reports go (`POST /inventory?mac=..&token=..`).
+pub trait InventorySink: Send + Sync {
+    /// Returns a short text for the agent, or an HTTP status and message.
+    fn report(
+        &self,
+        mac: String,
+        token: String,
+        inventory: serde_json::Value,
+    ) -> futures_lite::future::Boxed<Result<String, (u16, String)>>;
+}
+
 /// The script every machine gets when nothing is known about it: the discovery ramdisk.
 pub struct StaticScripts {
     pub kernel: String,
@@ -41,6 +52,22 @@ pub fn discovery_script(
     cmdline: &str,
     mac: &str,
 ) -> String {
+    discovery_script_with_token(base, kernel, initrd, cmdline, mac, None)
+}
+
+/// The discovery script with the machine's boot token on the kernel command line.
+pub fn discovery_script_with_token(
+    base: &str,
+    kernel: &str,
+    initrd: &str,
+    cmdline: &str,
+    mac: &str,
+    token: Option<&str>,
+) -> String {
+    let cmdline = match token {
+        Some(t) => format!("{cmdline} groundwork.token={t}"),
+        None => cmdline.to_string(),
+    };
     let url = |f: &str| {
         if f.starts_with("http://") || f.starts_with("https://") {
             f.to_string()
@@ -65,6 +92,13 @@ pub fn local_disk_script(mac: &str) -> String {
 #[derive(Clone)]
 struct AppState {
     scripts: Arc<dyn ScriptSource>,
+    sink: Option<Arc<dyn InventorySink>>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportQuery {
+    mac: String,
+    token: String,
 }
 
 fn base_url(headers: &HeaderMap) -> String {
@@ -99,9 +133,45 @@ fn valid_mac(m: &str) -> bool {
     crate::dhcp::leases::parse_mac(m).is_some()
 }
 
-/// The boot HTTP routes over `root`.
-pub fn router(root: &Path, scripts: Arc<dyn ScriptSource>) -> Router {
+/// The boot HTTP routes over `root`; inventory reports go to `sink` (404 without one).
+pub fn router(
+    root: &Path,
+    scripts: Arc<dyn ScriptSource>,
+    sink: Option<Arc<dyn InventorySink>>,
+) -> Router {
     Router::new()
+        .route(
+            "/inventory",
+            axum::routing::post(
+                |State(st): State<AppState>,
+                 Query(q): Query<ReportQuery>,
+                 body: axum::body::Bytes| async move {
+                    let Some(sink) = st.sink.clone() else {
+                        return (axum::http::StatusCode::NOT_FOUND, "no inventory here\n".to_string())
+                            .into_response();
+                    };
+                    if !valid_mac(&q.mac) {
+                        return (axum::http::StatusCode::BAD_REQUEST, "bad mac\n".to_string()).into_response();
+                    }
+                    let inv: serde_json::Value = match serde_json::from_slice(&body) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            return (axum::http::StatusCode::BAD_REQUEST, format!("inventory: {e}\n"))
+                                .into_response();
+                        }
+                    };
+                    match sink.report(q.mac.to_ascii_lowercase(), q.token, inv).await {
+                        Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
+                        Err((code, msg)) => (
+                            axum::http::StatusCode::from_u16(code)
+                                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+                            msg,
+                        )
+                            .into_response(),
+                    }
+                },
+            ),
+        )
         .route(
             "/boot.ipxe",
             get(|headers: HeaderMap| async move {
@@ -126,7 +196,7 @@ pub fn router(root: &Path, scripts: Arc<dyn ScriptSource>) -> Router {
             ),
         )
         .fallback_service(ServeDir::new(root).append_index_html_on_directories(false))
-        .with_state(AppState { scripts })
+        .with_state(AppState { scripts, sink })
 }
 
 /// Serves the boot HTTP routes on `listener` until `shutdown` completes.
@@ -134,9 +204,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     root: &Path,
     scripts: Arc<dyn ScriptSource>,
+    sink: Option<Arc<dyn InventorySink>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(root, scripts))
+    axum::serve(listener, router(root, scripts, sink))
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -45,7 +45,13 @@ pub(crate) async fn run(a: BootArgs) -> anyhow::Result<()> {
         cmdline: a.cmdline,
     });
     tracing::info!(tftp = %tftp_addr, http = %listener.local_addr()?, root = %a.root.display(), "boot servers ready");
-    groundwork_boot::http::serve(listener, &a.root, scripts, crate::server::shutdown_signal())
-        .await?;
+    groundwork_boot::http::serve(
+        listener,
+        &a.root,
+        scripts,
+        None,
+        crate::server::shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The `groundwork` command: the server, and kubectl-like commands for operators.
 
+mod agent;
 mod apply;
 mod bmc;
 mod boot;
@@ -36,6 +37,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
+    /// The ramdisk agent: report this machine's hardware inventory to the boot server.
+    Agent(agent::AgentArgs),
     /// Run the boot file servers (TFTP and HTTP/iPXE) from one directory.
     Boot(boot::BootArgs),
     /// Run the DHCP server alone, configured by flags.
@@ -136,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bmc(args) => bmc::run(args).await,
         Command::Dhcp(args) => dhcp::run(args).await,
         Command::Boot(args) => boot::run(args).await,
+        Command::Agent(args) => agent::run(args).await,
         Command::Logs {
             object,
             follow,

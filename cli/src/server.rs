@@ -211,6 +211,8 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let (caches, _tasks) = groundwork_controller::caches::Caches::start(&client);
         let scripts = std::sync::Arc::new(groundwork_controller::bootscripts::NodeScripts {
             caches,
+            client: client.clone(),
+            key: opts.secret_key.clone(),
             kernel: args.boot_kernel.clone(),
             initrd: args.boot_initrd.clone(),
             cmdline: args.boot_cmdline.clone(),
@@ -218,8 +220,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(%tftp, http = %http.local_addr()?, root = %root.display(), "boot servers ready");
         let root = root.clone();
         tokio::spawn(async move {
-            if let Err(e) =
-                groundwork_boot::http::serve(http, &root, scripts, std::future::pending()).await
+            let sink: std::sync::Arc<dyn groundwork_boot::http::InventorySink> = scripts.clone();
+            if let Err(e) = groundwork_boot::http::serve(
+                http,
+                &root,
+                scripts,
+                Some(sink),
+                std::future::pending(),
+            )
+            .await
             {
                 tracing::error!(error = %e, "boot HTTP server stopped");
             }

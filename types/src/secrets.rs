@@ -54,6 +54,32 @@ impl SecretKey {
         LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &self.0).expect("32-byte key"))
     }
 
+    /// The boot token of a MAC: what the iPXE script hands the ramdisk agent, so that only a
+    /// machine that booted through us can report inventory for that MAC (HMAC-SHA256 under
+    /// this key, 128 bits, hex).
+    pub fn boot_token(&self, mac: &str) -> String {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let tag = ring::hmac::sign(
+            &k,
+            format!("groundwork boot token:{}", mac.to_ascii_lowercase()).as_bytes(),
+        );
+        tag.as_ref()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// Checks a boot token in constant time.
+    pub fn verify_boot_token(&self, mac: &str, token: &str) -> bool {
+        let want = self.boot_token(mac);
+        want.len() == token.len()
+            && want
+                .bytes()
+                .zip(token.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0
+    }
+
     /// Encrypts `plaintext` for the object named `context`.
     pub fn seal(&self, context: &str, plaintext: &str) -> String {
         let mut nonce = [0u8; NONCE_LEN];
@@ -123,5 +149,10 @@ mod tests {
         let k2 = SecretKey::decode(&k.encode()).unwrap();
         assert_eq!(k2.open("credentials/bmc", &s).unwrap(), "hunter2");
         assert!(!format!("{k:?}").contains(&k.encode()));
+        let t = k.boot_token("52:54:00:AA:00:01");
+        assert_eq!(t.len(), 32);
+        assert!(k.verify_boot_token("52:54:00:aa:00:01", &t));
+        assert!(!k.verify_boot_token("52:54:00:aa:00:02", &t));
+        assert!(!k2.verify_boot_token("52:54:00:aa:00:01", "00"));
     }
 }
