@@ -101,7 +101,7 @@ impl Lab {
         self.children.push(c);
     }
 
-    fn vm(&mut self, n: u8, mac: &str, dir: &Path) -> PathBuf {
+    fn vm(&mut self, n: u8, mac: &str, dir: &Path, uefi: bool) -> PathBuf {
         let tap = format!("gwtap{n}");
         must(&[
             "ip", "-n", &self.vm, "tuntap", "add", "dev", &tap, "mode", "tap",
@@ -110,31 +110,35 @@ impl Lab {
         must(&["ip", "-n", &self.vm, "link", "set", &tap, "up"]);
         let serial = dir.join(format!("serial-{n}.log"));
         let vm = self.vm.clone();
-        self.spawn(
-            &vm,
-            &[
-                "qemu-system-x86_64",
-                "-accel",
-                "tcg",
-                "-m",
-                "512",
-                "-display",
-                "none",
-                "-vga",
-                "none",
-                "-monitor",
-                "none",
-                "-serial",
-                &format!("file:{}", serial.display()),
-                "-netdev",
-                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
-                "-device",
-                &format!(
-                    "e1000,netdev=n0,mac={mac},bootindex=1,romfile=/usr/lib/ipxe/qemu/efi-e1000.rom"
-                ),
-            ],
-            &dir.join(format!("qemu-{n}.log")),
+        let serial_arg = format!("file:{}", serial.display());
+        let netdev = format!("tap,id=n0,ifname={tap},script=no,downscript=no");
+        let device = format!(
+            "e1000,netdev=n0,mac={mac},bootindex=1,romfile=/usr/lib/ipxe/qemu/efi-e1000.rom"
         );
+        let mut args = vec![
+            "qemu-system-x86_64",
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-display",
+            "none",
+            "-vga",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            &serial_arg,
+            "-netdev",
+            &netdev,
+            "-device",
+            &device,
+        ];
+        // UEFI: OVMF (Debian package ovmf); the NIC's iPXE EFI driver boots it.
+        if uefi {
+            args.extend(["-bios", "/usr/share/ovmf/OVMF.fd"]);
+        }
+        self.spawn(&vm, &args, &dir.join(format!("qemu-{n}.log")));
         serial
     }
 
@@ -239,12 +243,13 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
     assert!(out.contains("created"), "{out}");
 
     let t0 = Instant::now();
-    let s1 = lab.vm(1, "52:54:00:97:00:01", dir.path());
-    let s2 = lab.vm(2, "52:54:00:97:00:02", dir.path());
-    let deadline = Instant::now() + Duration::from_secs(400);
-    let mut done = [None, None];
+    let s1 = lab.vm(1, "52:54:00:97:00:01", dir.path(), false);
+    let s2 = lab.vm(2, "52:54:00:97:00:02", dir.path(), false);
+    let s3 = lab.vm(3, "52:54:00:97:00:03", dir.path(), true);
+    let deadline = Instant::now() + Duration::from_secs(500);
+    let mut done = [None, None, None];
     while done.iter().any(Option::is_none) {
-        for (i, s) in [&s1, &s2].iter().enumerate() {
+        for (i, s) in [&s1, &s2, &s3].iter().enumerate() {
             if done[i].is_none()
                 && std::fs::read_to_string(s)
                     .unwrap_or_default()
@@ -255,9 +260,10 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
         }
         if Instant::now() > deadline {
             panic!(
-                "no inventory in time.\nserial 1:\n{}\nserial 2:\n{}\ndhcp:\n{}\nserver:\n{}",
+                "no inventory in time ({done:?}).\nserial 1:\n{}\nserial 2:\n{}\nserial 3 (UEFI):\n{}\ndhcp:\n{}\nserver:\n{}",
                 std::fs::read_to_string(&s1).unwrap_or_default(),
                 std::fs::read_to_string(&s2).unwrap_or_default(),
+                std::fs::read_to_string(&s3).unwrap_or_default(),
                 std::fs::read_to_string(dir.path().join("dhcp.log")).unwrap_or_default(),
                 std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default(),
             );
@@ -265,9 +271,10 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
         std::thread::sleep(Duration::from_millis(500));
     }
     eprintln!(
-        "agent reported: machine 1 after {:?}, machine 2 after {:?} (both booting at once, TCG)",
+        "agent reported: BIOS known {:?}, BIOS unknown {:?}, UEFI unknown {:?} (three booting at once, TCG)",
         done[0].unwrap(),
-        done[1].unwrap()
+        done[1].unwrap(),
+        done[2].unwrap()
     );
 
     let known: serde_json::Value =
@@ -297,5 +304,15 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
     assert_eq!(
         enlisted["metadata"]["labels"]["groundwork.dev/enlisted"],
         "true"
+    );
+    let uefi: serde_json::Value =
+        serde_json::from_str(&lab.api(&kc, &["get", "node", "m-525400970003", "-o", "json"]))
+            .unwrap();
+    assert_eq!(uefi["status"]["phase"], "Inventoried", "{uefi}");
+    assert!(
+        std::fs::read_to_string(&s3)
+            .unwrap_or_default()
+            .contains("groundwork: ramdisk started"),
+        "the UEFI machine ran our ramdisk"
     );
 }
