@@ -234,6 +234,11 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Streamed responses (watches) are written in pieces: no Nagle delay between them.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router_with(store, cfg))
         .with_graceful_shutdown(shutdown)
         .await

@@ -195,7 +195,12 @@ pub fn router(
                 },
             ),
         )
-        .fallback_service(ServeDir::new(root).append_index_html_on_directories(false))
+        .fallback_service(
+            ServeDir::new(root)
+                .append_index_html_on_directories(false)
+                // Fewer, larger reads and writes for kernels and images (default 64 KiB).
+                .with_buf_chunk_size(1 << 20),
+        )
         .with_state(AppState { scripts, sink })
 }
 
@@ -207,6 +212,12 @@ pub async fn serve(
     sink: Option<Arc<dyn InventorySink>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Without TCP_NODELAY, a response written as header then body waits out the client's
+    // delayed ACK (40 ms) on every keep-alive request.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(root, scripts, sink))
         .with_graceful_shutdown(shutdown)
         .await

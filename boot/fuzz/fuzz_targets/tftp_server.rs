@@ -1,0 +1,49 @@
+//! Fuzzes the TFTP server (async-tftp's packet parser and state machine, our root handler)
+//! through its socket: every input is sent to a running server as a datagram, and every 64
+//! inputs the server must still answer a valid read request. A server that stops answering
+//! (a panicked or wedged task) is a crash.
+#![no_main]
+
+use std::net::UdpSocket;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use libfuzzer_sys::fuzz_target;
+
+struct Target {
+    addr: std::net::SocketAddr,
+    sock: UdpSocket,
+    n: std::sync::atomic::AtomicU64,
+}
+
+fn target() -> &'static Target {
+    static T: OnceLock<Target> = OnceLock::new();
+    T.get_or_init(|| {
+        let root = std::env::temp_dir().join(format!("gw-tftp-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), vec![7u8; 3000]).unwrap();
+        let (addr, _t) = groundwork_boot::tftp::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            &root,
+            Arc::default(),
+        )
+        .unwrap();
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        Target { addr, sock, n: Default::default() }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    let t = target();
+    let _ = t.sock.send_to(data, t.addr);
+    if t.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64 == 0 {
+        // A fresh client socket: the server tracks transfers per peer.
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        c.send_to(b"\x00\x01f\x00octet\x00", t.addr).unwrap();
+        let mut buf = [0u8; 600];
+        let (n, _) = c.recv_from(&mut buf).expect("the TFTP server stopped answering");
+        assert!(n >= 4 && buf[1] == 3, "expected DATA block 1, got {:?}", &buf[..n.min(8)]);
+    }
+});
