@@ -39,11 +39,19 @@ fuzz_target!(|data: &[u8]| {
     let _ = t.sock.send_to(data, t.addr);
     if t.n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 64 == 0 {
         // A fresh client socket: the server tracks transfers per peer.
-        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        c.send_to(b"\x00\x01f\x00octet\x00", t.addr).unwrap();
-        let mut buf = [0u8; 600];
-        let (n, _) = c.recv_from(&mut buf).expect("the TFTP server stopped answering");
+        // Up to 3 tries of 3 s: a busy server is slow, a wedged one never answers.
+        let mut answered = None;
+        for _ in 0..3 {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            c.send_to(b"\x00\x01f\x00octet\x00", t.addr).unwrap();
+            let mut buf = [0u8; 600];
+            if let Ok((n, _)) = c.recv_from(&mut buf) {
+                answered = Some((n, buf));
+                break;
+            }
+        }
+        let (n, buf) = answered.expect("the TFTP server stopped answering (3 tries of 3 s)");
         assert!(n >= 4 && buf[1] == 3, "expected DATA block 1, got {:?}", &buf[..n.min(8)]);
     }
 });
