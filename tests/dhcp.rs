@@ -322,3 +322,131 @@ fn a_killed_server_never_hands_a_bound_address_to_another_client() {
         assert_eq!(udhcpc(&net, dir.path())["ip"], by_mac[&mac], "{mac}");
     }
 }
+
+#[test]
+fn dhcp_follows_the_datacenter_boot_network() {
+    let net = Net::new("c");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.srv,
+            support::BIN,
+            "server",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:6443", "--controllers", "none"])
+        .args([
+            "--dhcp-network",
+            "bn1",
+            "--dhcp-interface",
+            &net.srv_if,
+            "--dhcp-server-ip",
+            "10.99.0.1",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _k = Kill(&mut server);
+    let kc = data.join("kubeconfig");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !kc.exists() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let apply = |yaml: &str| {
+        let f = support::write(dir.path(), "dc.yaml", yaml);
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.srv,
+                support::BIN,
+                "apply",
+                "-f",
+                f.to_str().unwrap(),
+            ])
+            .env("KUBECONFIG", &kc)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let dc = |dns: &str| {
+        format!(
+            "apiVersion: groundwork.dev/v1alpha1\nkind: Datacenter\nmetadata: {{name: dc1}}\nspec:\n  availabilityZones: [{{name: az1}}]\n  bootNetworks:\n  - {{name: bn1, availabilityZone: az1, cidr: 10.99.0.0/24, gateway: 10.99.0.1, dns: [{dns}], discoveryPool: {{start: 10.99.0.120, end: 10.99.0.130}}, leaseSeconds: 900}}\n"
+        )
+    };
+    apply(&dc("10.99.0.53"));
+    net.set_client_mac("52:54:00:99:02:01");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let env = loop {
+        // The server starts answering once it has read the boot network.
+        let o = sh(&[
+            "timeout",
+            "10",
+            "ip",
+            "netns",
+            "exec",
+            &net.cli,
+            "busybox",
+            "udhcpc",
+            "-i",
+            &net.cli_if,
+            "-n",
+            "-q",
+            "-f",
+            "-t",
+            "2",
+            "-T",
+            "1",
+            "-s",
+            "/bin/true",
+        ]);
+        if o.status.success() {
+            break udhcpc(&net, dir.path());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no lease from the API-configured server"
+        );
+    };
+    let last: u8 = env["ip"].rsplit('.').next().unwrap().parse().unwrap();
+    assert!((120..=130).contains(&last), "{env:?}");
+    assert_eq!(
+        (
+            env["router"].as_str(),
+            env["dns"].as_str(),
+            env["lease"].as_str()
+        ),
+        ("10.99.0.1", "10.99.0.53", "900")
+    );
+
+    // A change in the Datacenter reaches the running DHCP server; the lease survives it.
+    apply(&dc("10.99.0.54"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = udhcpc(&net, dir.path());
+        if e["dns"] == "10.99.0.54" {
+            assert_eq!(e["ip"], env["ip"], "same address after the reconfiguration");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new DNS server never reached the clients: {e:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

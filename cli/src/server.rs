@@ -38,6 +38,15 @@ pub(crate) struct ServerArgs {
     boot_initrd: String,
     #[arg(long, default_value = "console=ttyS0")]
     boot_cmdline: String,
+    /// Serve DHCP for this boot network (a `spec.bootNetworks[].name` of a Datacenter) on
+    /// --dhcp-interface, configured and reconfigured from the API.
+    #[arg(long, requires_all = ["dhcp_interface", "dhcp_server_ip"])]
+    dhcp_network: Option<String>,
+    #[arg(long)]
+    dhcp_interface: Option<String>,
+    /// This server's address on that boot network.
+    #[arg(long)]
+    dhcp_server_ip: Option<std::net::Ipv4Addr>,
 }
 
 /// Which controllers run, and how they elect a leader.
@@ -231,6 +240,37 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .await
             {
                 tracing::error!(error = %e, "boot HTTP server stopped");
+            }
+        });
+    }
+    if let (Some(network), Some(iface), Some(server_ip)) = (
+        args.dhcp_network.clone(),
+        args.dhcp_interface.clone(),
+        args.dhcp_server_ip,
+    ) {
+        let ipxe_url = args
+            .boot_root
+            .as_ref()
+            .map(|_| format!("http://{server_ip}:{}/boot.ipxe", args.boot_http.port()));
+        let (caches, _tasks) = groundwork_controller::caches::Caches::start(&client);
+        let lease_dir = args.data_dir.join("dhcp");
+        tokio::spawn(async move {
+            let srv = groundwork_controller::bootnet::BootServer {
+                server_ip,
+                ipxe_url,
+            };
+            let (cfg, updates) = groundwork_controller::bootnet::follow(caches, network, srv).await;
+            let opts = groundwork_boot::dhcp::ServeOptions {
+                interface: Some(iface),
+                lease_dir: Some(lease_dir),
+                ..Default::default()
+            };
+            let (_never, stop) = tokio::sync::watch::channel(false);
+            let stats = std::sync::Arc::new(groundwork_boot::dhcp::Stats::default());
+            if let Err(e) =
+                groundwork_boot::dhcp::serve_with_updates(cfg, updates, opts, stats, stop).await
+            {
+                tracing::error!(error = %e, "DHCP server stopped");
             }
         });
     }

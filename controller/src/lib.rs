@@ -7,6 +7,7 @@
 //! (docs/decisions.md). Each controller holds a Lease while it acts ([`lease`]), so any number
 //! of processes may run it and exactly one acts.
 
+pub mod bootnet;
 pub mod bootscripts;
 pub mod caches;
 pub mod events;

@@ -134,6 +134,15 @@ impl Engine {
         }
     }
 
+    /// Replaces the configuration (a changed boot network), keeping every lease.
+    pub fn reconfigure(&mut self, cfg: Config) {
+        self.reserved = cfg.reservations.iter().map(|(m, ip)| (*ip, *m)).collect();
+        if !(u32::from(cfg.pool_start)..=u32::from(cfg.pool_end)).contains(&self.cursor) {
+            self.cursor = u32::from(cfg.pool_start);
+        }
+        self.cfg = cfg;
+    }
+
     /// The records describing every live lease (for log compaction).
     pub fn live_records(&self) -> Vec<Record> {
         let now = now_secs();

@@ -6,4 +6,4 @@ pub mod leases;
 pub mod server;
 
 pub use engine::{BootFiles, Config, Engine, Mode};
-pub use server::{ServeOptions, Stats, serve};
+pub use server::{ServeOptions, Stats, serve, serve_with_updates};

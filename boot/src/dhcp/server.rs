@@ -180,6 +180,19 @@ pub async fn serve(
     cfg: Config,
     opts: ServeOptions,
     stats: Arc<Stats>,
+    stop: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let (_keep, updates) = watch::channel(cfg.clone());
+    serve_with_updates(cfg, updates, opts, stats, stop).await
+}
+
+/// Like [`serve`], and applies every configuration sent on `updates` (a boot network changed
+/// in the API), keeping the leases. An invalid one is logged and ignored.
+pub async fn serve_with_updates(
+    cfg: Config,
+    mut updates: watch::Receiver<Config>,
+    opts: ServeOptions,
+    stats: Arc<Stats>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     cfg.validate()
@@ -245,6 +258,21 @@ pub async fn serve(
     loop {
         tokio::select! {
             _ = stop.changed() => if *stop.borrow() { break },
+            r = updates.changed() => {
+                if r.is_err() {
+                    // The sender is gone: no more updates, keep serving.
+                    updates = watch::channel(engine.lock().unwrap_or_else(|p| p.into_inner()).cfg.clone()).1;
+                    continue;
+                }
+                let new = updates.borrow_and_update().clone();
+                match new.validate() {
+                    Ok(()) => {
+                        tracing::info!(server = %new.server_ip, pool = %format!("{}-{}", new.pool_start, new.pool_end), "DHCP configuration changed");
+                        engine.lock().unwrap_or_else(|p| p.into_inner()).reconfigure(new);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "ignoring an invalid DHCP configuration"),
+                }
+            }
             _ = ticker.tick() => {
                 let r = stats.received.load(Ordering::Relaxed);
                 if r != last {

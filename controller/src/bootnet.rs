@@ -1,0 +1,195 @@
+//! The DHCP configuration of one boot network, from its Datacenter (`spec.bootNetworks[]`),
+//! followed as it changes.
+
+use std::net::Ipv4Addr;
+
+use groundwork_boot::dhcp::{BootFiles, Config, Mode};
+use groundwork_types::{BootNetwork, DhcpMode};
+use tokio::sync::watch;
+
+use crate::caches::{Caches, ChangedObject};
+
+/// Where boot files are, for the DHCP boot options.
+#[derive(Clone, Debug)]
+pub struct BootServer {
+    pub server_ip: Ipv4Addr,
+    pub ipxe_url: Option<String>,
+}
+
+/// Builds the DHCP configuration of `net`; names the field when something is unusable.
+pub fn dhcp_config(net: &BootNetwork, srv: &BootServer) -> Result<Config, String> {
+    let subnet: ipnet::Ipv4Net = net.cidr.parse().map_err(|_| {
+        format!(
+            "bootNetworks[{}].cidr {:?}: not an IPv4 CIDR",
+            net.name, net.cidr
+        )
+    })?;
+    let ip = |field: &str, v: &str| -> Result<Ipv4Addr, String> {
+        v.parse().map_err(|_| {
+            format!(
+                "bootNetworks[{}].{field} {v:?}: not an IPv4 address",
+                net.name
+            )
+        })
+    };
+    let (pool_start, pool_end) = match &net.discovery_pool {
+        Some(p) => (
+            ip("discoveryPool.start", &p.start)?,
+            ip("discoveryPool.end", &p.end)?,
+        ),
+        // No pool given: the upper half of the network.
+        None => {
+            let hosts: Vec<Ipv4Addr> = subnet.hosts().collect();
+            let n = hosts.len();
+            if n < 4 {
+                return Err(format!(
+                    "bootNetworks[{}].cidr {} is too small for a pool",
+                    net.name, net.cidr
+                ));
+            }
+            (hosts[n / 2], hosts[n - 1])
+        }
+    };
+    let cfg = Config {
+        mode: match net.dhcp_mode {
+            DhcpMode::Authoritative => Mode::Authoritative,
+            DhcpMode::Proxy => Mode::Proxy,
+        },
+        server_ip: srv.server_ip,
+        subnet,
+        pool_start,
+        pool_end,
+        router: net
+            .gateway
+            .as_deref()
+            .map(|g| ip("gateway", g))
+            .transpose()?,
+        dns: net
+            .dns
+            .iter()
+            .map(|d| ip("dns", d))
+            .collect::<Result<_, _>>()?,
+        ntp: net
+            .ntp
+            .iter()
+            .map(|d| ip("ntp", d))
+            .collect::<Result<_, _>>()?,
+        lease_secs: net.lease_seconds.unwrap_or(3600),
+        offer_secs: 30,
+        boot: Some(BootFiles {
+            tftp_server: srv.server_ip,
+            bios: "undionly.kpxe".into(),
+            efi: "ipxe.efi".into(),
+            ipxe_url: srv.ipxe_url.clone(),
+        }),
+        reservations: Default::default(),
+    };
+    cfg.validate()
+        .map_err(|e| format!("bootNetworks[{}]: {e}", net.name))?;
+    Ok(cfg)
+}
+
+fn find(caches: &Caches, name: &str) -> Option<BootNetwork> {
+    caches.datacenters.state().iter().find_map(|dc| {
+        dc.spec
+            .boot_networks
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+    })
+}
+
+/// Waits until the boot network `name` exists and is valid, then keeps sending its
+/// configuration whenever a Datacenter changes it.
+pub async fn follow(
+    caches: Caches,
+    name: String,
+    srv: BootServer,
+) -> (Config, watch::Receiver<Config>) {
+    caches.wait_synced().await;
+    let mut changes = caches.subscribe();
+    let first = loop {
+        match find(&caches, &name).map(|n| dhcp_config(&n, &srv)) {
+            Some(Ok(c)) => break c,
+            Some(Err(e)) => {
+                tracing::warn!(network = %name, error = %e, "boot network unusable; waiting for a fix")
+            }
+            None => {
+                tracing::info!(network = %name, "waiting for a Datacenter with this boot network")
+            }
+        }
+        let _ = changes.recv().await;
+    };
+    let (tx, rx) = watch::channel(first.clone());
+    tokio::spawn(async move {
+        let mut last = find(&caches, &name);
+        loop {
+            match changes.recv().await {
+                Ok(c) if matches!(c.object, ChangedObject::Datacenter(_)) => {}
+                Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+            let now = find(&caches, &name);
+            if now == last {
+                continue;
+            }
+            last = now.clone();
+            match now.map(|n| dhcp_config(&n, &srv)) {
+                Some(Ok(c)) => {
+                    let _ = tx.send(c);
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(network = %name, error = %e, "boot network changed to something unusable; keeping the previous configuration")
+                }
+                None => {
+                    tracing::warn!(network = %name, "boot network removed from every Datacenter; keeping the previous configuration")
+                }
+            }
+        }
+    });
+    (first, rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use groundwork_types::AddressRange;
+
+    #[test]
+    fn boot_network_to_dhcp_config() {
+        let srv = BootServer {
+            server_ip: "10.0.0.1".parse().unwrap(),
+            ipxe_url: None,
+        };
+        let mut n = BootNetwork {
+            name: "bn".into(),
+            availability_zone: "az1".into(),
+            cidr: "10.0.0.0/24".into(),
+            gateway: Some("10.0.0.1".into()),
+            dns: vec!["10.0.0.53".into()],
+            ntp: vec![],
+            dhcp_mode: DhcpMode::Authoritative,
+            discovery_pool: None,
+            lease_seconds: Some(900),
+        };
+        let c = dhcp_config(&n, &srv).unwrap();
+        assert_eq!(
+            (c.pool_start.to_string(), c.pool_end.to_string()),
+            ("10.0.0.128".into(), "10.0.0.254".into())
+        );
+        assert_eq!(c.lease_secs, 900);
+        n.discovery_pool = Some(AddressRange {
+            start: "10.0.0.10".into(),
+            end: "10.0.1.20".into(),
+        });
+        assert!(dhcp_config(&n, &srv).unwrap_err().contains("not inside"));
+        n.discovery_pool = None;
+        n.dns = vec!["nope".into()];
+        assert!(
+            dhcp_config(&n, &srv)
+                .unwrap_err()
+                .contains("bootNetworks[bn].dns")
+        );
+    }
+}
