@@ -19,10 +19,38 @@ pub struct TftpStats {
     pub refused: AtomicU64,
 }
 
+/// Files up to this size are served from memory (first-stage loaders are ~100 KiB-1 MiB):
+/// no thread-pool round trip per block.
+const CACHE_FILE_MAX: u64 = 16 << 20;
+/// Memory the cache may hold in total.
+const CACHE_TOTAL_MAX: u64 = 128 << 20;
+
+/// A file body: from memory (cached) or streamed from disk.
+pub enum Body {
+    Memory(futures_lite::io::Cursor<bytes::Bytes>),
+    Disk(blocking::Unblock<File>),
+}
+
+impl futures_lite::AsyncRead for Body {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Body::Memory(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            Body::Disk(f) => std::pin::Pin::new(f).poll_read(cx, buf),
+        }
+    }
+}
+
 /// Serves regular files below `root`, read-only.
 pub struct RootHandler {
     root: PathBuf,
     stats: Arc<TftpStats>,
+    /// path → (modified, length, contents); re-read when the file changes.
+    cache: std::collections::HashMap<PathBuf, (std::time::SystemTime, u64, bytes::Bytes)>,
+    cached_bytes: u64,
 }
 
 impl RootHandler {
@@ -34,7 +62,12 @@ impl RootHandler {
                 format!("TFTP root {} is not a directory", root.display()),
             ));
         }
-        Ok(RootHandler { root, stats })
+        Ok(RootHandler {
+            root,
+            stats,
+            cache: Default::default(),
+            cached_bytes: 0,
+        })
     }
 
     /// The file a request names, if it is a regular file inside the root.
@@ -62,7 +95,7 @@ impl RootHandler {
 }
 
 impl Handler for RootHandler {
-    type Reader = blocking::Unblock<File>;
+    type Reader = Body;
     type Writer = blocking::Unblock<File>;
 
     async fn read_req_open(
@@ -78,11 +111,36 @@ impl Handler for RootHandler {
                 return Err(e);
             }
         };
-        let file = File::open(&full).map_err(|_| packet::Error::FileNotFound)?;
-        let len = file.metadata().ok().map(|m| m.len());
+        let meta = std::fs::metadata(&full).map_err(|_| packet::Error::FileNotFound)?;
+        let (len, modified) = (meta.len(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
         self.stats.served.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%client, path = %path.display(), bytes = ?len, "TFTP read");
-        Ok((blocking::Unblock::new(file), len))
+        tracing::debug!(%client, path = %path.display(), bytes = len, "TFTP read");
+        if len <= CACHE_FILE_MAX {
+            if let Some((m, l, data)) = self.cache.get(&full)
+                && *m == modified
+                && *l == len
+            {
+                return Ok((
+                    Body::Memory(futures_lite::io::Cursor::new(data.clone())),
+                    Some(len),
+                ));
+            }
+            if let Ok(data) = std::fs::read(&full) {
+                let data = bytes::Bytes::from(data);
+                if self.cached_bytes + len > CACHE_TOTAL_MAX {
+                    self.cache.clear();
+                    self.cached_bytes = 0;
+                }
+                if let Some((_, old, _)) = self.cache.insert(full, (modified, len, data.clone())) {
+                    self.cached_bytes -= old;
+                }
+                self.cached_bytes += len;
+                let n = data.len() as u64;
+                return Ok((Body::Memory(futures_lite::io::Cursor::new(data)), Some(n)));
+            }
+        }
+        let file = File::open(&full).map_err(|_| packet::Error::FileNotFound)?;
+        Ok((Body::Disk(blocking::Unblock::new(file)), Some(len)))
     }
 
     async fn write_req_open(
