@@ -340,3 +340,22 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     std::fs::write(&p, content).expect("write file");
     p
 }
+
+/// Runs a command (no shell) and returns its output.
+pub fn sh(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .expect("run")
+}
+
+/// Runs a command that must succeed.
+#[track_caller]
+pub fn must(args: &[&str]) {
+    let o = sh(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

@@ -40,6 +40,22 @@ struct Pending {
     keys: Option<Keys>,
 }
 
+impl Pending {
+    fn handshake<'a>(&'a self, inner: &'a Inner, bmc_sid: u32) -> Handshake<'a> {
+        Handshake {
+            suite: self.suite,
+            console_sid: self.console_sid,
+            bmc_sid,
+            console_rand: self.console_rand,
+            bmc_rand: self.bmc_rand,
+            bmc_guid: inner.guid,
+            role: self.role,
+            user: &self.user,
+            password: inner.password.as_bytes(),
+        }
+    }
+}
+
 struct Inner {
     fru: Vec<u8>,
     sel: Vec<[u8; 16]>,
@@ -308,17 +324,7 @@ fn rakp1(inner: &Inner, p: &[u8], sessions: &mut HashMap<u32, Pending>) -> Optio
         sessions.remove(&bmc_sid);
         return Some(pkt);
     }
-    let hs = Handshake {
-        suite: s.suite,
-        console_sid: s.console_sid,
-        bmc_sid,
-        console_rand: s.console_rand,
-        bmc_rand: s.bmc_rand,
-        bmc_guid: inner.guid,
-        role: s.role,
-        user: &s.user,
-        password: inner.password.as_bytes(),
-    };
+    let hs = s.handshake(inner, bmc_sid);
     r.extend_from_slice(&s.bmc_rand);
     r.extend_from_slice(&inner.guid);
     r.extend_from_slice(&hs.rakp2_code());
@@ -332,17 +338,7 @@ fn rakp3(inner: &Inner, p: &[u8], sessions: &mut HashMap<u32, Pending>) -> Optio
     let tag = p[0];
     let bmc_sid = u32::from_le_bytes([p[4], p[5], p[6], p[7]]);
     let s = sessions.get_mut(&bmc_sid)?;
-    let hs = Handshake {
-        suite: s.suite,
-        console_sid: s.console_sid,
-        bmc_sid,
-        console_rand: s.console_rand,
-        bmc_rand: s.bmc_rand,
-        bmc_guid: inner.guid,
-        role: s.role,
-        user: &s.user,
-        password: inner.password.as_bytes(),
-    };
+    let hs = s.handshake(inner, bmc_sid);
     let mut r = vec![tag, 0, 0, 0];
     r.extend_from_slice(&s.console_sid.to_le_bytes());
     if p[1] != 0 || !wire::ct_eq(&p[8..], &hs.rakp3_code()) {
