@@ -22,22 +22,6 @@ impl Drop for Boot {
     }
 }
 
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start() -> Boot {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
@@ -55,17 +39,11 @@ fn start() -> Boot {
     f.write_all(&buf).unwrap();
     std::fs::write(dir.path().join("secret.txt"), "outside the root").unwrap();
     std::os::unix::fs::symlink(dir.path().join("secret.txt"), root.join("escape")).unwrap();
-    let (http, tftp) = (free_tcp(), free_udp());
     let log = std::fs::File::create(dir.path().join("boot.log")).unwrap();
     let child = Command::new(support::BIN)
         .args(["boot", "--root"])
         .arg(&root)
-        .args([
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--tftp",
-            &format!("127.0.0.1:{tftp}"),
-        ])
+        .args(["--http", "127.0.0.1:0", "--tftp", "127.0.0.1:0"])
         .args([
             "--kernel",
             "kernel.bin",
@@ -79,6 +57,7 @@ fn start() -> Boot {
         .stderr(log)
         .spawn()
         .unwrap();
+    let (http, tftp) = ports_from_log(&dir.path().join("boot.log"));
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
         assert!(Instant::now() < deadline, "boot servers did not start");
@@ -89,6 +68,34 @@ fn start() -> Boot {
         http,
         tftp,
         dir,
+    }
+}
+
+/// The boot ports a server bound (it is started with port 0 and logs them): choosing free
+/// ports in the test and passing them races with other ephemeral ports.
+fn boot_ports(s: &support::Server) -> (u16, u16) {
+    ports_from_log(&s.dir.path().join("server.log"))
+}
+
+fn ports_from_log(path: &std::path::Path) -> (u16, u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("boot servers ready")) {
+            let port = |key: &str| -> u16 {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(key))
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+            };
+            return (port("http="), port("tftp="));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no boot ports in the log:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -305,15 +312,15 @@ fn http_serves_ipxe_scripts_and_ranges() {
 async fn ipxe_scripts_follow_the_node_phase_and_profile() {
     use kube::api::{Patch, PatchParams};
     let root = tempfile::tempdir().unwrap();
-    let (http, tftp) = (free_tcp(), free_udp());
     let s = support::Server::start_with(&[
         "--boot-root",
         root.path().to_str().unwrap(),
         "--boot-http",
-        &format!("127.0.0.1:{http}"),
+        "127.0.0.1:0",
         "--boot-tftp",
-        &format!("127.0.0.1:{tftp}"),
+        "127.0.0.1:0",
     ]);
+    let (http, _tftp) = boot_ports(&s);
     let c = s.client().await;
     let yaml = "apiVersion: groundwork.dev/v1alpha1\nkind: Profile\nmetadata: {name: worker}\nspec:\n  boot: {kernel: install/vmlinuz, initrd: install/initrd.img, cmdline: 'root=/dev/ram0'}\n---\napiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\nspec: {bootMACs: ['52-54-00-00-00-01']}\n";
     let f = support::write(s.dir.path(), "n.yaml", yaml);
@@ -382,15 +389,15 @@ async fn ipxe_scripts_follow_the_node_phase_and_profile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_token() {
     let root = tempfile::tempdir().unwrap();
-    let (http, tftp) = (free_tcp(), free_udp());
     let s = support::Server::start_with(&[
         "--boot-root",
         root.path().to_str().unwrap(),
         "--boot-http",
-        &format!("127.0.0.1:{http}"),
+        "127.0.0.1:0",
         "--boot-tftp",
-        &format!("127.0.0.1:{tftp}"),
+        "127.0.0.1:0",
     ]);
+    let (http, _tftp) = boot_ports(&s);
     let c = s.client().await;
     let base = format!("http://127.0.0.1:{http}");
     let mac = "52:54:00:00:00:99";

@@ -191,13 +191,6 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // Written after the socket is bound: once the kubeconfig exists, the server answers.
-    let kc_path = args.data_dir.join("kubeconfig");
-    let tmp = args.data_dir.join(".kubeconfig.tmp");
-    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}")))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &kc_path)?;
-    tracing::info!(%addr, kubeconfig = %kc_path.display(), revision = store.revision(), "serving the Groundwork API");
     // Controllers reach the API like any client, over loopback.
     let local = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -274,6 +267,14 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
+    // Written once every socket is bound (API, boot servers): once the kubeconfig exists, the
+    // server answers, and a port that could not be bound has already stopped it.
+    let kc_path = args.data_dir.join("kubeconfig");
+    let tmp = args.data_dir.join(".kubeconfig.tmp");
+    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}")))
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &kc_path)?;
+    tracing::info!(%addr, kubeconfig = %kc_path.display(), revision = store.revision(), "serving the Groundwork API");
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = tokio::spawn(groundwork_controller::run(client, opts, stop_rx));
     let shutdown = async move {
