@@ -71,6 +71,20 @@ fn start() -> Boot {
     }
 }
 
+/// A server with the boot servers on ports of its choosing; returns it and its HTTP port.
+fn boot_server(root: &std::path::Path) -> (support::Server, u16) {
+    let s = support::Server::start_with(&[
+        "--boot-root",
+        root.to_str().unwrap(),
+        "--boot-http",
+        "127.0.0.1:0",
+        "--boot-tftp",
+        "127.0.0.1:0",
+    ]);
+    let (http, _tftp) = boot_ports(&s);
+    (s, http)
+}
+
 /// The boot ports a server bound (it is started with port 0 and logs them): choosing free
 /// ports in the test and passing them races with other ephemeral ports.
 fn boot_ports(s: &support::Server) -> (u16, u16) {
@@ -312,15 +326,7 @@ fn http_serves_ipxe_scripts_and_ranges() {
 async fn ipxe_scripts_follow_the_node_phase_and_profile() {
     use kube::api::{Patch, PatchParams};
     let root = tempfile::tempdir().unwrap();
-    let s = support::Server::start_with(&[
-        "--boot-root",
-        root.path().to_str().unwrap(),
-        "--boot-http",
-        "127.0.0.1:0",
-        "--boot-tftp",
-        "127.0.0.1:0",
-    ]);
-    let (http, _tftp) = boot_ports(&s);
+    let (s, http) = boot_server(root.path());
     let c = s.client().await;
     let yaml = "apiVersion: groundwork.dev/v1alpha1\nkind: Profile\nmetadata: {name: worker}\nspec:\n  boot: {kernel: install/vmlinuz, initrd: install/initrd.img, cmdline: 'root=/dev/ram0'}\n---\napiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\nspec: {bootMACs: ['52-54-00-00-00-01']}\n";
     let f = support::write(s.dir.path(), "n.yaml", yaml);
@@ -389,15 +395,7 @@ async fn ipxe_scripts_follow_the_node_phase_and_profile() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_token() {
     let root = tempfile::tempdir().unwrap();
-    let s = support::Server::start_with(&[
-        "--boot-root",
-        root.path().to_str().unwrap(),
-        "--boot-http",
-        "127.0.0.1:0",
-        "--boot-tftp",
-        "127.0.0.1:0",
-    ]);
-    let (http, _tftp) = boot_ports(&s);
+    let (s, http) = boot_server(root.path());
     let c = s.client().await;
     let base = format!("http://127.0.0.1:{http}");
     let mac = "52:54:00:00:00:99";

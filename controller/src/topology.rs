@@ -131,12 +131,28 @@ fn all_names<K: kube::Resource<DynamicType = ()> + Clone>(s: &Store<K>) -> Vec<S
     s.state().iter().map(|o| o.name_any()).collect()
 }
 
+/// The rack each node was last seen in, so that a move reaches the rack it left as well.
+#[derive(Default)]
+struct RackMoves(Mutex<HashMap<String, String>>);
+
+impl RackMoves {
+    /// Records `n`'s current rack; returns (the rack now, the rack before).
+    fn record(&self, n: &Node) -> (Option<String>, Option<String>) {
+        let now = n.spec.rack.as_ref().map(|p| p.name.clone());
+        let mut last = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let before = match &now {
+            Some(r) => last.insert(n.name_any(), r.clone()),
+            None => last.remove(&n.name_any()),
+        };
+        (now, before)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default)]
 pub struct RackController {
-    /// The rack each node was last seen in: a move updates both racks.
-    last_rack: Mutex<HashMap<String, String>>,
+    moves: RackMoves,
 }
 
 impl Reconciler for RackController {
@@ -152,12 +168,7 @@ impl Reconciler for RackController {
             ChangedObject::Rack(r) => vec![r.name_any()],
             // Only specs count here: the node's rack now, and the one it left.
             ChangedObject::Node(n) if change.spec_changed => {
-                let now = n.spec.rack.as_ref().map(|p| p.name.clone());
-                let mut last = self.last_rack.lock().unwrap_or_else(|p| p.into_inner());
-                let before = match &now {
-                    Some(r) => last.insert(n.name_any(), r.clone()),
-                    None => last.remove(&n.name_any()),
-                };
+                let (now, before) = self.moves.record(n);
                 now.into_iter().chain(before).collect()
             }
             // Zones and the datacenter's existence feed every rack's ZoneKnown.
@@ -498,9 +509,8 @@ impl Reconciler for DatacenterController {
 /// height, or sharing units with another node.
 #[derive(Default)]
 pub struct PlacementController {
-    /// The rack each node was last seen in, so that the nodes left behind by a move are
-    /// looked at again too.
-    last_rack: Mutex<HashMap<String, String>>,
+    /// So that the nodes left behind by a move are looked at again too.
+    moves: RackMoves,
 }
 
 impl Reconciler for PlacementController {
@@ -523,16 +533,8 @@ impl Reconciler for PlacementController {
         match &change.object {
             ChangedObject::Node(n) if !change.spec_changed => vec![n.name_any()],
             ChangedObject::Node(n) => {
-                let name = n.name_any();
-                let now_rack = n.spec.rack.as_ref().map(|p| p.name.clone());
-                let before = {
-                    let mut last = self.last_rack.lock().unwrap_or_else(|p| p.into_inner());
-                    match &now_rack {
-                        Some(r) => last.insert(name.clone(), r.clone()),
-                        None => last.remove(&name),
-                    }
-                };
-                let mut keys = vec![name];
+                let (now_rack, before) = self.moves.record(n);
+                let mut keys = vec![n.name_any()];
                 for r in now_rack.iter().chain(before.iter()) {
                     keys.extend(in_rack(r));
                 }

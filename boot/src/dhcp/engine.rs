@@ -111,7 +111,7 @@ pub struct Engine {
     reserved: HashMap<Ipv4Addr, Mac>,
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -141,21 +141,6 @@ impl Engine {
             self.cursor = u32::from(cfg.pool_start);
         }
         self.cfg = cfg;
-    }
-
-    /// The records describing every live lease (for log compaction).
-    pub fn live_records(&self) -> Vec<Record> {
-        let now = now_secs();
-        self.table
-            .by_mac
-            .iter()
-            .filter(|(_, l)| l.expires > now)
-            .map(|(m, l)| Record {
-                mac: *m,
-                ip: l.ip,
-                expires: l.expires,
-            })
-            .collect()
     }
 
     fn usable_by(&self, ip: Ipv4Addr, mac: &Mac, now: u64) -> bool {

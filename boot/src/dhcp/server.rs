@@ -161,9 +161,7 @@ fn writer(
             }
         }
         if log.lines() > 4 * live.len() + 4096 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
+            let now = super::engine::now_secs();
             let keep: Vec<Record> = live.values().filter(|r| r.expires > now).copied().collect();
             match log.compact(&keep) {
                 Ok(()) => tracing::info!(leases = keep.len(), "compacted the lease log"),
