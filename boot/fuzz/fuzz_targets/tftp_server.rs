@@ -1,4 +1,4 @@
-//! Fuzzes the TFTP server (async-tftp's packet parser and state machine, our root handler)
+//! Fuzzes the TFTP server (its request parser, option negotiation and root handler)
 //! through its socket: every input is sent to a running server as a datagram, and every 64
 //! inputs the server must still answer a valid read request. A server that stops answering
 //! (a panicked or wedged task) is a crash.
