@@ -795,7 +795,7 @@ mod tests {
                     }
                     out.extend_from_slice(&buf[4..n]);
                     let done = n - 4 < blksize;
-                    if done || blk % window == 0 {
+                    if done || blk.is_multiple_of(window) {
                         c.send_to(&[0, 4, buf[2], buf[3]], from).unwrap();
                     }
                     expect = expect.wrapping_add(1);
