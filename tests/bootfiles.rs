@@ -320,6 +320,87 @@ fn http_serves_ipxe_scripts_and_ranges() {
         out,
     );
     assert_ne!(code, "200");
+
+    // A symlink leading out of the root is not followed.
+    std::os::unix::fs::symlink(out.join("secret.txt"), out.join("root/escape.txt")).unwrap();
+    let code = run(
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/escape.txt"),
+        ],
+        out,
+    );
+    assert_eq!(code, "404");
+    // A file (sendfile) and a script (handed to the router) on one keep-alive connection; the
+    // router closes after its response, so the next file needs a new connection.
+    let w = run(
+        &[
+            "curl",
+            "-sS",
+            "-w",
+            "%{http_code} %{num_connects}\n",
+            &format!("{base}/kernel.bin"),
+            "-o",
+            "k1.bin",
+            &format!("{base}/boot.ipxe"),
+            "-o",
+            "s.ipxe",
+            &format!("{base}/kernel.bin"),
+            "-o",
+            "k2.bin",
+        ],
+        out,
+    );
+    assert_eq!(w.trim(), "200 1\n200 0\n200 1");
+    assert_eq!(md5(&out.join("k2.bin")), md5(&out.join("root/kernel.bin")));
+    assert!(
+        std::fs::read_to_string(out.join("s.ipxe"))
+            .unwrap()
+            .starts_with("#!ipxe")
+    );
+    // HEAD, an unsatisfiable range, HTTP/1.0.
+    let head = run(&["curl", "-sSI", &format!("{base}/kernel.bin")], out);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains(&format!("content-length: {}", all.len())),
+        "{head}"
+    );
+    let code = run(
+        &[
+            "curl",
+            "-s",
+            "-r",
+            "99999999-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/kernel.bin"),
+        ],
+        out,
+    );
+    assert_eq!(code, "416");
+    let code = run(
+        &[
+            "curl",
+            "-sS",
+            "-0",
+            "-o",
+            "h10.bin",
+            "-w",
+            "%{http_code}",
+            &format!("{base}/kernel.bin"),
+        ],
+        out,
+    );
+    assert_eq!(code, "200");
+    assert_eq!(md5(&out.join("h10.bin")), md5(&out.join("root/kernel.bin")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! The HTTP side of booting: `/boot.ipxe` (what DHCP points iPXE at) chains to a script for
 //! the machine's MAC, rendered by a [`ScriptSource`] (the API-backed one renders from the
-//! Node's phase and Profile); everything else is a file under the root, streamed with Range
-//! support (tower-http `ServeDir`: never loads a whole file into memory).
+//! Node's phase and Profile); everything else is a file under the root, sent with sendfile(2)
+//! and Range support by [`crate::files`] (never loaded whole into memory).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +11,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tower_http::services::ServeDir;
 
 /// Renders the iPXE script for a machine.
 pub trait ScriptSource: Send + Sync {
@@ -133,12 +132,13 @@ fn valid_mac(m: &str) -> bool {
     crate::dhcp::leases::parse_mac(m).is_some()
 }
 
-/// The boot HTTP routes over `root`; inventory reports go to `sink` (404 without one).
-pub fn router(
-    root: &Path,
-    scripts: Arc<dyn ScriptSource>,
-    sink: Option<Arc<dyn InventorySink>>,
-) -> Router {
+/// Paths answered by [`router`]; every other GET or HEAD is a file under the root.
+fn is_route(path: &str) -> bool {
+    matches!(path, "/boot.ipxe" | "/ipxe" | "/inventory")
+}
+
+/// The boot HTTP routes; inventory reports go to `sink` (404 without one).
+pub fn router(scripts: Arc<dyn ScriptSource>, sink: Option<Arc<dyn InventorySink>>) -> Router {
     Router::new()
         .route(
             "/inventory",
@@ -195,12 +195,7 @@ pub fn router(
                 },
             ),
         )
-        .fallback_service(
-            ServeDir::new(root)
-                .append_index_html_on_directories(false)
-                // Fewer, larger reads and writes for kernels and images (default 64 KiB).
-                .with_buf_chunk_size(1 << 20),
-        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
         .with_state(AppState { scripts, sink })
 }
 
@@ -212,13 +207,41 @@ pub async fn serve(
     sink: Option<Arc<dyn InventorySink>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Without TCP_NODELAY, a response written as header then body waits out the client's
-    // delayed ACK (40 ms) on every keep-alive request.
-    let listener = listener.tap_io(|tcp| {
+    let root = std::sync::Arc::new(std::fs::canonicalize(root)?);
+    let app = router(scripts, sink);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait rather than spin.
+                    tracing::warn!(error = %e, "boot HTTP accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        // Without TCP_NODELAY, a response written as head then body waits out the client's
+        // delayed ACK (40 ms) on every keep-alive request.
         let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(root, scripts, sink))
-        .with_graceful_shutdown(shutdown)
-        .await
+        let (root, app) = (root.clone(), app.clone());
+        tokio::spawn(async move {
+            crate::files::connection(tcp, &root, is_route, |io| async move {
+                let svc = hyper_util::service::TowerToHyperService::new(app);
+                let io = hyper_util::rt::TokioIo::new(io);
+                // One request, then close: the next request on a kept-alive connection would
+                // otherwise stay with hyper, which cannot sendfile.
+                if let Err(e) = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(io, svc)
+                    .await
+                {
+                    tracing::debug!(error = %e, "boot HTTP connection ended");
+                }
+            })
+            .await
+        });
+    }
 }

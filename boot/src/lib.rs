@@ -2,5 +2,6 @@
 //! for iPXE scripts, kernels, ramdisks and images.
 
 pub mod dhcp;
+pub mod files;
 pub mod http;
 pub mod tftp;
