@@ -434,4 +434,28 @@ fn dhcp_follows_the_datacenter_boot_network() {
         );
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // A known Node gets its spec.bootAddress (outside the pool), and a new one when it changes.
+    let node = |addr: &str| {
+        format!(
+            "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {{name: fixed1}}\nspec: {{bootMACs: ['52:54:00:99:02:02'], bootAddress: {addr}}}\n"
+        )
+    };
+    net.set_client_mac("52:54:00:99:02:02");
+    for addr in ["10.99.0.20", "10.99.0.21"] {
+        apply(&node(addr));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let e = udhcpc(&net, dir.path());
+            if e["ip"] == addr {
+                assert_eq!(e["router"], "10.99.0.1");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Node fixed1 never got its bootAddress {addr}: {e:?}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
 }

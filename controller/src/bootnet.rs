@@ -1,10 +1,13 @@
 //! The DHCP configuration of one boot network, from its Datacenter (`spec.bootNetworks[]`),
 //! followed as it changes.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
+use groundwork_boot::dhcp::leases::{Mac, parse_mac};
 use groundwork_boot::dhcp::{BootFiles, Config, Mode};
-use groundwork_types::{BootNetwork, DhcpMode};
+use groundwork_types::{BootNetwork, DhcpMode, Node};
 use tokio::sync::watch;
 
 use crate::caches::{Caches, ChangedObject};
@@ -99,8 +102,51 @@ fn find(caches: &Caches, name: &str) -> Option<BootNetwork> {
     })
 }
 
+/// Fixed addresses of known Nodes on `subnet`: the first of `spec.bootMACs` gets
+/// `spec.bootAddress`. Addresses outside the subnet belong to another boot network and are
+/// skipped. When two Nodes claim one address, the first by name keeps it and the other is
+/// logged on its Node.
+pub fn reservations(nodes: &[Arc<Node>], subnet: ipnet::Ipv4Net) -> HashMap<Mac, Ipv4Addr> {
+    let mut sorted: Vec<&Arc<Node>> = nodes.iter().collect();
+    sorted.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
+    let mut out = HashMap::new();
+    for n in sorted {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let Some(ip) = n
+            .spec
+            .boot_address
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv4Addr>().ok())
+            .filter(|ip| subnet.contains(ip))
+        else {
+            continue;
+        };
+        let Some(mac) = n.spec.boot_macs.first().and_then(|m| parse_mac(m)) else {
+            continue;
+        };
+        if let Some(owner) = taken.get(&ip) {
+            tracing::warn!(node = %name, address = %ip, owner = %owner, "spec.bootAddress is already Node {owner}'s; this machine gets a pool address");
+            continue;
+        }
+        taken.insert(ip, name);
+        out.insert(mac, ip);
+    }
+    out
+}
+
+/// The whole configuration of boot network `name`: the Datacenter's network and the Nodes'
+/// fixed addresses. `None` while no Datacenter has the network.
+fn current(caches: &Caches, name: &str, srv: &BootServer) -> Option<Result<Config, String>> {
+    let net = find(caches, name)?;
+    Some(dhcp_config(&net, srv).map(|mut c| {
+        c.reservations = reservations(&caches.nodes.state(), c.subnet);
+        c
+    }))
+}
+
 /// Waits until the boot network `name` exists and is valid, then keeps sending its
-/// configuration whenever a Datacenter changes it.
+/// configuration whenever a Datacenter changes it or a Node's fixed address changes.
 pub async fn follow(
     caches: Caches,
     name: String,
@@ -109,7 +155,7 @@ pub async fn follow(
     caches.wait_synced().await;
     let mut changes = caches.subscribe();
     let first = loop {
-        match find(&caches, &name).map(|n| dhcp_config(&n, &srv)) {
+        match current(&caches, &name, &srv) {
             Some(Ok(c)) => break c,
             Some(Err(e)) => {
                 tracing::warn!(network = %name, error = %e, "boot network unusable; waiting for a fix")
@@ -122,21 +168,19 @@ pub async fn follow(
     };
     let (tx, rx) = watch::channel(first.clone());
     tokio::spawn(async move {
-        let mut last = find(&caches, &name);
+        let mut last = first;
         loop {
             match changes.recv().await {
                 Ok(c) if matches!(c.object, ChangedObject::Datacenter(_)) => {}
+                Ok(c) if matches!(c.object, ChangedObject::Node(_)) && c.spec_changed => {}
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,
             }
-            let now = find(&caches, &name);
-            if now == last {
-                continue;
-            }
-            last = now.clone();
-            match now.map(|n| dhcp_config(&n, &srv)) {
+            match current(&caches, &name, &srv) {
+                Some(Ok(c)) if c == last => {}
                 Some(Ok(c)) => {
+                    last = c.clone();
                     let _ = tx.send(c);
                 }
                 Some(Err(e)) => {
@@ -148,7 +192,8 @@ pub async fn follow(
             }
         }
     });
-    (first, rx)
+    let now = rx.borrow().clone();
+    (now, rx)
 }
 
 #[cfg(test)]
@@ -190,6 +235,33 @@ mod tests {
             dhcp_config(&n, &srv)
                 .unwrap_err()
                 .contains("bootNetworks[bn].dns")
+        );
+    }
+
+    #[test]
+    fn node_boot_addresses_become_reservations() {
+        let node = |name: &str, mac: &str, addr: &str| {
+            let mut n = Node::new(name, Default::default());
+            n.spec.boot_macs = vec![mac.into()];
+            n.spec.boot_address = Some(addr.into());
+            Arc::new(n)
+        };
+        let nodes = vec![
+            node("b", "52:54:00:00:00:02", "10.0.0.5"),
+            node("a", "52:54:00:00:00:01", "10.0.0.5"), // same address: "a" sorts first
+            node("c", "52:54:00:00:00:03", "10.9.0.5"), // another network
+            node("d", "52:54:00:00:00:04", "10.0.0.6"),
+        ];
+        let r = reservations(&nodes, "10.0.0.0/24".parse().unwrap());
+        let m = |s: &str| parse_mac(s).unwrap();
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[&m("52:54:00:00:00:01")],
+            "10.0.0.5".parse::<Ipv4Addr>().unwrap()
+        );
+        assert_eq!(
+            r[&m("52:54:00:00:00:04")],
+            "10.0.0.6".parse::<Ipv4Addr>().unwrap()
         );
     }
 }

@@ -553,6 +553,14 @@ mod tests {
             "spec": {"bootMACs": ["52:54:00:00:00:01", "zz:54:00:00:00:01"]}});
         let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
         assert_eq!(errs[0].field, "spec.bootMACs[1]");
+        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bootMACs": ["52:54:00:00:00:01"], "bootAddress": "10.0.0.300"}});
+        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
+        assert_eq!(errs[0].field, "spec.bootAddress");
+        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bootAddress": "10.0.0.3"}});
+        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
+        assert_eq!(errs[0].field, "spec.bootMACs");
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub struct NodeSpec {
     /// MAC addresses of the NICs the machine PXE-boots from.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "bootMACs")]
     pub boot_macs: Vec<String>,
+    /// Fixed IPv4 address the boot network's DHCP server gives the first of `bootMACs`
+    /// (inside the network's CIDR, in or outside its discovery pool). Without it, a known
+    /// machine gets a pool address and keeps it across renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_address: Option<String>,
     /// Desired power: true = on, false = off, absent = leave as it is. (A boolean rather than
     /// On/Off, because YAML 1.1 reads an unquoted `On` as `true`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -293,6 +298,19 @@ impl Validate for Node {
                 check_ip("spec.bmc.address", &b.address, &mut errs);
             }
             check_ref("spec.bmc.credentialsRef", &b.credentials_ref, &mut errs);
+        }
+        if let Some(a) = &s.boot_address {
+            if a.parse::<std::net::Ipv4Addr>().is_err() {
+                errs.push(FieldError::invalid(
+                    "spec.bootAddress",
+                    format!("{a:?}: an IPv4 address"),
+                ));
+            } else if s.boot_macs.is_empty() {
+                errs.push(FieldError::required(
+                    "spec.bootMACs",
+                    "the NIC that gets spec.bootAddress",
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, m) in s.boot_macs.iter().enumerate() {

@@ -22,7 +22,7 @@ pub enum Mode {
 }
 
 /// Where first-stage boot files come from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct BootFiles {
     pub tftp_server: Ipv4Addr,
     /// Legacy BIOS PXE (client architecture 0): e.g. `undionly.kpxe`.
@@ -33,7 +33,7 @@ pub struct BootFiles {
     pub ipxe_url: Option<String>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub mode: Mode,
     pub server_ip: Ipv4Addr,
