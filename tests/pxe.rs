@@ -14,6 +14,8 @@ use support::{must, sh};
 struct Lab {
     srv: String,
     vm: String,
+    /// The server's end of the veth pair (in `srv`).
+    srv_if: String,
     children: Vec<Child>,
 }
 
@@ -30,11 +32,14 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    /// `tag` keeps the labs of tests running at once apart (one letter).
+    fn new(tag: &str) -> Lab {
         let id = std::process::id() % 100_000;
+        let (s_if, v_if) = (format!("gwpxs{tag}"), format!("gwpxv{tag}"));
         let lab = Lab {
-            srv: format!("gwpxe-s-{id}"),
-            vm: format!("gwpxe-v-{id}"),
+            srv: format!("gwpxe-s{tag}-{id}"),
+            vm: format!("gwpxe-v{tag}-{id}"),
+            srv_if: s_if.clone(),
             children: vec![],
         };
         let _ = sh(&["ip", "netns", "del", &lab.srv]);
@@ -42,10 +47,10 @@ impl Lab {
         must(&["ip", "netns", "add", &lab.srv]);
         must(&["ip", "netns", "add", &lab.vm]);
         must(&[
-            "ip", "link", "add", "gwpxs0", "type", "veth", "peer", "name", "gwpxv0",
+            "ip", "link", "add", &s_if, "type", "veth", "peer", "name", &v_if,
         ]);
-        must(&["ip", "link", "set", "gwpxs0", "netns", &lab.srv]);
-        must(&["ip", "link", "set", "gwpxv0", "netns", &lab.vm]);
+        must(&["ip", "link", "set", &s_if, "netns", &lab.srv]);
+        must(&["ip", "link", "set", &v_if, "netns", &lab.vm]);
         must(&[
             "ip",
             "-n",
@@ -54,20 +59,18 @@ impl Lab {
             "add",
             "10.97.0.1/24",
             "dev",
-            "gwpxs0",
+            &s_if,
         ]);
         for (ns, dev) in [
-            (&lab.srv, "gwpxs0"),
+            (&lab.srv, s_if.as_str()),
             (&lab.srv, "lo"),
-            (&lab.vm, "gwpxv0"),
+            (&lab.vm, v_if.as_str()),
             (&lab.vm, "lo"),
         ] {
             must(&["ip", "-n", ns, "link", "set", dev, "up"]);
         }
         must(&["ip", "-n", &lab.vm, "link", "add", "br0", "type", "bridge"]);
-        must(&[
-            "ip", "-n", &lab.vm, "link", "set", "gwpxv0", "master", "br0",
-        ]);
+        must(&["ip", "-n", &lab.vm, "link", "set", &v_if, "master", "br0"]);
         must(&["ip", "-n", &lab.vm, "link", "set", "br0", "up"]);
         lab
     }
@@ -160,7 +163,7 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    let mut lab = Lab::new();
+    let mut lab = Lab::new("0");
     let data = dir.path().join("data");
     let srv = lab.srv.clone();
     lab.spawn(
@@ -190,7 +193,7 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
             support::BIN,
             "dhcp",
             "--interface",
-            "gwpxs0",
+            &lab.srv_if.clone(),
             "--server-ip",
             "10.97.0.1",
             "--subnet",
@@ -299,5 +302,116 @@ fn qemu_machines_pxe_boot_into_the_ramdisk_and_report_inventory() {
             .unwrap_or_default()
             .contains("groundwork: ramdisk started"),
         "the UEFI machine ran our ramdisk"
+    );
+}
+
+/// proxyDHCP beside another DHCP server: busybox udhcpd hands out addresses and knows nothing
+/// of booting; `groundwork dhcp --proxy` adds only the boot options. A QEMU machine's PXE ROM
+/// (iPXE) must combine the two and fetch its script from our HTTP server.
+#[test]
+fn a_pxe_rom_boots_through_proxy_dhcp_beside_another_dhcp_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("boot");
+    std::fs::create_dir_all(&root).unwrap();
+    let mut lab = Lab::new("p");
+    let srv = lab.srv.clone();
+    let srv_if = lab.srv_if.clone();
+    let udhcpd_conf = support::write(
+        dir.path(),
+        "udhcpd.conf",
+        &format!(
+            "interface {srv_if}\nstart 10.97.0.200\nend 10.97.0.210\nlease_file {}\noption subnet 255.255.255.0\noption router 10.97.0.1\noption lease 600\n",
+            dir.path().join("udhcpd.leases").display()
+        ),
+    );
+    std::fs::write(dir.path().join("udhcpd.leases"), b"").unwrap();
+    lab.spawn(
+        &srv,
+        &["busybox", "udhcpd", "-f", udhcpd_conf.to_str().unwrap()],
+        &dir.path().join("udhcpd.log"),
+    );
+    lab.spawn(
+        &srv,
+        &[
+            support::BIN,
+            "boot",
+            "--root",
+            root.to_str().unwrap(),
+            "--http",
+            "10.97.0.1:8080",
+            "--tftp",
+            "10.97.0.1:69",
+        ],
+        &dir.path().join("boot.log"),
+    );
+    lab.spawn(
+        &srv,
+        &[
+            support::BIN,
+            "dhcp",
+            "--proxy",
+            "--interface",
+            &srv_if,
+            "--server-ip",
+            "10.97.0.1",
+            "--subnet",
+            "10.97.0.0/24",
+            "--pool-start",
+            "10.97.0.100",
+            "--pool-end",
+            "10.97.0.150",
+            "--lease-dir",
+            dir.path().join("leases").to_str().unwrap(),
+            "--ipxe-url",
+            "http://10.97.0.1:8080/boot.ipxe",
+        ],
+        &dir.path().join("dhcp.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    lab.vm(1, "52:54:00:97:01:01", dir.path(), false);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let boot_log = dir.path().join("boot.log");
+    loop {
+        let log = std::fs::read_to_string(&boot_log).unwrap_or_default();
+        if log.contains("iPXE script served") && log.contains("52:54:00:97:01:01") {
+            break;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "the machine never fetched its iPXE script.\nboot:\n{log}\ndhcp:\n{}\nudhcpd:\n{}",
+                std::fs::read_to_string(dir.path().join("dhcp.log")).unwrap_or_default(),
+                std::fs::read_to_string(dir.path().join("udhcpd.log")).unwrap_or_default(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "script fetched through proxyDHCP {:?} after power-on",
+        t0.elapsed()
+    );
+    // The address came from udhcpd; ours sent boot options only, and no lease was recorded.
+    let udhcpd = std::fs::read_to_string(dir.path().join("udhcpd.log")).unwrap_or_default();
+    assert!(
+        udhcpd.contains("sending ACK to 10.97.0.2"),
+        "udhcpd leased the address: {udhcpd}"
+    );
+    // Our proxy's counters (logged every 10 s): offers made, no address ever acknowledged.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let dhcp = std::fs::read_to_string(dir.path().join("dhcp.log")).unwrap_or_default();
+        let offered = dhcp
+            .lines()
+            .rev()
+            .find(|l| l.contains(" offers=") && !l.contains(" offers=0 "));
+        if let Some(l) = offered {
+            break l.to_string();
+        }
+        assert!(Instant::now() < deadline, "the proxy made no offer: {dhcp}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        stats.contains(" acks=0 "),
+        "a proxy binds no address: {stats}"
     );
 }

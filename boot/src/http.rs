@@ -185,7 +185,11 @@ pub fn router(scripts: Arc<dyn ScriptSource>, sink: Option<Arc<dyn InventorySink
                 |State(st): State<AppState>, headers: HeaderMap, Query(q): Query<MacQuery>| async move {
                     let base = base_url(&headers);
                     match q.mac.as_deref().filter(|m| valid_mac(m)) {
-                        Some(mac) => ipxe(st.scripts.script(&mac.to_ascii_lowercase(), &base)),
+                        Some(mac) => {
+                            let mac = mac.to_ascii_lowercase();
+                            tracing::info!(%mac, "iPXE script served");
+                            ipxe(st.scripts.script(&mac, &base))
+                        }
                         None => (
                             axum::http::StatusCode::BAD_REQUEST,
                             "mac=XX:XX:XX:XX:XX:XX is required\n",
