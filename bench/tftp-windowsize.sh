@@ -3,15 +3,16 @@
 # cannot: TFTP_N concurrent atftp downloads of an 8 MiB file with blksize 1468 and windowsize
 # WINDOW, against tftpd-hpa (which ignores windowsize, so the transfer runs lock-step, as every
 # PXE client sees it) and Groundwork, same run, same machine, REPEATS times each.
-# Usage: bench/tftp-windowsize.sh        (env TFTP_N=50 WINDOW=16 REPEATS=3 SIZE_MIB=8)
+# Usage: bench/tftp-windowsize.sh        (env TFTP_N=50 WINDOW=16 REPEATS=3 SIZE_MIB=8 GROUNDWORK_BIN)
 # Output: one line per target and run: wall seconds, aggregate MB/s, failures; then medians.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${TFTP_N:-50} WINDOW=${WINDOW:-16} REPEATS=${REPEATS:-3} SIZE_MIB=${SIZE_MIB:-8}
 command -v atftp >/dev/null || apt-get install -y -q atftp >/dev/null
 command -v in.tftpd >/dev/null || apt-get install -y -q tftpd-hpa >/dev/null
-cargo build --release -q --bin groundwork
-BIN=$PWD/target/release/groundwork
+# GROUNDWORK_BIN: a prebuilt binary (default: build the release binary of this tree).
+if [ -z "${GROUNDWORK_BIN:-}" ]; then cargo build --release -q --bin groundwork; fi
+BIN=${GROUNDWORK_BIN:-$PWD/target/release/groundwork}
 WORK=$(mktemp -d /tmp/gw-tftp-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
