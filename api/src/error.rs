@@ -103,6 +103,7 @@ impl ApiError {
             } => ApiError::Expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
+            StoreError::Unavailable(m) => ApiError::Unavailable(m),
             e @ (StoreError::Storage(_) | StoreError::Closed) => ApiError::Internal(e.to_string()),
         }
     }

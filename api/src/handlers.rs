@@ -104,6 +104,23 @@ struct ContinueToken {
     after: String,
 }
 
+/// Reads are linearizable (as Kubernetes' quorum reads) unless the client accepts any
+/// version (`resourceVersion=0`): on a replicated store this waits until this member has
+/// applied everything committed before the request.
+async fn linearize(
+    store: &Store,
+    p: &Params,
+    kind: &'static groundwork_types::KindInfo,
+) -> Result<()> {
+    if p.resource_version.as_deref() == Some("0") {
+        return Ok(());
+    }
+    store
+        .linearize()
+        .await
+        .map_err(|e| ApiError::from_store(e, kind, ""))
+}
+
 fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Response> {
     let kind = t.kind;
     let filter = p.selector(kind)?;
@@ -169,7 +186,10 @@ async fn collection_request(
     let as_table = table::wants_table(accept(&headers));
     match method {
         Method::GET if p.watch => crate::watch::watch(&store, &t, &p, as_table).await,
-        Method::GET => list(&store, &t, &p, as_table),
+        Method::GET => {
+            linearize(&store, &p, t.kind).await?;
+            list(&store, &t, &p, as_table)
+        }
         Method::POST => {
             if t.namespace.is_none() && t.kind.namespaced {
                 return Err(ApiError::MethodNotAllowed(
@@ -240,6 +260,7 @@ async fn item_request(
     let kind = t.kind;
     match method {
         Method::GET => {
+            linearize(&store, &p, kind).await?;
             let obj = store
                 .get(&t.key(&name))
                 .map_err(|e| ApiError::from_store(e, kind, &name))?

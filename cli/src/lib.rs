@@ -5,6 +5,7 @@ mod apply;
 mod bmc;
 mod boot;
 mod client;
+mod cluster;
 mod commands;
 mod dhcp;
 mod manifests;
@@ -45,6 +46,8 @@ enum Command {
     Dhcp(dhcp::DhcpArgs),
     /// Run controllers only, against the API server of the kubeconfig.
     Controller(server::ControllerOnlyArgs),
+    /// Show and change the raft group: status, add, remove.
+    Cluster(cluster::ClusterArgs),
     /// Show the controllers' log lines about one object (KIND/NAME), and follow them (-f).
     Logs {
         /// KIND/NAME, e.g. node/server-1 or rack/rack-a1.
@@ -138,6 +141,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Controller(args) => server::run_controllers(args, kc).await,
         Command::Bmc(args) => bmc::run(args).await,
         Command::Dhcp(args) => dhcp::run(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
         Command::Boot(args) => boot::run(args).await,
         Command::Agent(args) => agent::run(args).await,
         Command::Logs {

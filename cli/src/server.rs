@@ -15,6 +15,14 @@ pub(crate) struct ServerArgs {
     /// Address for the Kubernetes-compatible API (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:6443")]
     listen: SocketAddr,
+    /// Replicate the store with raft: members talk on this address (port 0 picks a free
+    /// port). Without --join, a member with no data starts a new group of one.
+    #[arg(long)]
+    raft_listen: Option<SocketAddr>,
+    /// Join the raft group of the member whose --raft-listen address this is (any member:
+    /// the request is forwarded to the leader). Needs --raft-listen.
+    #[arg(long, requires = "raft_listen")]
+    join: Option<String>,
     /// Events of history kept for watches to resume from.
     #[arg(long, default_value_t = 100_000)]
     history_retention: u64,
@@ -187,6 +195,24 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
     cfg.history_retention = args.history_retention.max(1);
     let store = tokio::task::spawn_blocking(move || Store::open(cfg)).await??;
+    if let Some(raft_addr) = args.raft_listen {
+        let raft_listener = tokio::net::TcpListener::bind(raft_addr)
+            .await
+            .with_context(|| format!("--raft-listen {raft_addr}"))?;
+        let id = groundwork_raft::node_id(&args.data_dir)
+            .with_context(|| format!("raft member ID in {}", args.data_dir.display()))?;
+        let bound = raft_listener.local_addr()?;
+        let member = groundwork_raft::Member::start(
+            id,
+            store.clone(),
+            raft_listener,
+            args.join.clone(),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+        tracing::info!(id = member.id, raft = %bound, join = ?args.join, "raft member started");
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

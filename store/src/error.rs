@@ -22,6 +22,9 @@ pub enum StoreError {
     /// The database could not be read or written.
     #[error("storage error: {0}")]
     Storage(String),
+    /// The replicated store cannot serve this now (no leader, no quorum, a timeout); retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The store has shut down.
     #[error("the store is shut down")]
     Closed,

@@ -9,10 +9,12 @@
 mod error;
 mod history;
 mod ops;
+mod replicated;
 mod store;
 mod watch;
 
 pub use error::StoreError;
 pub use ops::{Committed, EventType, Precondition, WatchEvent, WriteOp};
+pub use replicated::{BoxFuture, Dump, Entry, Proposer};
 pub use store::{ListPage, Store, StoreConfig, StoredObject};
 pub use watch::WatchStream;

@@ -70,6 +70,13 @@ pub(crate) struct Inner {
     pub(crate) events: broadcast::Sender<Arc<WatchEvent>>,
     pub(crate) revision: AtomicU64,
     pub(crate) compacted: AtomicU64,
+    /// The last applied revision, for waiters ([`Store::wait_applied`]).
+    pub(crate) applied: tokio::sync::watch::Sender<u64>,
+    /// Bumped when the state is replaced by a snapshot: open watches end.
+    pub(crate) resets: AtomicU64,
+    pub(crate) retention: u64,
+    /// Set in replicated mode: writes go through raft.
+    pub(crate) proposer: std::sync::RwLock<Option<Arc<dyn crate::Proposer>>>,
 }
 
 /// The object store. Cheap to clone; all clones share one database and writer.
@@ -122,6 +129,10 @@ impl Store {
             events,
             revision: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
+            applied: tokio::sync::watch::Sender::new(revision),
+            resets: AtomicU64::new(0),
+            retention: config.history_retention,
+            proposer: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -142,8 +153,12 @@ impl Store {
         self.inner.compacted.load(Ordering::Acquire)
     }
 
-    /// Applies one write durably. Returns when it is on disk.
+    /// Applies one write durably. Returns when it is on disk (replicated: on a majority of
+    /// the members, and applied here).
     pub async fn write(&self, op: WriteOp) -> Result<Committed, StoreError> {
+        if let Some(p) = self.proposer() {
+            return p.propose(op).await;
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
@@ -253,6 +268,7 @@ fn writer_loop(
         match apply_batch(&inner.db, &batch, start) {
             Ok((results, events, last)) => {
                 inner.revision.store(last, Ordering::Release);
+                inner.applied.send_replace(last);
                 for e in events {
                     // No receivers is fine: nobody is watching.
                     let _ = inner.events.send(Arc::new(e));
@@ -285,73 +301,87 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
         let mut hist = txn.open_table(HISTORY)?;
         let mut meta = txn.open_table(META)?;
         for req in batch {
-            let key = req.op.key();
-            let current: Option<(u64, Value)> = match objects.get(key)? {
-                Some(g) => {
-                    let (r, b) = g.value();
-                    Some((r, serde_json::from_slice(b)?))
+            match apply_one(&mut objects, &mut hist, &req.op, rev + 1)? {
+                Ok(event) => {
+                    rev += 1;
+                    results.push(Ok(Committed {
+                        revision: rev,
+                        object: event.object.clone(),
+                    }));
+                    events.push(event);
                 }
-                None => None,
-            };
-            let pre = match &req.op {
-                WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => {
-                    *precondition
-                }
-            };
-            if let Err(e) = check(
-                key,
-                pre,
-                current.as_ref().map(|c| c.0),
-                matches!(req.op, WriteOp::Delete { .. }),
-            ) {
-                results.push(Err(e));
-                continue;
+                // A failed precondition consumes no revision.
+                Err(rejected) => results.push(Err(rejected)),
             }
-            rev += 1;
-            let event = match &req.op {
-                WriteOp::Put { value, .. } => {
-                    let mut value = value.clone();
-                    set_resource_version(&mut value, rev);
-                    let bytes = serde_json::to_vec(&value)?;
-                    objects.insert(key, (rev, bytes.as_slice()))?;
-                    let type_ = if current.is_some() {
-                        EventType::Modified
-                    } else {
-                        EventType::Added
-                    };
-                    WatchEvent {
-                        revision: rev,
-                        type_,
-                        key: key.to_string(),
-                        object: value,
-                        prev: current.map(|c| c.1),
-                    }
-                }
-                WriteOp::Delete { .. } => {
-                    objects.remove(key)?;
-                    let (_, mut last) = current.expect("checked: exists");
-                    let prev = last.clone();
-                    set_resource_version(&mut last, rev);
-                    WatchEvent {
-                        revision: rev,
-                        type_: EventType::Deleted,
-                        key: key.to_string(),
-                        object: last,
-                        prev: Some(prev),
-                    }
-                }
-            };
-            hist.insert(rev, serde_json::to_vec(&event)?.as_slice())?;
-            results.push(Ok(Committed {
-                revision: rev,
-                object: event.object.clone(),
-            }));
-            events.push(event);
         }
         meta.insert("revision", rev)?;
     }
     txn.commit()?;
     Ok((results, events, rev))
+}
+
+/// Applies `op` at revision `rev` inside a write transaction. The outer error is a storage
+/// failure (abort the transaction); the inner one a failed precondition (nothing written).
+pub(crate) fn apply_one(
+    objects: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
+    hist: &mut redb::Table<'_, u64, &'static [u8]>,
+    op: &WriteOp,
+    rev: u64,
+) -> Result<Result<WatchEvent, StoreError>, StoreError> {
+    let key = op.key();
+    let current: Option<(u64, Value)> = match objects.get(key)? {
+        Some(g) => {
+            let (r, b) = g.value();
+            Some((r, serde_json::from_slice(b)?))
+        }
+        None => None,
+    };
+    let pre = match op {
+        WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
+    };
+    if let Err(e) = check(
+        key,
+        pre,
+        current.as_ref().map(|c| c.0),
+        matches!(op, WriteOp::Delete { .. }),
+    ) {
+        return Ok(Err(e));
+    }
+    let event = match op {
+        WriteOp::Put { value, .. } => {
+            let mut value = value.clone();
+            set_resource_version(&mut value, rev);
+            let bytes = serde_json::to_vec(&value)?;
+            objects.insert(key, (rev, bytes.as_slice()))?;
+            let type_ = if current.is_some() {
+                EventType::Modified
+            } else {
+                EventType::Added
+            };
+            WatchEvent {
+                revision: rev,
+                type_,
+                key: key.to_string(),
+                object: value,
+                prev: current.map(|c| c.1),
+            }
+        }
+        WriteOp::Delete { .. } => {
+            objects.remove(key)?;
+            let (_, mut last) = current.expect("checked: exists");
+            let prev = last.clone();
+            set_resource_version(&mut last, rev);
+            WatchEvent {
+                revision: rev,
+                type_: EventType::Deleted,
+                key: key.to_string(),
+                object: last,
+                prev: Some(prev),
+            }
+        }
+    };
+    hist.insert(rev, serde_json::to_vec(&event)?.as_slice())?;
+    Ok(Ok(event))
 }
 
 fn check(

@@ -14,6 +14,8 @@ pub struct WatchStream {
     rx: broadcast::Receiver<Arc<WatchEvent>>,
     last: u64,
     pending: VecDeque<Arc<WatchEvent>>,
+    /// The store's reset count at the start: a snapshot install ends the watch.
+    resets: u64,
 }
 
 impl WatchStream {
@@ -23,11 +25,16 @@ impl WatchStream {
         last: u64,
         pending: Vec<Arc<WatchEvent>>,
     ) -> Self {
+        let resets = store
+            .inner
+            .resets
+            .load(std::sync::atomic::Ordering::Acquire);
         Self {
             store,
             rx,
             last,
             pending: pending.into(),
+            resets,
         }
     }
 
@@ -40,6 +47,18 @@ impl WatchStream {
     /// history; if history was compacted past it meanwhile, this fails with `Compacted`.
     pub async fn recv(&mut self) -> Result<Arc<WatchEvent>, StoreError> {
         loop {
+            if self
+                .store
+                .inner
+                .resets
+                .load(std::sync::atomic::Ordering::Acquire)
+                != self.resets
+            {
+                return Err(StoreError::Compacted {
+                    requested: self.last,
+                    compacted: self.store.compacted(),
+                });
+            }
             if let Some(e) = self.pending.pop_front() {
                 if e.revision <= self.last {
                     continue;

@@ -1,0 +1,109 @@
+//! `groundwork cluster status|add|remove`: the raft group, through any member's raft port.
+
+use anyhow::Context;
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct ClusterArgs {
+    /// A member's --raft-listen address.
+    #[arg(long, default_value = "127.0.0.1:6444", global = true)]
+    raft: String,
+    #[command(subcommand)]
+    cmd: ClusterCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ClusterCmd {
+    /// Members, their roles, the leader, term and log positions (JSON with -o json).
+    Status {
+        #[arg(short, long, default_value = "table")]
+        output: String,
+    },
+    /// Add a member that runs `groundwork server --raft-listen ADDR` (usually it joins by
+    /// itself with --join; this is for a member started without it).
+    Add { id: u64, addr: String },
+    /// Remove a member (for example a dead one, before replacing it).
+    Remove { id: u64 },
+}
+
+pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .build()?;
+    let base = format!("http://{}", a.raft);
+    match a.cmd {
+        ClusterCmd::Status { output } => {
+            let s: serde_json::Value = http
+                .get(format!("{base}/raft/status"))
+                .send()
+                .await
+                .with_context(|| format!("no raft member answers at {}", a.raft))?
+                .json()
+                .await?;
+            if output == "json" {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            println!(
+                "this member: {} at {} ({}), term {}, leader {}, last log {}, applied {}",
+                s["id"],
+                s["addr"].as_str().unwrap_or("?"),
+                s["state"].as_str().unwrap_or("?"),
+                s["term"],
+                s["leader"],
+                s["lastLogIndex"],
+                s["applied"]
+            );
+            println!("{:<20} {:<24} ROLE", "ID", "RAFT ADDRESS");
+            for m in s["members"].as_array().into_iter().flatten() {
+                let role = if m["id"] == s["leader"] {
+                    "leader"
+                } else if m["voter"] == true {
+                    "voter"
+                } else {
+                    "learner"
+                };
+                println!(
+                    "{:<20} {:<24} {role}",
+                    m["id"],
+                    m["addr"].as_str().unwrap_or("?")
+                );
+            }
+            Ok(())
+        }
+        ClusterCmd::Add { id, addr } => {
+            post(
+                &http,
+                &base,
+                "/raft/join",
+                serde_json::json!({"id": id, "addr": addr}),
+            )
+            .await
+        }
+        ClusterCmd::Remove { id } => {
+            post(&http, &base, "/raft/remove", serde_json::json!({"id": id})).await
+        }
+    }
+}
+
+async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let r: Result<String, String> = http
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("no raft member answers at {base}"))?
+        .json()
+        .await?;
+    match r {
+        Ok(m) => {
+            println!("{m}");
+            Ok(())
+        }
+        Err(e) => anyhow::bail!("{e}"),
+    }
+}

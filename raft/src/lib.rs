@@ -1,0 +1,460 @@
+//! Groundwork's replicated store: the object store ([`groundwork_store::Store`]) as the state
+//! machine of an openraft group. Every member keeps the whole state; `resourceVersion` is the
+//! raft log index, so it is the same on every member and a watch can resume on any of them.
+//!
+//! Members talk JSON over HTTP on their raft port (`--raft-listen`): the three raft RPCs
+//! (`/raft/append`, `/raft/vote`, `/raft/snapshot`), plus what followers ask the leader:
+//! `/raft/write` (a forwarded write), `/raft/read-index` (the commit index a linearizable read
+//! must wait for), `/raft/join` and `/raft/remove` (membership), and `/raft/status`.
+//! Clients never need to know the leader: any member's API forwards.
+
+mod network;
+mod server;
+mod storage;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use groundwork_store::{BoxFuture, Committed, Proposer, Store, StoreError, WriteOp};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, Raft};
+use serde::{Deserialize, Serialize};
+
+pub use server::router;
+
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// Groundwork's raft types: store operations in, apply results out.
+    pub TypeConfig:
+        D = WriteOp,
+        R = Applied,
+);
+
+/// The result of applying one entry, returned to the writer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Applied {
+    /// A blank or membership entry.
+    #[default]
+    None,
+    Ok {
+        revision: u64,
+        object: serde_json::Value,
+    },
+    /// A failed precondition: nothing was written.
+    Rejected(Rejected),
+}
+
+/// Why an operation changed nothing (the store's precondition errors, on the wire).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Rejected {
+    Conflict {
+        key: String,
+        expected: u64,
+        actual: u64,
+    },
+    NotFound {
+        key: String,
+    },
+    AlreadyExists {
+        key: String,
+    },
+}
+
+impl From<Rejected> for StoreError {
+    fn from(r: Rejected) -> Self {
+        match r {
+            Rejected::Conflict {
+                key,
+                expected,
+                actual,
+            } => StoreError::Conflict {
+                key,
+                expected,
+                actual,
+            },
+            Rejected::NotFound { key } => StoreError::NotFound { key },
+            Rejected::AlreadyExists { key } => StoreError::AlreadyExists { key },
+        }
+    }
+}
+
+/// How a member runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Raft timing: heartbeats, and the election timeout range.
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Entries since the last snapshot that trigger a new one.
+    pub snapshot_every: u64,
+    /// How long a write or a linearizable read may wait for the leader and a quorum.
+    pub request_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            heartbeat: Duration::from_millis(150),
+            election_min: Duration::from_millis(750),
+            election_max: Duration::from_millis(1500),
+            snapshot_every: 20_000,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One member of the group.
+#[derive(Clone)]
+pub struct Member {
+    pub id: NodeId,
+    /// The raft address other members reach this one at.
+    pub addr: String,
+    pub raft: Raft<TypeConfig>,
+    store: Store,
+    http: reqwest::Client,
+    opts: Options,
+}
+
+/// A failure to reach or use the group, as the API reports it.
+fn unavailable(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(what.to_string())
+}
+
+/// This member's raft ID: kept in `DATA_DIR/raft-id`, made up on first start.
+pub fn node_id(data_dir: &std::path::Path) -> std::io::Result<NodeId> {
+    let p = data_dir.join("raft-id");
+    match std::fs::read_to_string(&p) {
+        Ok(s) => s.trim().parse().map_err(|_| {
+            std::io::Error::other(format!("{}: not a raft member ID: {s:?}", p.display()))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Random, non-zero, below 2^53 so it survives JSON tools.
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as u64;
+            let id = (t ^ (u64::from(std::process::id()) << 32)) % ((1 << 53) - 1) + 1;
+            std::fs::write(&p, format!("{id}\n"))?;
+            Ok(id)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl Member {
+    /// Starts this member over `store`, listening for raft traffic on `listener`. Without
+    /// `join`, a member with no state bootstraps a group of one; with `join` (any member's
+    /// raft address) it asks to be added, as a learner then a voter, retrying until it is.
+    pub async fn start(
+        id: NodeId,
+        store: Store,
+        listener: tokio::net::TcpListener,
+        join: Option<String>,
+        opts: Options,
+    ) -> Result<Member, String> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| format!("raft listener: {e}"))?
+            .to_string();
+        let config = Config {
+            cluster_name: "groundwork".into(),
+            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            election_timeout_min: opts.election_min.as_millis() as u64,
+            election_timeout_max: opts.election_max.as_millis() as u64,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("raft configuration: {e}"))?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network::Factory { http: http.clone() },
+            storage::LogStore::new(store.clone()),
+            storage::StateMachine::new(store.clone()),
+        )
+        .await
+        .map_err(|e| format!("raft: {e}"))?;
+        let member = Member {
+            id,
+            addr: addr.clone(),
+            raft,
+            store: store.clone(),
+            http,
+            opts,
+        };
+        let app = router(member.clone());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "raft listener stopped");
+            }
+        });
+        let initialized = member
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| format!("raft: {e}"))?;
+        match (initialized, join) {
+            (true, _) => tracing::info!(id, %addr, "raft member restarted"),
+            (false, None) => {
+                let mut nodes = BTreeMap::new();
+                nodes.insert(id, BasicNode { addr: addr.clone() });
+                member
+                    .raft
+                    .initialize(nodes)
+                    .await
+                    .map_err(|e| format!("raft initialize: {e}"))?;
+                tracing::info!(id, %addr, "raft group bootstrapped with this member");
+            }
+            (false, Some(peer)) => {
+                let m = member.clone();
+                tokio::spawn(async move { m.join_loop(peer).await });
+            }
+        }
+        store.set_proposer(Arc::new(member.clone()));
+        Ok(member)
+    }
+
+    async fn join_loop(&self, peer: String) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            let req = server::JoinRequest {
+                id: self.id,
+                addr: self.addr.clone(),
+            };
+            match self
+                .post::<_, String>(&peer, "/raft/join", &req, Duration::from_secs(60))
+                .await
+            {
+                Ok(Ok(m)) => {
+                    tracing::info!(id = self.id, %peer, "joined the raft group: {m}");
+                    return;
+                }
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "join refused; retrying"),
+                Err(e) => tracing::warn!(%peer, error = %e, "join: no answer; retrying"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// POSTs JSON to a member's raft port; the outer error is transport, the inner the
+    /// member's answer.
+    async fn post<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Result<Resp, String>, String> {
+        let r = self
+            .http
+            .post(format!("http://{addr}{path}"))
+            .timeout(timeout)
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        r.json::<Result<Resp, String>>()
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// The current leader's raft address, waiting up to the request timeout for one.
+    async fn leader(&self) -> Result<(NodeId, String), StoreError> {
+        let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_and_update();
+                if let Some(l) = m.current_leader
+                    && let Some(n) = m.membership_config.membership().get_node(&l)
+                {
+                    return Ok((l, n.addr.clone()));
+                }
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return Err(unavailable(format!(
+                    "no raft leader within {:?}: fewer than a majority of the members are reachable",
+                    self.opts.request_timeout
+                )));
+            }
+        }
+    }
+
+    /// Writes on the leader (here or forwarded) and returns once applied here.
+    async fn write(&self, op: WriteOp) -> Result<Committed, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
+        loop {
+            let (leader, addr) = self.leader().await?;
+            let applied = if leader == self.id {
+                match tokio::time::timeout_at(deadline, self.raft.client_write(op.clone())).await {
+                    Err(_) => {
+                        return Err(unavailable(
+                            "the write was not committed in time (no quorum?); it may still apply",
+                        ));
+                    }
+                    Ok(Ok(r)) => r.data,
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        // Leadership moved before the entry was accepted: nothing was written.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Ok(Err(e)) => return Err(unavailable(e)),
+                }
+            } else {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self
+                    .post::<_, Applied>(&addr, "/raft/write", &op, left)
+                    .await
+                {
+                    Ok(Ok(a)) => a,
+                    Ok(Err(e)) if e.starts_with(server::NOT_LEADER) => {
+                        // The leader we knew stepped down before accepting: retry.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Ok(Err(e)) => return Err(unavailable(e)),
+                    Err(e) => {
+                        return Err(unavailable(format!(
+                            "forwarding the write to the leader at {addr} failed: {e}"
+                        )));
+                    }
+                }
+            };
+            return match applied {
+                Applied::Ok { revision, object } => {
+                    // Read-your-writes on this member.
+                    self.store
+                        .wait_applied(revision, self.opts.request_timeout)
+                        .await?;
+                    Ok(Committed { revision, object })
+                }
+                Applied::Rejected(r) => Err(r.into()),
+                Applied::None => Err(StoreError::Storage(
+                    "the log entry applied without a result".into(),
+                )),
+            };
+        }
+    }
+
+    /// The commit index a linearizable read must see, from the leader (read index).
+    pub(crate) async fn read_index(&self) -> Result<u64, StoreError> {
+        let (leader, addr) = self.leader().await?;
+        if leader == self.id {
+            let r =
+                tokio::time::timeout(self.opts.request_timeout, self.raft.get_read_log_id()).await;
+            return match r {
+                Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Err(e)) => Err(unavailable(e)),
+                Err(_) => Err(unavailable(
+                    "the leader could not confirm its leadership in time (no quorum?)",
+                )),
+            };
+        }
+        match self
+            .post::<_, u64>(&addr, "/raft/read-index", &(), self.opts.request_timeout)
+            .await
+        {
+            Ok(Ok(i)) => Ok(i),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(e) => Err(unavailable(format!(
+                "asking the leader at {addr} for the read index failed: {e}"
+            ))),
+        }
+    }
+
+    /// Adds a member: learner first (it catches up), then voter.
+    pub async fn add_member(&self, id: NodeId, addr: String) -> Result<String, String> {
+        self.raft
+            .add_learner(id, BasicNode { addr: addr.clone() }, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut voters = BTreeSet::new();
+        voters.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(format!("member {id} at {addr} is a voter"))
+    }
+
+    /// Removes a member from the voters and the group.
+    pub async fn remove_member(&self, id: NodeId) -> Result<String, String> {
+        let mut ids = BTreeSet::new();
+        ids.insert(id);
+        self.raft
+            .change_membership(ChangeMembers::RemoveVoters(ids.clone()), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Drop it as a learner too (change_membership(retain=false) already did, but a
+        // learner-only member needs this).
+        let _ = self
+            .raft
+            .change_membership(ChangeMembers::RemoveNodes(ids), false)
+            .await;
+        Ok(format!("member {id} removed"))
+    }
+
+    /// A JSON summary for `groundwork cluster status`.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let members: Vec<serde_json::Value> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| {
+                serde_json::json!({
+                    "id": id,
+                    "addr": n.addr,
+                    "voter": m.membership_config.membership().get_joint_config().iter().any(|c| c.contains(id)),
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "id": self.id,
+            "addr": self.addr,
+            "state": format!("{:?}", m.state),
+            "term": m.current_term,
+            "leader": m.current_leader,
+            "lastLogIndex": m.last_log_index,
+            "applied": m.last_applied.map(|l| l.index),
+            "snapshot": m.snapshot.map(|l| l.index),
+            "members": members,
+        })
+    }
+}
+
+impl Proposer for Member {
+    fn propose(&self, op: WriteOp) -> BoxFuture<'_, Result<Committed, StoreError>> {
+        Box::pin(self.write(op))
+    }
+
+    fn linearize(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let index = self.read_index().await?;
+            self.store
+                .wait_applied(index, self.opts.request_timeout)
+                .await
+        })
+    }
+}
+
+/// Where a member's raft port is, as given on the command line.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse()
+        .map_err(|_| format!("{s:?}: expected IP:PORT (e.g. 10.0.0.1:6444)"))
+}

@@ -1,0 +1,109 @@
+//! The raft port: RPCs from other members, and the requests followers send the leader.
+
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::{Applied, Member, NodeId, TypeConfig};
+
+/// The prefix of the error a member that is not the leader answers forwarded requests with.
+pub const NOT_LEADER: &str = "not the leader";
+
+#[derive(Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub id: NodeId,
+    pub addr: String,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct RemoveRequest {
+    pub id: NodeId,
+}
+
+/// Routes of the raft port.
+pub fn router(m: Member) -> Router {
+    Router::new()
+        .route(
+            "/raft/append",
+            post(
+                |State(m): State<Member>, Json(r): Json<AppendEntriesRequest<TypeConfig>>| async move {
+                    Json(m.raft.append_entries(r).await)
+                },
+            ),
+        )
+        .route(
+            "/raft/vote",
+            post(|State(m): State<Member>, Json(r): Json<VoteRequest<NodeId>>| async move {
+                Json(m.raft.vote(r).await)
+            }),
+        )
+        .route(
+            "/raft/snapshot",
+            post(
+                |State(m): State<Member>, Json(r): Json<InstallSnapshotRequest<TypeConfig>>| async move {
+                    Json(m.raft.install_snapshot(r).await)
+                },
+            ),
+        )
+        .route(
+            "/raft/write",
+            post(|State(m): State<Member>, Json(op): Json<groundwork_store::WriteOp>| async move {
+                let r: Result<Applied, String> = match m.raft.client_write(op).await {
+                    Ok(r) => Ok(r.data),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Err(format!("{NOT_LEADER} (leader: {:?})", f.leader_id))
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                Json(r)
+            }),
+        )
+        .route(
+            "/raft/read-index",
+            post(|State(m): State<Member>| async move {
+                let r: Result<u64, String> = match m.raft.get_read_log_id().await {
+                    Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                    Err(e) => Err(format!("{NOT_LEADER}: {e}")),
+                };
+                Json(r)
+            }),
+        )
+        .route(
+            "/raft/join",
+            post(|State(m): State<Member>, Json(j): Json<JoinRequest>| async move {
+                let (id, addr) = (j.id, j.addr.clone());
+                Json(forward_or(&m, "/raft/join", &j, |m| async move { m.add_member(id, addr).await }).await)
+            }),
+        )
+        .route(
+            "/raft/remove",
+            post(|State(m): State<Member>, Json(r): Json<RemoveRequest>| async move {
+                let id = r.id;
+                Json(forward_or(&m, "/raft/remove", &r, |m| async move { m.remove_member(id).await }).await)
+            }),
+        )
+        .route(
+            "/raft/status",
+            get(|State(m): State<Member>| async move { Json(m.status()) }),
+        )
+        .with_state(m)
+}
+
+/// Runs `f` on the leader: here, or by forwarding the request to it.
+async fn forward_or<Req, F, Fut>(m: &Member, path: &str, req: &Req, f: F) -> Result<String, String>
+where
+    Req: Serialize,
+    F: FnOnce(Member) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let (leader, addr) = m.leader().await.map_err(|e| e.to_string())?;
+    if leader == m.id {
+        return f(m.clone()).await;
+    }
+    m.post::<_, String>(&addr, path, req, std::time::Duration::from_secs(120))
+        .await
+        .map_err(|e| format!("forwarding to the leader at {addr}: {e}"))?
+}

@@ -1,0 +1,495 @@
+//! openraft's storage over the object store's redb file: the log and the vote in their own
+//! tables, the state machine is the store itself (objects, history, revision), with the last
+//! applied log id and membership written in the same transaction as the entries they cover.
+//! Every log append and every apply is a durable (fsync'd) commit; openraft batches entries
+//! into both, so one fsync covers many writes.
+
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
+
+use groundwork_store::{Dump, Entry as SmEntry, Store, StoreError};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+
+use crate::{Applied, NodeId, Rejected, TypeConfig};
+
+type Entry = openraft::Entry<TypeConfig>;
+type SError = StorageError<NodeId>;
+type Membership = StoredMembership<NodeId, openraft::BasicNode>;
+type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
+/// The last snapshot built or installed, with its data.
+type Current = Arc<Mutex<Option<(Meta, Vec<u8>)>>>;
+
+/// Log entries by index (JSON).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+/// "vote", "purged" (JSON).
+const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
+
+fn any(e: impl std::fmt::Display) -> AnyError {
+    AnyError::error(e.to_string())
+}
+
+/// The raft log and vote, in the store's database.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Store,
+}
+
+impl LogStore {
+    pub fn new(store: Store) -> Self {
+        LogStore { store }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        let txn = self
+            .store
+            .database()
+            .begin_read()
+            .map_err(|e| e.to_string())?;
+        let t = match txn.open_table(LOG_META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        match t.get(key).map_err(|e| e.to_string())? {
+            Some(v) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+
+    fn put_meta(&self, key: &str, v: &impl serde::Serialize) -> Result<(), String> {
+        let bytes = serde_json::to_vec(v).map_err(|e| e.to_string())?;
+        let txn = self
+            .store
+            .database()
+            .begin_write()
+            .map_err(|e| e.to_string())?;
+        txn.open_table(LOG_META)
+            .map_err(|e| e.to_string())?
+            .insert(key, bytes.as_slice())
+            .map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())
+    }
+
+    fn last_entry(&self) -> Result<Option<Entry>, String> {
+        let txn = self
+            .store
+            .database()
+            .begin_read()
+            .map_err(|e| e.to_string())?;
+        let t = match txn.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        match t.last().map_err(|e| e.to_string())? {
+            Some((_, v)) => serde_json::from_slice(v.value())
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Ok(None),
+        }
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + std::fmt::Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, SError> {
+        let read = || -> Result<Vec<Entry>, String> {
+            let txn = self
+                .store
+                .database()
+                .begin_read()
+                .map_err(|e| e.to_string())?;
+            let t = match txn.open_table(LOG) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
+                Err(e) => return Err(e.to_string()),
+            };
+            let lo = match range.start_bound() {
+                Bound::Included(x) => Bound::Included(*x),
+                Bound::Excluded(x) => Bound::Excluded(*x),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let hi = match range.end_bound() {
+                Bound::Included(x) => Bound::Included(*x),
+                Bound::Excluded(x) => Bound::Excluded(*x),
+                Bound::Unbounded => Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for e in t.range::<u64>((lo, hi)).map_err(|e| e.to_string())? {
+                let (_, v) = e.map_err(|e| e.to_string())?;
+                out.push(serde_json::from_slice(v.value()).map_err(|e| e.to_string())?);
+            }
+            Ok(out)
+        };
+        read().map_err(|e| StorageIOError::read_logs(any(e)).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
+        let purged: Option<LogId<NodeId>> = self
+            .meta("purged")
+            .map_err(|e| StorageIOError::read_logs(any(e)))?;
+        let last = self
+            .last_entry()
+            .map_err(|e| StorageIOError::read_logs(any(e)))?
+            .map(|e| e.log_id)
+            .or(purged);
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
+        self.put_meta("vote", vote)
+            .map_err(|e| StorageIOError::write_vote(any(e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
+        self.meta("vote")
+            .map_err(|e| StorageIOError::read_vote(any(e)).into())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), SError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let write = || -> Result<(), String> {
+            let txn = self
+                .store
+                .database()
+                .begin_write()
+                .map_err(|e| e.to_string())?;
+            {
+                let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
+                for e in entries {
+                    let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                    t.insert(e.log_id.index, bytes.as_slice())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            txn.commit().map_err(|e| e.to_string())
+        };
+        match write() {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.clone())));
+                Err(StorageIOError::write_logs(any(e)).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let run = || -> Result<(), String> {
+            let txn = self
+                .store
+                .database()
+                .begin_write()
+                .map_err(|e| e.to_string())?;
+            txn.open_table(LOG)
+                .map_err(|e| e.to_string())?
+                .retain_in(log_id.index.., |_, _| false)
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        };
+        run().map_err(|e| StorageIOError::write_logs(any(e)).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        let run = || -> Result<(), String> {
+            let bytes = serde_json::to_vec(&log_id).map_err(|e| e.to_string())?;
+            let txn = self
+                .store
+                .database()
+                .begin_write()
+                .map_err(|e| e.to_string())?;
+            txn.open_table(LOG_META)
+                .map_err(|e| e.to_string())?
+                .insert("purged", bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            txn.open_table(LOG)
+                .map_err(|e| e.to_string())?
+                .retain_in(..=log_id.index, |_, _| false)
+                .map_err(|e| e.to_string())?;
+            txn.commit().map_err(|e| e.to_string())
+        };
+        run().map_err(|e| StorageIOError::write_logs(any(e)).into())
+    }
+}
+
+/// The state machine: the object store.
+#[derive(Clone)]
+pub struct StateMachine {
+    store: Store,
+    /// The last snapshot built or installed: (meta, data).
+    current: Current,
+}
+
+impl StateMachine {
+    pub fn new(store: Store) -> Self {
+        StateMachine {
+            store,
+            current: Default::default(),
+        }
+    }
+
+    fn applied(
+        &self,
+    ) -> Result<(Option<LogId<NodeId>>, Membership), String> {
+        let get = |k: &str| self.store.sm_meta(k).map_err(|e| e.to_string());
+        let applied = match get("applied")? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let membership = match get("membership")? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+            None => StoredMembership::default(),
+        };
+        Ok((applied, membership))
+    }
+
+    fn build(&self) -> Result<Snapshot<TypeConfig>, String> {
+        let dump = self.store.dump().map_err(|e| e.to_string())?;
+        let find = |k: &str| {
+            dump.meta
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        let last_log_id: Option<LogId<NodeId>> = match find("applied") {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+            None => None,
+        };
+        let last_membership = match find("membership") {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
+            None => StoredMembership::default(),
+        };
+        let data = serde_json::to_vec(&dump).map_err(|e| e.to_string())?;
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id: format!(
+                "{}-{}",
+                last_log_id.map(|l| l.index).unwrap_or(0),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis())
+                    .unwrap_or(0)
+            ),
+        };
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((meta.clone(), data.clone()));
+        tracing::info!(
+            index = last_log_id.map(|l| l.index).unwrap_or(0),
+            objects = dump.objects.len(),
+            bytes = data.len(),
+            "raft snapshot built"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
+        self.build()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+    }
+}
+
+fn rejected(e: StoreError) -> Result<Rejected, StoreError> {
+    match e {
+        StoreError::Conflict {
+            key,
+            expected,
+            actual,
+        } => Ok(Rejected::Conflict {
+            key,
+            expected,
+            actual,
+        }),
+        StoreError::NotFound { key } => Ok(Rejected::NotFound { key }),
+        StoreError::AlreadyExists { key } => Ok(Rejected::AlreadyExists { key }),
+        other => Err(other),
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<
+        (
+            Option<LogId<NodeId>>,
+            StoredMembership<NodeId, openraft::BasicNode>,
+        ),
+        SError,
+    > {
+        self.applied()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, SError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = Vec::new();
+        let mut last = None;
+        let mut membership = None;
+        for e in entries {
+            last = Some(e.log_id);
+            let op = match e.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(op) => Some(op),
+                EntryPayload::Membership(m) => {
+                    membership = Some(StoredMembership::new(Some(e.log_id), m));
+                    None
+                }
+            };
+            batch.push(SmEntry {
+                index: e.log_id.index,
+                op,
+            });
+        }
+        let Some(last) = last else { return Ok(vec![]) };
+        let mut meta = vec![("applied", enc(&Some(last)))];
+        if let Some(m) = &membership {
+            meta.push(("membership", enc(m)));
+        }
+        let results = self
+            .store
+            .apply_entries(&batch, &meta)
+            .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
+        let mut out = Vec::with_capacity(results.len());
+        for r in results {
+            out.push(match r {
+                None => Applied::None,
+                Some(Ok(c)) => Applied::Ok {
+                    revision: c.revision,
+                    object: c.object,
+                },
+                Some(Err(e)) => Applied::Rejected(
+                    rejected(e).map_err(|e| StorageIOError::write_state_machine(any(e)))?,
+                ),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, openraft::BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SError> {
+        let data = snapshot.into_inner();
+        let sig = Some(meta.signature());
+        let mut dump: Dump = serde_json::from_slice(&data)
+            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
+        // The meta the leader sent is the authority for what the snapshot covers.
+        dump.meta
+            .retain(|(k, _)| k != "applied" && k != "membership");
+        dump.meta.push(("applied".into(), enc(&meta.last_log_id)));
+        dump.meta
+            .push(("membership".into(), enc(&meta.last_membership)));
+        if let Some(l) = meta.last_log_id {
+            dump.revision = dump.revision.max(l.index);
+        }
+        self.store
+            .restore(&dump)
+            .map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), data));
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SError> {
+        let cur = self
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match cur {
+            Some((meta, data)) => Ok(Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            })),
+            // The state machine is durable, so the current state is always a valid snapshot.
+            None => {
+                let (applied, _) = self
+                    .applied()
+                    .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+                if applied.is_none() {
+                    return Ok(None);
+                }
+                self.build()
+                    .map(Some)
+                    .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+            }
+        }
+    }
+}
+
+/// JSON encoding of the raft metadata kept with the objects.
+fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("raft metadata serialises")
+}
+
+#[cfg(test)]
+mod suite {
+    use super::*;
+
+    struct Builder;
+
+    impl openraft::testing::StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir>
+        for Builder
+    {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), SError> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
+                .expect("store opens");
+            Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
+        }
+    }
+
+    /// openraft's own conformance suite for log and state-machine storage.
+    #[test]
+    fn openraft_storage_suite() {
+        openraft::testing::Suite::test_all(Builder).expect("storage suite");
+    }
+}
