@@ -258,9 +258,7 @@ impl StateMachine {
         }
     }
 
-    fn applied(
-        &self,
-    ) -> Result<(Option<LogId<NodeId>>, Membership), String> {
+    fn applied(&self) -> Result<(Option<LogId<NodeId>>, Membership), String> {
         let get = |k: &str| self.store.sm_meta(k).map_err(|e| e.to_string());
         let applied = match get("applied")? {
             Some(b) => serde_json::from_slice(&b).map_err(|e| e.to_string())?,
