@@ -307,7 +307,7 @@ async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
         w.await.unwrap();
     }
     eprintln!("failover (kill -9 leader → a write accepted): {failovers:?}");
-    let outcomes = outcomes.lock().unwrap();
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let wrong: Vec<&String> = outcomes
         .iter()
         .filter_map(|(_, o)| match o {
