@@ -428,3 +428,213 @@ async fn full_stop_and_restart_keeps_everything_and_watches_resume_on_any_member
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// An nftables table that drops traffic between one member's raft address and the others'
+/// (members send from their raft address); the table is deleted on drop.
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn isolate(t: u8, who: u8, others: &[u8]) -> Partition {
+        let table = format!("gwraft{}", std::process::id());
+        let ip = |i: u8| raft_addr(t, i).split(':').next().unwrap().to_string();
+        let mut script = format!(
+            "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
+        );
+        for o in others {
+            script += &format!(
+                "  ip saddr {a} ip daddr {b} drop\n  ip saddr {b} ip daddr {a} drop\n",
+                a = ip(who),
+                b = ip(*o)
+            );
+        }
+        script += " }\n}\n";
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft (tests/run installs nftables)");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "nft rejected:\n{script}");
+        Partition { table }
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_leader_refuses_and_the_majority_goes_on() {
+    let c = http();
+    let servers = [
+        member(3, 1, None),
+        member(3, 2, Some(1)),
+        member(3, 3, Some(1)),
+    ];
+    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(3, i)).collect();
+    let old = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let urls = urls_of(&servers);
+    assert_eq!(create(&c, &urls, "before", 0).await, Outcome::Acked);
+
+    let others: Vec<u8> = (1..=3u8).filter(|i| usize::from(*i) != old + 1).collect();
+    let cut = Partition::isolate(3, old as u8 + 1, &others);
+    let t0 = Instant::now();
+    // The majority elects a leader and accepts writes.
+    let majority = Arc::new(Mutex::new(
+        others
+            .iter()
+            .map(|i| servers[usize::from(*i) - 1].url.clone())
+            .collect(),
+    ));
+    for i in 0..20 {
+        assert_eq!(
+            create(&c, &majority, &format!("majority-{i}"), i).await,
+            Outcome::Acked
+        );
+    }
+    eprintln!(
+        "majority accepted 20 writes {:?} after the cut",
+        t0.elapsed()
+    );
+
+    // The old leader, alone, refuses writes and linearizable reads with 503 and a reason...
+    let minority = &servers[old].url;
+    let r = c
+        .post(format!("{minority}{NODES}"))
+        .json(&node("minority-write"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let msg = r.text().await.unwrap();
+    assert!(
+        msg.contains("ServiceUnavailable") && msg.contains("quorum"),
+        "{msg}"
+    );
+    let r = c
+        .get(format!("{minority}{NODES}/before"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "a linearizable read on the minority");
+    // ...but serves a read that accepts any version (resourceVersion=0).
+    let r = c
+        .get(format!("{minority}{NODES}/before?resourceVersion=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Healed: everyone converges on the majority's history; the minority's write never
+    // committed, so it exists nowhere.
+    drop(cut);
+    let views = converged(&c, &servers, &addrs).await;
+    for v in &views {
+        assert_eq!(v, &views[0]);
+        assert!(v.contains_key("majority-19") && v.contains_key("before"));
+        assert!(!v.contains_key("minority-write"));
+    }
+    let r = c
+        .get(format!("{minority}{NODES}/majority-19"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the old leader serves linearizable reads again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_grows_one_three_five_and_shrinks_to_three_under_writes() {
+    let c = http();
+    let addrs: Vec<String> = (1..=5).map(|i| raft_addr(4, i)).collect();
+    let mut servers = vec![member(4, 1, None)];
+    wait_leader(&c, &addrs[..1], 1, Duration::from_secs(30)).await;
+    let urls = urls_of(&servers);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = Arc::new(Mutex::new(Vec::<(String, Outcome)>::new()));
+    let mut writers = Vec::new();
+    for w in 0..3 {
+        let (c, urls, stop, outcomes) = (c.clone(), urls.clone(), stop.clone(), outcomes.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{w}-{i}");
+                let o = create(&c, &urls, &name, w + i).await;
+                outcomes.lock().unwrap().push((name, o));
+                i += 1;
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    for (i, voters) in [(2u8, 2usize), (3, 3), (4, 4), (5, 5)] {
+        servers.push(member(4, i, Some(1)));
+        wait_leader(&c, &addrs, voters, Duration::from_secs(60)).await;
+        urls.lock()
+            .unwrap()
+            .push(servers.last().unwrap().url.clone());
+        eprintln!("{voters} voters after {:?}", t0.elapsed());
+        // Writes go on in each configuration, through every member.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Shrink: remove members 4 and 5 through member 2 (forwarded to the leader), then stop them.
+    for i in [5u8, 4] {
+        let s = status(&c, &addrs[usize::from(i) - 1]).await.unwrap();
+        let id = s["id"].as_u64().unwrap().to_string();
+        let out = servers[0].groundwork(&["cluster", "--raft", &addrs[1], "remove", &id]);
+        assert!(
+            out.status.success(),
+            "cluster remove {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        urls.lock().unwrap().pop();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let leader = wait_leader(&c, &addrs[..3], 3, Duration::from_secs(30)).await;
+    assert!(leader < 3);
+    for s in servers.iter_mut().skip(3) {
+        s.kill();
+    }
+    servers.truncate(3);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.unwrap();
+    }
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let not_acked: Vec<&(String, Outcome)> = outcomes
+        .iter()
+        .filter(|(_, o)| *o != Outcome::Acked)
+        .collect();
+    assert!(
+        not_acked.is_empty(),
+        "clients saw more than retries: {not_acked:?}"
+    );
+    let views = converged(&c, &servers, &addrs[..3]).await;
+    for v in &views {
+        assert_eq!(v, &views[0]);
+    }
+    for (n, _) in &outcomes {
+        assert!(views[0].contains_key(n), "acknowledged write {n} lost");
+    }
+    let st = status(&c, &addrs[0]).await.unwrap();
+    assert_eq!(st["members"].as_array().unwrap().len(), 3, "{st}");
+    eprintln!(
+        "{} writes through 1 → 5 → 3 members, none lost",
+        outcomes.len()
+    );
+}

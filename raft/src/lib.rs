@@ -171,11 +171,18 @@ impl Member {
         }
         .validate()
         .map_err(|e| format!("raft configuration: {e}"))?;
-        let http = reqwest::Client::builder()
+        let bound = listener
+            .local_addr()
+            .map_err(|e| format!("raft listener: {e}"))?;
+        let mut http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| e.to_string())?;
+            .tcp_nodelay(true);
+        // Traffic to other members leaves from the raft address, so firewalls (and the
+        // partition tests) can tell members apart by source address.
+        if !bound.ip().is_unspecified() {
+            http = http.local_address(bound.ip());
+        }
+        let http = http.build().map_err(|e| e.to_string())?;
         let raft = Raft::new(
             id,
             Arc::new(config),
