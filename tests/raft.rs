@@ -17,8 +17,13 @@ fn raft_addr(t: u8, i: u8) -> String {
 }
 
 fn member(t: u8, i: u8, join: Option<u8>) -> Server {
+    member_with(t, i, join, &[])
+}
+
+fn member_with(t: u8, i: u8, join: Option<u8>, extra: &[&str]) -> Server {
     let addr = raft_addr(t, i);
     let mut args = vec!["--raft-listen".to_string(), addr];
+    args.extend(extra.iter().map(|s| s.to_string()));
     if let Some(j) = join {
         args.push("--join".into());
         args.push(raft_addr(t, j));
@@ -26,6 +31,9 @@ fn member(t: u8, i: u8, join: Option<u8>) -> Server {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Server::start_with(&args)
 }
+
+/// These tests time failovers and partitions on 2 cores: they run one at a time.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -35,7 +43,7 @@ fn http() -> reqwest::Client {
 }
 
 async fn status(c: &reqwest::Client, raft: &str) -> Option<Value> {
-    c.get(format!("http://{raft}/raft/status"))
+    c.get(format!("http://{raft}/raft/v1/status"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -226,6 +234,7 @@ async fn added_events(c: &reqwest::Client, url: &str) -> BTreeMap<String, usize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
+    let _serial = SERIAL.lock().await;
     let c = http();
     let mut servers = vec![member(1, 1, None)];
     servers.push(member(1, 2, Some(1)));
@@ -360,6 +369,7 @@ async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_stop_and_restart_keeps_everything_and_watches_resume_on_any_member() {
+    let _serial = SERIAL.lock().await;
     let c = http();
     let mut servers = vec![member(2, 1, None)];
     servers.push(member(2, 2, Some(1)));
@@ -437,7 +447,7 @@ struct Partition {
 
 impl Partition {
     fn isolate(t: u8, who: u8, others: &[u8]) -> Partition {
-        let table = format!("gwraft{}", std::process::id());
+        let table = format!("gwraft{}t{t}", std::process::id());
         let ip = |i: u8| raft_addr(t, i).split(':').next().unwrap().to_string();
         let mut script = format!(
             "table inet {table} {{\n chain out {{\n  type filter hook output priority 0; policy accept;\n"
@@ -477,6 +487,7 @@ impl Drop for Partition {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partitioned_leader_refuses_and_the_majority_goes_on() {
+    let _serial = SERIAL.lock().await;
     let c = http();
     let servers = [
         member(3, 1, None),
@@ -560,6 +571,7 @@ async fn a_partitioned_leader_refuses_and_the_majority_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_grows_one_three_five_and_shrinks_to_three_under_writes() {
+    let _serial = SERIAL.lock().await;
     let c = http();
     let addrs: Vec<String> = (1..=5).map(|i| raft_addr(4, i)).collect();
     let mut servers = vec![member(4, 1, None)];
@@ -637,4 +649,242 @@ async fn membership_grows_one_three_five_and_shrinks_to_three_under_writes() {
         "{} writes through 1 → 5 → 3 members, none lost",
         outcomes.len()
     );
+}
+
+#[path = "support/linearizability.rs"]
+mod linearizability;
+
+/// One client operation on a register (a Node's label `v`), with its outcome.
+async fn register_op(
+    c: &reqwest::Client,
+    url: &str,
+    key: &str,
+    op: u8,
+    value: u64,
+    t0: Instant,
+) -> Option<linearizability::Event> {
+    use linearizability::{Event, Op};
+    let now = || t0.elapsed().as_nanos();
+    let item = format!("{url}{NODES}/{key}");
+    let invoke = now();
+    let read = |r: reqwest::Response| async move {
+        let v: Value = r.json().await.ok()?;
+        let val = v["metadata"]["labels"]["v"].as_str()?.parse::<u64>().ok()?;
+        Some((val, v))
+    };
+    match op {
+        // Read (linearizable).
+        0 => {
+            let r = c.get(&item).send().await.ok()?;
+            if r.status() != 200 {
+                return None; // refused (503): no effect
+            }
+            let (v, _) = read(r).await?;
+            Some(Event {
+                op: Op::Read(Some(v)),
+                invoke,
+                ret: Some(now()),
+            })
+        }
+        // Unconditional write.
+        1 => {
+            let patch = json!({"metadata": {"labels": {"v": value.to_string()}}});
+            let r = c
+                .patch(&item)
+                .header("Content-Type", "application/merge-patch+json")
+                .body(patch.to_string())
+                .send()
+                .await;
+            let ret = match r {
+                Ok(r) if r.status() == 200 => Some(now()),
+                Ok(r) if r.status() == 503 => None,
+                Ok(r) => panic!(
+                    "write {key}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                Err(e) if e.is_connect() => return None,
+                Err(_) => None,
+            };
+            Some(Event {
+                op: Op::Write(value),
+                invoke,
+                ret,
+            })
+        }
+        // Compare-and-set: read the value and resourceVersion, then PUT with that version.
+        _ => {
+            let r = c.get(&item).send().await.ok()?;
+            if r.status() != 200 {
+                return None;
+            }
+            let (from, mut obj) = read(r).await?;
+            // A CAS whose expected value is the one just read: exercises the success path.
+            obj["metadata"]["labels"]["v"] = json!(value.to_string());
+            let r = c.put(&item).json(&obj).send().await;
+            let (ok, ret) = match r {
+                Ok(r) if r.status() == 200 => (true, Some(now())),
+                Ok(r) if r.status() == 409 => (false, Some(now())),
+                Ok(r) if r.status() == 503 => (true, None),
+                Ok(r) => panic!(
+                    "cas {key}: {} {}",
+                    r.status(),
+                    r.text().await.unwrap_or_default()
+                ),
+                Err(e) if e.is_connect() => return None,
+                Err(_) => (true, None),
+            };
+            Some(Event {
+                op: Op::Cas {
+                    from,
+                    to: value,
+                    ok,
+                },
+                invoke,
+                ret,
+            })
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_histories_through_kills_and_partitions_are_linearizable() {
+    let _serial = SERIAL.lock().await;
+    let c = http();
+    let mut servers = vec![
+        member(5, 1, None),
+        member(5, 2, Some(1)),
+        member(5, 3, Some(1)),
+    ];
+    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(5, i)).collect();
+    wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let keys = ["reg-a", "reg-b", "reg-c"];
+    for k in keys {
+        let mut n = node(k);
+        n["metadata"]["labels"] = json!({"v": "0"});
+        let r = c
+            .post(format!("{}{NODES}", servers[0].url))
+            .json(&n)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let urls = urls_of(&servers);
+    let t0 = Instant::now();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let history = Arc::new(Mutex::new(
+        BTreeMap::<&str, Vec<linearizability::Event>>::new(),
+    ));
+    let mut clients = Vec::new();
+    for client in 0..4u64 {
+        let (c, urls, stop, history) = (c.clone(), urls.clone(), stop.clone(), history.clone());
+        clients.push(tokio::spawn(async move {
+            let mut seq = 0u64;
+            // A small deterministic generator per client: which key, which operation, where.
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ client;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                seq += 1;
+                let key = keys[(x % 3) as usize];
+                let op = ((x >> 8) % 4).min(2) as u8; // read 50 %, write 25 %, cas 25 %
+                let url = {
+                    let u = urls.lock().unwrap();
+                    u[((x >> 16) % u.len() as u64) as usize].clone()
+                };
+                let value = (client + 1) * 1_000_000 + seq;
+                match register_op(&c, &url, key, op, value, t0).await {
+                    Some(e) if e.ret.is_some() => {
+                        history.lock().unwrap().entry(key).or_default().push(e)
+                    }
+                    // Refused or unknown: a client backs off a little before the next call.
+                    other => {
+                        if let Some(e) = other {
+                            history.lock().unwrap().entry(key).or_default().push(e);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }));
+    }
+    // The nemesis: kill -9 the leader, restart it; cut the leader off, heal.
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let leader = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+        if round % 2 == 0 {
+            servers[leader].kill();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            servers[leader].restart();
+            urls.lock().unwrap()[leader] = servers[leader].url.clone();
+        } else {
+            let others: Vec<u8> = (1..=3u8)
+                .filter(|i| usize::from(*i) != leader + 1)
+                .collect();
+            let cut = Partition::isolate(5, leader as u8 + 1, &others);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            drop(cut);
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for cl in clients {
+        cl.await.unwrap();
+    }
+    let history = std::mem::take(&mut *history.lock().unwrap());
+    let mut total = 0;
+    for (key, h) in &history {
+        let done = h.iter().filter(|e| e.ret.is_some()).count();
+        total += done;
+        let t = Instant::now();
+        let r = linearizability::check_from(Some(0), h);
+        eprintln!(
+            "{key}: {} operations ({done} completed, {} unknown), checked in {:?}",
+            h.len(),
+            h.len() - done,
+            t.elapsed()
+        );
+        assert!(r.is_ok(), "{key}: {}", r.unwrap_err());
+    }
+    assert!(total > 150, "too few operations to mean anything: {total}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let c = http();
+    // Snapshots every 50 entries, 5 kept behind: a member down for 200 writes needs one.
+    let tight = ["--raft-snapshot-every", "50", "--raft-logs-to-keep", "5"];
+    let mut servers = vec![
+        member_with(6, 1, None, &tight),
+        member_with(6, 2, Some(1), &tight),
+        member_with(6, 3, Some(1), &tight),
+    ];
+    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(6, i)).collect();
+    let leader = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let down = (leader + 1) % 3;
+    servers[down].kill();
+    let live = Arc::new(Mutex::new(
+        (0..3)
+            .filter(|i| *i != down)
+            .map(|i| servers[i].url.clone())
+            .collect(),
+    ));
+    for i in 0..200 {
+        assert_eq!(create(&c, &live, &format!("s{i}"), i).await, Outcome::Acked);
+    }
+    servers[down].restart();
+    let views = converged(&c, &servers, &addrs).await;
+    for v in &views {
+        assert_eq!(v, &views[0]);
+        assert_eq!(v.len(), 200);
+    }
+    assert!(
+        servers[down].log().contains("state replaced by a snapshot"),
+        "the lagging member caught up without a snapshot: the log was not compacted?"
+    );
+    let st = status(&c, &addrs[leader]).await.unwrap();
+    assert!(st["snapshot"].as_u64().unwrap_or(0) >= 150, "{st}");
 }

@@ -33,7 +33,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     match a.cmd {
         ClusterCmd::Status { output } => {
             let s: serde_json::Value = http
-                .get(format!("{base}/raft/status"))
+                .get(format!("{base}/raft/v1/status"))
                 .send()
                 .await
                 .with_context(|| format!("no raft member answers at {}", a.raft))?
@@ -74,13 +74,19 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             post(
                 &http,
                 &base,
-                "/raft/join",
+                "/raft/v1/join",
                 serde_json::json!({"id": id, "addr": addr}),
             )
             .await
         }
         ClusterCmd::Remove { id } => {
-            post(&http, &base, "/raft/remove", serde_json::json!({"id": id})).await
+            post(
+                &http,
+                &base,
+                "/raft/v1/remove",
+                serde_json::json!({"id": id}),
+            )
+            .await
         }
     }
 }

@@ -23,6 +23,12 @@ pub(crate) struct ServerArgs {
     /// the request is forwarded to the leader). Needs --raft-listen.
     #[arg(long, requires = "raft_listen")]
     join: Option<String>,
+    /// Raft: take a snapshot after this many log entries.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    raft_snapshot_every: u64,
+    /// Raft: log entries kept behind a snapshot (followers further behind get the snapshot).
+    #[arg(long, default_value_t = 1000)]
+    raft_logs_to_keep: u64,
     /// Events of history kept for watches to resume from.
     #[arg(long, default_value_t = 100_000)]
     history_retention: u64,
@@ -207,7 +213,11 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             store.clone(),
             raft_listener,
             args.join.clone(),
-            Default::default(),
+            groundwork_raft::Options {
+                snapshot_every: args.raft_snapshot_every,
+                logs_to_keep: args.raft_logs_to_keep,
+                ..Default::default()
+            },
         )
         .await
         .map_err(|e| anyhow::anyhow!(e))?;

@@ -2,10 +2,11 @@
 //! machine of an openraft group. Every member keeps the whole state; `resourceVersion` is the
 //! raft log index, so it is the same on every member and a watch can resume on any of them.
 //!
-//! Members talk JSON over HTTP on their raft port (`--raft-listen`): the three raft RPCs
-//! (`/raft/append`, `/raft/vote`, `/raft/snapshot`), plus what followers ask the leader:
-//! `/raft/write` (a forwarded write), `/raft/read-index` (the commit index a linearizable read
-//! must wait for), `/raft/join` and `/raft/remove` (membership), and `/raft/status`.
+//! Members talk JSON over HTTP on their raft port (`--raft-listen`), under a protocol version
+//! prefix (`/raft/v1/`): the three raft RPCs (`append`, `vote`, `snapshot`), plus what
+//! followers ask the leader: `write` (a forwarded write), `read-index` (the commit index a
+//! linearizable read must wait for), `join` and `remove` (membership), and `status`. A member
+//! of another protocol version answers 404, which the caller reports as unreachable.
 //! Clients never need to know the leader: any member's API forwards.
 
 mod network;
@@ -91,6 +92,9 @@ pub struct Options {
     pub election_max: Duration,
     /// Entries since the last snapshot that trigger a new one.
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, for followers that lag a little (more need the
+    /// snapshot).
+    pub logs_to_keep: u64,
     /// How long a write or a linearizable read may wait for the leader and a quorum.
     pub request_timeout: Duration,
 }
@@ -102,6 +106,7 @@ impl Default for Options {
             election_min: Duration::from_millis(750),
             election_max: Duration::from_millis(1500),
             snapshot_every: 20_000,
+            logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -166,7 +171,8 @@ impl Member {
             election_timeout_min: opts.election_min.as_millis() as u64,
             election_timeout_max: opts.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: opts.logs_to_keep,
+            purge_batch_size: 1,
             ..Default::default()
         }
         .validate()
@@ -240,7 +246,7 @@ impl Member {
                 addr: self.addr.clone(),
             };
             match self
-                .post::<_, String>(&peer, "/raft/join", &req, Duration::from_secs(60))
+                .post::<_, String>(&peer, "/raft/v1/join", &req, Duration::from_secs(60))
                 .await
             {
                 Ok(Ok(m)) => {
@@ -325,7 +331,7 @@ impl Member {
             } else {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 match self
-                    .post::<_, Applied>(&addr, "/raft/write", &op, left)
+                    .post::<_, Applied>(&addr, "/raft/v1/write", &op, left)
                     .await
                 {
                     Ok(Ok(a)) => a,
@@ -373,7 +379,7 @@ impl Member {
             };
         }
         match self
-            .post::<_, u64>(&addr, "/raft/read-index", &(), self.opts.request_timeout)
+            .post::<_, u64>(&addr, "/raft/v1/read-index", &(), self.opts.request_timeout)
             .await
         {
             Ok(Ok(i)) => Ok(i),

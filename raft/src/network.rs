@@ -76,7 +76,7 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/append", &rpc, option.hard_ttl()).await
+        self.call("/raft/v1/append", &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -87,7 +87,8 @@ impl RaftNetwork<TypeConfig> for Client {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/snapshot", &rpc, option.hard_ttl()).await
+        self.call("/raft/v1/snapshot", &rpc, option.hard_ttl())
+            .await
     }
 
     async fn vote(
@@ -95,6 +96,6 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/vote", &rpc, option.hard_ttl()).await
+        self.call("/raft/v1/vote", &rpc, option.hard_ttl()).await
     }
 }

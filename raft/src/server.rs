@@ -27,7 +27,7 @@ pub struct RemoveRequest {
 pub fn router(m: Member) -> Router {
     Router::new()
         .route(
-            "/raft/append",
+            "/raft/v1/append",
             post(
                 |State(m): State<Member>, Json(r): Json<AppendEntriesRequest<TypeConfig>>| async move {
                     Json(m.raft.append_entries(r).await)
@@ -35,13 +35,13 @@ pub fn router(m: Member) -> Router {
             ),
         )
         .route(
-            "/raft/vote",
+            "/raft/v1/vote",
             post(|State(m): State<Member>, Json(r): Json<VoteRequest<NodeId>>| async move {
                 Json(m.raft.vote(r).await)
             }),
         )
         .route(
-            "/raft/snapshot",
+            "/raft/v1/snapshot",
             post(
                 |State(m): State<Member>, Json(r): Json<InstallSnapshotRequest<TypeConfig>>| async move {
                     Json(m.raft.install_snapshot(r).await)
@@ -49,7 +49,7 @@ pub fn router(m: Member) -> Router {
             ),
         )
         .route(
-            "/raft/write",
+            "/raft/v1/write",
             post(|State(m): State<Member>, Json(op): Json<groundwork_store::WriteOp>| async move {
                 let r: Result<Applied, String> = match m.raft.client_write(op).await {
                     Ok(r) => Ok(r.data),
@@ -62,7 +62,7 @@ pub fn router(m: Member) -> Router {
             }),
         )
         .route(
-            "/raft/read-index",
+            "/raft/v1/read-index",
             post(|State(m): State<Member>| async move {
                 let r: Result<u64, String> = match m.raft.get_read_log_id().await {
                     Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
@@ -72,21 +72,21 @@ pub fn router(m: Member) -> Router {
             }),
         )
         .route(
-            "/raft/join",
+            "/raft/v1/join",
             post(|State(m): State<Member>, Json(j): Json<JoinRequest>| async move {
                 let (id, addr) = (j.id, j.addr.clone());
-                Json(forward_or(&m, "/raft/join", &j, |m| async move { m.add_member(id, addr).await }).await)
+                Json(forward_or(&m, "/raft/v1/join", &j, |m| async move { m.add_member(id, addr).await }).await)
             }),
         )
         .route(
-            "/raft/remove",
+            "/raft/v1/remove",
             post(|State(m): State<Member>, Json(r): Json<RemoveRequest>| async move {
                 let id = r.id;
-                Json(forward_or(&m, "/raft/remove", &r, |m| async move { m.remove_member(id).await }).await)
+                Json(forward_or(&m, "/raft/v1/remove", &r, |m| async move { m.remove_member(id).await }).await)
             }),
         )
         .route(
-            "/raft/status",
+            "/raft/v1/status",
             get(|State(m): State<Member>| async move { Json(m.status()) }),
         )
         .with_state(m)
