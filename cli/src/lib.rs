@@ -35,7 +35,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the API server on an embedded store, with the controllers.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
     /// The ramdisk agent: report this machine's hardware inventory to the boot server.
@@ -137,7 +137,7 @@ pub fn main() -> i32 {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let kc = cli.kubeconfig;
     match cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => server::run(*args).await,
         Command::Controller(args) => server::run_controllers(args, kc).await,
         Command::Bmc(args) => bmc::run(args).await,
         Command::Dhcp(args) => dhcp::run(args).await,
