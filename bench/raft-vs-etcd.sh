@@ -3,7 +3,8 @@
 # shared peer harness (../shared/bench/store.sh: wrk + put.lua for ~1 KiB writes at CONC
 # connections, watchlat.py for watch delivery to 1/10/100 watchers). Both fsync every commit.
 # Groundwork: 3 members on 127.0.0.1 (bench/raft3.sh), load on the leader's API, as store.sh
-# loads etcd's leader.
+# loads etcd's leader. bench/put.lua replaces the shared one: every write changes the object,
+# so no write is an unchanged-object no-op (which etcd would still count as a write).
 # Usage: bench/raft-vs-etcd.sh [SHARED_BENCH_DIR]   (env: CONC, DURATION, REPEATS, WATCHERS)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,4 +18,8 @@ export START_CMD="$PWD/bench/raft3.sh \$DATA 28080"
 export TARGET_PORT=28080 MODE=k8s WRITE=apply OBJ_KIND=Profile
 export OBJ_COLLECTION=/apis/groundwork.dev/v1alpha1/profiles OBJ_APIVERSION=groundwork.dev/v1alpha1
 "$SHARED/limits.sh" || true
-exec "$SHARED/store.sh"
+# The shared harness with our put.lua (every k8s-mode write changes the object: see its header).
+H=$(mktemp -d /tmp/gw-store-bench.XXXXXX)
+cp -r "$SHARED"/. "$H"/ && cp bench/put.lua "$H/put.lua"
+trap 'rm -rf "$H"' EXIT
+"$H/store.sh"

@@ -8,12 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${1:-../shared/bench}
 [ -x "$SHARED/store.sh" ] || { echo "bench: $SHARED/store.sh not found; pass the shared bench dir" >&2; exit 1; }
-cargo build --release --bin groundwork
-BIN=$PWD/target/release/groundwork
+if [ -z "${GROUNDWORK_BIN:-}" ]; then cargo build --release -q --bin groundwork; fi
+BIN=${GROUNDWORK_BIN:-$PWD/target/release/groundwork}
 export TARGETS=${TARGETS:-"etcd1 external"} CONC=${CONC:-"1 16 64"} DURATION=${DURATION:-8} REPEATS=${REPEATS:-1}
 export WATCHERS=${WATCHERS:-"1 10 100"}
 export START_CMD="$BIN server --data-dir \$DATA --listen 127.0.0.1:28080"
 export TARGET_PORT=28080 MODE=k8s WRITE=apply OBJ_KIND=Profile
 export OBJ_COLLECTION=/apis/groundwork.dev/v1alpha1/profiles OBJ_APIVERSION=groundwork.dev/v1alpha1
 "$SHARED/limits.sh" || true
-exec "$SHARED/store.sh"
+# The shared harness with our put.lua: every k8s-mode write changes the object (see its header).
+H=$(mktemp -d /tmp/gw-store-bench.XXXXXX)
+cp -r "$SHARED"/. "$H"/ && cp bench/put.lua "$H/put.lua"
+trap 'rm -rf "$H"' EXIT
+"$H/store.sh"
