@@ -90,17 +90,25 @@ impl Store {
         Ok(t.get(name)?.map(|g| g.value().to_vec()))
     }
 
-    /// Applies replicated entries in one durable transaction, with `meta` (the raft metadata
-    /// after the last of them) in the same transaction. Each operation's revision is its
-    /// index; entries without one (blank, membership) only advance the revision. Returns one
-    /// result per entry (`None` for entries without an operation).
+    /// Applies replicated entries in one transaction, with `meta` (the raft metadata after the
+    /// last of them) in the same transaction. Each operation's revision is its index; entries
+    /// without one (blank, membership) only advance the revision. Returns one result per entry
+    /// (`None` for entries without an operation).
+    ///
+    /// With `durable: false` the commit is not fsync'd: it becomes durable with the next
+    /// durable commit to the same file (the raft log's next append, or [`Store::flush`]); a
+    /// crash before that loses it and the entries are applied again from the log.
     pub fn apply_entries(
         &self,
         entries: &[Entry],
         meta: &[(&str, Vec<u8>)],
+        durable: bool,
     ) -> Result<Vec<Option<Result<Committed, StoreError>>>, StoreError> {
         let inner = &self.inner;
-        let txn = inner.db.begin_write()?;
+        let mut txn = inner.db.begin_write()?;
+        if !durable {
+            txn.set_durability(redb::Durability::None)?;
+        }
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut last = inner.revision.load(Ordering::Acquire);
@@ -142,6 +150,12 @@ impl Store {
             tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
         }
         Ok(results)
+    }
+
+    /// Makes every earlier commit durable (an empty fsync'd commit).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.inner.db.begin_write()?.commit()?;
+        Ok(())
     }
 
     /// A consistent copy of every object and the raft metadata, from one read snapshot.
