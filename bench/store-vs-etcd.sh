@@ -15,9 +15,5 @@ export WATCHERS=${WATCHERS:-"1 10 100"}
 export START_CMD="$BIN server --data-dir \$DATA --listen 127.0.0.1:28080"
 export TARGET_PORT=28080 MODE=k8s WRITE=apply OBJ_KIND=Profile
 export OBJ_COLLECTION=/apis/groundwork.dev/v1alpha1/profiles OBJ_APIVERSION=groundwork.dev/v1alpha1
-"$SHARED/limits.sh" || true
-# The shared harness with our put.lua: every k8s-mode write changes the object (see its header).
-H=$(mktemp -d /tmp/gw-store-bench.XXXXXX)
-cp -r "$SHARED"/. "$H"/ && cp bench/put.lua "$H/put.lua"
-trap 'rm -rf "$H"' EXIT
-"$H/store.sh"
+source bench/lib.sh
+run_store_harness "$SHARED"

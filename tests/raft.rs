@@ -69,7 +69,10 @@ async fn wait_leader(
             {
                 let members = s["members"].as_array().cloned().unwrap_or_default();
                 let n_voters = members.iter().filter(|m| m["voter"] == true).count();
+                // A settled configuration: not joint, and applied (a kill during a joint
+                // configuration can block the change until the member returns).
                 if n_voters == voters
+                    && s["membershipChanging"] == false
                     && let Some(m) = members.iter().find(|m| m["id"].as_u64() == Some(l))
                     && let Some(i) = addrs
                         .iter()
@@ -114,7 +117,12 @@ fn urls_of(servers: &[Server]) -> Urls {
 /// Creates `name` through any of `urls`, retrying on errors a client would retry.
 async fn create(c: &reqwest::Client, urls: &Urls, name: &str, start: usize) -> Outcome {
     let mut ambiguous = false;
+    // Bounded: 60 attempts, and 60 s in all (a request may wait out the server's 10 s timeout).
+    let deadline = Instant::now() + Duration::from_secs(60);
     for attempt in 0..60 {
+        if Instant::now() > deadline {
+            break;
+        }
         let url = {
             let u = urls.lock().unwrap();
             u[(start + attempt) % u.len()].clone()
@@ -148,6 +156,37 @@ async fn create(c: &reqwest::Client, urls: &Urls, name: &str, start: usize) -> O
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Outcome::Unknown
+}
+
+/// Outcomes of the writers' creates, by name.
+type Outcomes = Arc<Mutex<Vec<(String, Outcome)>>>;
+
+/// The flag that stops the writers, their outcomes, and their tasks.
+type Writers = (
+    Arc<std::sync::atomic::AtomicBool>,
+    Outcomes,
+    Vec<tokio::task::JoinHandle<()>>,
+);
+
+/// `n` clients creating `w{n}-{i}` objects without pause through every member in turn, until
+/// the returned flag is set.
+fn spawn_writers(n: usize, c: &reqwest::Client, urls: &Urls) -> Writers {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let outcomes = Outcomes::default();
+    let mut writers = Vec::new();
+    for w in 0..n {
+        let (c, urls, stop, outcomes) = (c.clone(), urls.clone(), stop.clone(), outcomes.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("w{w}-{i}");
+                let o = create(&c, &urls, &name, w + i).await;
+                outcomes.lock().unwrap().push((name, o));
+                i += 1;
+            }
+        }));
+    }
+    (stop, outcomes, writers)
 }
 
 /// Every object's name → resourceVersion on one member, read locally (`resourceVersion=0`).
@@ -244,21 +283,7 @@ async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
 
     // Four clients write without pause, each to every member in turn.
     let urls = urls_of(&servers);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::<(String, Outcome)>::new()));
-    let mut writers = Vec::new();
-    for w in 0..4 {
-        let (c, urls, stop, outcomes) = (c.clone(), urls.clone(), stop.clone(), outcomes.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let name = format!("w{w}-{i}");
-                let o = create(&c, &urls, &name, w + i).await;
-                outcomes.lock().unwrap().push((name, o));
-                i += 1;
-            }
-        }));
-    }
+    let (stop, outcomes, writers) = spawn_writers(4, &c, &urls);
 
     let mut failovers = Vec::new();
     for round in 0..10 {
@@ -577,21 +602,7 @@ async fn membership_grows_one_three_five_and_shrinks_to_three_under_writes() {
     let mut servers = vec![member(4, 1, None)];
     wait_leader(&c, &addrs[..1], 1, Duration::from_secs(30)).await;
     let urls = urls_of(&servers);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let outcomes = Arc::new(Mutex::new(Vec::<(String, Outcome)>::new()));
-    let mut writers = Vec::new();
-    for w in 0..3 {
-        let (c, urls, stop, outcomes) = (c.clone(), urls.clone(), stop.clone(), outcomes.clone());
-        writers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let name = format!("w{w}-{i}");
-                let o = create(&c, &urls, &name, w + i).await;
-                outcomes.lock().unwrap().push((name, o));
-                i += 1;
-            }
-        }));
-    }
+    let (stop, outcomes, writers) = spawn_writers(3, &c, &urls);
     let t0 = Instant::now();
     for (i, voters) in [(2u8, 2usize), (3, 3), (4, 4), (5, 5)] {
         servers.push(member(4, i, Some(1)));

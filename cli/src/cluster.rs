@@ -53,6 +53,9 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
                 s["lastLogIndex"],
                 s["applied"]
             );
+            if s["membershipChanging"] == true {
+                println!("a membership change is in progress");
+            }
             println!("{:<20} {:<24} ROLE", "ID", "RAFT ADDRESS");
             for m in s["members"].as_array().into_iter().flatten() {
                 let role = if m["id"] == s["leader"] {

@@ -447,6 +447,9 @@ impl Member {
             "applied": m.last_applied.map(|l| l.index),
             "snapshot": m.snapshot.map(|l| l.index),
             "members": members,
+            // A membership change in progress: joint configuration, or not yet applied here.
+            "membershipChanging": m.membership_config.membership().get_joint_config().len() > 1
+                || m.membership_config.log_id().map(|l| l.index) > m.last_applied.map(|l| l.index),
         })
     }
 }

@@ -5,7 +5,7 @@
 //! into both, so one fsync covers many writes.
 
 use std::io::Cursor;
-use std::ops::{Bound, RangeBounds};
+use std::ops::RangeBounds;
 use std::sync::{Arc, Mutex};
 
 use groundwork_store::{Dump, Entry as SmEntry, Store, StoreError};
@@ -45,23 +45,32 @@ impl LogStore {
         LogStore { store }
     }
 
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+    /// Runs `f` on `def` in a read transaction; `absent` when the table was never created.
+    fn with_table<K: redb::Key + 'static, R>(
+        &self,
+        def: TableDefinition<K, &'static [u8]>,
+        absent: R,
+        f: impl FnOnce(&redb::ReadOnlyTable<K, &'static [u8]>) -> Result<R, String>,
+    ) -> Result<R, String> {
         let txn = self
             .store
             .database()
             .begin_read()
             .map_err(|e| e.to_string())?;
-        let t = match txn.open_table(LOG_META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        match t.get(key).map_err(|e| e.to_string())? {
-            Some(v) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            None => Ok(None),
+        match txn.open_table(def) {
+            Ok(t) => f(&t),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(absent),
+            Err(e) => Err(e.to_string()),
         }
+    }
+
+    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        self.with_table(LOG_META, None, |t| {
+            t.get(key)
+                .map_err(|e| e.to_string())?
+                .map(|v| decode(v.value()))
+                .transpose()
+        })
     }
 
     fn put_meta(&self, key: &str, v: &impl serde::Serialize) -> Result<(), String> {
@@ -79,23 +88,17 @@ impl LogStore {
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, String> {
-        let txn = self
-            .store
-            .database()
-            .begin_read()
-            .map_err(|e| e.to_string())?;
-        let t = match txn.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.to_string()),
-        };
-        match t.last().map_err(|e| e.to_string())? {
-            Some((_, v)) => serde_json::from_slice(v.value())
-                .map(Some)
-                .map_err(|e| e.to_string()),
-            None => Ok(None),
-        }
+        self.with_table(LOG, None, |t| {
+            t.last()
+                .map_err(|e| e.to_string())?
+                .map(|(_, v)| decode(v.value()))
+                .transpose()
+        })
     }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(b: &[u8]) -> Result<T, String> {
+    serde_json::from_slice(b).map_err(|e| e.to_string())
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -103,33 +106,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, SError> {
-        let read = || -> Result<Vec<Entry>, String> {
-            let txn = self
-                .store
-                .database()
-                .begin_read()
-                .map_err(|e| e.to_string())?;
-            let t = match txn.open_table(LOG) {
-                Ok(t) => t,
-                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(vec![]),
-                Err(e) => return Err(e.to_string()),
-            };
-            let lo = match range.start_bound() {
-                Bound::Included(x) => Bound::Included(*x),
-                Bound::Excluded(x) => Bound::Excluded(*x),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let hi = match range.end_bound() {
-                Bound::Included(x) => Bound::Included(*x),
-                Bound::Excluded(x) => Bound::Excluded(*x),
-                Bound::Unbounded => Bound::Unbounded,
-            };
-            let mut out = Vec::new();
-            for e in t.range::<u64>((lo, hi)).map_err(|e| e.to_string())? {
-                let (_, v) = e.map_err(|e| e.to_string())?;
-                out.push(serde_json::from_slice(v.value()).map_err(|e| e.to_string())?);
-            }
-            Ok(out)
+        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let read = || {
+            self.with_table(LOG, vec![], |t| {
+                let mut out = Vec::new();
+                for e in t.range::<u64>(bounds).map_err(|e| e.to_string())? {
+                    let (_, v) = e.map_err(|e| e.to_string())?;
+                    out.push(decode(v.value())?);
+                }
+                Ok(out)
+            })
         };
         read().map_err(|e| StorageIOError::read_logs(any(e)).into())
     }

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde_json::Value;
 
-use crate::store::{HISTORY, META, OBJECTS, apply_one};
+use crate::store::{HISTORY, META, OBJECTS, apply_one, read_revision};
 use crate::{Committed, Store, StoreError, WriteOp};
 
 /// Raft state-machine metadata, opaque to the store ("applied", "membership").
@@ -161,11 +161,7 @@ impl Store {
     /// A consistent copy of every object and the raft metadata, from one read snapshot.
     pub fn dump(&self) -> Result<Dump, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let revision = txn
-            .open_table(META)?
-            .get("revision")?
-            .map(|g| g.value())
-            .unwrap_or(1);
+        let revision = read_revision(&txn)?;
         let mut meta = Vec::new();
         match txn.open_table(RAFT_SM) {
             Ok(t) => {

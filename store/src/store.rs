@@ -194,11 +194,7 @@ impl Store {
         filter: &dyn Fn(&Value) -> bool,
     ) -> Result<ListPage, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let revision = txn
-            .open_table(META)?
-            .get("revision")?
-            .map(|g| g.value())
-            .unwrap_or(1);
+        let revision = read_revision(&txn)?;
         let table = txn.open_table(OBJECTS)?;
         let lower = match start_after {
             Some(k) if k >= prefix => Bound::Excluded(k),
@@ -248,6 +244,15 @@ impl Store {
         let pending = history::after(&self.inner, revision)?;
         Ok(WatchStream::new(self.clone(), rx, revision, pending))
     }
+}
+
+/// The store's revision as of a read snapshot.
+pub(crate) fn read_revision(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(META)?
+        .get("revision")?
+        .map(|g| g.value())
+        .unwrap_or(1))
 }
 
 fn writer_loop(
