@@ -330,10 +330,23 @@ impl Member {
                 }
             } else {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                match self
-                    .post::<_, Applied>(&addr, "/raft/v1/write", &op, left)
-                    .await
-                {
+                // If another member becomes leader meanwhile, the one we forwarded to was cut
+                // off or crashed: stop waiting for its answer. Whether it committed the write
+                // first cannot be known here, so the caller gets 503 (not a retry, which could
+                // apply the write twice), but in about an election instead of the timeout.
+                let mut metrics = self.raft.metrics();
+                let deposed = async {
+                    let _ = metrics
+                        .wait_for(|m| m.current_leader.is_some_and(|l| l != leader))
+                        .await;
+                };
+                let forwarded = tokio::select! {
+                    r = self.post::<_, Applied>(&addr, "/raft/v1/write", &op, left) => r,
+                    _ = deposed => Err(format!(
+                        "the leader at {addr} was replaced while the write was pending; it may or may not have been applied"
+                    )),
+                };
+                match forwarded {
                     Ok(Ok(a)) => a,
                     Ok(Err(e)) if e.starts_with(server::NOT_LEADER) => {
                         // The leader we knew stepped down before accepting: retry.
