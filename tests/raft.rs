@@ -90,6 +90,19 @@ async fn wait_leader(
     }
 }
 
+/// A group of three members for test `t` (1 bootstraps, 2 and 3 join it), with `extra` server
+/// flags, once it has a leader over a settled configuration; and their raft addresses.
+async fn group_of_three(c: &reqwest::Client, t: u8, extra: &[&str]) -> (Vec<Server>, Vec<String>) {
+    let servers = vec![
+        member_with(t, 1, None, extra),
+        member_with(t, 2, Some(1), extra),
+        member_with(t, 3, Some(1), extra),
+    ];
+    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(t, i)).collect();
+    wait_leader(c, &addrs, 3, Duration::from_secs(30)).await;
+    (servers, addrs)
+}
+
 fn node(name: &str) -> Value {
     json!({"apiVersion": "groundwork.dev/v1alpha1", "kind": "Node", "metadata": {"name": name}})
 }
@@ -275,11 +288,7 @@ async fn added_events(c: &reqwest::Client, url: &str) -> BTreeMap<String, usize>
 async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
     let _serial = SERIAL.lock().await;
     let c = http();
-    let mut servers = vec![member(1, 1, None)];
-    servers.push(member(1, 2, Some(1)));
-    servers.push(member(1, 3, Some(1)));
-    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(1, i)).collect();
-    wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let (mut servers, addrs) = group_of_three(&c, 1, &[]).await;
 
     // Four clients write without pause, each to every member in turn.
     let urls = urls_of(&servers);
@@ -396,11 +405,7 @@ async fn three_members_survive_ten_leader_kills_under_concurrent_writes() {
 async fn full_stop_and_restart_keeps_everything_and_watches_resume_on_any_member() {
     let _serial = SERIAL.lock().await;
     let c = http();
-    let mut servers = vec![member(2, 1, None)];
-    servers.push(member(2, 2, Some(1)));
-    servers.push(member(2, 3, Some(1)));
-    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(2, i)).collect();
-    wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let (mut servers, addrs) = group_of_three(&c, 2, &[]).await;
     let urls = urls_of(&servers);
     for i in 0..30 {
         assert_eq!(create(&c, &urls, &format!("n{i}"), i).await, Outcome::Acked);
@@ -514,12 +519,7 @@ impl Drop for Partition {
 async fn a_partitioned_leader_refuses_and_the_majority_goes_on() {
     let _serial = SERIAL.lock().await;
     let c = http();
-    let servers = [
-        member(3, 1, None),
-        member(3, 2, Some(1)),
-        member(3, 3, Some(1)),
-    ];
-    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(3, i)).collect();
+    let (servers, addrs) = group_of_three(&c, 3, &[]).await;
     let old = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
     let urls = urls_of(&servers);
     assert_eq!(create(&c, &urls, "before", 0).await, Outcome::Acked);
@@ -762,13 +762,7 @@ async fn register_op(
 async fn register_histories_through_kills_and_partitions_are_linearizable() {
     let _serial = SERIAL.lock().await;
     let c = http();
-    let mut servers = vec![
-        member(5, 1, None),
-        member(5, 2, Some(1)),
-        member(5, 3, Some(1)),
-    ];
-    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(5, i)).collect();
-    wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let (mut servers, addrs) = group_of_three(&c, 5, &[]).await;
     let keys = ["reg-a", "reg-b", "reg-c"];
     for k in keys {
         let mut n = node(k);
@@ -868,12 +862,7 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     let c = http();
     // Snapshots every 50 entries, 5 kept behind: a member down for 200 writes needs one.
     let tight = ["--raft-snapshot-every", "50", "--raft-logs-to-keep", "5"];
-    let mut servers = vec![
-        member_with(6, 1, None, &tight),
-        member_with(6, 2, Some(1), &tight),
-        member_with(6, 3, Some(1), &tight),
-    ];
-    let addrs: Vec<String> = (1..=3).map(|i| raft_addr(6, i)).collect();
+    let (mut servers, addrs) = group_of_three(&c, 6, &tight).await;
     let leader = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
     let down = (leader + 1) % 3;
     servers[down].kill();

@@ -64,6 +64,20 @@ impl LogStore {
         }
     }
 
+    /// Runs `f` in one durable write transaction and commits it.
+    fn with_write(
+        &self,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let txn = self
+            .store
+            .database()
+            .begin_write()
+            .map_err(|e| e.to_string())?;
+        f(&txn)?;
+        txn.commit().map_err(|e| e.to_string())
+    }
+
     fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
         self.with_table(LOG_META, None, |t| {
             t.get(key)
@@ -75,16 +89,13 @@ impl LogStore {
 
     fn put_meta(&self, key: &str, v: &impl serde::Serialize) -> Result<(), String> {
         let bytes = serde_json::to_vec(v).map_err(|e| e.to_string())?;
-        let txn = self
-            .store
-            .database()
-            .begin_write()
-            .map_err(|e| e.to_string())?;
-        txn.open_table(LOG_META)
-            .map_err(|e| e.to_string())?
-            .insert(key, bytes.as_slice())
-            .map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())
+        self.with_write(|txn| {
+            txn.open_table(LOG_META)
+                .map_err(|e| e.to_string())?
+                .insert(key, bytes.as_slice())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        })
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, String> {
@@ -162,23 +173,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let write = || -> Result<(), String> {
-            let txn = self
-                .store
-                .database()
-                .begin_write()
-                .map_err(|e| e.to_string())?;
-            {
-                let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-                for e in entries {
-                    let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
-                    t.insert(e.log_id.index, bytes.as_slice())
-                        .map_err(|e| e.to_string())?;
-                }
+        let written = self.with_write(|txn| {
+            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
+            for e in entries {
+                let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
+                t.insert(e.log_id.index, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
             }
-            txn.commit().map_err(|e| e.to_string())
-        };
-        match write() {
+            Ok(())
+        });
+        match written {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -191,29 +195,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        let run = || -> Result<(), String> {
-            let txn = self
-                .store
-                .database()
-                .begin_write()
-                .map_err(|e| e.to_string())?;
+        self.with_write(|txn| {
             txn.open_table(LOG)
                 .map_err(|e| e.to_string())?
                 .retain_in(log_id.index.., |_, _| false)
-                .map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())
-        };
-        run().map_err(|e| StorageIOError::write_logs(any(e)).into())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
-        let run = || -> Result<(), String> {
-            let bytes = serde_json::to_vec(&log_id).map_err(|e| e.to_string())?;
-            let txn = self
-                .store
-                .database()
-                .begin_write()
-                .map_err(|e| e.to_string())?;
+        let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
+        self.with_write(|txn| {
             txn.open_table(LOG_META)
                 .map_err(|e| e.to_string())?
                 .insert("purged", bytes.as_slice())
@@ -221,10 +214,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             txn.open_table(LOG)
                 .map_err(|e| e.to_string())?
                 .retain_in(..=log_id.index, |_, _| false)
-                .map_err(|e| e.to_string())?;
-            txn.commit().map_err(|e| e.to_string())
-        };
-        run().map_err(|e| StorageIOError::write_logs(any(e)).into())
+                .map_err(|e| e.to_string())
+        })
+        .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 }
 
