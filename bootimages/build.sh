@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Builds the discovery/install ramdisk from Debian packages: OUT/vmlinuz (Debian's
-# linux-image-amd64 kernel, downloaded, not installed) and OUT/initrd.img (busybox-static,
-# the NIC drivers it needs, and the groundwork binary with its shared libraries, which runs
-# `groundwork agent`). Also copies iPXE's first stages (Debian package ipxe) to OUT:
-# undionly.kpxe (BIOS) and ipxe.efi (UEFI), for TFTP.
-# Usage: bootimages/build.sh OUT [GROUNDWORK_BINARY]   (root; installs cpio busybox-static ipxe)
-# Reproducible inputs: the kernel package version is printed and kept in OUT/versions.txt.
+# Builds Groundwork's boot images from Debian packages, into OUT:
+#  - vmlinuz, initrd.img: the discovery/install ramdisk. Debian's linux-image-amd64 kernel
+#    (downloaded, not installed) and an initramfs with busybox-static, the NIC and disk drivers
+#    it needs, and the groundwork binary with its shared libraries. /init runs
+#    `groundwork agent` (inventory, then install/wipe tasks from the boot server).
+#  - os.img (+ os.img.sha256): the small OS image the tests install. A raw disk: syslinux's MBR,
+#    one bootable FAT partition with syslinux, the same kernel and initramfs, booted with
+#    groundwork.mode=node, so /init runs `groundwork node-agent` (machine config from
+#    /groundwork/machine.json on that partition, heartbeats to the API). It stands in for a real
+#    distribution image; any raw image with an MBR and a FAT first partition works the same way.
+#  - undionly.kpxe (BIOS) and ipxe.efi (UEFI): iPXE's first stages from Debian's ipxe, for TFTP.
+# Usage: bootimages/build.sh OUT [GROUNDWORK_BINARY]
+#   (root; installs cpio busybox-static ipxe syslinux syslinux-common mtools dosfstools fdisk)
+# Reproducible inputs: package versions are printed and kept in OUT/versions.txt.
 set -euo pipefail
 OUT=${1:?usage: bootimages/build.sh OUT [GROUNDWORK_BINARY]}
 BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/target/release/groundwork}
 [ -x "$BIN" ] || { echo "build.sh: no groundwork binary at $BIN (cargo build --release)" >&2; exit 1; }
 CACHE=${BOOTIMAGE_CACHE:-/var/tmp/groundwork-bootimage-cache}
-MODS="e1000 virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net"
+MODS="e1000 virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net virtio_blk"
 need() { command -v "$1" >/dev/null 2>&1 || [ -e "$1" ]; }
 missing=()
 need cpio || missing+=(cpio)
 file /bin/busybox 2>/dev/null | grep -q 'statically linked' || missing+=(busybox-static)
 need /usr/lib/ipxe/undionly.kpxe || missing+=(ipxe)
+need syslinux || missing+=(syslinux)
+need /usr/lib/syslinux/mbr/mbr.bin || missing+=(syslinux-common)
+need mcopy || missing+=(mtools)
+need mkfs.vfat || missing+=(dosfstools)
+need sfdisk || missing+=(fdisk)
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
     || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
@@ -24,11 +36,12 @@ fi
 mkdir -p "$OUT" "$CACHE"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -q; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
-if [ ! -s "$CACHE/$kpkg/vmlinuz" ]; then
+if [ ! -s "$CACHE/$kpkg/vmlinuz" ] || [ ! -s "$CACHE/$kpkg/mod/virtio_blk.ko" ]; then
   d=$(mktemp -d /tmp/gw-kernel.XXXXXX)
   (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null)
   dpkg-deb --fsys-tarfile "$d"/*.deb | tar -x -C "$d" --wildcards './boot/vmlinuz-*' \
-    '*/e1000/e1000.ko' '*/drivers/virtio/virtio*.ko' '*/net/*failover.ko' '*/drivers/net/virtio_net.ko'
+    '*/e1000/e1000.ko' '*/drivers/virtio/virtio*.ko' '*/net/*failover.ko' '*/drivers/net/virtio_net.ko' \
+    '*/drivers/block/virtio_blk.ko'
   mkdir -p "$CACHE/$kpkg/mod"
   cp "$d"/boot/vmlinuz-* "$CACHE/$kpkg/vmlinuz"
   for m in $MODS; do cp "$(find "$d" -name "$m.ko" | head -1)" "$CACHE/$kpkg/mod/"; done
@@ -41,7 +54,7 @@ r=$(mktemp -d /tmp/gw-initrd.XXXXXX)
 trap 'rm -rf "$r"' EXIT
 mkdir -p "$r"/{bin,proc,sys,dev,tmp,etc,mod}
 cp /bin/busybox "$r/bin/busybox"
-for a in sh mount insmod ip udhcpc sed cat poweroff sleep grep seq ls; do ln -s busybox "$r/bin/$a"; done
+for a in sh mount insmod ip udhcpc sed cat poweroff reboot sleep grep seq ls hostname; do ln -s busybox "$r/bin/$a"; done
 cp "$CACHE/$kpkg"/mod/*.ko "$r/mod/"
 echo "$MODS" > "$r/mod/order"
 # The agent and the shared libraries it links (glibc, libgcc_s), at the paths the dynamic
@@ -66,14 +79,19 @@ cat > "$r/init" <<'SH'
 #!/bin/sh
 export PATH=/bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-echo "groundwork: ramdisk started"
+arg() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+mode=$(arg groundwork.mode)
+if [ "$mode" = node ]; then echo "groundwork: installed system started"; else echo "groundwork: ramdisk started"; fi
 for m in $(cat /mod/order); do insmod /mod/$m.ko 2>/dev/null; done
-mac=$(sed -n 's/.*groundwork.mac=\([^ ]*\).*/\1/p' /proc/cmdline)
-# The NIC we booted from: the one with the MAC iPXE reported, else the first one.
+mac=$(arg groundwork.mac)
+# The NIC we booted from: the one with the MAC iPXE reported; without one (the installed
+# system), the first NIC.
 dev=""
 for i in $(seq 1 20); do
   for n in /sys/class/net/*; do
-    [ "$(cat $n/address 2>/dev/null)" = "$mac" ] && dev=${n##*/}
+    [ "${n##*/}" = lo ] && continue
+    a=$(cat $n/address 2>/dev/null)
+    if [ -n "$mac" ]; then [ "$a" = "$mac" ] && dev=${n##*/}; else [ -z "$dev" ] && dev=${n##*/}; fi
   done
   [ -n "$dev" ] && break
   [ -e /sys/class/net/eth0 ] && [ $i -gt 10 ] && dev=eth0 && break
@@ -82,10 +100,12 @@ done
 ip link set lo up; ip link set "$dev" up
 udhcpc -i "$dev" -s /etc/udhcpc.sh -q -n -t 10 -T 2 >/dev/null 2>&1
 echo "groundwork: $dev $(ip -4 -o addr show dev $dev | sed 's/.*inet \([^ ]*\).*/\1/')"
-if node=$(/bin/groundwork agent --timeout 120); then
-  echo "GROUNDWORK-AGENT-DONE node=$node"
+if [ "$mode" = node ]; then
+  # Applies the machine config from the disk, then heartbeats until power-off.
+  /bin/groundwork node-agent || echo "GROUNDWORK-NODE-AGENT-FAILED"
 else
-  echo "GROUNDWORK-AGENT-FAILED"
+  # Reports inventory (prints GROUNDWORK-AGENT-DONE), then runs install/wipe tasks.
+  /bin/groundwork agent --timeout 120 || echo "GROUNDWORK-AGENT-FAILED"
 fi
 # Stay up: the controllers power the machine off or reboot it into the next phase.
 while true; do sleep 3600; done
@@ -93,5 +113,33 @@ SH
 chmod +x "$r/init" "$r/etc/udhcpc.sh"
 (cd "$r" && find . | cpio -o -H newc --quiet | gzip -1) > "$OUT/initrd.img.tmp"
 mv "$OUT/initrd.img.tmp" "$OUT/initrd.img"
-{ echo "kernel: $kpkg"; echo "busybox: $(dpkg-query -W -f '${Version}' busybox-static)"; echo "ipxe: $(dpkg-query -W -f '${Version}' ipxe)"; echo "groundwork: $("$BIN" --version)"; } > "$OUT/versions.txt"
-echo "bootimages: $(du -h "$OUT/vmlinuz" | cut -f1) vmlinuz, $(du -h "$OUT/initrd.img" | cut -f1) initrd.img in $OUT ($kpkg)"
+
+# The OS image: MBR (syslinux) + partition 1 (FAT, bootable, from 1 MiB) holding syslinux,
+# the kernel and the initramfs. mtools and syslinux work on the image file: no loop device.
+export MTOOLS_SKIP_CHECK=1
+kb=$(( ($(stat -c %s "$OUT/vmlinuz") + $(stat -c %s "$OUT/initrd.img")) / 1024 + 4096 ))
+p=$(mktemp /tmp/gw-os-part.XXXXXX); rm -f "$p"
+mkfs.vfat -C -n GROUNDWORK -i 47570001 "$p" "$kb" >/dev/null
+cat > "$r/syslinux.cfg" <<'CFG'
+DEFAULT groundwork
+PROMPT 0
+TIMEOUT 0
+LABEL groundwork
+  KERNEL /vmlinuz
+  INITRD /initrd.img
+  APPEND console=ttyS0 quiet groundwork.mode=node
+CFG
+mcopy -i "$p" "$OUT/vmlinuz" "$OUT/initrd.img" "$r/syslinux.cfg" ::/
+mmd -i "$p" ::/groundwork
+syslinux --install "$p"
+sectors=$(( kb * 2 ))
+truncate -s 0 "$OUT/os.img.tmp"
+truncate -s $(( 1048576 + kb * 1024 )) "$OUT/os.img.tmp"
+printf 'label: dos\nlabel-id: 0x47570001\nstart=2048, size=%s, type=c, bootable\n' "$sectors" | sfdisk -q "$OUT/os.img.tmp"
+dd if=/usr/lib/syslinux/mbr/mbr.bin of="$OUT/os.img.tmp" bs=440 count=1 conv=notrunc status=none
+dd if="$p" of="$OUT/os.img.tmp" bs=1M seek=1 conv=notrunc status=none
+rm -f "$p"
+mv "$OUT/os.img.tmp" "$OUT/os.img"
+echo "sha256:$(sha256sum "$OUT/os.img" | cut -d' ' -f1)" > "$OUT/os.img.sha256"
+{ echo "kernel: $kpkg"; echo "busybox: $(dpkg-query -W -f '${Version}' busybox-static)"; echo "ipxe: $(dpkg-query -W -f '${Version}' ipxe)"; echo "syslinux: $(dpkg-query -W -f '${Version}' syslinux)"; echo "groundwork: $("$BIN" --version)"; } > "$OUT/versions.txt"
+echo "bootimages: $(du -h "$OUT/vmlinuz" | cut -f1) vmlinuz, $(du -h "$OUT/initrd.img" | cut -f1) initrd.img, $(du -h --apparent-size "$OUT/os.img" | cut -f1) os.img ($(cat "$OUT/os.img.sha256")) in $OUT ($kpkg)"

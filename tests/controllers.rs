@@ -420,7 +420,8 @@ async fn restarts_are_idempotent_and_resume_without_missing_changes() {
     })
     .await;
     eventually(WAIT, "two synced", || async {
-        (two.log().matches("caches synced").count() == 6).then_some(())
+        (two.log().matches("caches synced").count() == groundwork_controller::ALL.len())
+            .then_some(())
     })
     .await;
     let after = settle(&c, Duration::from_millis(1500)).await;
@@ -468,7 +469,8 @@ async fn exactly_one_instance_acts_and_another_takes_over_when_it_dies() {
     ok(s.groundwork(&["apply", "-f", support::manifests().to_str().unwrap()]));
     let held = eventually(WAIT, "every lease held", || async {
         let h = holders(&c).await;
-        (h.len() == 6 && h.values().all(|v| v == "a" || v == "b")).then_some(h)
+        (h.len() == groundwork_controller::ALL.len() && h.values().all(|v| v == "a" || v == "b"))
+            .then_some(h)
     })
     .await;
     eventually(WAIT, "rack reconciled", || async {

@@ -27,6 +27,36 @@ pub trait InventorySink: Send + Sync {
         token: String,
         inventory: serde_json::Value,
     ) -> futures_lite::future::Boxed<Result<String, (u16, String)>>;
+
+    /// The ramdisk agent's next task (`GET /agent/next`), as JSON.
+    fn next_task(
+        &self,
+        _mac: String,
+        _token: String,
+        _base: String,
+    ) -> futures_lite::future::Boxed<Result<serde_json::Value, (u16, String)>> {
+        Box::pin(async { Err((404, "no tasks here\n".to_string())) })
+    }
+
+    /// A report on a task (`POST /agent/report`).
+    fn task_report(
+        &self,
+        _mac: String,
+        _token: String,
+        _report: serde_json::Value,
+    ) -> futures_lite::future::Boxed<Result<String, (u16, String)>> {
+        Box::pin(async { Err((404, "no tasks here\n".to_string())) })
+    }
+
+    /// The installed system's heartbeat (`POST /agent/heartbeat`); answers JSON.
+    fn heartbeat(
+        &self,
+        _mac: String,
+        _token: String,
+        _beat: serde_json::Value,
+    ) -> futures_lite::future::Boxed<Result<serde_json::Value, (u16, String)>> {
+        Box::pin(async { Err((404, "no heartbeats here\n".to_string())) })
+    }
 }
 
 /// The script every machine gets when nothing is known about it: the discovery ramdisk.
@@ -134,12 +164,104 @@ fn valid_mac(m: &str) -> bool {
 
 /// Paths answered by [`router`]; every other GET or HEAD is a file under the root.
 fn is_route(path: &str) -> bool {
-    matches!(path, "/boot.ipxe" | "/ipxe" | "/inventory")
+    matches!(
+        path,
+        "/boot.ipxe"
+            | "/ipxe"
+            | "/inventory"
+            | "/agent/next"
+            | "/agent/report"
+            | "/agent/heartbeat"
+    )
+}
+
+fn status_response(code: u16, msg: String) -> Response {
+    (
+        axum::http::StatusCode::from_u16(code)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        msg,
+    )
+        .into_response()
+}
+
+/// The sink and a checked MAC, or the response that refuses the call.
+fn agent_call(
+    st: &AppState,
+    q: &ReportQuery,
+) -> Result<(Arc<dyn InventorySink>, String), (u16, String)> {
+    let Some(sink) = st.sink.clone() else {
+        return Err((404, "no agent API here\n".into()));
+    };
+    if !valid_mac(&q.mac) {
+        return Err((400, "mac: not a MAC address\n".into()));
+    }
+    Ok((sink, q.mac.to_ascii_lowercase()))
+}
+
+fn json_body(body: &[u8], what: &str) -> Result<serde_json::Value, (u16, String)> {
+    serde_json::from_slice(body).map_err(|e| (400, format!("{what}: {e}\n")))
+}
+
+/// `/agent/next`, `/agent/report`, `/agent/heartbeat`.
+fn agent_routes(r: Router<AppState>) -> Router<AppState> {
+    r.route(
+        "/agent/next",
+        get(
+            |State(st): State<AppState>, headers: HeaderMap, Query(q): Query<ReportQuery>| async move {
+                let (sink, mac) = match agent_call(&st, &q) {
+                    Ok(v) => v,
+                    Err((c, m)) => return status_response(c, m),
+                };
+                match sink.next_task(mac, q.token, base_url(&headers)).await {
+                    Ok(v) => axum::Json(v).into_response(),
+                    Err((code, msg)) => status_response(code, msg),
+                }
+            },
+        ),
+    )
+    .route(
+        "/agent/report",
+        axum::routing::post(
+            |State(st): State<AppState>, Query(q): Query<ReportQuery>, body: axum::body::Bytes| async move {
+                let (sink, mac) = match agent_call(&st, &q) {
+                    Ok(v) => v,
+                    Err((c, m)) => return status_response(c, m),
+                };
+                let v = match json_body(&body, "report") {
+                    Ok(v) => v,
+                    Err((c, m)) => return status_response(c, m),
+                };
+                match sink.task_report(mac, q.token, v).await {
+                    Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
+                    Err((code, msg)) => status_response(code, msg),
+                }
+            },
+        ),
+    )
+    .route(
+        "/agent/heartbeat",
+        axum::routing::post(
+            |State(st): State<AppState>, Query(q): Query<ReportQuery>, body: axum::body::Bytes| async move {
+                let (sink, mac) = match agent_call(&st, &q) {
+                    Ok(v) => v,
+                    Err((c, m)) => return status_response(c, m),
+                };
+                let v = match json_body(&body, "heartbeat") {
+                    Ok(v) => v,
+                    Err((c, m)) => return status_response(c, m),
+                };
+                match sink.heartbeat(mac, q.token, v).await {
+                    Ok(v) => axum::Json(v).into_response(),
+                    Err((code, msg)) => status_response(code, msg),
+                }
+            },
+        ),
+    )
 }
 
 /// The boot HTTP routes; inventory reports go to `sink` (404 without one).
 pub fn router(scripts: Arc<dyn ScriptSource>, sink: Option<Arc<dyn InventorySink>>) -> Router {
-    Router::new()
+    agent_routes(Router::new())
         .route(
             "/inventory",
             axum::routing::post(

@@ -30,6 +30,12 @@ pub(crate) struct AgentArgs {
     /// Root of /sys and /proc (tests).
     #[arg(long, default_value = "/", hide = true)]
     sysroot: std::path::PathBuf,
+    /// Where the disks' device files are (tests).
+    #[arg(long, default_value = "/dev", hide = true)]
+    dev_root: std::path::PathBuf,
+    /// Only report the inventory; do not wait for install or wipe tasks.
+    #[arg(long)]
+    no_tasks: bool,
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -192,8 +198,11 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
                     "groundwork agent: inventory reported for node {}",
                     node.trim()
                 );
-                println!("{}", node.trim());
-                return Ok(());
+                println!("GROUNDWORK-AGENT-DONE node={}", node.trim());
+                if a.no_tasks {
+                    return Ok(());
+                }
+                return tasks(&a, &url, &mac, &token).await;
             }
             // A refusal will not change by retrying.
             Ok(resp) if resp.status().is_client_error() => {
@@ -211,6 +220,129 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Asks the boot server for work until the machine is powered off: install an image, wipe
+/// the disks, or wait.
+async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Result<()> {
+    use groundwork_types::agent::Task;
+    use groundwork_types::{TaskReport, TaskState};
+    let base = url.trim_end_matches('/');
+    let api = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    // Images are large: no limit on the whole transfer, only on silence.
+    let bulk = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .build()?;
+    let q = [("mac", mac), ("token", token)];
+    let report = |r: TaskReport| {
+        let api = api.clone();
+        async move {
+            for _ in 0..30 {
+                match api
+                    .post(format!("{base}/agent/report"))
+                    .query(&q)
+                    .json(&r)
+                    .send()
+                    .await
+                {
+                    Ok(resp) if resp.status().is_success() => return,
+                    Ok(resp) if resp.status().is_client_error() => {
+                        eprintln!(
+                            "groundwork agent: report refused: {}: {}",
+                            resp.status(),
+                            resp.text().await.unwrap_or_default().trim()
+                        );
+                        return;
+                    }
+                    Ok(resp) => eprintln!("groundwork agent: report: {}; retrying", resp.status()),
+                    Err(e) => eprintln!("groundwork agent: report: {e}; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    let done = |task: &str, attempt: u32, r: Result<String, crate::install::Failure>| {
+        let (state, reason, message) = match r {
+            Ok(m) => (TaskState::Succeeded, None, m),
+            Err(f) => (TaskState::Failed, Some(f.reason.to_string()), f.message),
+        };
+        eprintln!("groundwork agent: {task} {state:?}: {message}");
+        TaskReport {
+            task: task.into(),
+            attempt,
+            state,
+            reason,
+            message: Some(message),
+            at: None,
+        }
+    };
+    let started = |task: &str, attempt: u32| TaskReport {
+        task: task.into(),
+        attempt,
+        state: TaskState::Started,
+        reason: None,
+        message: None,
+        at: None,
+    };
+    loop {
+        let task = match api.get(format!("{base}/agent/next")).query(&q).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json::<Task>().await.ok(),
+            Ok(resp) => {
+                eprintln!("groundwork agent: next task: {}", resp.status());
+                None
+            }
+            Err(e) => {
+                eprintln!("groundwork agent: next task: {e}");
+                None
+            }
+        };
+        match task {
+            None => tokio::time::sleep(Duration::from_secs(2)).await,
+            Some(Task::Wait { seconds }) => {
+                tokio::time::sleep(Duration::from_secs(seconds.clamp(1, 60) as u64)).await
+            }
+            Some(Task::Install {
+                attempt,
+                image_url,
+                checksum,
+                target_disk,
+                config,
+            }) => {
+                eprintln!("groundwork agent: installing {image_url} (attempt {attempt})");
+                report(started("install", attempt)).await;
+                let inv = collect(&a.sysroot);
+                let r = match crate::install::target_disk(target_disk.as_deref(), &inv) {
+                    Ok(name) => {
+                        let dev = crate::install::device(&a.dev_root, &name);
+                        crate::install::install(&bulk, &dev, &image_url, &checksum, &config).await
+                    }
+                    Err(f) => Err(f),
+                };
+                report(done("install", attempt, r)).await;
+            }
+            Some(Task::Wipe { attempt }) => {
+                eprintln!("groundwork agent: wiping every disk (attempt {attempt})");
+                report(started("wipe", attempt)).await;
+                let inv = collect(&a.sysroot);
+                let mut wiped = Vec::new();
+                let mut r = Ok(());
+                for d in inv.disks.iter().filter(|d| d.size_bytes.unwrap_or(0) > 0) {
+                    match crate::install::wipe(&crate::install::device(&a.dev_root, &d.name)) {
+                        Ok(n) => wiped.push(format!("{} ({n} bytes)", d.name)),
+                        Err(f) => {
+                            r = Err(f);
+                            break;
+                        }
+                    }
+                }
+                let r = r.map(|_| format!("wiped {}", wiped.join(", ")));
+                report(done("wipe", attempt, r)).await;
+            }
+        }
     }
 }
 

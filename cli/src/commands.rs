@@ -384,6 +384,34 @@ pub(crate) async fn watch(
 }
 
 /// `groundwork logs KIND/NAME [-f] [--tail N]`: the controllers' log lines about one object.
+/// `groundwork retry node/NAME`: a new value of the retry annotation makes the provisioning
+/// controller retry a Failed Node at once.
+pub(crate) async fn retry(kc: Option<PathBuf>, object: &str) -> anyhow::Result<()> {
+    let Some((kind, name)) = object.split_once('/') else {
+        bail!("{object:?}: use node/NAME")
+    };
+    let k = resolve_kind(kind)?;
+    if k.kind != "Node" {
+        bail!("{kind}: only Nodes are retried");
+    }
+    let api = client::connect(kc).await?;
+    let body = json!({"metadata": {"annotations": {
+        groundwork_controller::provision::RETRY_ANNOTATION: jiff::Timestamp::now().to_string()
+    }}});
+    let obj = api
+        .json(
+            http::Method::PATCH,
+            &item_path(k, None, name),
+            Some("application/merge-patch+json"),
+            None,
+            Some(&body),
+        )
+        .await?;
+    let phase = obj["status"]["phase"].as_str().unwrap_or("-");
+    println!("node/{name} retry requested (phase {phase})");
+    Ok(())
+}
+
 pub(crate) async fn logs(
     kc: Option<PathBuf>,
     object: &str,

@@ -8,7 +8,10 @@ mod client;
 mod cluster;
 mod commands;
 mod dhcp;
+mod install;
+mod lab;
 mod manifests;
+mod nodeagent;
 mod output;
 mod schema;
 mod server;
@@ -38,8 +41,17 @@ enum Command {
     Server(Box<server::ServerArgs>),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
-    /// The ramdisk agent: report this machine's hardware inventory to the boot server.
+    /// The ramdisk agent: report this machine's inventory, then install or wipe on request.
     Agent(agent::AgentArgs),
+    /// The installed system's agent: apply the machine config from disk, then heartbeat.
+    NodeAgent(nodeagent::NodeAgentArgs),
+    /// A whole lab on this machine: QEMU machines behind IPMI BMCs, provisioned to Ready.
+    Lab(lab::LabArgs),
+    /// Retry a Failed Node now (sets its groundwork.dev/retry annotation).
+    Retry {
+        /// node/NAME
+        object: String,
+    },
     /// Run the boot file servers (TFTP and HTTP/iPXE) from one directory.
     Boot(boot::BootArgs),
     /// Run the DHCP server alone, configured by flags.
@@ -144,6 +156,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(args).await,
         Command::Boot(args) => boot::run(args).await,
         Command::Agent(args) => agent::run(args).await,
+        Command::NodeAgent(args) => nodeagent::run(args).await,
+        Command::Lab(args) => lab::run(args).await,
+        Command::Retry { object } => commands::retry(kc, &object).await,
         Command::Logs {
             object,
             follow,

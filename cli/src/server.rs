@@ -52,6 +52,9 @@ pub(crate) struct ServerArgs {
     boot_initrd: String,
     #[arg(long, default_value = "console=ttyS0")]
     boot_cmdline: String,
+    /// How often installed systems' node agents heartbeat, in seconds.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    heartbeat_seconds: u32,
     /// Serve DHCP for this boot network (a `spec.bootNetworks[].name` of a Datacenter) on
     /// --dhcp-interface, configured and reconfigured from the API.
     #[arg(long, requires_all = ["dhcp_interface", "dhcp_server_ip"])]
@@ -67,7 +70,7 @@ pub(crate) struct ServerArgs {
 #[derive(clap::Args, Debug)]
 pub(crate) struct ControllerArgs {
     /// Controllers to run: all, none, or a comma-separated list of
-    /// datacenter, rack, node-placement, profile, profile-status, power.
+    /// datacenter, rack, node-placement, profile, profile-status, power, provisioning.
     #[arg(long, default_value = "all", value_parser = check_controllers)]
     controllers: String,
     /// Lease holder identity (default: host name and PID); unique per process.
@@ -88,6 +91,27 @@ pub(crate) struct ControllerArgs {
     /// Power controller: how often the power of a settled Node is read again, in seconds.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86400))]
     power_poll_seconds: u64,
+    /// Provisioning: seconds from power-on through PXE to the inventory report before the
+    /// machine is power-cycled again (it did not PXE-boot).
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    discover_timeout_seconds: u64,
+    /// Provisioning: seconds from a PXE boot into the ramdisk to its agent starting the
+    /// install or wipe.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    task_start_timeout_seconds: u64,
+    /// Provisioning: seconds an install or wipe may run.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    task_timeout_seconds: u64,
+    /// Provisioning: seconds from the reset into the installed system to its first heartbeat.
+    #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    boot_timeout_seconds: u64,
+    /// Provisioning: tries per phase before the Node is Failed.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    provision_attempts: u32,
+    /// Provisioning: a Failed Node is tried again after this many seconds (at once when it or
+    /// its Profile changes, or on `groundwork retry`).
+    #[arg(long, default_value_t = 1800, value_parser = clap::value_parser!(u64).range(1..))]
+    failed_retry_seconds: u64,
 }
 
 fn check_controllers(s: &str) -> Result<String, String> {
@@ -108,6 +132,16 @@ impl ControllerArgs {
         o.bmc_global_limit = self.bmc_concurrency as usize;
         o.bmc_timeout = std::time::Duration::from_secs(self.bmc_timeout_seconds);
         o.power_poll = std::time::Duration::from_secs(self.power_poll_seconds);
+        let secs = std::time::Duration::from_secs;
+        o.provisioning = groundwork_controller::provision::Timing {
+            discover: secs(self.discover_timeout_seconds),
+            task_start: secs(self.task_start_timeout_seconds),
+            task: secs(self.task_timeout_seconds),
+            boot: secs(self.boot_timeout_seconds),
+            attempts: self.provision_attempts,
+            failed_retry: secs(self.failed_retry_seconds),
+            ..Default::default()
+        };
         o
     }
 }
@@ -254,6 +288,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             kernel: args.boot_kernel.clone(),
             initrd: args.boot_initrd.clone(),
             cmdline: args.boot_cmdline.clone(),
+            heartbeat_interval: args.heartbeat_seconds,
         });
         tracing::info!(%tftp, http = %http.local_addr()?, root = %root.display(), "boot servers ready");
         let root = root.clone();

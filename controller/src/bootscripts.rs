@@ -16,8 +16,11 @@ use std::sync::Arc;
 use groundwork_boot::http::{
     InventorySink, ScriptSource, discovery_script_with_token, local_disk_script,
 };
+use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile, Task};
 use groundwork_types::secrets::SecretKey;
-use groundwork_types::{Inventory, Node, NodePhase, NodeSpec, normalize_mac};
+use groundwork_types::{
+    Inventory, Node, NodePhase, NodeSpec, ProvisioningState, TaskReport, normalize_mac,
+};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
@@ -33,6 +36,76 @@ pub struct NodeScripts {
     pub kernel: String,
     pub initrd: String,
     pub cmdline: String,
+    /// How often installed systems heartbeat.
+    pub heartbeat_interval: u32,
+}
+
+fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// Merges `status` into the Node's status (agents' facts; no precondition: these fields are
+/// written only here).
+async fn status_patch(
+    client: Client,
+    name: String,
+    status: serde_json::Value,
+) -> Result<(), kube::Error> {
+    Api::<Node>::all(client)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "status": status })),
+        )
+        .await
+        .map(|_| ())
+}
+
+/// A URL as the machine should fetch it: absolute ones as they are, others under `base`.
+fn absolute(base: &str, url: &str) -> String {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        url.to_string()
+    } else {
+        format!("{base}/{}", url.trim_start_matches('/'))
+    }
+}
+
+/// The install task for a Node in phase Provisioning, if its Profile names an image.
+fn install_task(
+    caches: &Caches,
+    node: &Node,
+    mac: &str,
+    token: &str,
+    base: &str,
+    attempt: u32,
+) -> Option<Task> {
+    let profile_name = node.status.as_ref()?.profile.clone()?;
+    let profile = caches.profiles.get(&ObjectRef::new(&profile_name))?;
+    let os = profile.spec.os.clone()?;
+    let mc = profile.spec.machine_config.clone().unwrap_or_default();
+    let name = node.name_any();
+    Some(Task::Install {
+        attempt,
+        image_url: absolute(base, &os.url),
+        checksum: os.checksum.clone(),
+        target_disk: os.target_disk.clone(),
+        config: Box::new(MachineFile {
+            node: name.clone(),
+            url: base.to_string(),
+            mac: mac.to_string(),
+            token: token.to_string(),
+            hostname: Some(
+                mc.hostname
+                    .map(|h| h.replace("{{name}}", &name))
+                    .unwrap_or_else(|| name.clone()),
+            ),
+            users: mc.users,
+            files: mc.files,
+            units: mc.units,
+            profile: Some(profile_name),
+            checksum: Some(os.checksum),
+        }),
+    })
 }
 
 fn node_for_mac(caches: &Caches, mac: &str) -> Option<Arc<Node>> {
@@ -110,6 +183,20 @@ impl ScriptSource for NodeScripts {
         let name = node.name_any();
         let phase = node.status.as_ref().and_then(|s| s.phase);
         let cmdline = format!("{} groundwork.node={name}", self.cmdline);
+        // The machine did PXE-boot: the provisioning controller tells "never booted" from
+        // "booted but its agent never reported" by this.
+        let (client, n) = (self.client.clone(), name.clone());
+        tokio::spawn(async move {
+            let r = status_patch(
+                client,
+                n.clone(),
+                json!({"provisioning": {"lastBootContact": now()}}),
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::warn!(node = %n, error = %e, "could not record the boot contact");
+            }
+        });
         match phase {
             Some(NodePhase::Provisioned | NodePhase::Ready) => local_disk_script(mac),
             Some(NodePhase::Assigned | NodePhase::Provisioning) => {
@@ -148,10 +235,7 @@ impl InventorySink for NodeScripts {
         token: String,
         inventory: serde_json::Value,
     ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
-        let ok = self
-            .key
-            .as_ref()
-            .is_some_and(|k| k.verify_boot_token(&mac, &token));
+        let ok = self.verify(&mac, &token);
         let client = self.client.clone();
         let known = node_for_mac(&self.caches, &mac);
         Box::pin(async move {
@@ -187,5 +271,157 @@ impl InventorySink for NodeScripts {
             tracing::info!(node = %name, %mac, cpus = inv.cpus.len(), disks = inv.disks.len(), nics = inv.nics.len(), "inventory recorded");
             Ok(format!("{name}\n"))
         })
+    }
+
+    fn next_task(
+        &self,
+        mac: String,
+        token: String,
+        base: String,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
+        let ok = self.verify(&mac, &token);
+        let node = node_for_mac(&self.caches, &mac);
+        let task = node.as_ref().and_then(|node| {
+            let st = node.status.clone().unwrap_or_default();
+            let p = st.provisioning.clone().unwrap_or_default();
+            let attempt = p.attempt.unwrap_or(1);
+            let reported = |task: &str| {
+                p.report
+                    .as_ref()
+                    .is_some_and(|r| r.task == task && r.attempt == attempt)
+            };
+            match st.phase {
+                Some(NodePhase::Provisioning)
+                    if node.spec.provisioning == ProvisioningState::Provisioned
+                        && !reported("install") =>
+                {
+                    install_task(&self.caches, node, &mac, &token, &base, attempt)
+                }
+                Some(NodePhase::Deprovisioning) if !reported("wipe") => {
+                    Some(Task::Wipe { attempt })
+                }
+                _ => None,
+            }
+        });
+        Box::pin(async move {
+            if !ok {
+                tracing::warn!(%mac, "task request with a wrong boot token refused");
+                return Err((403, "boot token does not match this MAC\n".into()));
+            }
+            if let (Some(n), Some(t)) = (&node, &task) {
+                let what = match t {
+                    Task::Install { .. } => "install",
+                    Task::Wipe { .. } => "wipe",
+                    Task::Wait { .. } => "wait",
+                };
+                tracing::info!(node = %n.name_any(), %mac, task = what, "task handed to the agent");
+            }
+            let task = task.unwrap_or(Task::Wait { seconds: 2 });
+            serde_json::to_value(task).map_err(|e| (500, format!("{e}\n")))
+        })
+    }
+
+    fn task_report(
+        &self,
+        mac: String,
+        token: String,
+        report: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
+        let ok = self.verify(&mac, &token);
+        let node = node_for_mac(&self.caches, &mac);
+        let client = self.client.clone();
+        Box::pin(async move {
+            if !ok {
+                tracing::warn!(%mac, "task report with a wrong boot token refused");
+                return Err((403, "boot token does not match this MAC\n".into()));
+            }
+            let mut r: TaskReport = serde_json::from_value(report)
+                .map_err(|e| (400, format!("report does not decode: {e}\n")))?;
+            let node = node.ok_or((404, format!("no Node boots from {mac}\n")))?;
+            let name = node.name_any();
+            let st = node.status.clone().unwrap_or_default();
+            let attempt = st
+                .provisioning
+                .as_ref()
+                .and_then(|p| p.attempt)
+                .unwrap_or(1);
+            let expected = match r.task.as_str() {
+                "install" => NodePhase::Provisioning,
+                "wipe" => NodePhase::Deprovisioning,
+                other => return Err((400, format!("task: {other:?} is not install or wipe\n"))),
+            };
+            if st.phase != Some(expected) || r.attempt != attempt {
+                return Err((
+                    409,
+                    format!(
+                        "stale report: {} attempt {} for Node {name}, which is in phase {:?} at attempt {attempt}\n",
+                        r.task, r.attempt, st.phase
+                    ),
+                ));
+            }
+            r.at = Some(now());
+            tracing::info!(node = %name, %mac, task = %r.task, attempt = r.attempt, state = ?r.state, reason = ?r.reason, message = ?r.message, "agent report");
+            status_patch(client, name.clone(), json!({"provisioning": {"report": r}}))
+                .await
+                .map_err(|e| (503, format!("cannot record the report: {e}\n")))?;
+            Ok(format!("{name}\n"))
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        mac: String,
+        token: String,
+        beat: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
+        let ok = self.verify(&mac, &token);
+        let node = node_for_mac(&self.caches, &mac);
+        let client = self.client.clone();
+        let interval = self.heartbeat_interval;
+        Box::pin(async move {
+            if !ok {
+                tracing::warn!(%mac, "heartbeat with a wrong boot token refused");
+                return Err((403, "boot token does not match this MAC\n".into()));
+            }
+            let b: Heartbeat = serde_json::from_value(beat)
+                .map_err(|e| (400, format!("heartbeat does not decode: {e}\n")))?;
+            let node = node.ok_or((404, format!("no Node boots from {mac}\n")))?;
+            let name = node.name_any();
+            let phase = node.status.as_ref().and_then(|s| s.phase);
+            if !matches!(phase, Some(NodePhase::Provisioned | NodePhase::Ready)) {
+                return Err((
+                    409,
+                    format!("Node {name} is in phase {phase:?}, not installed\n"),
+                ));
+            }
+            let first = node
+                .status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .and_then(|p| p.boot_id.as_deref())
+                != Some(b.boot_id.as_str());
+            if first {
+                tracing::info!(node = %name, %mac, boot_id = %b.boot_id, addresses = ?b.addresses, applied = b.applied, skipped = ?b.skipped, "node agent checked in");
+            }
+            status_patch(
+                client,
+                name,
+                json!({"addresses": b.addresses, "provisioning": {"lastHeartbeat": now(), "bootId": b.boot_id}}),
+            )
+            .await
+            .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
+            serde_json::to_value(HeartbeatReply {
+                interval_seconds: interval,
+            })
+            .map_err(|e| (500, format!("{e}\n")))
+        })
+    }
+}
+
+impl NodeScripts {
+    fn verify(&self, mac: &str, token: &str) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|k| k.verify_boot_token(mac, token))
     }
 }

@@ -14,6 +14,7 @@ pub mod events;
 pub mod lease;
 pub mod power;
 pub mod profile;
+pub mod provision;
 pub mod queue;
 pub mod retry;
 pub mod runtime;
@@ -37,6 +38,7 @@ pub const ALL: &[&str] = &[
     "profile",
     "profile-status",
     "power",
+    "provisioning",
 ];
 
 /// Parses `all`, `none` or a comma-separated list of controller names.
@@ -78,6 +80,8 @@ pub struct Options {
     pub bmc_timeout: Duration,
     /// Power controller: how often a synced Node's power is read again.
     pub power_poll: Duration,
+    /// Provisioning controller: time limits and attempts.
+    pub provisioning: provision::Timing,
 }
 
 impl std::fmt::Debug for Options {
@@ -102,6 +106,7 @@ impl Options {
             bmc_global_limit: 32,
             bmc_timeout: Duration::from_secs(10),
             power_poll: Duration::from_secs(60),
+            provisioning: provision::Timing::default(),
         }
     }
 }
@@ -184,6 +189,18 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
                     opts.bmc_timeout,
                     opts.power_poll,
                 ),
+                &client,
+                &caches,
+                &opts,
+                &stop,
+            ),
+            "provisioning" => start(
+                provision::ProvisionController {
+                    timing: provision::Timing {
+                        bmc_timeout: opts.bmc_timeout,
+                        ..opts.provisioning.clone()
+                    },
+                },
                 &client,
                 &caches,
                 &opts,

@@ -25,8 +25,6 @@ use crate::events::EventType;
 use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event, patch_status};
 
 pub struct PowerController {
-    /// One lock per BMC address: never two calls to one BMC at once.
-    per_bmc: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     global: Arc<Semaphore>,
     /// Bound on each BMC call.
     pub call_timeout: Duration,
@@ -43,20 +41,10 @@ impl Default for PowerController {
 impl PowerController {
     pub fn new(global_limit: usize, call_timeout: Duration, poll: Duration) -> Self {
         PowerController {
-            per_bmc: Mutex::new(HashMap::new()),
             global: Arc::new(Semaphore::new(global_limit.max(1))),
             call_timeout,
             poll,
         }
-    }
-
-    fn lock_for(&self, address: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.per_bmc
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(address.to_string())
-            .or_default()
-            .clone()
     }
 
     async fn call<T>(
@@ -74,8 +62,79 @@ impl PowerController {
     }
 }
 
+/// One lock per BMC address, shared by every controller in the process: a BMC is never asked
+/// two things at once.
+pub(crate) fn bmc_lock(address: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        std::sync::OnceLock::new();
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(address.to_string())
+        .or_default()
+        .clone()
+}
+
+/// The Node's BMC endpoint with its password opened, and its `host:port`; or a condition
+/// reason and message saying why it cannot be used.
+pub(crate) fn bmc_endpoint(
+    ctx: &Ctx,
+    bmc: &groundwork_types::Bmc,
+    timeout: Duration,
+) -> Result<(Endpoint, String), (&'static str, String)> {
+    let cred = ctx
+        .caches
+        .credentials
+        .get(&ObjectRef::new(&bmc.credentials_ref))
+        .ok_or_else(|| {
+            (
+                "CredentialsNotFound",
+                format!("Credential {:?} does not exist", bmc.credentials_ref),
+            )
+        })?;
+    let key = ctx.secret_key.as_ref().ok_or((
+        "NoSecretKey",
+        "this controller has no secret key to open credentials (--secret-key-file)".to_string(),
+    ))?;
+    let sealed = cred.spec.encrypted_password.as_deref().ok_or_else(|| {
+        (
+            "CredentialsUnreadable",
+            format!("Credential {:?} has no password", bmc.credentials_ref),
+        )
+    })?;
+    let password = key
+        .open(&format!("credentials/{}", bmc.credentials_ref), sealed)
+        .map_err(|e| {
+            (
+                "CredentialsUnreadable",
+                format!("Credential {:?}: {e}", bmc.credentials_ref),
+            )
+        })?;
+    let address = match bmc.port {
+        Some(p) if bmc.address.contains(':') && !bmc.address.starts_with('[') => {
+            format!("[{}]:{p}", bmc.address)
+        }
+        Some(p) => format!("{}:{p}", bmc.address),
+        None => bmc.address.clone(),
+    };
+    let ep = Endpoint {
+        protocol: match bmc.protocol {
+            BmcProtocol::Ipmi => Protocol::Ipmi,
+            BmcProtocol::Redfish => Protocol::Redfish,
+        },
+        address: address.clone(),
+        username: cred.spec.username.clone(),
+        password,
+        cipher_suite: bmc.cipher_suite.unwrap_or(3),
+        insecure_tls: bmc.insecure_tls,
+        timeout,
+    };
+    Ok((ep, address))
+}
+
 /// Why the BMC could not be used, as a condition reason.
-fn reason_of(e: &BmcError) -> &'static str {
+pub(crate) fn reason_of(e: &BmcError) -> &'static str {
     match e {
         BmcError::Auth(_) => "AuthenticationFailed",
         BmcError::Timeout(_) => "Timeout",
@@ -125,38 +184,8 @@ impl Reconciler for PowerController {
         let status = node.status.clone().unwrap_or_default();
         let mut conds = status.conditions.clone();
 
-        // Credentials: present, and readable with our key.
-        let cred = ctx
-            .caches
-            .credentials
-            .get(&ObjectRef::new(&bmc.credentials_ref));
-        let password = match (&cred, &ctx.secret_key) {
-            (None, _) => Err((
-                "CredentialsNotFound",
-                format!("Credential {:?} does not exist", bmc.credentials_ref),
-            )),
-            (Some(_), None) => Err((
-                "NoSecretKey",
-                "this controller has no secret key to open credentials (--secret-key-file)"
-                    .to_string(),
-            )),
-            (Some(c), Some(key)) => match c.spec.encrypted_password.as_deref() {
-                None => Err((
-                    "CredentialsUnreadable",
-                    format!("Credential {:?} has no password", bmc.credentials_ref),
-                )),
-                Some(sealed) => key
-                    .open(&format!("credentials/{}", bmc.credentials_ref), sealed)
-                    .map_err(|e| {
-                        (
-                            "CredentialsUnreadable",
-                            format!("Credential {:?}: {e}", bmc.credentials_ref),
-                        )
-                    }),
-            },
-        };
-        let password = match password {
-            Ok(p) => p,
+        let (ep, address) = match bmc_endpoint(ctx, bmc, self.call_timeout) {
+            Ok(v) => v,
             Err((reason, msg)) => {
                 condition_with_event(
                     ctx,
@@ -173,28 +202,8 @@ impl Reconciler for PowerController {
                 return Ok(Action::AwaitChange);
             }
         };
-        let cred = cred.expect("checked above");
-        let address = match bmc.port {
-            Some(p) if bmc.address.contains(':') && !bmc.address.starts_with('[') => {
-                format!("[{}]:{p}", bmc.address)
-            }
-            Some(p) => format!("{}:{p}", bmc.address),
-            None => bmc.address.clone(),
-        };
-        let ep = Endpoint {
-            protocol: match bmc.protocol {
-                BmcProtocol::Ipmi => Protocol::Ipmi,
-                BmcProtocol::Redfish => Protocol::Redfish,
-            },
-            address: address.clone(),
-            username: cred.spec.username.clone(),
-            password,
-            cipher_suite: bmc.cipher_suite.unwrap_or(3),
-            insecure_tls: bmc.insecure_tls,
-            timeout: self.call_timeout,
-        };
 
-        let lock = self.lock_for(&address);
+        let lock = bmc_lock(&address);
         let _one_at_a_time = lock.lock().await;
         let _permit = self
             .global
@@ -291,7 +300,7 @@ impl Reconciler for PowerController {
     }
 }
 
-fn ep_proto(ep: &Endpoint) -> &'static str {
+pub(crate) fn ep_proto(ep: &Endpoint) -> &'static str {
     match ep.protocol {
         Protocol::Ipmi => "IPMI",
         Protocol::Redfish => "Redfish",

@@ -3,6 +3,7 @@
 //! CLI and the tests all share it.
 
 mod admission;
+pub mod agent;
 mod conditions;
 mod credential;
 mod datacenter;

@@ -168,8 +168,92 @@ pub struct NodeStatus {
     /// The last error the BMC returned, cleared on success.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_bmc_error: Option<String>,
+    /// What the provisioning controller and the machine's agents recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<ProvisioningStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// The provisioning state machine's bookkeeping (times are RFC 3339).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProvisioningStatus {
+    /// Attempt within the current phase, from 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// When the current phase (or its current attempt) began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_since: Option<String>,
+    /// Phase Failed: the phase that failed, and why (a machine-readable reason; the
+    /// `Provisioned` condition has the message).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_in: Option<NodePhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// Generation of the Node when it failed: a change (the operator fixing the cause)
+    /// retries at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_generation: Option<i64>,
+    /// Generation of the Profile the current or last install used: a change after a failed
+    /// install retries at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_generation: Option<i64>,
+    /// Value of the `groundwork.dev/retry` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_observed: Option<String>,
+    /// Last time the machine fetched its iPXE script (it did PXE-boot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_boot_contact: Option<String>,
+    /// The ramdisk agent's latest task report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<TaskReport>,
+    /// The installed system's node agent: last heartbeat and its boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Checksum of the image last installed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub installed_checksum: Option<String>,
+    /// Phases entered, oldest first (the last 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<PhaseEntry>,
+}
+
+/// A phase the Node entered, and when.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PhaseEntry {
+    pub phase: NodePhase,
+    pub at: String,
+}
+
+/// Where an agent task stands.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TaskState {
+    Started,
+    Succeeded,
+    Failed,
+}
+
+/// What the ramdisk agent says about a task (`POST /agent/report`).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskReport {
+    /// `install` or `wipe`.
+    pub task: String,
+    /// The attempt the task was handed out for.
+    pub attempt: u32,
+    pub state: TaskState,
+    /// Failed: a machine-readable reason, e.g. `ImageChecksumMismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Set by the server when it took the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
 }
 
 /// Hardware facts reported by the discovery agent and the BMC.

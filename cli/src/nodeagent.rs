@@ -1,0 +1,329 @@
+//! `groundwork node-agent`: runs on installed machines. At every boot it reads the machine
+//! config the installer wrote (`/groundwork/machine.json` on partition 1 of a disk), applies
+//! it (host name, users and their SSH keys, files, units), then heartbeats to the boot server
+//! with the machine's addresses until the machine stops.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct NodeAgentArgs {
+    /// The disk holding the machine config (default: the first disk that has one).
+    #[arg(long)]
+    disk: Option<PathBuf>,
+    /// Root of the file system the config is applied to.
+    #[arg(long, default_value = "/")]
+    root: PathBuf,
+    /// Root of /sys and /proc (tests).
+    #[arg(long, default_value = "/", hide = true)]
+    sysroot: PathBuf,
+    /// Where the disks' device files are (tests).
+    #[arg(long, default_value = "/dev", hide = true)]
+    dev_root: PathBuf,
+    /// Stop after this many accepted heartbeats (tests; default: never).
+    #[arg(long, hide = true)]
+    beats: Option<u32>,
+}
+
+fn find_config(a: &NodeAgentArgs) -> anyhow::Result<(PathBuf, MachineFile)> {
+    if let Some(d) = &a.disk {
+        let m = crate::install::read_machine_file(d).map_err(anyhow::Error::msg)?;
+        return Ok((d.clone(), m));
+    }
+    let inv = crate::agent::collect(&a.sysroot);
+    let mut errors = Vec::new();
+    for d in &inv.disks {
+        let dev = crate::install::device(&a.dev_root, &d.name);
+        match crate::install::read_machine_file(&dev) {
+            Ok(m) => return Ok((dev, m)),
+            Err(e) => errors.push(e),
+        }
+    }
+    anyhow::bail!("no disk holds a machine config: {}", errors.join("; "))
+}
+
+/// `root` + an absolute path, refusing `..`.
+fn under(root: &Path, path: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(path);
+    anyhow::ensure!(p.is_absolute(), "{path:?}: not an absolute path");
+    anyhow::ensure!(
+        !p.components()
+            .any(|c| matches!(c, std::path::Component::ParentDir)),
+        "{path:?}: contains .."
+    );
+    Ok(root.join(p.strip_prefix("/").unwrap_or(p)))
+}
+
+fn write_mode(path: &Path, content: &str, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+    }
+    std::fs::write(path, content).with_context(|| path.display().to_string())?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| path.display().to_string())?;
+    Ok(())
+}
+
+/// Applies the config under `root`; returns (items applied, items skipped with why).
+pub(crate) fn apply(m: &MachineFile, root: &Path) -> (u32, Vec<String>) {
+    let mut applied = 0;
+    let mut skipped = Vec::new();
+    let mut note = |what: String, r: anyhow::Result<()>| match r {
+        Ok(()) => applied += 1,
+        Err(e) => skipped.push(format!("{what}: {e:#}")),
+    };
+    if let Some(h) = &m.hostname {
+        note(
+            format!("hostname {h}"),
+            (|| {
+                write_mode(&root.join("etc/hostname"), &format!("{h}\n"), 0o644)?;
+                if root == Path::new("/") {
+                    std::fs::write("/proc/sys/kernel/hostname", h)
+                        .context("setting the host name")?;
+                }
+                Ok(())
+            })(),
+        );
+    }
+    for (i, u) in m.users.iter().enumerate() {
+        note(
+            format!("user {}", u.name),
+            (|| {
+                anyhow::ensure!(
+                    !u.name.is_empty()
+                        && u.name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                    "{:?}: not a valid user name",
+                    u.name
+                );
+                let home = if u.name == "root" {
+                    "/root".to_string()
+                } else {
+                    format!("/home/{}", u.name)
+                };
+                let passwd = root.join("etc/passwd");
+                let have = std::fs::read_to_string(&passwd).unwrap_or_default();
+                if !have
+                    .lines()
+                    .any(|l| l.split(':').next() == Some(u.name.as_str()))
+                {
+                    let uid = 1000 + i;
+                    let line = format!("{}:x:{uid}:{uid}::{home}:/bin/sh\n", u.name);
+                    write_mode(&passwd, &(have + &line), 0o644)?;
+                }
+                let keys = under(root, &format!("{home}/.ssh/authorized_keys"))?;
+                write_mode(&keys, &(u.ssh_authorized_keys.join("\n") + "\n"), 0o600)?;
+                if u.sudo {
+                    write_mode(
+                        &root.join(format!("etc/sudoers.d/{}", u.name)),
+                        &format!("{} ALL=(ALL) NOPASSWD:ALL\n", u.name),
+                        0o440,
+                    )?;
+                }
+                Ok(())
+            })(),
+        );
+    }
+    for f in &m.files {
+        note(
+            format!("file {}", f.path),
+            (|| {
+                let mode = match &f.mode {
+                    Some(s) => u32::from_str_radix(s.trim_start_matches("0o"), 8)
+                        .with_context(|| format!("mode {s:?}: not octal"))?,
+                    None => 0o644,
+                };
+                write_mode(&under(root, &f.path)?, &f.content, mode)
+            })(),
+        );
+    }
+    let systemd = root.join("run/systemd/system").is_dir();
+    for u in &m.units {
+        if let Some(c) = &u.content {
+            note(
+                format!("unit {} file", u.name),
+                write_mode(&root.join("etc/systemd/system").join(&u.name), c, 0o644),
+            );
+        }
+        if !systemd && u.enabled {
+            note(
+                format!("unit {}", u.name),
+                Err(anyhow::anyhow!(
+                    "this system has no systemd; written, not started"
+                )),
+            );
+        }
+    }
+    (applied, skipped)
+}
+
+fn addresses() -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+        for i in ifs {
+            if i.interface_name == "lo" {
+                continue;
+            }
+            if let Some(a) = i.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+                out.push(a.ip().to_string());
+            }
+        }
+    }
+    out
+}
+
+pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
+    let (disk, m) = find_config(&a)?;
+    eprintln!(
+        "groundwork node-agent: machine config for {} from {}",
+        m.node,
+        disk.display()
+    );
+    let (applied, skipped) = apply(&m, &a.root);
+    for s in &skipped {
+        eprintln!("groundwork node-agent: not applied: {s}");
+    }
+    let boot_id = std::fs::read_to_string(a.sysroot.join("proc/sys/kernel/random/boot_id"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = m.url.trim_end_matches('/').to_string();
+    let mut accepted = 0u32;
+    let mut interval = Duration::from_secs(15);
+    let mut failures = 0u32;
+    loop {
+        let uptime = std::fs::read_to_string(a.sysroot.join("proc/uptime"))
+            .ok()
+            .and_then(|s| s.split('.').next().and_then(|x| x.parse().ok()))
+            .unwrap_or(0);
+        let beat = Heartbeat {
+            node: m.node.clone(),
+            boot_id: boot_id.clone(),
+            addresses: addresses(),
+            uptime_seconds: uptime,
+            applied,
+            skipped: skipped.clone(),
+        };
+        let r = client
+            .post(format!("{base}/agent/heartbeat"))
+            .query(&[("mac", m.mac.as_str()), ("token", m.token.as_str())])
+            .json(&beat)
+            .send()
+            .await;
+        let wait = match r {
+            Ok(resp) if resp.status().is_success() => {
+                if let Ok(reply) = resp.json::<HeartbeatReply>().await {
+                    interval = Duration::from_secs(reply.interval_seconds.clamp(1, 3600) as u64);
+                }
+                if accepted == 0 {
+                    println!("GROUNDWORK-NODE-READY node={}", m.node);
+                }
+                accepted += 1;
+                failures = 0;
+                if a.beats.is_some_and(|b| accepted >= b) {
+                    return Ok(());
+                }
+                interval
+            }
+            Ok(resp) => {
+                failures += 1;
+                eprintln!(
+                    "groundwork node-agent: heartbeat: {}: {}",
+                    resp.status(),
+                    resp.text().await.unwrap_or_default().trim()
+                );
+                Duration::from_secs(2u64.pow(failures.min(4)))
+            }
+            Err(e) => {
+                failures += 1;
+                eprintln!("groundwork node-agent: heartbeat: {e}");
+                Duration::from_secs(2u64.pow(failures.min(4)))
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use groundwork_types::{File, Unit, User};
+
+    #[test]
+    fn applies_users_files_and_hostname_under_a_root() {
+        let d = tempfile::tempdir().unwrap();
+        let m = MachineFile {
+            hostname: Some("n1.lab".into()),
+            users: vec![User {
+                name: "ops".into(),
+                ssh_authorized_keys: vec!["ssh-ed25519 AAAA ops@x".into()],
+                groups: vec![],
+                sudo: true,
+            }],
+            files: vec![
+                File {
+                    path: "/etc/motd".into(),
+                    content: "hi\n".into(),
+                    mode: Some("0600".into()),
+                },
+                File {
+                    path: "/../escape".into(),
+                    content: "x".into(),
+                    mode: None,
+                },
+            ],
+            units: vec![Unit {
+                name: "x.service".into(),
+                content: Some("[Unit]\n".into()),
+                enabled: true,
+            }],
+            ..Default::default()
+        };
+        let (applied, skipped) = apply(&m, d.path());
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("etc/hostname")).unwrap(),
+            "n1.lab\n"
+        );
+        assert!(
+            std::fs::read_to_string(d.path().join("etc/passwd"))
+                .unwrap()
+                .starts_with("ops:x:1000:")
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("home/ops/.ssh/authorized_keys")).unwrap(),
+            "ssh-ed25519 AAAA ops@x\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("etc/motd"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!d.path().parent().unwrap().join("escape").exists());
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.contains("/../escape") && s.contains("..")),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped.iter().any(|s| s.contains("no systemd")),
+            "{skipped:?}"
+        );
+        assert_eq!(
+            applied, 4,
+            "hostname, user, one file, unit file: {skipped:?}"
+        );
+        // Applied again at the next boot: the user is not added twice.
+        apply(&m, d.path());
+        let passwd = std::fs::read_to_string(d.path().join("etc/passwd")).unwrap();
+        assert_eq!(passwd.lines().count(), 1, "{passwd}");
+    }
+}

@@ -1,0 +1,82 @@
+//! The boot-network protocol between the server and the agents on the machines: the ramdisk
+//! agent asks for its next task (`GET /agent/next`) and reports on it (`POST /agent/report`,
+//! a [`crate::TaskReport`]); the installed system's node agent heartbeats
+//! (`POST /agent/heartbeat`). Every call carries the machine's MAC and its boot token.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{File, Unit, User};
+
+/// The ramdisk agent's next task.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "task", rename_all = "camelCase")]
+pub enum Task {
+    /// Nothing to do: ask again after this long.
+    Wait { seconds: u32 },
+    /// Write the image to the disk, verify its checksum, then write the machine config.
+    #[serde(rename_all = "camelCase")]
+    Install {
+        attempt: u32,
+        /// Absolute http(s) URL.
+        image_url: String,
+        /// `sha256:<hex>`.
+        checksum: String,
+        /// `/dev/NAME`, `NAME`, `largest` or `smallest`; absent = the first disk.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_disk: Option<String>,
+        config: Box<MachineFile>,
+    },
+    /// Destroy every partition table and file system signature on every disk.
+    Wipe { attempt: u32 },
+}
+
+/// What the installer writes to `/groundwork/machine.json` on the image's first partition,
+/// and what the installed system's node agent applies at every boot.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineFile {
+    pub node: String,
+    /// The boot server the node agent heartbeats to.
+    pub url: String,
+    pub mac: String,
+    /// The machine's boot token (bound to its MAC). Until machine certificates exist
+    /// (issue 9), the node agent authenticates with it.
+    pub token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<User>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<File>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<Unit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+}
+
+/// The node agent's heartbeat.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub node: String,
+    /// Changes at every boot (the kernel's boot_id).
+    pub boot_id: String,
+    #[serde(default)]
+    pub addresses: Vec<String>,
+    #[serde(default)]
+    pub uptime_seconds: u64,
+    /// Machine config items applied at this boot, and ones the system cannot apply.
+    #[serde(default)]
+    pub applied: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// The server's answer to a heartbeat.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatReply {
+    pub interval_seconds: u32,
+}
