@@ -366,14 +366,7 @@ async fn all_held_by(c: &Client, id: &str) -> bool {
 }
 
 fn groundwork_controller_names() -> Vec<&'static str> {
-    vec![
-        "datacenter",
-        "rack",
-        "node-placement",
-        "profile",
-        "profile-status",
-        "power",
-    ]
+    groundwork_controller::ALL.to_vec()
 }
 
 /// Waits until nothing has been written for `quiet` (the controllers have settled).

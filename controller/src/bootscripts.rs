@@ -259,6 +259,20 @@ impl InventorySink for NodeScripts {
                 None | Some(NodePhase::Registered | NodePhase::Discovering)
             ) {
                 status["phase"] = json!("Inventoried");
+                // The phase history (kept by the provisioning controller) gets this step too.
+                let mut history = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.provisioning.as_ref())
+                    .map(|p| p.history.clone())
+                    .unwrap_or_default();
+                history.push(groundwork_types::PhaseEntry {
+                    phase: NodePhase::Inventoried,
+                    at: now(),
+                });
+                let excess = history.len().saturating_sub(32);
+                history.drain(..excess);
+                status["provisioning"] = json!({"history": history});
             }
             Api::<Node>::all(client)
                 .patch_status(
