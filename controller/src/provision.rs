@@ -849,6 +849,14 @@ impl ProvisionController {
         let Some(bmc) = &node.spec.bmc else {
             return Ok(());
         };
+        if node.spec.online == Some(false) && boot != Boot::Off {
+            // The operator wants it off: do not fight the power controller. A change of
+            // spec.online maps back here at once.
+            let msg = "spec.online is false: not powering the machine on for this step";
+            self.condition(ctx, node, false, "PoweredOffBySpec", msg)
+                .await?;
+            return Err(Error::Other(msg.into()));
+        }
         let res = async {
             let (ep, address) = bmc_endpoint(ctx, bmc, self.timing.bmc_timeout)
                 .map_err(|(reason, msg)| (reason.to_string(), msg))?;
