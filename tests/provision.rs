@@ -154,7 +154,7 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
         "--bmc-timeout-seconds",
         "1",
         "--discover-timeout-seconds",
-        "3",
+        "5",
         "--provision-attempts",
         "2",
         "--failed-retry-seconds",
@@ -175,24 +175,29 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     let f = write(s.dir.path(), "fault.yaml", &yaml);
     ok(s.groundwork(&["apply", "-f", f.to_str().unwrap()]));
 
-    // 1. An unreachable BMC: a clear condition, no phase change, and it goes on once the BMC
-    //    answers.
-    let (_, reason, msg) = eventually(WAIT, "a: BMC unreachable shown", || async {
+    // 1. An unreachable BMC: a clear condition, the power-on stays pending (retried with
+    //    backoff), and it goes on once the BMC answers.
+    let (_, _, msg) = eventually(WAIT, "a: BMC unreachable shown", || async {
         // (CredentialsNotFound may come first, until the Credential reaches the cache.)
         provisioned_cond(&node(&c, "a").await)
             .filter(|(st, r, _)| st == "False" && r == "BmcTimeout")
     })
     .await;
-    assert_eq!(reason, "BmcTimeout", "{msg}");
     assert!(msg.contains("BMC") && msg.contains("no answer"), "{msg}");
-    assert_eq!(phase(&node(&c, "a").await), None);
+    let n = node(&c, "a").await;
+    let p = n.status.as_ref().unwrap().provisioning.clone().unwrap();
+    assert_eq!(p.power_pending, Some(groundwork_types::PowerIntent::Pxe));
     assert!(!bmc_a.state().power_on);
     bmc_a.set_unresponsive(false);
     eventually(
         Duration::from_secs(60),
         "a: powered on once the BMC answers",
         || async {
-            (phase(&node(&c, "a").await) == Some(NodePhase::Discovering) && bmc_a.state().power_on)
+            let n = node(&c, "a").await;
+            let pending = n.status.as_ref()?.provisioning.as_ref()?.power_pending;
+            (phase(&n) == Some(NodePhase::Discovering)
+                && pending.is_none()
+                && bmc_a.state().power_on)
                 .then_some(())
         },
     )
@@ -230,6 +235,11 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     assert!(events.contains("NoPxeBoot"), "{events}");
 
     // Fixed (the machine boots now): `groundwork retry`, and the real agent reports.
+    let sys = dir.path().join("sys-b");
+    sysroot(&sys, mac);
+    let dev = dir.path().join("dev-b");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("vda"), vec![0xa5u8; 8 << 20]).unwrap();
     let out = ok(s.groundwork(&["retry", "node/b"]));
     assert!(out.contains("retry requested"), "{out}");
     eventually(WAIT, "b: discovering again", || async {
@@ -262,11 +272,6 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("mac"));
 
-    let sys = dir.path().join("sys-b");
-    sysroot(&sys, mac);
-    let dev = dir.path().join("dev-b");
-    std::fs::create_dir_all(&dev).unwrap();
-    std::fs::write(dev.join("vda"), vec![0xa5u8; 8 << 20]).unwrap();
     let agent_log = dir.path().join("agent-b.log");
     let _agent = Kill(
         Command::new(support::BIN)
@@ -387,8 +392,15 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     );
     let log = ok(s.groundwork(&["logs", "node/b"]));
     assert!(log.contains("image written and verified"), "{log}");
-    // The BMC password is nowhere in the server's log.
-    assert!(!s.log().contains(PASSWORD));
+    // Neither the BMC password nor the boot token is in the server's log, the Events or the
+    // API's answers.
+    let all = ok(s.groundwork(&["get", "nodes", "-o", "json"]))
+        + &ok(s.groundwork(&["events"]))
+        + &ok(s.groundwork(&["get", "credentials", "-o", "json"]));
+    for (what, secret) in [("password", PASSWORD), ("boot token", token.as_str())] {
+        assert!(!s.log().contains(secret), "{what} in the server log");
+        assert!(!all.contains(secret), "{what} in the API's answers");
+    }
 }
 
 /// `groundwork lab up` inside a network namespace this test creates (its servers listen
@@ -570,6 +582,7 @@ fn two_qemu_machines_go_from_apply_to_ready_and_one_back_to_available() {
     eprintln!("2 machines (TCG) from apply to Ready: {ready_at:?}");
 
     // Deprovision lab-2: PXE back into the ramdisk, wipe, available again.
+    let before = phases("lab-2").len();
     let o = Command::new("ip")
         .args([
             "netns",
@@ -586,7 +599,6 @@ fn two_qemu_machines_go_from_apply_to_ready_and_one_back_to_available() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", support::text(&o));
-    let before = phases("lab-2").len();
     wait_for("lab-2 back to available", Duration::from_secs(300), &|| {
         let p = phases("lab-2");
         p.len() > before

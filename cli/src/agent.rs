@@ -259,13 +259,13 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
                         return;
                     }
                     Ok(resp) => eprintln!("groundwork agent: report: {}; retrying", resp.status()),
-                    Err(e) => eprintln!("groundwork agent: report: {e}; retrying"),
+                    Err(e) => eprintln!("groundwork agent: report: {}; retrying", e.without_url()),
                 }
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }
     };
-    let done = |task: &str, attempt: u32, r: Result<String, crate::install::Failure>| {
+    let done = |task: &str, attempt: u32, id: &str, r: Result<String, crate::install::Failure>| {
         let (state, reason, message) = match r {
             Ok(m) => (TaskState::Succeeded, None, m),
             Err(f) => (TaskState::Failed, Some(f.reason.to_string()), f.message),
@@ -274,20 +274,24 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
         TaskReport {
             task: task.into(),
             attempt,
+            task_id: Some(id.to_string()),
             state,
             reason,
             message: Some(message),
             at: None,
         }
     };
-    let started = |task: &str, attempt: u32| TaskReport {
+    let started = |task: &str, attempt: u32, id: &str| TaskReport {
         task: task.into(),
         attempt,
+        task_id: Some(id.to_string()),
         state: TaskState::Started,
         reason: None,
         message: None,
         at: None,
     };
+    // A task whose report was lost is handed out again: send the result again, do not redo.
+    let mut finished: std::collections::HashMap<String, TaskReport> = Default::default();
     loop {
         let task = match api.get(format!("{base}/agent/next")).query(&q).send().await {
             Ok(resp) if resp.status().is_success() => resp.json::<Task>().await.ok(),
@@ -296,7 +300,7 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
                 None
             }
             Err(e) => {
-                eprintln!("groundwork agent: next task: {e}");
+                eprintln!("groundwork agent: next task: {}", e.without_url());
                 None
             }
         };
@@ -307,13 +311,21 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
             }
             Some(Task::Install {
                 attempt,
+                task_id,
                 image_url,
                 checksum,
                 target_disk,
                 config,
             }) => {
-                eprintln!("groundwork agent: installing {image_url} (attempt {attempt})");
-                report(started("install", attempt)).await;
+                if let Some(r) = finished.get(&task_id) {
+                    report(r.clone()).await;
+                    continue;
+                }
+                eprintln!(
+                    "groundwork agent: installing {} (attempt {attempt})",
+                    groundwork_controller::provision::redact_url(&image_url)
+                );
+                report(started("install", attempt, &task_id)).await;
                 let inv = collect(&a.sysroot);
                 let r = match crate::install::target_disk(target_disk.as_deref(), &inv) {
                     Ok(name) => {
@@ -322,11 +334,17 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
                     }
                     Err(f) => Err(f),
                 };
-                report(done("install", attempt, r)).await;
+                let r = done("install", attempt, &task_id, r);
+                finished.insert(task_id, r.clone());
+                report(r).await;
             }
-            Some(Task::Wipe { attempt }) => {
+            Some(Task::Wipe { attempt, task_id }) => {
+                if let Some(r) = finished.get(&task_id) {
+                    report(r.clone()).await;
+                    continue;
+                }
                 eprintln!("groundwork agent: wiping every disk (attempt {attempt})");
-                report(started("wipe", attempt)).await;
+                report(started("wipe", attempt, &task_id)).await;
                 let inv = collect(&a.sysroot);
                 let mut wiped = Vec::new();
                 let mut r = Ok(());
@@ -340,7 +358,17 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
                     }
                 }
                 let r = r.map(|_| format!("wiped {}", wiped.join(", ")));
-                report(done("wipe", attempt, r)).await;
+                let r = done("wipe", attempt, &task_id, r);
+                finished.insert(task_id, r.clone());
+                report(r).await;
+            }
+            Some(Task::Reboot { .. }) => {
+                eprintln!("groundwork agent: rebooting into the installed system");
+                if a.sysroot == std::path::Path::new("/") {
+                    nix::unistd::sync();
+                    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
             }
         }
     }

@@ -69,6 +69,7 @@ pub(crate) async fn write_image(
     checksum: &str,
     dev: &Path,
 ) -> Result<u64, Failure> {
+    let shown = groundwork_controller::provision::redact_url(url);
     let want = checksum
         .strip_prefix("sha256:")
         .ok_or_else(|| {
@@ -78,15 +79,16 @@ pub(crate) async fn write_image(
             )
         })?
         .to_ascii_lowercase();
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| fail("DownloadFailed", format!("GET {url}: {e}")))?;
+    let mut resp = client.get(url).send().await.map_err(|e| {
+        fail(
+            "DownloadFailed",
+            format!("GET {shown}: {}", e.without_url()),
+        )
+    })?;
     if !resp.status().is_success() {
         return Err(fail(
             "DownloadFailed",
-            format!("GET {url}: {}", resp.status()),
+            format!("GET {shown}: {}", resp.status()),
         ));
     }
     let mut out = OpenOptions::new()
@@ -97,10 +99,12 @@ pub(crate) async fn write_image(
     let mut written = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     loop {
-        let chunk = resp
-            .chunk()
-            .await
-            .map_err(|e| fail("DownloadFailed", format!("GET {url}: {e}")))?;
+        let chunk = resp.chunk().await.map_err(|e| {
+            fail(
+                "DownloadFailed",
+                format!("GET {shown}: {}", e.without_url()),
+            )
+        })?;
         let last = chunk.is_none();
         if let Some(c) = &chunk {
             hash.update(c);
@@ -153,8 +157,9 @@ fn size_of(f: &mut std::fs::File) -> std::io::Result<u64> {
     f.seek(SeekFrom::End(0))
 }
 
-/// Destroys partition tables and file system signatures: the first and the last MiB (MBR,
-/// GPT and its backup, most superblocks).
+/// Destroys partition tables and file system signatures: the first MiB of every MBR
+/// partition (superblocks, FAT tables, and the machine config's directory), then the first and
+/// the last MiB of the disk (MBR, GPT and its backup).
 pub(crate) fn wipe(dev: &Path) -> Result<u64, Failure> {
     let mut f = OpenOptions::new()
         .write(true)
@@ -164,6 +169,17 @@ pub(crate) fn wipe(dev: &Path) -> Result<u64, Failure> {
     let io = |e: std::io::Error| fail("WipeFailed", format!("{}: {e}", dev.display()));
     let size = size_of(&mut f).map_err(io)?;
     let span = (1u64 << 20).min(size);
+    let mut mbr = [0u8; 512];
+    f.seek(SeekFrom::Start(0)).map_err(io)?;
+    if f.read_exact(&mut mbr).is_ok() && mbr[510..512] == [0x55, 0xaa] {
+        for i in 0..4 {
+            let e = &mbr[446 + 16 * i..462 + 16 * i];
+            let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64 * 512;
+            if e[4] != 0 && start > 0 && start < size {
+                zero(&mut f, start, span.min(size - start)).map_err(io)?;
+            }
+        }
+    }
     zero(&mut f, 0, span).map_err(io)?;
     if size > span {
         zero(&mut f, size - span, span).map_err(io)?;
@@ -405,8 +421,14 @@ mod tests {
         };
         write_machine_file(&img, &m2).unwrap();
         assert_eq!(read_machine_file(&img).unwrap(), m2);
-        // A wiped disk has no partition table: a clear error.
+        // A wiped disk has no partition table (a clear error), and its partition's start, which
+        // held the file system and the machine config, is zero too.
         wipe(&img).unwrap();
+        let b = std::fs::read(&img).unwrap();
+        assert!(
+            b[1 << 20..2 << 20].iter().all(|&x| x == 0),
+            "partition 1 wiped"
+        );
         let e = read_machine_file(&img).unwrap_err();
         assert!(e.contains("no MBR partition table"), "{e}");
         let e = write_machine_file(&img, &m).unwrap_err();

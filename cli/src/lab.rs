@@ -291,17 +291,15 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
     let dir = std::path::absolute(&a.dir)?;
     if let Ok(text) = std::fs::read_to_string(dir.join("lab.json")) {
         let st: State = serde_json::from_str(&text).unwrap_or_default();
-        if st
-            .pids
-            .iter()
-            .any(|p| Path::new(&format!("/proc/{p}")).exists())
-        {
+        if st.pids.iter().any(|p| ours(*p)) {
             bail!(
                 "a lab is already up in {}: run `groundwork lab down --dir {}` first",
                 dir.display(),
                 dir.display()
             );
         }
+        // What a crashed or half-removed lab left behind (QEMUs, the namespace) goes first.
+        let _ = down(&dir);
     }
     ensure_packages()?;
     std::fs::create_dir_all(&dir)?;
@@ -588,6 +586,16 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
+/// The process exists and is one the lab starts (not a PID reused after a reboot).
+fn ours(pid: u32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let c = String::from_utf8_lossy(&c);
+        ["groundwork", "ipmi_sim", "qemu-system"]
+            .iter()
+            .any(|n| c.contains(n))
+    })
+}
+
 fn down(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join("lab.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
@@ -604,6 +612,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         .filter_map(|p| std::fs::read_to_string(p).ok()?.trim().parse().ok())
         .collect();
     pids.extend(&st.pids);
+    pids.retain(|p| ours(*p));
     use nix::sys::signal::{Signal, kill, killpg};
     use nix::unistd::Pid;
     for p in &pids {
@@ -614,7 +623,7 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    for p in pids.iter().filter(|p| alive(**p)) {
+    for p in pids.iter().filter(|p| alive(**p) && ours(**p)) {
         let _ = killpg(Pid::from_raw(*p as i32), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(*p as i32), Signal::SIGKILL);
     }

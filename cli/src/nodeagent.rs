@@ -108,16 +108,44 @@ pub(crate) fn apply(m: &MachineFile, root: &Path) -> (u32, Vec<String>) {
                 };
                 let passwd = root.join("etc/passwd");
                 let have = std::fs::read_to_string(&passwd).unwrap_or_default();
-                if !have
-                    .lines()
-                    .any(|l| l.split(':').next() == Some(u.name.as_str()))
-                {
-                    let uid = 1000 + i;
-                    let line = format!("{}:x:{uid}:{uid}::{home}:/bin/sh\n", u.name);
-                    write_mode(&passwd, &(have + &line), 0o644)?;
-                }
+                let existing = have.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.first() == Some(&u.name.as_str()))
+                        .then(|| f.get(2).and_then(|x| x.parse::<u32>().ok()).unwrap_or(0))
+                });
+                let uid = match existing {
+                    Some(uid) => uid,
+                    None => {
+                        // The next free uid from 1000.
+                        let used: Vec<u32> = have
+                            .lines()
+                            .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+                            .collect();
+                        let uid = (1000..)
+                            .find(|x| !used.contains(x))
+                            .unwrap_or(1000 + i as u32);
+                        let line = format!("{}:x:{uid}:{uid}::{home}:/bin/sh\n", u.name);
+                        write_mode(&passwd, &(have + &line), 0o644)?;
+                        uid
+                    }
+                };
                 let keys = under(root, &format!("{home}/.ssh/authorized_keys"))?;
                 write_mode(&keys, &(u.ssh_authorized_keys.join("\n") + "\n"), 0o600)?;
+                // sshd reads the keys as the user.
+                let (o, g) = (
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(uid)),
+                );
+                for p in [
+                    keys.parent().and_then(|p| p.parent()),
+                    keys.parent(),
+                    Some(keys.as_path()),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    let _ = nix::unistd::chown(p, o, g);
+                }
                 if u.sudo {
                     write_mode(
                         &root.join(format!("etc/sudoers.d/{}", u.name)),
@@ -144,6 +172,13 @@ pub(crate) fn apply(m: &MachineFile, root: &Path) -> (u32, Vec<String>) {
     }
     let systemd = root.join("run/systemd/system").is_dir();
     for u in &m.units {
+        if u.name.is_empty() || u.name.contains('/') || u.name.starts_with('.') {
+            note(
+                format!("unit {:?}", u.name),
+                Err(anyhow::anyhow!("not a unit file name")),
+            );
+            continue;
+        }
         if let Some(c) = &u.content {
             note(
                 format!("unit {} file", u.name),
@@ -221,6 +256,17 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             Ok(resp) if resp.status().is_success() => {
                 if let Ok(reply) = resp.json::<HeartbeatReply>().await {
                     interval = Duration::from_secs(reply.interval_seconds.clamp(1, 3600) as u64);
+                    if reply.reboot {
+                        eprintln!(
+                            "groundwork node-agent: the server asks for a reboot (deprovisioning)"
+                        );
+                        if a.root == Path::new("/") {
+                            nix::unistd::sync();
+                            let _ =
+                                nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+                        }
+                        return Ok(());
+                    }
                 }
                 if accepted == 0 {
                     println!("GROUNDWORK-NODE-READY node={}", m.node);
@@ -243,7 +289,7 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             }
             Err(e) => {
                 failures += 1;
-                eprintln!("groundwork node-agent: heartbeat: {e}");
+                eprintln!("groundwork node-agent: heartbeat: {}", e.without_url());
                 Duration::from_secs(2u64.pow(failures.min(4)))
             }
         };

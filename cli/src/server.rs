@@ -269,6 +269,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let mut opts = args.controllers.options();
     opts.secret_key = Some(key);
+    // A Ready Node is "not heartbeating" after three missed heartbeats (at least 30 s).
+    opts.provisioning.heartbeat_grace =
+        std::time::Duration::from_secs((3 * args.heartbeat_seconds as u64).max(30));
     let with_controllers = !opts.controllers.is_empty();
     let client = kube::Client::try_from(kube::Config::new(
         format!("http://{local}").parse().context("API URL")?,

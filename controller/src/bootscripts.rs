@@ -78,6 +78,7 @@ fn install_task(
     token: &str,
     base: &str,
     attempt: u32,
+    task_id: String,
 ) -> Option<Task> {
     let profile_name = node.status.as_ref()?.profile.clone()?;
     let profile = caches.profiles.get(&ObjectRef::new(&profile_name))?;
@@ -86,6 +87,7 @@ fn install_task(
     let name = node.name_any();
     Some(Task::Install {
         attempt,
+        task_id,
         image_url: absolute(base, &os.url),
         checksum: os.checksum.clone(),
         target_disk: os.target_disk.clone(),
@@ -185,18 +187,28 @@ impl ScriptSource for NodeScripts {
         let cmdline = format!("{} groundwork.node={name}", self.cmdline);
         // The machine did PXE-boot: the provisioning controller tells "never booted" from
         // "booted but its agent never reported" by this.
+        let recent = node
+            .status
+            .as_ref()
+            .and_then(|s| s.provisioning.as_ref())
+            .and_then(|p| p.last_boot_contact.as_deref())
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .is_some_and(|t| jiff::Timestamp::now().duration_since(t).as_secs_f64() < 10.0);
         let (client, n) = (self.client.clone(), name.clone());
-        tokio::spawn(async move {
-            let r = status_patch(
-                client,
-                n.clone(),
-                json!({"provisioning": {"lastBootContact": now()}}),
-            )
-            .await;
-            if let Err(e) = r {
-                tracing::warn!(node = %n, error = %e, "could not record the boot contact");
-            }
-        });
+        // At most one write per machine per 10 s, however often the script is fetched.
+        if !recent {
+            tokio::spawn(async move {
+                let r = status_patch(
+                    client,
+                    n.clone(),
+                    json!({"provisioning": {"lastBootContact": now()}}),
+                )
+                .await;
+                if let Err(e) = r {
+                    tracing::warn!(node = %n, error = %e, "could not record the boot contact");
+                }
+            });
+        }
         match phase {
             Some(NodePhase::Provisioned | NodePhase::Ready) => local_disk_script(mac),
             Some(NodePhase::Assigned | NodePhase::Provisioning) => {
@@ -299,20 +311,26 @@ impl InventorySink for NodeScripts {
             let st = node.status.clone().unwrap_or_default();
             let p = st.provisioning.clone().unwrap_or_default();
             let attempt = p.attempt.unwrap_or(1);
+            // Nothing is handed out while a power action is pending, nor twice per task ID.
+            let task_id = p.task_id.clone().filter(|_| p.power_pending.is_none())?;
             let reported = |task: &str| {
                 p.report
                     .as_ref()
-                    .is_some_and(|r| r.task == task && r.attempt == attempt)
+                    .is_some_and(|r| r.task == task && r.task_id.as_ref() == Some(&task_id))
             };
             match st.phase {
                 Some(NodePhase::Provisioning)
                     if node.spec.provisioning == ProvisioningState::Provisioned
                         && !reported("install") =>
                 {
-                    install_task(&self.caches, node, &mac, &token, &base, attempt)
+                    install_task(&self.caches, node, &mac, &token, &base, attempt, task_id)
                 }
                 Some(NodePhase::Deprovisioning) if !reported("wipe") => {
-                    Some(Task::Wipe { attempt })
+                    Some(Task::Wipe { attempt, task_id })
+                }
+                // Without a BMC nobody else can move the machine from the ramdisk to its disk.
+                Some(NodePhase::Provisioned) if node.spec.bmc.is_none() => {
+                    Some(Task::Reboot { task_id })
                 }
                 _ => None,
             }
@@ -326,6 +344,7 @@ impl InventorySink for NodeScripts {
                 let what = match t {
                     Task::Install { .. } => "install",
                     Task::Wipe { .. } => "wipe",
+                    Task::Reboot { .. } => "reboot",
                     Task::Wait { .. } => "wait",
                 };
                 tracing::info!(node = %n.name_any(), %mac, task = what, "task handed to the agent");
@@ -364,12 +383,13 @@ impl InventorySink for NodeScripts {
                 "wipe" => NodePhase::Deprovisioning,
                 other => return Err((400, format!("task: {other:?} is not install or wipe\n"))),
             };
-            if st.phase != Some(expected) || r.attempt != attempt {
+            let task_id = st.provisioning.as_ref().and_then(|p| p.task_id.clone());
+            if st.phase != Some(expected) || r.task_id.is_none() || r.task_id != task_id {
                 return Err((
                     409,
                     format!(
-                        "stale report: {} attempt {} for Node {name}, which is in phase {:?} at attempt {attempt}\n",
-                        r.task, r.attempt, st.phase
+                        "stale report: {} {:?} (attempt {}) for Node {name}, which is in phase {:?} with task {task_id:?} (attempt {attempt})\n",
+                        r.task, r.task_id, r.attempt, st.phase
                     ),
                 ));
             }
@@ -402,6 +422,14 @@ impl InventorySink for NodeScripts {
             let node = node.ok_or((404, format!("no Node boots from {mac}\n")))?;
             let name = node.name_any();
             let phase = node.status.as_ref().and_then(|s| s.phase);
+            if phase == Some(NodePhase::Deprovisioning) && node.spec.bmc.is_none() {
+                // Nobody else can take it back to the ramdisk.
+                return serde_json::to_value(HeartbeatReply {
+                    interval_seconds: interval,
+                    reboot: true,
+                })
+                .map_err(|e| (500, format!("{e}\n")));
+            }
             if !matches!(phase, Some(NodePhase::Provisioned | NodePhase::Ready)) {
                 return Err((
                     409,
@@ -426,6 +454,7 @@ impl InventorySink for NodeScripts {
             .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
             serde_json::to_value(HeartbeatReply {
                 interval_seconds: interval,
+                reboot: false,
             })
             .map_err(|e| (500, format!("{e}\n")))
         })

@@ -195,12 +195,10 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
                 &stop,
             ),
             "provisioning" => start(
-                provision::ProvisionController {
-                    timing: provision::Timing {
-                        bmc_timeout: opts.bmc_timeout,
-                        ..opts.provisioning.clone()
-                    },
-                },
+                provision::ProvisionController::new(provision::Timing {
+                    bmc_timeout: opts.bmc_timeout,
+                    ..opts.provisioning.clone()
+                }),
                 &client,
                 &caches,
                 &opts,

@@ -18,6 +18,12 @@
 //! BMC errors are not failures: they are retried with the runtime's backoff and shown in the
 //! `Provisioned` condition until the BMC answers.
 //!
+//! A transition is written first, with the cached resourceVersion as precondition and the
+//! power action it needs as `status.provisioning.powerPending`; the action runs after, and
+//! clears it. A conflict therefore never repeats a power action, and a BMC that fails keeps
+//! the action pending until it answers. The controller remembers the resourceVersion of its
+//! own last write per Node and does not act on a cache older than that.
+//!
 //! The agents' facts (task reports, heartbeats, boot contact) are written to
 //! `status.provisioning` by the boot server (`bootscripts`); phases after Inventoried are
 //! changed by this controller only. Every phase change is an Event, a log line on the Node
@@ -26,8 +32,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use groundwork_bmc::{BootTarget, Power, PowerAction};
-use groundwork_types::{Node, NodePhase, PhaseEntry, ProvisioningState, TaskState};
+use groundwork_types::{Node, NodePhase, PhaseEntry, PowerIntent, ProvisioningState, TaskState};
 use jiff::Timestamp;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
@@ -36,7 +45,7 @@ use serde_json::{Value, json};
 use crate::caches::{Caches, Change, ChangedObject};
 use crate::events::EventType;
 use crate::power::{bmc_endpoint, bmc_lock, ep_proto};
-use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event, patch_status};
+use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event};
 
 /// The annotation whose every new value retries a Failed Node.
 pub const RETRY_ANNOTATION: &str = "groundwork.dev/retry";
@@ -60,7 +69,8 @@ pub struct Timing {
     pub attempts: u32,
     /// A Failed Node is tried again after this long even if nothing changed.
     pub failed_retry: Duration,
-    /// A Ready Node whose last heartbeat is older than this gets `NodeAgentReady=False`.
+    /// A Ready Node whose last heartbeat is older than this gets `NodeAgentReady=False`
+    /// (three heartbeat intervals).
     pub heartbeat_grace: Duration,
     /// Each BMC call.
     pub bmc_timeout: Duration,
@@ -84,6 +94,39 @@ impl Default for Timing {
 
 pub struct ProvisionController {
     pub timing: Timing,
+    /// resourceVersion of our last write per Node: a cache older than that is not acted on.
+    written: Mutex<HashMap<String, u64>>,
+}
+
+impl ProvisionController {
+    pub fn new(timing: Timing) -> Self {
+        ProvisionController {
+            timing,
+            written: Mutex::default(),
+        }
+    }
+
+    fn note_written(&self, node: &Node) {
+        if let Some(rv) = node.resource_version().and_then(|r| r.parse().ok()) {
+            self.written
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(node.name_any(), rv);
+        }
+    }
+
+    /// The cache has not yet seen our own last write to this Node.
+    fn stale(&self, node: &Node) -> bool {
+        let have: u64 = node
+            .resource_version()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(0);
+        self.written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&node.name_any())
+            .is_some_and(|w| have < *w)
+    }
 }
 
 fn parse_ts(s: Option<&str>) -> Option<Timestamp> {
@@ -99,15 +142,28 @@ fn elapsed(since: Option<Timestamp>) -> Duration {
         .unwrap_or(Duration::MAX)
 }
 
-/// What the machine should boot next.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Boot {
-    /// PXE, once: the ramdisk.
-    Pxe,
-    /// The local disk, persistently: the installed system.
-    Disk,
-    /// Power off.
-    Off,
+/// `scheme://host/path` of a URL: no user, password or query (which may carry credentials).
+pub fn redact_url(u: &str) -> String {
+    let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = match rest.split_once('/') {
+        Some((auth, path)) => format!("{}/{path}", auth.rsplit('@').next().unwrap_or(auth)),
+        None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
+    };
+    if scheme.is_empty() {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
+fn cond_reason(n: &Node) -> Option<String> {
+    n.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Provisioned")
+        .map(|c| c.reason.clone())
 }
 
 impl Reconciler for ProvisionController {
@@ -155,8 +211,16 @@ impl Reconciler for ProvisionController {
         if node.spec.maintenance {
             return Ok(Action::AwaitChange);
         }
+        if self.stale(&node) {
+            return Ok(Action::Requeue(Duration::from_millis(100)));
+        }
         let st = node.status.clone().unwrap_or_default();
         let p = st.provisioning.clone().unwrap_or_default();
+        if let Some(intent) = p.power_pending {
+            // Decided and recorded earlier; the BMC has not confirmed it yet.
+            self.act(ctx, &node, intent).await?;
+            return Ok(Action::Requeue(Duration::from_millis(100)));
+        }
         let attempt = p.attempt.unwrap_or(1);
         let since = parse_ts(p.phase_since.as_deref());
         let in_phase = elapsed(since);
@@ -175,7 +239,7 @@ impl Reconciler for ProvisionController {
             None | Some(NodePhase::Registered) => {
                 if node.spec.bmc.is_none() {
                     if st.phase.is_none() {
-                        self.enter(ctx, &node, NodePhase::Registered, 1, json!({}), "registered; no BMC: power the machine on to PXE-boot it and it is discovered").await?;
+                        self.enter(ctx, &node, NodePhase::Registered, 1, None, json!({}), "registered; no BMC: power the machine on to PXE-boot it and it is discovered").await?;
                     }
                     return Ok(Action::AwaitChange);
                 }
@@ -190,14 +254,14 @@ impl Reconciler for ProvisionController {
                     .await?;
                     return Ok(Action::AwaitChange);
                 }
-                self.power(ctx, &node, Boot::Pxe).await?;
                 self.enter(
                     ctx,
                     &node,
                     NodePhase::Discovering,
                     1,
+                    Some(PowerIntent::Pxe),
                     json!({}),
-                    "powered on to PXE-boot the discovery ramdisk",
+                    "powering on to PXE-boot the discovery ramdisk",
                 )
                 .await?;
                 Ok(Action::Requeue(t.discover))
@@ -209,9 +273,8 @@ impl Reconciler for ProvisionController {
                 if in_phase < t.discover {
                     return Ok(remaining(t.discover));
                 }
-                let booted = parse_ts(p.last_boot_contact.as_deref()) >= since
-                    && p.last_boot_contact.is_some();
-                let (reason, msg) = if booted {
+                let contact = parse_ts(p.last_boot_contact.as_deref());
+                let (reason, msg) = if contact.is_some() && contact >= since {
                     (
                         "NoInventory",
                         format!(
@@ -233,7 +296,7 @@ impl Reconciler for ProvisionController {
                     &node,
                     NodePhase::Discovering,
                     attempt,
-                    Boot::Pxe,
+                    PowerIntent::Pxe,
                     reason,
                     &msg,
                 )
@@ -259,33 +322,44 @@ impl Reconciler for ProvisionController {
                     };
                     let extra =
                         json!({"profileGeneration": prof.and_then(|p| p.metadata.generation)});
-                    self.enter(
-                        ctx,
-                        &node,
-                        NodePhase::Provisioning,
-                        1,
-                        extra,
-                        &format!("installing Profile {profile} ({})", os.url),
-                    )
-                    .await?;
+                    let msg = format!("installing Profile {profile} ({})", redact_url(&os.url));
+                    self.enter(ctx, &node, NodePhase::Provisioning, 1, None, extra, &msg)
+                        .await?;
                     Ok(Action::Requeue(t.agent_grace))
                 }
-                ProvisioningState::Deprovisioned
-                    if st.power != Some(groundwork_types::PowerState::Off)
-                        && node.spec.bmc.is_some() =>
-                {
-                    self.power(ctx, &node, Boot::Off).await?;
-                    self.condition(
+                ProvisioningState::Deprovisioned => {
+                    if node.spec.bmc.is_none()
+                        || cond_reason(&node).as_deref() == Some("PoweredOff")
+                    {
+                        return Ok(Action::AwaitChange);
+                    }
+                    if node.spec.online == Some(true) {
+                        self.condition(
+                            ctx,
+                            &node,
+                            false,
+                            "LeftOnBySpec",
+                            "deprovisioned; spec.online is true, so it stays powered on",
+                        )
+                        .await?;
+                        return Ok(Action::AwaitChange);
+                    }
+                    let phase = st.phase.unwrap_or(NodePhase::Inventoried);
+                    self.enter_with(
                         ctx,
                         &node,
-                        false,
-                        "Deprovisioned",
-                        "wiped and powered off (spec.provisioning: Deprovisioned)",
+                        phase,
+                        1,
+                        Some(PowerIntent::Off),
+                        json!({}),
+                        "PoweredOff",
+                        "deprovisioned (spec.provisioning: Deprovisioned): powered off",
+                        true,
                     )
                     .await?;
                     Ok(Action::AwaitChange)
                 }
-                _ => {
+                ProvisioningState::Available => {
                     self.condition(
                         ctx,
                         &node,
@@ -339,6 +413,7 @@ impl Reconciler for ProvisionController {
                         &node,
                         NodePhase::Ready,
                         1,
+                        None,
                         json!({}),
                         "the installed system's node agent checked in",
                     )
@@ -357,7 +432,7 @@ impl Reconciler for ProvisionController {
                     &node,
                     NodePhase::Provisioned,
                     attempt,
-                    Boot::Disk,
+                    PowerIntent::Disk,
                     "NeverCheckedIn",
                     &msg,
                 )
@@ -395,116 +470,123 @@ impl Reconciler for ProvisionController {
                     &msg,
                 )
                 .await;
-                groundwork_types::set_condition(
-                    &mut conds,
-                    "Provisioned",
-                    true,
-                    "Ready",
-                    "installed and checked in",
-                    node.metadata.generation,
-                    Timestamp::now(),
-                );
-                patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds})).await?;
+                crate::runtime::patch_status(
+                    &ctx.client,
+                    node.as_ref(),
+                    json!({"conditions": conds}),
+                )
+                .await?;
                 Ok(Action::Requeue(t.heartbeat_grace))
             }
-            Some(NodePhase::Failed) => {
-                let failed_in = p.failed_in.unwrap_or(NodePhase::Discovering);
-                let profile_gen = st
-                    .profile
-                    .as_ref()
-                    .and_then(|n| ctx.caches.profiles.get(&ObjectRef::new(n)))
-                    .and_then(|p| p.metadata.generation);
-                let retry = node.annotations().get(RETRY_ANNOTATION).cloned();
-                let why = if retry.is_some() && retry != p.retry_observed {
-                    Some("retry requested (groundwork.dev/retry)")
-                } else if p.failed_generation.is_some()
-                    && node.metadata.generation != p.failed_generation
-                {
-                    Some("the Node changed")
-                } else if failed_in == NodePhase::Provisioning
-                    && p.profile_generation.is_some()
-                    && profile_gen != p.profile_generation
-                {
-                    Some("the Profile changed")
-                } else if in_phase >= t.failed_retry {
-                    Some("retrying after failed-retry interval")
-                } else {
-                    None
-                };
-                let Some(why) = why else {
-                    return Ok(remaining(t.failed_retry));
-                };
-                let extra = json!({"retryObserved": retry, "failedIn": null, "failureReason": null, "failedGeneration": null});
-                match failed_in {
-                    NodePhase::Provisioning if installed_wanted => {
-                        self.power(ctx, &node, Boot::Pxe).await?;
-                        let mut extra = extra;
-                        extra["profileGeneration"] = json!(profile_gen);
-                        self.enter(
-                            ctx,
-                            &node,
-                            NodePhase::Provisioning,
-                            2,
-                            extra,
-                            &format!("{why}: installing again"),
-                        )
-                        .await?;
-                        Ok(Action::Requeue(t.task_start))
-                    }
-                    NodePhase::Provisioned if installed_wanted => {
-                        self.power(ctx, &node, Boot::Disk).await?;
-                        self.enter(
-                            ctx,
-                            &node,
-                            NodePhase::Provisioned,
-                            1,
-                            extra,
-                            &format!("{why}: booting the installed system again"),
-                        )
-                        .await?;
-                        Ok(Action::Requeue(t.boot))
-                    }
-                    NodePhase::Deprovisioning
-                    | NodePhase::Provisioning
-                    | NodePhase::Provisioned => {
-                        self.power(ctx, &node, Boot::Pxe).await?;
-                        self.enter(
-                            ctx,
-                            &node,
-                            NodePhase::Deprovisioning,
-                            2,
-                            extra,
-                            &format!("{why}: wiping again"),
-                        )
-                        .await?;
-                        Ok(Action::Requeue(t.task_start))
-                    }
-                    _ => {
-                        if node.spec.bmc.is_none() {
-                            return Ok(Action::AwaitChange);
-                        }
-                        self.power(ctx, &node, Boot::Pxe).await?;
-                        self.enter(
-                            ctx,
-                            &node,
-                            NodePhase::Discovering,
-                            1,
-                            extra,
-                            &format!("{why}: PXE-booting again"),
-                        )
-                        .await?;
-                        Ok(Action::Requeue(t.discover))
-                    }
-                }
-            }
+            Some(NodePhase::Failed) => self.failed(ctx, &node, in_phase).await,
             Some(NodePhase::Maintenance) => Ok(Action::AwaitChange),
         }
     }
 }
 
 impl ProvisionController {
+    /// A Failed Node: retried at once when the cause may be fixed, else after `failed_retry`.
+    async fn failed(
+        &self,
+        ctx: &Ctx,
+        node: &Arc<Node>,
+        in_phase: Duration,
+    ) -> Result<Action, Error> {
+        let t = &self.timing;
+        let st = node.status.clone().unwrap_or_default();
+        let p = st.provisioning.clone().unwrap_or_default();
+        let failed_in = p.failed_in.unwrap_or(NodePhase::Discovering);
+        let installed_wanted = node.spec.provisioning == ProvisioningState::Provisioned;
+        let profile_gen = st
+            .profile
+            .as_ref()
+            .and_then(|n| ctx.caches.profiles.get(&ObjectRef::new(n)))
+            .and_then(|p| p.metadata.generation);
+        let retry = node.annotations().get(RETRY_ANNOTATION).cloned();
+        let why = if retry.is_some() && retry != p.retry_observed {
+            "retry requested (groundwork.dev/retry)"
+        } else if p.failed_generation.is_some() && node.metadata.generation != p.failed_generation {
+            "the Node changed"
+        } else if failed_in == NodePhase::Provisioning
+            && p.profile_generation.is_some()
+            && profile_gen != p.profile_generation
+        {
+            "the Profile changed"
+        } else if in_phase >= t.failed_retry {
+            "retrying after the failed-retry interval"
+        } else {
+            return Ok(Action::Requeue(
+                t.failed_retry
+                    .saturating_sub(in_phase)
+                    .max(Duration::from_millis(200)),
+            ));
+        };
+        let clear = json!({"failedIn": null, "failureReason": null, "failedGeneration": null});
+        match failed_in {
+            NodePhase::Provisioning if installed_wanted => {
+                // The ramdisk that reported the failure usually still runs: it gets the task
+                // again; if not, the grace period PXE-boots it.
+                let mut extra = clear;
+                extra["profileGeneration"] = json!(profile_gen);
+                self.enter(
+                    ctx,
+                    node,
+                    NodePhase::Provisioning,
+                    1,
+                    None,
+                    extra,
+                    &format!("{why}: installing again"),
+                )
+                .await?;
+                Ok(Action::Requeue(t.agent_grace))
+            }
+            NodePhase::Provisioned if installed_wanted => {
+                self.enter(
+                    ctx,
+                    node,
+                    NodePhase::Provisioned,
+                    1,
+                    Some(PowerIntent::Disk),
+                    clear,
+                    &format!("{why}: booting the installed system again"),
+                )
+                .await?;
+                Ok(Action::Requeue(t.boot))
+            }
+            NodePhase::Deprovisioning | NodePhase::Provisioning | NodePhase::Provisioned => {
+                self.enter(
+                    ctx,
+                    node,
+                    NodePhase::Deprovisioning,
+                    1,
+                    Some(PowerIntent::Pxe),
+                    clear,
+                    &format!("{why}: wiping again"),
+                )
+                .await?;
+                Ok(Action::Requeue(t.task_start))
+            }
+            _ => {
+                if node.spec.bmc.is_none() {
+                    return Ok(Action::AwaitChange);
+                }
+                self.enter(
+                    ctx,
+                    node,
+                    NodePhase::Discovering,
+                    1,
+                    Some(PowerIntent::Pxe),
+                    clear,
+                    &format!("{why}: PXE-booting again"),
+                )
+                .await?;
+                Ok(Action::Requeue(t.discover))
+            }
+        }
+    }
+
     /// Phases where the ramdisk agent runs a task (`install` in Provisioning, `wipe` in
-    /// Deprovisioning), driven by its reports.
+    /// Deprovisioning), driven by its reports for the current task ID.
     async fn task_phase(
         &self,
         ctx: &Ctx,
@@ -520,10 +602,11 @@ impl ProvisionController {
             .as_ref()
             .and_then(|s| s.provisioning.clone())
             .unwrap_or_default();
-        let report = p.report.filter(|r| r.task == task && r.attempt == attempt);
+        let report = p
+            .report
+            .filter(|r| r.task == task && r.task_id.is_some() && r.task_id == p.task_id);
         match report.as_ref().map(|r| r.state) {
             Some(TaskState::Succeeded) if phase == NodePhase::Provisioning => {
-                self.power(ctx, node, Boot::Disk).await?;
                 let checksum = node
                     .status
                     .as_ref()
@@ -536,6 +619,7 @@ impl ProvisionController {
                     node,
                     NodePhase::Provisioned,
                     1,
+                    Some(PowerIntent::Disk),
                     json!({"installedChecksum": checksum}),
                     "image written and verified; booting the installed system from disk",
                 )
@@ -543,22 +627,24 @@ impl ProvisionController {
                 Ok(Action::Requeue(t.boot))
             }
             Some(TaskState::Succeeded) => {
-                let off = node.spec.provisioning == ProvisioningState::Deprovisioned;
-                if off {
-                    self.power(ctx, node, Boot::Off).await?;
-                }
+                let off = node.spec.provisioning == ProvisioningState::Deprovisioned
+                    && node.spec.online != Some(true);
                 let msg = if off {
                     "disks wiped; powered off"
                 } else {
                     "disks wiped; available again (the ramdisk waits for the next task)"
                 };
-                self.enter(
+                let reason = if off { "PoweredOff" } else { "Inventoried" };
+                self.enter_with(
                     ctx,
                     node,
                     NodePhase::Inventoried,
                     1,
+                    off.then_some(PowerIntent::Off),
                     json!({"installedChecksum": null}),
+                    reason,
                     msg,
+                    true,
                 )
                 .await?;
                 Ok(Action::AwaitChange)
@@ -571,11 +657,11 @@ impl ProvisionController {
                 if reason == "ImageChecksumMismatch" {
                     return self.fail(ctx, node, phase, &reason, &msg).await;
                 }
-                self.again(ctx, node, phase, attempt, Boot::Pxe, &reason, &msg)
+                self.again(ctx, node, phase, attempt, PowerIntent::Pxe, &reason, &msg)
                     .await
             }
             Some(TaskState::Started) => {
-                let started = elapsed(parse_ts(r_at(&report)));
+                let started = elapsed(parse_ts(report.as_ref().and_then(|r| r.at.as_deref())));
                 if started < t.task {
                     return Ok(Action::Requeue(
                         t.task
@@ -584,16 +670,22 @@ impl ProvisionController {
                     ));
                 }
                 let msg = format!("the {task} started but did not finish within {:?}", t.task);
-                self.again(ctx, node, phase, attempt, Boot::Pxe, "TaskTimeout", &msg)
-                    .await
+                self.again(
+                    ctx,
+                    node,
+                    phase,
+                    attempt,
+                    PowerIntent::Pxe,
+                    "TaskTimeout",
+                    &msg,
+                )
+                .await
             }
             None => {
-                // The first attempt counts on a ramdisk still running; later ones booted it.
-                let limit = if attempt <= 1 {
-                    t.agent_grace
-                } else {
-                    t.task_start
-                };
+                // Provisioning's first attempt counts on the ramdisk still running after
+                // discovery; every other attempt PXE-booted it.
+                let grace = phase == NodePhase::Provisioning && attempt == 1;
+                let limit = if grace { t.agent_grace } else { t.task_start };
                 if in_phase < limit {
                     return Ok(Action::Requeue(
                         limit
@@ -601,40 +693,25 @@ impl ProvisionController {
                             .max(Duration::from_millis(200)),
                     ));
                 }
-                if attempt <= 1 {
-                    // No ramdisk was running: boot one, without counting it as a failure.
-                    self.power(ctx, node, Boot::Pxe).await?;
-                    let same = node
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.provisioning.as_ref())
-                        .map(|p| json!({"profileGeneration": p.profile_generation}))
-                        .unwrap_or(json!({}));
-                    self.enter(
-                        ctx,
-                        node,
-                        phase,
-                        2,
-                        same,
-                        &format!(
-                            "no agent picked up the {task} within {:?}: PXE-booting the ramdisk",
-                            t.agent_grace
-                        ),
+                let msg = if grace {
+                    format!(
+                        "no running ramdisk picked up the {task} within {:?}: PXE-booting one",
+                        t.agent_grace
                     )
-                    .await?;
-                    return Ok(Action::Requeue(t.task_start));
-                }
-                let msg = format!(
-                    "no agent started the {task} within {:?} of the PXE boot",
-                    t.task_start
-                );
-                self.again(ctx, node, phase, attempt, Boot::Pxe, "NoAgent", &msg)
+                } else {
+                    format!(
+                        "no agent started the {task} within {:?} of the PXE boot",
+                        t.task_start
+                    )
+                };
+                self.again(ctx, node, phase, attempt, PowerIntent::Pxe, "NoAgent", &msg)
                     .await
             }
         }
     }
 
-    /// Tries the phase again with the next attempt (power-cycling into `boot`), or fails.
+    /// Tries the phase again (attempt + 1, power-cycling into `intent`), or fails once
+    /// `attempts` tries were made.
     #[allow(clippy::too_many_arguments)]
     async fn again(
         &self,
@@ -642,50 +719,39 @@ impl ProvisionController {
         node: &Arc<Node>,
         phase: NodePhase,
         attempt: u32,
-        boot: Boot,
+        intent: PowerIntent,
         reason: &str,
         msg: &str,
     ) -> Result<Action, Error> {
-        // Attempt 1 of a task phase is the grace check, not a boot.
-        let tries = if matches!(phase, NodePhase::Provisioning | NodePhase::Deprovisioning) {
-            attempt.saturating_sub(1)
-        } else {
-            attempt
-        };
-        if tries >= self.timing.attempts {
+        let n = self.timing.attempts;
+        if attempt >= n {
             return self
                 .fail(
                     ctx,
                     node,
                     phase,
                     reason,
-                    &format!("{msg} (after {tries} attempts)"),
+                    &format!("{msg} (after {attempt} attempts)"),
                 )
                 .await;
         }
-        tracing::warn!(reason, attempt, "{msg}; trying again");
-        ctx.recorder
-            .publish(
-                &node.object_ref(&()),
-                EventType::Warning,
-                reason,
-                &format!("{msg}; attempt {} of {}", tries + 1, self.timing.attempts),
-            )
-            .await;
-        self.power(ctx, node, boot).await?;
         let keep = node
             .status
             .as_ref()
             .and_then(|s| s.provisioning.as_ref())
             .map(|p| json!({"profileGeneration": p.profile_generation}))
             .unwrap_or(json!({}));
-        self.enter(
+        let text = format!("{msg}; attempt {} of {n}", attempt + 1);
+        self.enter_with(
             ctx,
             node,
             phase,
             attempt + 1,
+            Some(intent),
             keep,
-            &format!("{reason}: power-cycled, attempt {}", tries + 1),
+            reason,
+            &text,
+            false,
         )
         .await?;
         let t = &self.timing;
@@ -709,18 +775,36 @@ impl ProvisionController {
             "failureReason": reason,
             "failedGeneration": node.metadata.generation,
         });
-        self.enter_with(ctx, node, NodePhase::Failed, 1, extra, reason, msg, false)
-            .await?;
+        self.enter_with(
+            ctx,
+            node,
+            NodePhase::Failed,
+            1,
+            None,
+            extra,
+            reason,
+            msg,
+            false,
+        )
+        .await?;
         Ok(Action::Requeue(self.timing.failed_retry))
     }
 
     async fn deprovision(&self, ctx: &Ctx, node: &Arc<Node>, msg: &str) -> Result<Action, Error> {
-        self.power(ctx, node, Boot::Pxe).await?;
-        self.enter(ctx, node, NodePhase::Deprovisioning, 2, json!({}), msg)
-            .await?;
+        self.enter(
+            ctx,
+            node,
+            NodePhase::Deprovisioning,
+            1,
+            Some(PowerIntent::Pxe),
+            json!({}),
+            msg,
+        )
+        .await?;
         Ok(Action::Requeue(self.timing.task_start))
     }
 
+    /// Sets the `Provisioned` condition (with the cached resourceVersion as precondition).
     async fn condition(
         &self,
         ctx: &Ctx,
@@ -744,26 +828,31 @@ impl ProvisionController {
             msg,
         )
         .await;
-        patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds})).await?;
+        crate::runtime::patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds}))
+            .await?;
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn enter(
         &self,
         ctx: &Ctx,
         node: &Arc<Node>,
         phase: NodePhase,
         attempt: u32,
+        intent: Option<PowerIntent>,
         extra: Value,
         msg: &str,
     ) -> Result<(), Error> {
         let reason = format!("{phase:?}");
-        self.enter_with(ctx, node, phase, attempt, extra, &reason, msg, true)
+        self.enter_with(ctx, node, phase, attempt, intent, extra, &reason, msg, true)
             .await
     }
 
-    /// Moves the Node to `phase` (attempt `attempt`, report cleared), with an Event, a log
-    /// line, the `Provisioned` condition and a history entry.
+    /// Records the transition to `phase` (attempt `attempt`, a new task ID, the report
+    /// cleared, the power action to take) with the cached resourceVersion as precondition,
+    /// with an Event, a log line, the `Provisioned` condition and a history entry; then takes
+    /// the power action.
     #[allow(clippy::too_many_arguments)]
     async fn enter_with(
         &self,
@@ -771,6 +860,7 @@ impl ProvisionController {
         node: &Arc<Node>,
         phase: NodePhase,
         attempt: u32,
+        intent: Option<PowerIntent>,
         extra: Value,
         reason: &str,
         msg: &str,
@@ -795,8 +885,11 @@ impl ProvisionController {
         let mut prov = json!({
             "attempt": attempt,
             "phaseSince": now.to_string(),
+            "taskId": format!("{}-{}", now.as_millisecond(), attempt),
             "report": null,
+            "powerPending": intent,
             "history": history,
+            "retryObserved": node.annotations().get(RETRY_ANNOTATION),
         });
         if let (Some(m), Some(e)) = (prov.as_object_mut(), extra.as_object()) {
             for (k, v) in e {
@@ -804,109 +897,64 @@ impl ProvisionController {
             }
         }
         let mut conds = st.conditions.clone();
-        let ready = phase == NodePhase::Ready;
         groundwork_types::set_condition(
             &mut conds,
             "Provisioned",
-            ready,
+            phase == NodePhase::Ready,
             reason,
             msg,
             node.metadata.generation,
             now,
         );
-        // No resourceVersion precondition: the decision is made and the machine may already
-        // have been power-cycled for it; a conflict here would only repeat that action.
-        kube::Api::<Node>::all(ctx.client.clone())
+        let patch = json!({
+            "metadata": {"resourceVersion": node.resource_version()},
+            "status": {"phase": phase, "provisioning": prov, "conditions": conds},
+        });
+        let written = kube::Api::<Node>::all(ctx.client.clone())
             .patch_status(
                 &node.name_any(),
                 &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(
-                    json!({"status": {"phase": phase, "provisioning": prov, "conditions": conds}}),
-                ),
+                &kube::api::Patch::Merge(&patch),
             )
             .await?;
-        {
-            let t = if ok {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            if ok {
-                tracing::info!(from = ?from, to = ?phase, attempt, "{msg}");
-            } else {
-                tracing::warn!(from = ?from, to = ?phase, reason, "{msg}");
-            }
-            ctx.recorder
-                .publish(&node.object_ref(&()), t, reason, msg)
-                .await;
+        self.note_written(&written);
+        let t = if ok {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        if ok {
+            tracing::info!(from = ?from, to = ?phase, attempt, "{msg}");
+        } else {
+            tracing::warn!(from = ?from, to = ?phase, attempt, reason, "{msg}");
+        }
+        ctx.recorder
+            .publish(&node.object_ref(&()), t, reason, msg)
+            .await;
+        if let Some(intent) = intent {
+            self.act(ctx, &Arc::new(written), intent).await?;
         }
         Ok(())
     }
 
-    /// Sets the boot device and power-cycles (or powers on, or off) through the Node's BMC.
-    /// Errors are shown in the `Provisioned` condition and retried by the runtime.
-    async fn power(&self, ctx: &Ctx, node: &Arc<Node>, boot: Boot) -> Result<(), Error> {
-        let Some(bmc) = &node.spec.bmc else {
-            return Ok(());
-        };
-        if node.spec.online == Some(false) && boot != Boot::Off {
-            // The operator wants it off: do not fight the power controller. A change of
-            // spec.online maps back here at once.
-            let msg = "spec.online is false: not powering the machine on for this step";
-            self.condition(ctx, node, false, "PoweredOffBySpec", msg)
-                .await?;
-            return Err(Error::Other(msg.into()));
-        }
-        let res = async {
-            let (ep, address) = bmc_endpoint(ctx, bmc, self.timing.bmc_timeout)
-                .map_err(|(reason, msg)| (reason.to_string(), msg))?;
-            let lock = bmc_lock(&address);
-            let _one = lock.lock().await;
-            let b = ctx
-                .bmc
-                .connect(&ep)
-                .map_err(|e| (crate::power::reason_of(&e).to_string(), e.to_string()))?;
-            let status = self.bmc_call("power status", b.power_status()).await?;
-            match boot {
-                Boot::Off => {
-                    if status == Power::On {
-                        self.bmc_call("power off", b.set_power(PowerAction::Off))
-                            .await?;
-                    }
-                }
-                Boot::Pxe | Boot::Disk => {
-                    let (target, once) = if boot == Boot::Pxe {
-                        (BootTarget::Pxe, true)
-                    } else {
-                        (BootTarget::Disk, false)
-                    };
-                    self.bmc_call("set boot device", b.set_boot(target, once, false))
-                        .await?;
-                    let action = if status == Power::On {
-                        PowerAction::Reset
-                    } else {
-                        PowerAction::On
-                    };
-                    self.bmc_call("power", b.set_power(action)).await?;
-                }
-            }
-            Ok::<_, (String, String)>((ep_proto(&ep), address, status))
-        }
-        .await;
-        match res {
-            Ok((proto, address, before)) => {
-                let what = match (boot, before) {
-                    (Boot::Off, _) => "powered off".to_string(),
-                    (Boot::Pxe, Power::On) => "reset into PXE (once)".to_string(),
-                    (Boot::Pxe, _) => "powered on into PXE (once)".to_string(),
-                    (Boot::Disk, Power::On) => "reset into the local disk".to_string(),
-                    (Boot::Disk, _) => "powered on from the local disk".to_string(),
-                };
-                tracing::info!(bmc = %address, "{what} through {proto}");
+    /// Takes the pending power action through the Node's BMC, then clears it (and restarts
+    /// the phase's clock, so time limits count from the action). Errors are shown in the
+    /// `Provisioned` condition and retried by the runtime; the action stays pending.
+    async fn act(&self, ctx: &Ctx, node: &Arc<Node>, intent: PowerIntent) -> Result<(), Error> {
+        match self.power(ctx, node, intent).await {
+            Ok(()) => {
+                let patch = json!({"status": {"provisioning": {"powerPending": null, "phaseSince": Timestamp::now().to_string()}}});
+                let written = kube::Api::<Node>::all(ctx.client.clone())
+                    .patch_status(
+                        &node.name_any(),
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await?;
+                self.note_written(&written);
                 Ok(())
             }
             Err((reason, msg)) => {
-                let msg = format!("BMC: {msg}");
                 let mut conds = node
                     .status
                     .as_ref()
@@ -918,18 +966,90 @@ impl ProvisionController {
                     &mut conds,
                     "Provisioned",
                     false,
-                    &format!("Bmc{reason}"),
+                    &reason,
                     &msg,
                 )
                 .await;
-                patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds})).await?;
+                let patch = json!({"status": {"conditions": conds}});
+                if let Ok(w) = kube::Api::<Node>::all(ctx.client.clone())
+                    .patch_status(
+                        &node.name_any(),
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    self.note_written(&w);
+                }
                 Err(Error::Other(msg))
             }
         }
     }
-}
 
-impl ProvisionController {
+    /// Sets the boot device and power-cycles (or powers on, or off) through the Node's BMC.
+    async fn power(
+        &self,
+        ctx: &Ctx,
+        node: &Arc<Node>,
+        intent: PowerIntent,
+    ) -> Result<(), (String, String)> {
+        let Some(bmc) = &node.spec.bmc else {
+            // No BMC: the agents reboot the machine themselves (reboot task, heartbeat reply).
+            return Ok(());
+        };
+        if node.spec.online == Some(false) && intent != PowerIntent::Off {
+            // The operator wants it off: do not fight the power controller. A change of
+            // spec.online maps back here at once.
+            return Err((
+                "PoweredOffBySpec".into(),
+                "spec.online is false: not powering the machine on for this step".into(),
+            ));
+        }
+        let (ep, address) = bmc_endpoint(ctx, bmc, self.timing.bmc_timeout)
+            .map_err(|(reason, msg)| (format!("Bmc{reason}"), format!("BMC: {msg}")))?;
+        let lock = bmc_lock(&address);
+        let _one = lock.lock().await;
+        let b = ctx.bmc.connect(&ep).map_err(|e| {
+            (
+                format!("Bmc{}", crate::power::reason_of(&e)),
+                format!("BMC: {e}"),
+            )
+        })?;
+        let status = self.bmc_call("power status", b.power_status()).await?;
+        match intent {
+            PowerIntent::Off => {
+                if status == Power::On {
+                    self.bmc_call("power off", b.set_power(PowerAction::Off))
+                        .await?;
+                }
+            }
+            PowerIntent::Pxe | PowerIntent::Disk => {
+                let (target, once) = if intent == PowerIntent::Pxe {
+                    (BootTarget::Pxe, true)
+                } else {
+                    (BootTarget::Disk, false)
+                };
+                self.bmc_call("set boot device", b.set_boot(target, once, false))
+                    .await?;
+                let action = if status == Power::On {
+                    PowerAction::Reset
+                } else {
+                    PowerAction::On
+                };
+                self.bmc_call("power", b.set_power(action)).await?;
+            }
+        }
+        let what = match (intent, status) {
+            (PowerIntent::Off, _) => "powered off",
+            (PowerIntent::Pxe, Power::On) => "reset into PXE (once)",
+            (PowerIntent::Pxe, _) => "powered on into PXE (once)",
+            (PowerIntent::Disk, Power::On) => "reset into the local disk",
+            (PowerIntent::Disk, _) => "powered on from the local disk",
+        };
+        tracing::info!(bmc = %address, "{what} through {}", ep_proto(&ep));
+        Ok(())
+    }
+
     async fn bmc_call<T>(
         &self,
         what: &'static str,
@@ -938,17 +1058,31 @@ impl ProvisionController {
         match tokio::time::timeout(self.timing.bmc_timeout, f).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err((
-                crate::power::reason_of(&e).to_string(),
-                format!("{what}: {e}"),
+                format!("Bmc{}", crate::power::reason_of(&e)),
+                format!("BMC: {what}: {e}"),
             )),
             Err(_) => Err((
-                "Timeout".to_string(),
-                format!("{what}: no answer in {:?}", self.timing.bmc_timeout),
+                "BmcTimeout".to_string(),
+                format!("BMC: {what}: no answer in {:?}", self.timing.bmc_timeout),
             )),
         }
     }
 }
 
-fn r_at(r: &Option<groundwork_types::TaskReport>) -> Option<&str> {
-    r.as_ref().and_then(|r| r.at.as_deref())
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("http://10.0.0.1:8080/os.img"),
+            "http://10.0.0.1:8080/os.img"
+        );
+        assert_eq!(
+            redact_url("https://u:pw@host/a/b.img?X-Sig=abc#f"),
+            "https://host/a/b.img"
+        );
+        assert_eq!(redact_url("https://u:pw@host"), "https://host");
+    }
 }

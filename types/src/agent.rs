@@ -17,6 +17,7 @@ pub enum Task {
     #[serde(rename_all = "camelCase")]
     Install {
         attempt: u32,
+        task_id: String,
         /// Absolute http(s) URL.
         image_url: String,
         /// `sha256:<hex>`.
@@ -27,7 +28,11 @@ pub enum Task {
         config: Box<MachineFile>,
     },
     /// Destroy every partition table and file system signature on every disk.
-    Wipe { attempt: u32 },
+    #[serde(rename_all = "camelCase")]
+    Wipe { attempt: u32, task_id: String },
+    /// Reboot (machines without a BMC, once their image is installed).
+    #[serde(rename_all = "camelCase")]
+    Reboot { task_id: String },
 }
 
 /// What the installer writes to `/groundwork/machine.json` on the image's first partition,
@@ -79,4 +84,8 @@ pub struct Heartbeat {
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatReply {
     pub interval_seconds: u32,
+    /// Reboot now (a machine without a BMC that is to be deprovisioned: it PXE-boots into the
+    /// ramdisk, which wipes it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reboot: bool,
 }

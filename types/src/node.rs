@@ -199,6 +199,15 @@ pub struct ProvisioningStatus {
     /// install retries at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile_generation: Option<i64>,
+    /// Identifies the current phase entry; the agent's task and its reports carry it, so a
+    /// late report from an earlier entry is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// A power action decided and recorded but not yet confirmed by the BMC (written before
+    /// acting, cleared after): it is retried until the BMC takes it, and never repeated once
+    /// it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_pending: Option<PowerIntent>,
     /// Value of the `groundwork.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_observed: Option<String>,
@@ -219,6 +228,17 @@ pub struct ProvisioningStatus {
     /// Phases entered, oldest first (the last 32).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<PhaseEntry>,
+}
+
+/// What the provisioning controller asks of a machine's BMC.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum PowerIntent {
+    /// Boot device PXE (next boot only), then power on or reset: the ramdisk.
+    Pxe,
+    /// Boot device disk (persistent), then power on or reset: the installed system.
+    Disk,
+    /// Power off.
+    Off,
 }
 
 /// A phase the Node entered, and when.
@@ -245,6 +265,9 @@ pub struct TaskReport {
     pub task: String,
     /// The attempt the task was handed out for.
     pub attempt: u32,
+    /// The task's `taskId` (the Node's `status.provisioning.taskId` when handed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
     pub state: TaskState,
     /// Failed: a machine-readable reason, e.g. `ImageChecksumMismatch`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
