@@ -550,7 +550,7 @@ async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_toke
     );
     assert_eq!(
         String::from_utf8_lossy(&good.stdout).trim(),
-        "m-525400000099"
+        "GROUNDWORK-AGENT-DONE node=m-525400000099"
     );
     let n = nodes.get("m-525400000099").await.unwrap();
     let st = n.status.unwrap();

@@ -275,7 +275,14 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     let agent_log = dir.path().join("agent-b.log");
     let _agent = Kill(
         Command::new(support::BIN)
-            .args(["agent", "--url", &format!("http://{http}"), "--mac", mac])
+            .args([
+                "agent",
+                "--tasks",
+                "--url",
+                &format!("http://{http}"),
+                "--mac",
+                mac,
+            ])
             .args(["--token", &token, "--sysroot", sys.to_str().unwrap()])
             .args(["--dev-root", dev.to_str().unwrap()])
             .stdout(std::fs::File::create(&agent_log).unwrap())
@@ -480,8 +487,11 @@ fn two_qemu_machines_go_from_apply_to_ready_and_one_back_to_available() {
 
     // Every phase change of the lab's Nodes, through the watch API.
     let seen: Arc<Mutex<Vec<(Duration, String, String)>>> = Arc::default();
-    let mut w = lab
-        .cmd(&["watch", "nodes"])
+    // Not through `timeout` (its child would outlive a kill): the Lab guard kills it.
+    let mut w = Command::new("ip")
+        .args(["netns", "exec", &ns, support::BIN, "--kubeconfig"])
+        .arg(lab.dir.join("data/kubeconfig"))
+        .args(["watch", "nodes"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -33,9 +33,12 @@ pub(crate) struct AgentArgs {
     /// Where the disks' device files are (tests).
     #[arg(long, default_value = "/dev", hide = true)]
     dev_root: std::path::PathBuf,
-    /// Only report the inventory; do not wait for install or wipe tasks.
+    /// After the inventory, run the install/wipe tasks the boot server hands out. The default
+    /// when the boot server comes from the kernel command line (the machine booted the
+    /// ramdisk through us); given --url, only with this flag, so running the agent by hand
+    /// never wipes the machine it runs on.
     #[arg(long)]
-    no_tasks: bool,
+    tasks: bool,
 }
 
 fn read(p: &Path) -> Option<String> {
@@ -199,7 +202,7 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
                     node.trim()
                 );
                 println!("GROUNDWORK-AGENT-DONE node={}", node.trim());
-                if a.no_tasks {
+                if !(a.tasks || a.url.is_none()) {
                     return Ok(());
                 }
                 return tasks(&a, &url, &mac, &token).await;
