@@ -131,7 +131,11 @@ fn prometheus_scrapes_api_and_controller_metrics() {
         "sum(groundwork_controller_leader)",
         Duration::from_secs(30),
     );
-    assert_eq!(leaders[0]["value"][1], "6", "{leaders}");
+    assert_eq!(
+        leaders[0]["value"][1],
+        groundwork_controller::ALL.len().to_string(),
+        "one leader per controller: {leaders}"
+    );
     query_until(
         port,
         "groundwork_store_revision > 10",
