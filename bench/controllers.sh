@@ -12,7 +12,7 @@ MAX=${MAX_SECONDS:-300}
 cargo build --release --bin groundwork -q
 BIN=$PWD/target/release/groundwork
 WORK=$(mktemp -d)
-"$BIN" server --data-dir "$WORK" --listen 127.0.0.1:0 2>"$WORK/server.log" &
+"$BIN" server --data-dir "$WORK" --listen 127.0.0.1:0 --insecure-plain-http 2>"$WORK/server.log" &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 100); do [ -f "$WORK/kubeconfig" ] && break; sleep 0.1; done

@@ -78,13 +78,17 @@ fn form_urlencoded_byte_serialize(s: &str) -> String {
 fn prometheus_scrapes_api_and_controller_metrics() {
     let s = Server::start_with(&["--controllers", "all"]);
     ok(s.groundwork(&["apply", "-f", support::manifests().to_str().unwrap()]));
-    let target = s.url.trim_start_matches("http://").to_string();
+    let target = s.url.trim_start_matches("https://").to_string();
+    let pki = support::shared_pki();
     let port = free_port();
     let cfg = support::write(
         s.dir.path(),
         "prometheus.yml",
         &format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: groundwork\n  static_configs:\n  - targets: ['{target}']\n"
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n- job_name: groundwork\n  scheme: https\n  tls_config:\n    ca_file: {ca}\n    cert_file: {crt}\n    key_file: {key}\n  static_configs:\n  - targets: ['{target}']\n",
+            ca = pki.join("ca.crt").display(),
+            crt = pki.join("admin.crt").display(),
+            key = pki.join("admin.key").display(),
         ),
     );
     let log = std::fs::File::create(s.dir.path().join("prometheus.log")).unwrap();

@@ -36,10 +36,7 @@ fn member_with(t: u8, i: u8, join: Option<u8>, extra: &[&str]) -> Server {
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(15))
-        .build()
-        .unwrap()
+    support::https_client()
 }
 
 async fn status(c: &reqwest::Client, raft: &str) -> Option<Value> {

@@ -20,6 +20,9 @@ use crate::{ApiError, discovery, handlers, openapi};
 pub struct ServerConfig {
     /// The log hub of the controllers running in this process; serves `.../NAME/log`.
     pub logs: Option<LogHub>,
+    /// Authentication, authorization and audit; `None` trusts every caller (in-process tests,
+    /// `--insecure-plain-http`).
+    pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
 }
 
 /// What every handler can reach.
@@ -40,6 +43,21 @@ pub fn router_with(store: Store, cfg: ServerConfig) -> Router {
         store,
         logs: cfg.logs,
     };
+    let router = routes();
+    // Outermost first: metrics see every answer, 401 and 403 included.
+    let router = match cfg.auth {
+        Some(auth) => router.layer(middleware::from_fn_with_state(
+            auth,
+            crate::auth::middleware,
+        )),
+        None => router,
+    };
+    router
+        .layer(middleware::from_fn(observe_request))
+        .with_state(state)
+}
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route(
             "/version",
@@ -126,8 +144,6 @@ pub fn router_with(store: Store, cfg: ServerConfig) -> Router {
                 name: String::new(),
             }
         })
-        .layer(middleware::from_fn(observe_request))
-        .with_state(state)
 }
 
 fn json(r: Result<serde_json::Value, ApiError>) -> Response {
@@ -242,6 +258,17 @@ pub async fn serve(
     axum::serve(listener, router_with(store, cfg))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Serves the API over TLS on `listener` until `shutdown` completes.
+pub async fn serve_tls(
+    listener: TcpListener,
+    store: Store,
+    cfg: ServerConfig,
+    tls: std::sync::Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    crate::tls::serve(listener, router_with(store, cfg), tls, shutdown).await
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ mod lab;
 mod manifests;
 mod nodeagent;
 mod output;
+mod pki;
 mod schema;
 mod server;
 
@@ -47,6 +48,8 @@ enum Command {
     NodeAgent(nodeagent::NodeAgentArgs),
     /// A whole lab on this machine: QEMU machines behind IPMI BMCs, provisioned to Ready.
     Lab(lab::LabArgs),
+    /// The cluster CA and client certificates: init, issue.
+    Pki(pki::PkiArgs),
     /// Retry a Failed Node now (sets its groundwork.dev/retry annotation).
     Retry {
         /// node/NAME
@@ -158,6 +161,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args).await,
         Command::NodeAgent(args) => nodeagent::run(args).await,
         Command::Lab(args) => lab::run(args).await,
+        Command::Pki(args) => pki::run(args),
         Command::Retry { object } => commands::retry(kc, &object).await,
         Command::Logs {
             object,

@@ -29,6 +29,28 @@ pub(crate) struct ServerArgs {
     /// Raft: log entries kept behind a snapshot (followers further behind get the snapshot).
     #[arg(long, default_value_t = 1000)]
     raft_logs_to_keep: u64,
+    /// The cluster CA and the certificates it issued (default: DATA_DIR/pki). A new directory
+    /// gets a new CA; members of one raft group share it (copy ca.crt and ca.key in first).
+    #[arg(long)]
+    pki_dir: Option<PathBuf>,
+    /// More names or addresses for the server certificate (repeatable); localhost, the
+    /// loopback addresses, the host name and the --listen address are always in it.
+    #[arg(long = "tls-san")]
+    tls_sans: Vec<String>,
+    /// Bearer tokens: CSV lines `token,user,uid,"group1,group2"[,expires=RFC3339]`, read again
+    /// when the file changes (delete a line to revoke).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Audit log of every write and every refused request: a file (rotated at
+    /// --audit-log-max-mb, 5 kept) or - for stdout.
+    #[arg(long)]
+    audit_log: Option<String>,
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    audit_log_max_mb: u64,
+    /// Serve plain HTTP with no authentication (loopback addresses only): for local
+    /// benchmarks against servers that speak plain HTTP. Never in production.
+    #[arg(long)]
+    insecure_plain_http: bool,
     /// Events of history kept for watches to resume from.
     #[arg(long, default_value_t = 100_000)]
     history_retention: u64,
@@ -219,10 +241,65 @@ fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_types::secrets
     }
 }
 
-fn kubeconfig(server: &str) -> String {
+/// A kubeconfig for `server`; over TLS with the CA and a client certificate.
+pub(crate) fn kubeconfig(
+    server: &str,
+    tls: Option<(&str, &groundwork_api::pki::CertKey)>,
+) -> String {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let (ca, user) = match tls {
+        Some((ca, id)) => (
+            format!("\n    certificate-authority-data: {}", b64(ca)),
+            format!(
+                "\n    client-certificate-data: {}\n    client-key-data: {}",
+                b64(&id.cert_pem),
+                b64(&id.key_pem)
+            ),
+        ),
+        None => (String::new(), " {}".to_string()),
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: groundwork\n  cluster:\n    server: {server}\nusers:\n- name: admin\n  user: {{}}\ncontexts:\n- name: groundwork\n  context:\n    cluster: groundwork\n    user: admin\n    namespace: default\ncurrent-context: groundwork\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: groundwork\n  cluster:\n    server: {server}{ca}\nusers:\n- name: admin\n  user:{user}\ncontexts:\n- name: groundwork\n  context:\n    cluster: groundwork\n    user: admin\n    namespace: default\ncurrent-context: groundwork\n"
     )
+}
+
+/// Writes a file readable by its owner only.
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+/// The names and addresses the server certificate is valid for.
+fn server_sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
+    let mut sans: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(h) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        sans.push(h.trim().to_string());
+    }
+    if listen.ip().is_unspecified() {
+        // Every address of this machine.
+        if let Ok(ifs) = nix::ifaddrs::getifaddrs() {
+            for i in ifs {
+                if let Some(a) = i.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+                    sans.push(a.ip().to_string());
+                }
+            }
+        }
+    } else {
+        sans.push(listen.ip().to_string());
+    }
+    sans.extend(extra.iter().cloned());
+    sans.sort();
+    sans.dedup();
+    sans.retain(|s| !s.is_empty());
+    sans
 }
 
 pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
@@ -257,10 +334,47 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
         tracing::info!(id = member.id, raft = %bound, join = ?args.join, "raft member started");
     }
+    if args.insecure_plain_http && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--insecure-plain-http serves without authentication: only on a loopback --listen address, not {}",
+            args.listen
+        );
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    // TLS: the cluster CA, this server's certificate, the operator's and the controllers'
+    // client certificates (group system:masters).
+    let tls = if args.insecure_plain_http {
+        tracing::warn!("--insecure-plain-http: the API has no TLS and no authentication");
+        None
+    } else {
+        let dir = args
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("pki"));
+        let pki = groundwork_api::pki::Pki::load_or_create(&dir)
+            .map_err(|e| anyhow::anyhow!("--pki-dir {}: {e}", dir.display()))?;
+        let server = pki
+            .server(&server_sans(addr, &args.tls_sans))
+            .map_err(|e| anyhow::anyhow!("server certificate: {e}"))?;
+        let admin = pki
+            .client("admin", "admin", Some(groundwork_api::auth::MASTERS))
+            .map_err(|e| anyhow::anyhow!("admin certificate: {e}"))?;
+        let ctrl = pki
+            .client(
+                "controllers",
+                "groundwork:controllers",
+                Some(groundwork_api::auth::MASTERS),
+            )
+            .map_err(|e| anyhow::anyhow!("controllers' certificate: {e}"))?;
+        let rustls =
+            groundwork_api::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        Some((pki, admin, ctrl, rustls))
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     // Controllers reach the API like any client, over loopback.
     let local = if addr.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -273,9 +387,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     opts.provisioning.heartbeat_grace =
         std::time::Duration::from_secs((3 * args.heartbeat_seconds as u64).max(30));
     let with_controllers = !opts.controllers.is_empty();
-    let client = kube::Client::try_from(kube::Config::new(
-        format!("http://{local}").parse().context("API URL")?,
-    ))?;
+    let client = {
+        let ctrl = tls.as_ref().map(|(pki, _, ctrl, _)| (pki.ca_pem(), ctrl));
+        let text = kubeconfig(&format!("{scheme}://{local}"), ctrl);
+        let kc = kube::config::Kubeconfig::from_yaml(&text).context("controllers' kubeconfig")?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .context("controllers' kubeconfig")?;
+        kube::Client::try_from(cfg)?
+    };
     if let Some(root) = &args.boot_root {
         let stats = std::sync::Arc::new(groundwork_boot::tftp::TftpStats::default());
         let (tftp, _t) = groundwork_boot::tftp::spawn(args.boot_tftp, root, stats)
@@ -345,7 +465,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // server answers, and a port that could not be bound has already stopped it.
     let kc_path = args.data_dir.join("kubeconfig");
     let tmp = args.data_dir.join(".kubeconfig.tmp");
-    std::fs::write(&tmp, kubeconfig(&format!("http://{addr}")))
+    // It carries the admin's key: readable by its owner only.
+    let admin = tls.as_ref().map(|(pki, admin, _, _)| (pki.ca_pem(), admin));
+    write_private(&tmp, &kubeconfig(&format!("{scheme}://{addr}"), admin))
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &kc_path)?;
     tracing::info!(%addr, kubeconfig = %kc_path.display(), revision = store.revision(), "serving the Groundwork API");
@@ -357,10 +479,35 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(8), controllers).await;
     };
-    let cfg = groundwork_api::ServerConfig {
+    let mut cfg = groundwork_api::ServerConfig {
         logs: with_controllers.then_some(hub),
+        auth: None,
     };
-    groundwork_api::serve(listener, store, cfg, shutdown).await?;
+    match tls {
+        Some((_, _, _, rustls)) => {
+            let tokens = match &args.token_file {
+                Some(p) => Some(
+                    groundwork_api::auth::TokenFile::open(p.clone())
+                        .map_err(|e| anyhow::anyhow!("--token-file: {e}"))?,
+                ),
+                None => None,
+            };
+            let audit = match &args.audit_log {
+                Some(p) => Some(
+                    groundwork_api::auth::Audit::open(p, args.audit_log_max_mb << 20, 5)
+                        .map_err(|e| anyhow::anyhow!("--audit-log: {e}"))?,
+                ),
+                None => None,
+            };
+            cfg.auth = Some(std::sync::Arc::new(groundwork_api::auth::Auth {
+                store: store.clone(),
+                tokens,
+                audit,
+            }));
+            groundwork_api::serve_tls(listener, store, cfg, rustls, shutdown).await?;
+        }
+        None => groundwork_api::serve(listener, store, cfg, shutdown).await?,
+    }
     tracing::info!("stopped");
     Ok(())
 }

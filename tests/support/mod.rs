@@ -15,6 +15,36 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// One cluster CA for every server this test process starts (`groundwork pki init`), so one
+/// client (the admin's certificate) reaches them all, raft members included.
+pub fn shared_pki() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("gw-test-pki-{}", std::process::id()));
+        let o = Command::new(BIN)
+            .args(["pki", "init", "--dir"])
+            .arg(&dir)
+            .output()
+            .expect("groundwork pki init");
+        assert!(o.status.success(), "pki init: {}", text(&o));
+        dir
+    })
+}
+
+/// An HTTPS client that trusts the test CA and presents the admin's certificate.
+pub fn https_client() -> reqwest::Client {
+    let dir = shared_pki();
+    let read = |f: &str| std::fs::read(dir.join(f)).expect("test PKI file");
+    let mut id = read("admin.crt");
+    id.extend(read("admin.key"));
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).unwrap())
+        .identity(reqwest::Identity::from_pem(&id).unwrap())
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap()
+}
+
 /// A running `groundwork server`.
 pub struct Server {
     pub dir: tempfile::TempDir,
@@ -53,6 +83,17 @@ impl Server {
             .args(["server", "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(
+                if self
+                    .extra
+                    .iter()
+                    .any(|a| a == "--pki-dir" || a == "--insecure-plain-http")
+                {
+                    vec![]
+                } else {
+                    vec!["--pki-dir".to_string(), shared_pki().display().to_string()]
+                },
+            )
             .args(if self.extra.iter().any(|a| a == "--controllers") {
                 &[][..]
             } else {

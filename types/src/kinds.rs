@@ -298,6 +298,17 @@ const CREDENTIAL_COLUMNS: &[Column] = &[
     },
     AGE,
 ];
+const AGE_ONLY: &[Column] = &[AGE];
+const BINDING_COLUMNS: &[Column] = &[
+    Column {
+        name: "Role",
+        json_path: ".roleRef.name",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    AGE,
+];
 const LEASE_COLUMNS: &[Column] = &[
     Column {
         name: "Holder",
@@ -407,6 +418,32 @@ static KINDS: &[KindInfo] = &[
         has_status: false,
         columns: EVENT_COLUMNS,
         admit: admit_event,
+        crd: None,
+    },
+    KindInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRole",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        short_names: &[],
+        namespaced: false,
+        has_status: false,
+        columns: AGE_ONLY,
+        admit: admit_cluster_role,
+        crd: None,
+    },
+    KindInfo {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        short_names: &[],
+        namespaced: false,
+        has_status: false,
+        columns: BINDING_COLUMNS,
+        admit: admit_cluster_role_binding,
         crd: None,
     },
     KindInfo {
@@ -586,4 +623,70 @@ mod tests {
             );
         }
     }
+}
+
+fn admit_cluster_role(v: Value) -> Admitted {
+    let d = crate::decode::<k8s_openapi::api::rbac::v1::ClusterRole>(v).map_err(|e| vec![e])?;
+    let mut errs = Vec::new();
+    for (i, r) in d.object.rules.iter().flatten().enumerate() {
+        if r.verbs.is_empty() {
+            errs.push(FieldError::required(
+                format!("rules[{i}].verbs"),
+                "at least one verb, or \"*\"",
+            ));
+        }
+        let resources = r.resources.as_ref().is_some_and(|x| !x.is_empty());
+        let urls = r.non_resource_urls.as_ref().is_some_and(|x| !x.is_empty());
+        if resources == urls {
+            errs.push(FieldError::invalid(
+                format!("rules[{i}]"),
+                "a rule names either resources (with apiGroups) or nonResourceURLs",
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let out = serde_json::to_value(&d.object)
+        .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    Ok((out, d.unknown_fields))
+}
+
+fn admit_cluster_role_binding(v: Value) -> Admitted {
+    let d =
+        crate::decode::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>(v).map_err(|e| vec![e])?;
+    let mut errs = Vec::new();
+    let b = &d.object;
+    if b.role_ref.kind != "ClusterRole" {
+        errs.push(FieldError::invalid(
+            "roleRef.kind",
+            format!("{:?}: must be ClusterRole", b.role_ref.kind),
+        ));
+    }
+    if b.role_ref.name.is_empty() {
+        errs.push(FieldError::required(
+            "roleRef.name",
+            "the ClusterRole's name",
+        ));
+    }
+    for (i, s) in b.subjects.iter().flatten().enumerate() {
+        if !matches!(s.kind.as_str(), "User" | "Group" | "ServiceAccount") {
+            errs.push(FieldError::invalid(
+                format!("subjects[{i}].kind"),
+                format!("{:?}: must be User, Group or ServiceAccount", s.kind),
+            ));
+        }
+        if s.name.is_empty() {
+            errs.push(FieldError::required(
+                format!("subjects[{i}].name"),
+                "who is bound",
+            ));
+        }
+    }
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let out = serde_json::to_value(&d.object)
+        .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    Ok((out, d.unknown_fields))
 }

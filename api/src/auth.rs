@@ -1,0 +1,408 @@
+//! Who is calling, and may they: authentication (client certificates from the cluster CA: CN
+//! is the user, O the group; bearer tokens from a token file), authorization (RBAC: Kubernetes'
+//! ClusterRole/ClusterRoleBinding objects plus built-in roles; the group `system:masters` may
+//! do everything; machine identities `system:node:NAME` only their own Node), and the audit
+//! log (every write and every refusal, as JSON lines).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use groundwork_store::Store;
+use serde_json::{Value, json};
+
+use crate::tls::PeerCert;
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UserInfo {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The group whose members may do everything (as in Kubernetes).
+pub const MASTERS: &str = "system:masters";
+/// Machine identities: user `system:node:NAME`, group `system:nodes`.
+pub const NODES_GROUP: &str = "system:nodes";
+
+/// What a request asks to do, in RBAC's terms.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes {
+    pub verb: String,
+    /// Empty for the core group.
+    pub group: String,
+    /// `nodes`, or `nodes/status` with a subresource.
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+    /// Set for paths that are not resources (`/metrics`, `/apis`, ...).
+    pub path: Option<String>,
+}
+
+/// Parses a request into RBAC attributes.
+pub fn attributes(method: &Method, path: &str, query: Option<&str>) -> Attributes {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest): (&str, &[&str]) = match segs.first() {
+        Some(&"apis") if segs.len() >= 4 => (segs[1], &segs[3..]),
+        Some(&"api") if segs.len() >= 3 => ("", &segs[2..]),
+        _ => {
+            return Attributes {
+                verb: method.as_str().to_ascii_lowercase(),
+                path: Some(path.to_string()),
+                ..Default::default()
+            };
+        }
+    };
+    let (namespace, rest) = if rest.first() == Some(&"namespaces") && rest.len() >= 3 {
+        (rest[1], &rest[2..])
+    } else {
+        ("", rest)
+    };
+    let (verb, resource) = crate::server::classify(method, path, query);
+    let _ = rest;
+    let name = rest.get(1).copied().unwrap_or("");
+    Attributes {
+        verb: verb.to_string(),
+        group: group.to_string(),
+        resource,
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        path: None,
+    }
+}
+
+/// Static bearer tokens: a CSV file like Kubernetes' `--token-auth-file`:
+/// `token,user,uid,"group1,group2"` and an optional fifth column `expires=RFC3339`. Read again
+/// whenever it changes on disk, so removing a line revokes a token without a restart.
+pub struct TokenFile {
+    path: PathBuf,
+    state: Mutex<(Option<SystemTime>, Tokens)>,
+}
+
+/// SHA-256 of each token → its user and expiry (the tokens themselves are not kept).
+type Tokens = HashMap<Vec<u8>, (UserInfo, Option<jiff::Timestamp>)>;
+
+fn digest(token: &str) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
+}
+
+/// Splits a CSV line, honouring double quotes.
+fn csv(line: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(String::new()),
+            c => out.last_mut().expect("one field").push(c),
+        }
+    }
+    out.into_iter().map(|f| f.trim().to_string()).collect()
+}
+
+impl TokenFile {
+    pub fn open(path: PathBuf) -> Result<TokenFile, String> {
+        let f = TokenFile {
+            path,
+            state: Mutex::new((None, HashMap::new())),
+        };
+        f.reload()?;
+        Ok(f)
+    }
+
+    fn reload(&self) -> Result<(), String> {
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.0 == Some(mtime) {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        let mut map = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let f = csv(line);
+            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
+                // The line number only: the line holds a token.
+                return Err(format!(
+                    "{} line {}: expected token,user,uid[,\"groups\"][,expires=RFC3339]",
+                    self.path.display(),
+                    i + 1
+                ));
+            }
+            let groups = f
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let expires = match f.get(4).and_then(|e| e.strip_prefix("expires=")) {
+                Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
+                    format!("{} line {}: expires: {e}", self.path.display(), i + 1)
+                })?),
+                None => None,
+            };
+            map.insert(
+                digest(&f[0]),
+                (
+                    UserInfo {
+                        name: f[1].clone(),
+                        groups,
+                    },
+                    expires,
+                ),
+            );
+        }
+        *st = (Some(mtime), map);
+        Ok(())
+    }
+
+    /// The user of a token, or why not.
+    pub fn lookup(&self, token: &str) -> Result<UserInfo, &'static str> {
+        if let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "token file not reloaded; keeping the previous tokens");
+        }
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match st.1.get(&digest(token)) {
+            None => Err("unknown token"),
+            Some((_, Some(exp))) if *exp <= jiff::Timestamp::now() => Err("token expired"),
+            Some((u, _)) => Ok(u.clone()),
+        }
+    }
+}
+
+/// The audit log: one JSON line per write and per refused request, rotated by size.
+pub struct Audit {
+    path: Option<PathBuf>,
+    max_bytes: u64,
+    keep: usize,
+    out: Mutex<Option<std::fs::File>>,
+}
+
+impl Audit {
+    /// `path` "-" writes to stdout.
+    pub fn open(path: &str, max_bytes: u64, keep: usize) -> Result<Audit, String> {
+        let path = (path != "-").then(|| PathBuf::from(path));
+        let out = match &path {
+            Some(p) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("audit log {}: {e}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Audit {
+            path,
+            max_bytes,
+            keep: keep.max(1),
+            out: Mutex::new(out),
+        })
+    }
+
+    pub fn record(&self, event: &Value) {
+        let mut line = event.to_string();
+        line.push('\n');
+        let Some(path) = &self.path else {
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            return;
+        };
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let size = out
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if size + line.len() as u64 > self.max_bytes {
+            // path.N-1 → path.N, ..., path → path.1
+            for i in (1..self.keep).rev() {
+                let _ = std::fs::rename(
+                    format!("{}.{i}", path.display()),
+                    format!("{}.{}", path.display(), i + 1),
+                );
+            }
+            let _ = std::fs::rename(path, format!("{}.1", path.display()));
+            *out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok();
+        }
+        if let Some(f) = out.as_mut()
+            && let Err(e) = f.write_all(line.as_bytes())
+        {
+            tracing::error!(error = %e, path = %path.display(), "audit log write failed");
+        }
+    }
+}
+
+/// Authentication, authorization and audit of the API.
+pub struct Auth {
+    pub store: Store,
+    pub tokens: Option<TokenFile>,
+    pub audit: Option<Audit>,
+}
+
+fn status(code: StatusCode, reason: &str, message: &str) -> Response {
+    (
+        code,
+        axum::Json(json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": message, "reason": reason, "code": code.as_u16(),
+        })),
+    )
+        .into_response()
+}
+
+/// Paths anyone may read: liveness and version.
+fn public(path: &str) -> bool {
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+}
+
+/// Paths every authenticated user may read: discovery and OpenAPI (Kubernetes'
+/// `system:discovery`).
+pub(crate) fn is_discovery_path(path: &str) -> bool {
+    path == "/api"
+        || path == "/apis"
+        || path.starts_with("/openapi/")
+        || path == "/openapi"
+        || (path.starts_with("/api/") && path.matches('/').count() == 2)
+        || (path.starts_with("/apis/") && path.matches('/').count() <= 3)
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    )
+}
+
+impl Auth {
+    fn authenticate(&self, req: &Request) -> Result<Option<UserInfo>, &'static str> {
+        if let Some(PeerCert(der)) = req.extensions().get::<PeerCert>()
+            && let Some((name, groups)) = crate::pki::subject(der)
+        {
+            return Ok(Some(UserInfo { name, groups }));
+        }
+        let bearer = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "));
+        match (bearer, &self.tokens) {
+            (Some(t), Some(tokens)) => tokens.lookup(t.trim()).map(Some),
+            (Some(_), None) => Err("bearer tokens are not enabled (--token-file)"),
+            (None, _) => Ok(None),
+        }
+    }
+
+    fn audit(
+        &self,
+        user: Option<&UserInfo>,
+        a: &Attributes,
+        code: u16,
+        decision: &str,
+        reason: &str,
+    ) {
+        let Some(audit) = &self.audit else { return };
+        audit.record(&json!({
+            "time": jiff::Timestamp::now().to_string(),
+            "user": user.map(|u| u.name.as_str()),
+            "groups": user.map(|u| u.groups.clone()),
+            "verb": a.verb,
+            "group": a.group,
+            "resource": a.resource,
+            "namespace": a.namespace,
+            "name": a.name,
+            "path": a.path,
+            "code": code,
+            "decision": decision,
+            "reason": reason,
+        }));
+    }
+}
+
+/// The middleware: 401 without credentials, 403 without permission, audit of writes and
+/// refusals.
+pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if public(&path) {
+        return next.run(req).await;
+    }
+    let a = attributes(req.method(), &path, req.uri().query());
+    let user = match auth.authenticate(&req) {
+        Ok(Some(u)) => u,
+        Ok(None) => {
+            auth.audit(None, &a, 401, "deny", "no credentials");
+            return status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "Unauthorized: no client certificate or bearer token",
+            );
+        }
+        Err(why) => {
+            auth.audit(None, &a, 401, "deny", why);
+            return status(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                &format!("Unauthorized: {why}"),
+            );
+        }
+    };
+    if let Err(why) = crate::rbac::authorize(&auth.store, &user, &a) {
+        auth.audit(Some(&user), &a, 403, "deny", &why);
+        let what = match &a.path {
+            Some(p) => format!("path {p:?}"),
+            None => {
+                let target = if a.group.is_empty() {
+                    a.resource.clone()
+                } else {
+                    format!("{}.{}", a.resource, a.group)
+                };
+                let name = if a.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" {:?}", a.name)
+                };
+                let scope = if a.namespace.is_empty() {
+                    "at the cluster scope".to_string()
+                } else {
+                    format!("in the namespace {:?}", a.namespace)
+                };
+                format!(
+                    "{target}{name}: cannot {} resource {:?} in API group {:?} {scope}",
+                    a.verb, a.resource, a.group
+                )
+            }
+        };
+        return status(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            &format!("forbidden: User {:?} {what} ({why})", user.name),
+        );
+    }
+    let resp = next.run(req).await;
+    if a.path.is_none() && is_write(&a.verb) {
+        let code = resp.status().as_u16();
+        auth.audit(Some(&user), &a, code, "allow", "");
+    }
+    resp
+}

@@ -1,0 +1,215 @@
+//! The cluster's certificate authority and the certificates it issues (rcgen, ECDSA P-256).
+//!
+//! `DIR/ca.crt` + `DIR/ca.key` are created on first start or by `groundwork pki init` (or
+//! given: put your own there). The server's certificate is issued again at every start for the
+//! names and addresses it serves under, and kept in memory; client certificates (the
+//! operator's `admin`, the in-process controllers) are issued once and kept. Keys are written
+//! with mode 0600. A client certificate names its user in CN and its group in O, as Kubernetes
+//! reads them (one group per certificate).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
+};
+
+/// A certificate and its private key, PEM.
+#[derive(Clone)]
+pub struct CertKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertKey { key: <redacted> }")
+    }
+}
+
+pub struct Pki {
+    dir: PathBuf,
+    ca_cert_pem: String,
+    ca_key_pem: String,
+}
+
+/// What a certificate is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    Server,
+    Client,
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::hours(1);
+    params.not_after = now + time::Duration::days(days);
+}
+
+impl Pki {
+    /// Loads the CA from `dir`, or creates it (10 years) when `dir` has none.
+    pub fn load_or_create(dir: &Path) -> Result<Pki, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        if crt.exists() && key.exists() {
+            let ca_cert_pem =
+                std::fs::read_to_string(&crt).map_err(|e| format!("{}: {e}", crt.display()))?;
+            let ca_key_pem =
+                std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
+            // Both must parse, and belong together.
+            let kp =
+                KeyPair::from_pem(&ca_key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
+            Issuer::from_ca_cert_pem(&ca_cert_pem, kp)
+                .map_err(|e| format!("{}: {e}", crt.display()))?;
+            return Ok(Pki {
+                dir: dir.to_path_buf(),
+                ca_cert_pem,
+                ca_key_pem,
+            });
+        }
+        let kp = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, "groundwork-ca");
+        p.distinguished_name
+            .push(DnType::OrganizationName, "groundwork");
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut p, 3650);
+        let cert = p.self_signed(&kp).map_err(|e| e.to_string())?;
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            ca_cert_pem: cert.pem(),
+            ca_key_pem: kp.serialize_pem(),
+        };
+        write_private(&key, &pki.ca_key_pem)?;
+        std::fs::write(&crt, &pki.ca_cert_pem).map_err(|e| format!("{}: {e}", crt.display()))?;
+        tracing::info!(dir = %dir.display(), "created the cluster CA");
+        Ok(pki)
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Issues a certificate: `cn` (the user, or the server's name), `group` (O), the names
+    /// and addresses it is valid for, what for, and for how long.
+    pub fn issue(
+        &self,
+        cn: &str,
+        group: Option<&str>,
+        sans: &[String],
+        usage: Usage,
+        days: i64,
+    ) -> Result<CertKey, String> {
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(|e| e.to_string())?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(|e| e.to_string())?;
+        let kp = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::new(sans.to_vec()).map_err(|e| format!("{sans:?}: {e}"))?;
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(g) = group {
+            p.distinguished_name.push(DnType::OrganizationName, g);
+        }
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![match usage {
+            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
+            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
+        }];
+        p.use_authority_key_identifier_extension = true;
+        validity(&mut p, days);
+        let cert = p.signed_by(&kp, &issuer).map_err(|e| e.to_string())?;
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: kp.serialize_pem(),
+        })
+    }
+
+    /// The server's certificate for these names and addresses: issued at every start, kept in
+    /// memory only (several members may share one directory), valid one year.
+    pub fn server(&self, sans: &[String]) -> Result<CertKey, String> {
+        self.issue("groundwork-apiserver", None, sans, Usage::Server, 365)
+    }
+
+    /// A client certificate kept in `DIR/NAME.crt` + `NAME.key`: issued once (valid one
+    /// year), then reused; issued again once it is within 30 days of expiry.
+    pub fn client(&self, name: &str, cn: &str, group: Option<&str>) -> Result<CertKey, String> {
+        let (crt, key) = (
+            self.dir.join(format!("{name}.crt")),
+            self.dir.join(format!("{name}.key")),
+        );
+        if let (Ok(cert_pem), Ok(key_pem)) =
+            (std::fs::read_to_string(&crt), std::fs::read_to_string(&key))
+            && not_after(&cert_pem).is_some_and(|t| t > now_unix() + 30 * 86400)
+        {
+            return Ok(CertKey { cert_pem, key_pem });
+        }
+        let ck = self.issue(cn, group, &[], Usage::Client, 365)?;
+        write_private(&key, &ck.key_pem)?;
+        std::fs::write(&crt, &ck.cert_pem).map_err(|e| format!("{}: {e}", crt.display()))?;
+        Ok(ck)
+    }
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// The first certificate's expiry (Unix seconds).
+pub fn not_after(pem: &str) -> Option<i64> {
+    let der = pem_der(pem)?;
+    let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(c.validity().not_after.timestamp())
+}
+
+/// The DER of the first PEM block.
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()?
+        .ok()
+        .map(|c| c.to_vec())
+}
+
+/// User (CN) and groups (O) of a client certificate.
+pub fn subject(der: &[u8]) -> Option<(String, Vec<String>)> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    let s = c.subject();
+    let cn = s.iter_common_name().next()?.as_str().ok()?.to_string();
+    let groups = s
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((cn, groups))
+}

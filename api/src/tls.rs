@@ -1,0 +1,132 @@
+//! Serving the API over TLS (rustls): HTTP/1.1 and HTTP/2 by ALPN, client certificates from
+//! the cluster CA accepted (and passed to the handlers as [`PeerCert`]) but not required, so
+//! bearer tokens work too. A plain-HTTP request on the TLS port gets a clear 400 instead of a
+//! failed handshake.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+/// The leaf certificate the client presented (DER), verified against the cluster CA.
+#[derive(Clone, Debug)]
+pub struct PeerCert(pub Arc<Vec<u8>>);
+
+/// rustls' server configuration from PEM: our certificate chain and key, and the CA whose
+/// client certificates are accepted.
+pub fn server_config(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("server certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("server key: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+        roots
+            .add(c.map_err(|e| format!("client CA: {e}"))?)
+            .map_err(|e| format!("client CA: {e}"))?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| format!("client verifier: {e}"))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("server certificate: {e}"))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 49\r\n\r\nClient sent an HTTP request to an HTTPS server.\n\n";
+
+/// Serves `app` over TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(error = %e, "API accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut first)).await {
+                Ok(Ok(1)) if first[0] != 0x16 => {
+                    // Not a TLS handshake record: most likely plain HTTP.
+                    let mut tcp = tcp;
+                    let _ = tcp.write_all(PLAIN_HTTP_ANSWER).await;
+                    let _ = tcp.shutdown().await;
+                    tracing::debug!(%peer, "plain HTTP on the TLS port refused");
+                    return;
+                }
+                Ok(Ok(1)) => {}
+                _ => return,
+            }
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| PeerCert(Arc::new(c.to_vec())));
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(c) = &cert {
+                        req.extensions_mut().insert(c.clone());
+                    }
+                    let app = app.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        app.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "API connection ended");
+            }
+        });
+    }
+}

@@ -1,0 +1,77 @@
+//! `groundwork pki`: the cluster CA and client certificates, offline (from the CA's files).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use groundwork_api::pki::{Pki, Usage};
+
+#[derive(clap::Args, Debug)]
+pub(crate) struct PkiArgs {
+    #[command(subcommand)]
+    cmd: PkiCmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum PkiCmd {
+    /// Create the CA (and the admin and controllers certificates) in DIR, unless it exists:
+    /// copy DIR to every member of a raft group before their first start (--pki-dir).
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a client certificate and write a kubeconfig for it.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The user (CN), e.g. alice, or system:node:NAME for a machine.
+        #[arg(long)]
+        user: String,
+        /// The group (O), e.g. system:masters or system:nodes.
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=3650))]
+        days: i64,
+        /// The API server's URL, for the kubeconfig.
+        #[arg(long)]
+        server: String,
+        /// Where to write the kubeconfig (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
+    match a.cmd {
+        PkiCmd::Init { dir } => {
+            let pki = Pki::load_or_create(&dir).map_err(anyhow::Error::msg)?;
+            pki.client("admin", "admin", Some(groundwork_api::auth::MASTERS))
+                .map_err(anyhow::Error::msg)?;
+            pki.client(
+                "controllers",
+                "groundwork:controllers",
+                Some(groundwork_api::auth::MASTERS),
+            )
+            .map_err(anyhow::Error::msg)?;
+            println!("CA ready in {}", dir.display());
+            Ok(())
+        }
+        PkiCmd::Issue {
+            dir,
+            user,
+            group,
+            days,
+            server,
+            out,
+        } => {
+            let pki = Pki::load_or_create(&dir).map_err(anyhow::Error::msg)?;
+            let ck = pki
+                .issue(&user, group.as_deref(), &[], Usage::Client, days)
+                .map_err(anyhow::Error::msg)?;
+            let text = crate::server::kubeconfig(&server, Some((pki.ca_pem(), &ck)));
+            crate::server::write_private(&out, &text)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("kubeconfig for {user} written to {}", out.display());
+            Ok(())
+        }
+    }
+}
