@@ -1,0 +1,378 @@
+//! Identity over IP: the API over TLS only, who may do what (client certificates, bearer
+//! tokens, RBAC, machine identities), the audit log, and secrets that never show in plaintext.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::{Server, ok, write};
+
+const NODES: &str = "/apis/groundwork.dev/v1alpha1/nodes";
+const ALICE: &str = "alice-token-7f3a9c1d2e";
+const BOB: &str = "bob-token-0b1c2d3e4f";
+const MACHINE: &str = "machine-n1-token-9e8d7c";
+const OLD: &str = "expired-token-5a6b7c";
+const PASSWORD: &str = "S3cret-BMC-pass-word";
+
+fn token_file(dir: &Path, with_bob: bool) -> std::path::PathBuf {
+    let mut t = format!(
+        "# token,user,uid,groups[,expires=]\n{ALICE},alice,1001\n{MACHINE},system:node:n1,2001,\"system:nodes\"\n{OLD},olduser,1003,,expires=2020-01-01T00:00:00Z\n"
+    );
+    if with_bob {
+        t.push_str(&format!("{BOB},bob,1002,\"ops,viewers\"\n"));
+    }
+    write(dir, "tokens.csv", &t)
+}
+
+/// An HTTPS client that trusts the CA and presents no certificate.
+fn anonymous() -> reqwest::Client {
+    let ca = std::fs::read(support::shared_pki().join("ca.crt")).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+async fn call(
+    c: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = c.request(method.clone(), url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        let ct = if method == reqwest::Method::PATCH {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        r = r.header("content-type", ct).body(b.to_string());
+    }
+    let resp = r.send().await.unwrap();
+    let code = resp.status().as_u16();
+    (code, resp.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_only_tokens_certificates_rbac_machines_and_the_audit_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path(), true);
+    let audit = dir.path().join("audit.log");
+    let s = Server::start_with(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    assert!(s.url.starts_with("https://"), "{}", s.url);
+    let admin = support::https_client();
+    let anon = anonymous();
+    let url = |p: &str| format!("{}{p}", s.url);
+
+    // kubectl and kube-rs work with the generated kubeconfig, over TLS.
+    let f = write(
+        s.dir.path(),
+        "nodes.yaml",
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {name: n2}\n",
+    );
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let kube = s.client().await;
+    let names: Vec<String> = kube::Api::<groundwork_types::Node>::all(kube)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    assert_eq!(names, ["n1", "n2"]);
+
+    // Plain HTTP is refused, with a clear answer.
+    let plain = reqwest::get(url("/api").replace("https://", "http://"))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    assert!(plain.text().await.unwrap().contains("HTTPS server"));
+
+    // No credentials: 401. Liveness stays open.
+    let (code, body) = call(&anon, reqwest::Method::GET, &url(NODES), None, None).await;
+    assert_eq!(code, 401, "{body}");
+    assert_eq!(body["reason"], "Unauthorized");
+    let (code, _) = call(&anon, reqwest::Method::GET, &url("/healthz"), None, None).await;
+    assert_eq!(code, 200);
+    // An unknown or expired token: 401, saying which.
+    let (code, body) = call(&anon, reqwest::Method::GET, &url(NODES), Some("nope"), None).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("unknown token"),
+        "{body}"
+    );
+    let (code, body) = call(&anon, reqwest::Method::GET, &url(NODES), Some(OLD), None).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("expired"),
+        "{body}"
+    );
+
+    // A user with no binding: 403 naming the user, the verb and the resource.
+    let (code, body) = call(&anon, reqwest::Method::GET, &url(NODES), Some(ALICE), None).await;
+    assert_eq!(code, 403, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("\"alice\"") && msg.contains("cannot list") && msg.contains("\"nodes\""),
+        "{msg}"
+    );
+    // Discovery is open to every authenticated user.
+    let (code, _) = call(
+        &anon,
+        reqwest::Method::GET,
+        &url("/apis"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200);
+
+    // RBAC: group "viewers" bound to the built-in view role by the admin (kubectl).
+    let binding = write(
+        s.dir.path(),
+        "rb.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: viewers}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\nsubjects: [{kind: Group, name: viewers, apiGroup: rbac.authorization.k8s.io}]\n",
+    );
+    ok(s.kubectl(&["apply", "-f", binding.to_str().unwrap()]));
+    let (code, body) = call(&anon, reqwest::Method::GET, &url(NODES), Some(BOB), None).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["items"].as_array().unwrap().len(), 2);
+    let (code, body) = call(
+        &anon,
+        reqwest::Method::POST,
+        &url(NODES),
+        Some(BOB),
+        Some(json!({"apiVersion": "groundwork.dev/v1alpha1", "kind": "Node", "metadata": {"name": "n3"}})),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("cannot create"),
+        "{body}"
+    );
+    let (code, _) = call(
+        &anon,
+        reqwest::Method::GET,
+        &url("/apis/groundwork.dev/v1alpha1/credentials"),
+        Some(BOB),
+        None,
+    )
+    .await;
+    assert_eq!(code, 403, "view does not read credentials");
+    // A bad binding names the field.
+    let bad = write(
+        s.dir.path(),
+        "bad.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: bad}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: view}\nsubjects: [{kind: User, name: x}]\n",
+    );
+    let o = s.kubectl(&["apply", "-f", bad.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(
+        support::text(&o).contains("roleRef.kind"),
+        "{}",
+        support::text(&o)
+    );
+
+    // A client certificate issued by the CA: CN is the user. Without a binding, kubectl says
+    // Forbidden.
+    let carol = s.dir.path().join("carol.kubeconfig");
+    let o = std::process::Command::new(support::BIN)
+        .args(["pki", "issue", "--dir"])
+        .arg(support::shared_pki())
+        .args(["--user", "carol", "--server", &s.url, "--out"])
+        .arg(&carol)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", support::text(&o));
+    let o = s.kubectl(&[
+        "--kubeconfig",
+        carol.to_str().unwrap(),
+        "get",
+        "nodes.groundwork.dev",
+    ]);
+    assert!(!o.status.success());
+    let text = support::text(&o);
+    assert!(
+        text.contains("Forbidden") && text.contains("\"carol\""),
+        "{text}"
+    );
+
+    // A machine identity reads its own Node and writes its status; nothing else.
+    let n1 = url(&format!("{NODES}/n1"));
+    let n2 = url(&format!("{NODES}/n2"));
+    let m = Some(MACHINE);
+    let get = reqwest::Method::GET;
+    let patch = reqwest::Method::PATCH;
+    assert_eq!(call(&anon, get.clone(), &n1, m, None).await.0, 200);
+    assert_eq!(call(&anon, get.clone(), &n2, m, None).await.0, 403);
+    assert_eq!(call(&anon, get.clone(), &url(NODES), m, None).await.0, 403);
+    let st = Some(json!({"status": {"addresses": ["10.0.0.5"]}}));
+    assert_eq!(
+        call(&anon, patch.clone(), &format!("{n1}/status"), m, st.clone())
+            .await
+            .0,
+        200
+    );
+    let (code, body) = call(&anon, patch.clone(), &format!("{n2}/status"), m, st.clone()).await;
+    assert_eq!(code, 403);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("machine identity"),
+        "{body}"
+    );
+    let (code, _) = call(
+        &anon,
+        patch.clone(),
+        &n1,
+        m,
+        Some(json!({"spec": {"maintenance": true}})),
+    )
+    .await;
+    assert_eq!(code, 403, "a machine may not change its own spec");
+
+    // Revoked: removing bob's line takes effect without a restart.
+    std::thread::sleep(Duration::from_millis(20));
+    token_file(dir.path(), false);
+    let (code, _) = call(&anon, get.clone(), &url(NODES), Some(BOB), None).await;
+    assert_eq!(code, 401, "bob's token was revoked");
+
+    // The audit log: admin's create, update and delete, the refusals, with identities.
+    let (code, _) = call(
+        &admin,
+        patch.clone(),
+        &n2,
+        None,
+        Some(json!({"metadata": {"labels": {"x": "y"}}})),
+    )
+    .await;
+    assert_eq!(code, 200);
+    let (code, _) = call(&admin, reqwest::Method::DELETE, &n2, None, None).await;
+    assert_eq!(code, 200);
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |f: &dyn Fn(&Value) -> bool| lines.iter().any(f);
+    assert!(
+        find(&|e| e["user"] == "admin"
+            && e["verb"] == "create"
+            && e["name"] == ""
+            && e["code"] == 201),
+        "create by admin (kubectl): {lines:?}"
+    );
+    assert!(find(&|e| e["user"] == "admin"
+        && e["verb"] == "patch"
+        && e["name"] == "n2"
+        && e["decision"] == "allow"));
+    assert!(find(&|e| e["user"] == "admin"
+        && e["verb"] == "delete"
+        && e["name"] == "n2"
+        && e["code"] == 200));
+    assert!(find(&|e| e["user"] == "alice"
+        && e["verb"] == "list"
+        && e["code"] == 403
+        && e["decision"] == "deny"));
+    assert!(find(&|e| e["user"] == "system:node:n1"
+        && e["name"] == "n2"
+        && e["code"] == 403));
+    assert!(find(&|e| e["user"].is_null() && e["code"] == 401));
+    assert!(
+        lines
+            .iter()
+            .all(|e| e["time"].is_string() && e["groups"].is_array() || e["user"].is_null())
+    );
+}
+
+/// Known secrets through a whole flow: none of them may appear in plaintext in any log line,
+/// Event, API answer, the audit log or the raw store file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_show_in_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path(), true);
+    let audit = dir.path().join("audit.log");
+    let s = Server::start_with(&[
+        "--controllers",
+        "all",
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+        "--bmc-timeout-seconds",
+        "1",
+    ]);
+    // A Credential applied with kubectl (its last-applied annotation would carry the password)
+    // and a Node whose BMC uses it (the power and provisioning controllers open it and fail to
+    // reach 127.0.0.1:9, logging and recording Events).
+    let yaml = format!(
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: c1}}\nspec: {{username: admin, password: {PASSWORD}}}\n---\n\
+         apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {{name: n1}}\nspec:\n  online: true\n  bmc: {{address: 127.0.0.1, port: 9, protocol: ipmi, credentialsRef: c1}}\n"
+    );
+    let f = write(s.dir.path(), "secret.yaml", &yaml);
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let anon = anonymous();
+    // Token users at work, and a refused one.
+    for t in [ALICE, BOB, MACHINE, OLD] {
+        let _ = call(
+            &anon,
+            reqwest::Method::GET,
+            &format!("{}{NODES}", s.url),
+            Some(t),
+            None,
+        )
+        .await;
+    }
+    // Let the controllers try the BMC and record what happened.
+    support::eventually(Duration::from_secs(30), "a BMC error recorded", || async {
+        let events = support::text(&s.groundwork(&["events", "node/n1"]));
+        events.contains("Timeout").then_some(())
+    })
+    .await;
+    let mut answers = String::new();
+    for kind in [
+        "nodes",
+        "credentials",
+        "racks",
+        "profiles",
+        "datacenters",
+        "events",
+        "leases",
+        "clusterrolebindings",
+    ] {
+        answers += &support::text(&s.groundwork(&["get", kind, "-o", "json"]));
+    }
+    answers += &ok(s.kubectl(&["get", "credentials.groundwork.dev", "-o", "yaml"]));
+    answers += &ok(s.groundwork(&["events"]));
+    answers += &ok(s.groundwork(&["logs", "node/n1"]));
+    let server_log = s.log();
+    let audit_log = std::fs::read_to_string(&audit).unwrap();
+    let store = std::fs::read(s.dir.path().join("groundwork.redb")).unwrap();
+    assert!(
+        answers.contains("c1") && server_log.contains("n1"),
+        "the flow ran"
+    );
+    for secret in [PASSWORD, ALICE, BOB, MACHINE, OLD] {
+        assert!(!answers.contains(secret), "{secret} in an API answer");
+        assert!(!server_log.contains(secret), "{secret} in the server log");
+        assert!(!audit_log.contains(secret), "{secret} in the audit log");
+        assert!(
+            !store.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "{secret} in the store file"
+        );
+    }
+}
