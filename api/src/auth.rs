@@ -369,8 +369,12 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
     };
     if let Err(why) = crate::rbac::authorize(&auth.store, &user, &a) {
         auth.audit(Some(&user), &a, 403, "deny", &why);
-        let what = match &a.path {
-            Some(p) => format!("path {p:?}"),
+        // Kubernetes' wording, then why.
+        let msg = match &a.path {
+            Some(p) => format!(
+                "forbidden: User {:?} cannot {} path {p:?} ({why})",
+                user.name, a.verb
+            ),
             None => {
                 let target = if a.group.is_empty() {
                     a.resource.clone()
@@ -388,16 +392,12 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
                     format!("in the namespace {:?}", a.namespace)
                 };
                 format!(
-                    "{target}{name}: cannot {} resource {:?} in API group {:?} {scope}",
-                    a.verb, a.resource, a.group
+                    "{target}{name} is forbidden: User {:?} cannot {} resource {:?} in API group {:?} {scope} ({why})",
+                    user.name, a.verb, a.resource, a.group
                 )
             }
         };
-        return status(
-            StatusCode::FORBIDDEN,
-            "Forbidden",
-            &format!("forbidden: User {:?} {what} ({why})", user.name),
-        );
+        return status(StatusCode::FORBIDDEN, "Forbidden", &msg);
     }
     let resp = next.run(req).await;
     if a.path.is_none() && is_write(&a.verb) {

@@ -50,6 +50,12 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
+    if ctype.contains("protobuf") || ctype.contains("cbor") {
+        // kubectl sends built-in kinds (RBAC) as protobuf first; on 415 it sends JSON.
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "{ctype}: send application/json or YAML"
+        )));
+    }
     if body.is_empty() {
         return Err(ApiError::BadRequest(
             "the request body is empty; send a JSON object".into(),
