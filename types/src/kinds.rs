@@ -571,60 +571,6 @@ pub fn check_object_name(name: &str) -> Vec<FieldError> {
     errs
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn lookup_by_any_name() {
-        for n in ["Node", "nodes", "node", "gn", "nodes.groundwork.dev"] {
-            assert_eq!(kind_by_kind(n).map(|k| k.kind), Some("Node"), "{n}");
-        }
-        assert!(kind_by_kind("nodes.example.com").is_none());
-    }
-
-    #[test]
-    fn admission_rejects_bad_mac_with_path() {
-        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
-            "spec": {"bootMACs": ["52:54:00:00:00:01", "zz:54:00:00:00:01"]}});
-        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
-        assert_eq!(errs[0].field, "spec.bootMACs[1]");
-        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
-            "spec": {"bootMACs": ["52:54:00:00:00:01"], "bootAddress": "10.0.0.300"}});
-        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
-        assert_eq!(errs[0].field, "spec.bootAddress");
-        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
-            "spec": {"bootAddress": "10.0.0.3"}});
-        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
-        assert_eq!(errs[0].field, "spec.bootMACs");
-    }
-
-    #[test]
-    fn absent_spec_is_empty_but_required_fields_are_named() {
-        let p = json!({"apiVersion": API_VERSION, "kind": "Profile", "metadata": {"name": "p"}});
-        assert!((kind_by_kind("Profile").unwrap().admit)(p).is_ok());
-        let r = json!({"apiVersion": API_VERSION, "kind": "Rack", "metadata": {"name": "r"}});
-        let errs = (kind_by_kind("Rack").unwrap().admit)(r).unwrap_err();
-        assert!(errs[0].message.contains("datacenter"), "{errs:?}");
-    }
-
-    #[test]
-    fn crds_have_schema_and_columns() {
-        let docs = crd_yaml_documents();
-        assert_eq!(docs.len(), 6);
-        for (_, crd) in docs {
-            let v = &crd["spec"]["versions"][0];
-            assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());
-            assert!(
-                v["additionalPrinterColumns"]
-                    .as_array()
-                    .is_some_and(|c| !c.is_empty())
-            );
-        }
-    }
-}
-
 fn admit_cluster_role(v: Value) -> Admitted {
     let d = crate::decode::<k8s_openapi::api::rbac::v1::ClusterRole>(v).map_err(|e| vec![e])?;
     let mut errs = Vec::new();
@@ -689,4 +635,58 @@ fn admit_cluster_role_binding(v: Value) -> Admitted {
     let out = serde_json::to_value(&d.object)
         .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
     Ok((out, d.unknown_fields))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn lookup_by_any_name() {
+        for n in ["Node", "nodes", "node", "gn", "nodes.groundwork.dev"] {
+            assert_eq!(kind_by_kind(n).map(|k| k.kind), Some("Node"), "{n}");
+        }
+        assert!(kind_by_kind("nodes.example.com").is_none());
+    }
+
+    #[test]
+    fn admission_rejects_bad_mac_with_path() {
+        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bootMACs": ["52:54:00:00:00:01", "zz:54:00:00:00:01"]}});
+        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
+        assert_eq!(errs[0].field, "spec.bootMACs[1]");
+        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bootMACs": ["52:54:00:00:00:01"], "bootAddress": "10.0.0.300"}});
+        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
+        assert_eq!(errs[0].field, "spec.bootAddress");
+        let v = json!({"apiVersion": API_VERSION, "kind": "Node", "metadata": {"name": "n1"},
+            "spec": {"bootAddress": "10.0.0.3"}});
+        let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
+        assert_eq!(errs[0].field, "spec.bootMACs");
+    }
+
+    #[test]
+    fn absent_spec_is_empty_but_required_fields_are_named() {
+        let p = json!({"apiVersion": API_VERSION, "kind": "Profile", "metadata": {"name": "p"}});
+        assert!((kind_by_kind("Profile").unwrap().admit)(p).is_ok());
+        let r = json!({"apiVersion": API_VERSION, "kind": "Rack", "metadata": {"name": "r"}});
+        let errs = (kind_by_kind("Rack").unwrap().admit)(r).unwrap_err();
+        assert!(errs[0].message.contains("datacenter"), "{errs:?}");
+    }
+
+    #[test]
+    fn crds_have_schema_and_columns() {
+        let docs = crd_yaml_documents();
+        assert_eq!(docs.len(), 6);
+        for (_, crd) in docs {
+            let v = &crd["spec"]["versions"][0];
+            assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());
+            assert!(
+                v["additionalPrinterColumns"]
+                    .as_array()
+                    .is_some_and(|c| !c.is_empty())
+            );
+        }
+    }
 }
