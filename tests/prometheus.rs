@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::{Server, ok};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A plain HTTP/1.0 GET on 127.0.0.1; the body, or None if nothing answers.
 fn http_get(port: u16, path_and_query: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -80,7 +72,7 @@ fn prometheus_scrapes_api_and_controller_metrics() {
     ok(s.groundwork(&["apply", "-f", support::manifests().to_str().unwrap()]));
     let target = s.url.trim_start_matches("https://").to_string();
     let pki = support::shared_pki();
-    let port = free_port();
+    let port = support::free_tcp_port();
     let cfg = support::write(
         s.dir.path(),
         "prometheus.yml",

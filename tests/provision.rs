@@ -28,22 +28,6 @@ use support::{Server, eventually, must, ok, sh, write};
 const PASSWORD: &str = "Pr0v-s3cret-BMC";
 const WAIT: Duration = Duration::from_secs(30);
 
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn node(c: &Client, name: &str) -> Node {
     Api::<Node>::all(c.clone()).get(name).await.unwrap()
 }
@@ -140,8 +124,8 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     image(&os);
     let good = sha256(&os);
     let wrong = format!("sha256:{}", "0".repeat(64));
-    let http = format!("127.0.0.1:{}", free_tcp_port());
-    let tftp = format!("127.0.0.1:{}", free_udp_port());
+    let http = format!("127.0.0.1:{}", support::free_tcp_port());
+    let tftp = format!("127.0.0.1:{}", support::free_udp_port());
     let s = Server::start_with(&[
         "--controllers",
         "all",
@@ -582,7 +566,7 @@ fn two_qemu_machines_go_from_apply_to_ready_and_one_back_to_available() {
         );
         let hist: Vec<groundwork_types::PhaseEntry> =
             serde_json::from_value(p["history"].clone()).unwrap();
-        eprintln!("{n}: {}", phase_times(&hist));
+        eprintln!("{n}: {}", groundwork_types::phase_times(&hist));
     }
     let console = std::fs::read_to_string(lab.dir.join("m1/serial.log")).unwrap_or_default();
     assert!(
@@ -669,18 +653,4 @@ fn tail(p: &Path, n: usize) -> String {
     let t = std::fs::read_to_string(p).unwrap_or_default();
     let lines: Vec<&str> = t.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn phase_times(h: &[groundwork_types::PhaseEntry]) -> String {
-    let ts: Vec<Option<jiff::Timestamp>> = h.iter().map(|e| e.at.parse().ok()).collect();
-    h.iter()
-        .enumerate()
-        .map(|(i, e)| match (ts[i], ts.get(i + 1).copied().flatten()) {
-            (Some(a), Some(b)) => {
-                format!("{:?} {:.1}s", e.phase, b.duration_since(a).as_secs_f64())
-            }
-            _ => format!("{:?}", e.phase),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }

@@ -40,7 +40,7 @@ fn http() -> reqwest::Client {
 }
 
 async fn status(c: &reqwest::Client, raft: &str) -> Option<Value> {
-    c.get(format!("http://{raft}/raft/v1/status"))
+    c.get(format!("https://{raft}/raft/v1/status"))
         .timeout(Duration::from_secs(2))
         .send()
         .await
@@ -615,7 +615,15 @@ async fn membership_grows_one_three_five_and_shrinks_to_three_under_writes() {
     for i in [5u8, 4] {
         let s = status(&c, &addrs[usize::from(i) - 1]).await.unwrap();
         let id = s["id"].as_u64().unwrap().to_string();
-        let out = servers[0].groundwork(&["cluster", "--raft", &addrs[1], "remove", &id]);
+        let out = servers[0].groundwork(&[
+            "cluster",
+            "--pki-dir",
+            support::shared_pki().to_str().unwrap(),
+            "--raft",
+            &addrs[1],
+            "remove",
+            &id,
+        ]);
         assert!(
             out.status.success(),
             "cluster remove {id}: {}",
@@ -884,4 +892,69 @@ async fn a_member_behind_the_compacted_log_catches_up_by_snapshot() {
     );
     let st = status(&c, &addrs[leader]).await.unwrap();
     assert!(st["snapshot"].as_u64().unwrap_or(0) >= 150, "{st}");
+}
+
+/// Raft traffic is mutual TLS with member certificates from the cluster CA: a server whose
+/// certificates come from another CA cannot join, and plain HTTP gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_certificate_from_the_cluster_ca_cannot_join() {
+    let _serial = SERIAL.lock().await;
+    let c = http();
+    let one = member(7, 1, None);
+    let a1 = raft_addr(7, 1);
+    wait_leader(&c, std::slice::from_ref(&a1), 1, Duration::from_secs(30)).await;
+
+    // Another CA (a fresh --pki-dir): its member certificate is not ours.
+    let foreign = tempfile::tempdir().unwrap();
+    let impostor = member_with(
+        7,
+        2,
+        Some(1),
+        &["--pki-dir", foreign.path().to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < deadline {
+        let s = status(&c, &a1)
+            .await
+            .expect("member 1 answers its operator");
+        assert_eq!(
+            s["members"].as_array().map(Vec::len),
+            Some(1),
+            "the impostor was added: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        one.log().contains("raft connection refused: TLS"),
+        "member 1 refused the handshake:\n{}",
+        one.log()
+    );
+    assert!(
+        impostor.log().contains("join"),
+        "the impostor kept trying to join:\n{}",
+        impostor.log()
+    );
+
+    // Plain HTTP to the raft port: no answer at all.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+        .get(format!("http://{a1}/raft/v1/status"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+    // The API's CA-signed admin certificate may ask (the operator's tools); a client with no
+    // certificate may not.
+    let ca = std::fs::read(support::shared_pki().join("ca.crt")).unwrap();
+    let anon = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = anon
+        .get(format!("https://{a1}/raft/v1/status"))
+        .send()
+        .await;
+    assert!(r.is_err(), "no client certificate, yet an answer: {r:?}");
 }

@@ -82,8 +82,12 @@ pub fn attributes(method: &Method, path: &str, query: Option<&str>) -> Attribute
 /// whenever it changes on disk, so removing a line revokes a token without a restart.
 pub struct TokenFile {
     path: PathBuf,
-    state: Mutex<(Option<SystemTime>, Tokens)>,
+    /// (mtime, size, inode) of the file last read, and its tokens; empty after a failed read.
+    state: Mutex<(Option<Stamp>, Tokens)>,
 }
+
+/// What identifies a version of the token file: modification time, size, inode.
+type Stamp = (SystemTime, u64, u64);
 
 /// SHA-256 of each token → its user and expiry (the tokens themselves are not kept).
 type Tokens = HashMap<Vec<u8>, (UserInfo, Option<jiff::Timestamp>)>;
@@ -119,13 +123,39 @@ impl TokenFile {
     }
 
     fn reload(&self) -> Result<(), String> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| m.modified())
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
+        use std::os::unix::fs::MetadataExt;
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.0 == Some(mtime) {
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(m) => m,
+            Err(e) => {
+                // Fail closed: a missing or unreadable file revokes every token.
+                st.1.clear();
+                st.0 = None;
+                return Err(format!("{}: {e}", self.path.display()));
+            }
+        };
+        let stamp = (
+            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            meta.len(),
+            meta.ino(),
+        );
+        if st.0 == Some(stamp) {
             return Ok(());
         }
+        st.0 = Some(stamp);
+        match self.parse() {
+            Ok(map) => {
+                st.1 = map;
+                Ok(())
+            }
+            Err(e) => {
+                st.1.clear();
+                Err(e)
+            }
+        }
+    }
+
+    fn parse(&self) -> Result<Tokens, String> {
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| format!("{}: {e}", self.path.display()))?;
         let mut map = HashMap::new();
@@ -135,12 +165,11 @@ impl TokenFile {
                 continue;
             }
             let f = csv(line);
-            if f.len() < 3 || f[0].is_empty() || f[1].is_empty() {
-                // The line number only: the line holds a token.
-                return Err(format!(
-                    "{} line {}: expected token,user,uid[,\"groups\"][,expires=RFC3339]",
-                    self.path.display(),
-                    i + 1
+            // The line number only: the line holds a token.
+            let bad = |why: &str| format!("{} line {}: {why}", self.path.display(), i + 1);
+            if f.len() < 3 || f.len() > 5 || f[0].is_empty() || f[1].is_empty() {
+                return Err(bad(
+                    "expected token,user,uid[,\"groups\"][,expires=RFC3339]",
                 ));
             }
             let groups = f
@@ -153,10 +182,16 @@ impl TokenFile {
                         .collect()
                 })
                 .unwrap_or_default();
-            let expires = match f.get(4).and_then(|e| e.strip_prefix("expires=")) {
-                Some(t) => Some(t.parse::<jiff::Timestamp>().map_err(|e| {
-                    format!("{} line {}: expires: {e}", self.path.display(), i + 1)
-                })?),
+            let expires = match f.get(4) {
+                Some(e) => {
+                    let t = e
+                        .strip_prefix("expires=")
+                        .ok_or_else(|| bad("the fifth column must be expires=RFC3339"))?;
+                    Some(
+                        t.parse::<jiff::Timestamp>()
+                            .map_err(|e| bad(&format!("expires: {e}")))?,
+                    )
+                }
                 None => None,
             };
             map.insert(
@@ -170,14 +205,13 @@ impl TokenFile {
                 ),
             );
         }
-        *st = (Some(mtime), map);
-        Ok(())
+        Ok(map)
     }
 
     /// The user of a token, or why not.
     pub fn lookup(&self, token: &str) -> Result<UserInfo, &'static str> {
         if let Err(e) = self.reload() {
-            tracing::warn!(error = %e, "token file not reloaded; keeping the previous tokens");
+            tracing::error!(error = %e, "token file unusable: every bearer token is refused until it is fixed");
         }
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match st.1.get(&digest(token)) {
@@ -240,11 +274,17 @@ impl Audit {
                 );
             }
             let _ = std::fs::rename(path, format!("{}.1", path.display()));
-            *out = std::fs::OpenOptions::new()
+            *out = match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
-                .ok();
+            {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!(error = %e, path = %path.display(), "audit log cannot be reopened after rotation");
+                    None
+                }
+            };
         }
         if let Some(f) = out.as_mut()
             && let Err(e) = f.write_all(line.as_bytes())
@@ -347,6 +387,15 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
     if public(&path) {
         return next.run(req).await;
     }
+    if path.contains('%') && (path.starts_with("/api/") || path.starts_with("/apis/")) {
+        // Object names and namespaces never need escaping; refusing it keeps what is
+        // authorized and audited identical to what the handlers decode.
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "percent-encoded resource paths are not accepted",
+        );
+    }
     let a = attributes(req.method(), &path, req.uri().query());
     let user = match auth.authenticate(&req) {
         Ok(Some(u)) => u,
@@ -367,7 +416,25 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
             );
         }
     };
-    if let Err(why) = crate::rbac::authorize(&auth.store, &user, &a) {
+    let applies = a.verb == "patch"
+        && req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.contains("apply-patch"));
+    let also_create = Attributes {
+        verb: "create".into(),
+        ..a.clone()
+    };
+    let decision = crate::rbac::authorize(&auth.store, &user, &a).and_then(|()| {
+        // An apply may create the object.
+        if applies {
+            crate::rbac::authorize(&auth.store, &user, &also_create)
+        } else {
+            Ok(())
+        }
+    });
+    if let Err(why) = decision {
         auth.audit(Some(&user), &a, 403, "deny", &why);
         // Kubernetes' wording, then why.
         let msg = match &a.path {
@@ -399,10 +466,40 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
         };
         return status(StatusCode::FORBIDDEN, "Forbidden", &msg);
     }
-    let resp = next.run(req).await;
-    if a.path.is_none() && is_write(&a.verb) {
-        let code = resp.status().as_u16();
-        auth.audit(Some(&user), &a, code, "allow", "");
+    if a.path.is_some() || !is_write(&a.verb) {
+        return next.run(req).await;
     }
+    // Recorded even when the client goes away before the answer (the write may have happened).
+    struct Pending {
+        auth: Arc<Auth>,
+        user: UserInfo,
+        a: Attributes,
+        done: bool,
+    }
+    impl Drop for Pending {
+        fn drop(&mut self) {
+            if !self.done {
+                self.auth.audit(
+                    Some(&self.user),
+                    &self.a,
+                    0,
+                    "allow",
+                    "client went away; outcome unknown",
+                );
+            }
+        }
+    }
+    let mut pending = Pending {
+        auth: auth.clone(),
+        user,
+        a,
+        done: false,
+    };
+    let resp = next.run(req).await;
+    pending.done = true;
+    let code = resp.status().as_u16();
+    pending
+        .auth
+        .audit(Some(&pending.user), &pending.a, code, "allow", "");
     resp
 }

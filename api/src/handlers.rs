@@ -50,6 +50,11 @@ fn content_type(headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
+    if !(ctype.contains("json") || ctype.contains("yaml")) {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "content type {ctype:?}: send application/json or YAML"
+        )));
+    }
     if ctype.contains("protobuf") || ctype.contains("cbor") {
         // kubectl sends built-in kinds (RBAC) as protobuf first; on 415 it sends JSON.
         return Err(ApiError::UnsupportedMediaType(format!(
@@ -310,7 +315,14 @@ async fn item_request(
                             if let Some(m) = obj.as_object_mut() {
                                 let meta = m.entry("metadata").or_insert_with(|| json!({}));
                                 if let Some(meta) = meta.as_object_mut() {
-                                    meta.entry("name").or_insert_with(|| name.clone().into());
+                                    // The URL names the object: a body naming another is refused.
+                                    let body_name =
+                                        meta.entry("name").or_insert_with(|| name.clone().into());
+                                    if body_name.as_str() != Some(name.as_str()) {
+                                        return Err(ApiError::BadRequest(format!(
+                                            "metadata.name {body_name}: the URL names {name:?}"
+                                        )));
+                                    }
                                 }
                             }
                             objects::create(&store, &t, obj, &p).await?

@@ -38,15 +38,17 @@ pub struct Pki {
 pub enum Usage {
     Server,
     Client,
+    /// Both: a raft member serves and calls.
+    Member,
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(0o600)
         .open(&tmp)
@@ -67,7 +69,17 @@ impl Pki {
     /// Loads the CA from `dir`, or creates it (10 years) when `dir` has none.
     pub fn load_or_create(dir: &Path) -> Result<Pki, String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
         let (crt, key) = (dir.join("ca.crt"), dir.join("ca.key"));
+        if crt.exists() != key.exists() {
+            return Err(format!(
+                "{} has only one of ca.crt and ca.key: restore the other (a new CA would lock out every client)",
+                dir.display()
+            ));
+        }
         if crt.exists() && key.exists() {
             let ca_cert_pem =
                 std::fs::read_to_string(&crt).map_err(|e| format!("{}: {e}", crt.display()))?;
@@ -142,10 +154,14 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        p.extended_key_usages = vec![match usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        p.extended_key_usages = match usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Member => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         p.use_authority_key_identifier_extension = true;
         validity(&mut p, days);
         let cert = p.signed_by(&kp, &issuer).map_err(|e| e.to_string())?;

@@ -28,13 +28,30 @@ pub(crate) enum FieldValidation {
     Strict,
 }
 
+/// How every query flag (`watch`, ...) is read: the authorizer and the handlers agree.
+pub(crate) fn truthy(v: &str) -> bool {
+    matches!(v, "true" | "1" | "True" | "")
+}
+
+/// Whether the query asks for a watch: the last `watch` wins, as in the handlers.
+pub(crate) fn is_watch(query: Option<&str>) -> bool {
+    query
+        .map(|q| {
+            form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k == "watch")
+                .last()
+                .is_some_and(|(_, v)| truthy(&v))
+        })
+        .unwrap_or(false)
+}
+
 impl Params {
     pub fn parse(raw: Option<&str>) -> Result<Params, ApiError> {
         let mut p = Params::default();
         let Some(raw) = raw else { return Ok(p) };
         for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
             let v = v.into_owned();
-            let truthy = |v: &str| matches!(v, "true" | "1" | "True" | "");
+            let truthy = |v: &str| truthy(v);
             match k.as_ref() {
                 "labelSelector" => p.label_selector = Some(v).filter(|s| !s.is_empty()),
                 "fieldSelector" => p.field_selector = Some(v).filter(|s| !s.is_empty()),

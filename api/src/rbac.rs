@@ -48,14 +48,11 @@ pub fn builtin(name: &str) -> Option<Vec<PolicyRule>> {
                 ..Default::default()
             },
         ]),
-        "edit" => Some(vec![
-            rule(
-                &["*"],
-                &["groundwork.dev", "coordination.k8s.io", ""],
-                &["*"],
-            ),
-            rule(&["*"], &["rbac.authorization.k8s.io"], &[]),
-        ]),
+        "edit" => Some(vec![rule(
+            &["*"],
+            &["groundwork.dev", "coordination.k8s.io", ""],
+            &["*"],
+        )]),
         "view" => Some(vec![rule(&read, &["*"], &readable)]),
         _ => None,
     }
@@ -89,8 +86,30 @@ fn rule_allows(r: &PolicyRule, a: &Attributes) -> bool {
             .is_none_or(|n| n.is_empty() || (!a.name.is_empty() && n.contains(&a.name)))
 }
 
-/// Allows or refuses `a` for `user`; the refusal says why.
+/// Allows or refuses `a` for `user`; the refusal says why. Writing RBAC objects also needs
+/// the `escalate` (ClusterRoles) or `bind` (ClusterRoleBindings) verb, as in Kubernetes, so
+/// the right to write roles is not the right to grant oneself anything.
 pub fn authorize(store: &Store, user: &UserInfo, a: &Attributes) -> Result<(), String> {
+    authorize_one(store, user, a)?;
+    let guard = match (a.group.as_str(), a.resource.as_str()) {
+        ("rbac.authorization.k8s.io", "clusterroles") => Some("escalate"),
+        ("rbac.authorization.k8s.io", "clusterrolebindings") => Some("bind"),
+        _ => None,
+    };
+    match guard {
+        Some(verb) if !matches!(a.verb.as_str(), "get" | "list" | "watch") => {
+            let extra = Attributes {
+                verb: verb.into(),
+                ..a.clone()
+            };
+            authorize_one(store, user, &extra)
+                .map_err(|_| format!("changing RBAC objects also needs the {verb:?} verb"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn authorize_one(store: &Store, user: &UserInfo, a: &Attributes) -> Result<(), String> {
     if user.groups.iter().any(|g| g == MASTERS) {
         return Ok(());
     }
@@ -138,17 +157,19 @@ pub fn authorize(store: &Store, user: &UserInfo, a: &Attributes) -> Result<(), S
         if !bound || b.role_ref.kind != "ClusterRole" {
             continue;
         }
-        let stored = store
-            .get(&format!(
-                "rbac.authorization.k8s.io/clusterroles//{}",
-                b.role_ref.name
-            ))
-            .ok()
-            .flatten()
-            .and_then(|o| serde_json::from_value::<ClusterRole>(o.object).ok());
-        let rules = match stored {
-            Some(r) => r.rules.unwrap_or_default(),
-            None => builtin(&b.role_ref.name).unwrap_or_default(),
+        // Built-in names cannot be redefined (admission refuses them; this is the backstop).
+        let rules = match builtin(&b.role_ref.name) {
+            Some(r) => r,
+            None => store
+                .get(&format!(
+                    "rbac.authorization.k8s.io/clusterroles//{}",
+                    b.role_ref.name
+                ))
+                .ok()
+                .flatten()
+                .and_then(|o| serde_json::from_value::<ClusterRole>(o.object).ok())
+                .and_then(|r| r.rules)
+                .unwrap_or_default(),
         };
         if rules.iter().any(|r| rule_allows(r, a)) {
             return Ok(());

@@ -193,9 +193,7 @@ pub(crate) fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'s
         Some(sub) => format!("{}/{sub}", rest[0]),
         None => rest[0].to_string(),
     };
-    let watch = query.is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "watch" && (v == "true" || v == "1"))
-    });
+    let watch = crate::query::is_watch(query);
     let verb = match *method {
         Method::GET if watch => "watch",
         Method::GET if named => "get",

@@ -7,6 +7,11 @@ pub(crate) struct ClusterArgs {
     /// A member's --raft-listen address.
     #[arg(long, default_value = "127.0.0.1:6444", global = true)]
     raft: String,
+    /// The cluster's PKI directory: the raft port needs the admin certificate (mutual TLS).
+    /// Without ca.crt and admin.crt there, plain HTTP (members started with
+    /// --insecure-plain-http).
+    #[arg(long, default_value = "/var/lib/groundwork/pki", global = true)]
+    pki_dir: std::path::PathBuf,
     #[command(subcommand)]
     cmd: ClusterCmd,
 }
@@ -26,10 +31,21 @@ enum ClusterCmd {
 }
 
 pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .build()?;
-    let base = format!("http://{}", a.raft);
+    let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+    let read = |f: &str| std::fs::read(a.pki_dir.join(f));
+    let scheme = match (read("ca.crt"), read("admin.crt"), read("admin.key")) {
+        (Ok(ca), Ok(mut crt), Ok(key)) => {
+            crt.extend(key);
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
+                .identity(reqwest::Identity::from_pem(&crt)?);
+            "https"
+        }
+        _ => "http",
+    };
+    let http = http.build()?;
+    let base = format!("{scheme}://{}", a.raft);
     match a.cmd {
         ClusterCmd::Status { output } => {
             let s: serde_json::Value = http

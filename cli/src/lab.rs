@@ -553,7 +553,7 @@ async fn progress(kubeconfig: &Path, n: u8, timeout: Duration) -> anyhow::Result
                 println!(
                     "  {}: {}",
                     node.metadata.name.as_deref().unwrap_or(""),
-                    phase_times(&hist)
+                    groundwork_types::phase_times(&hist)
                 );
             }
             return Ok(());
@@ -565,21 +565,6 @@ async fn progress(kubeconfig: &Path, n: u8, timeout: Duration) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-}
-
-/// `Discovering 31.2s, Inventoried 0.1s, ...` from a phase history.
-pub(crate) fn phase_times(h: &[groundwork_types::PhaseEntry]) -> String {
-    let ts: Vec<Option<jiff::Timestamp>> = h.iter().map(|e| e.at.parse().ok()).collect();
-    h.iter()
-        .enumerate()
-        .map(|(i, e)| match (ts[i], ts.get(i + 1).copied().flatten()) {
-            (Some(a), Some(b)) => {
-                format!("{:?} {:.1}s", e.phase, b.duration_since(a).as_secs_f64())
-            }
-            _ => format!("{:?}", e.phase),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 fn alive(pid: u32) -> bool {

@@ -264,17 +264,33 @@ pub(crate) fn kubeconfig(
     )
 }
 
+/// The group of raft members' certificates.
+const MEMBERS_GROUP: &str = "groundwork:members";
+
+/// Who may talk to the raft port: members, and the operator's tools (system:masters).
+fn raft_peer_allowed(der: &[u8]) -> bool {
+    groundwork_api::pki::subject(der).is_some_and(|(cn, groups)| {
+        (cn.starts_with("system:member:") && groups.iter().any(|g| g == MEMBERS_GROUP))
+            || groups.iter().any(|g| g == groundwork_api::auth::MASTERS)
+    })
+}
+
 /// Writes a file readable by its owner only.
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // A fresh file (never an existing one with looser permissions, never a symlink), renamed
+    // over the target.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .write(true)
         .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The names and addresses the server certificate is valid for.
@@ -312,6 +328,58 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
     cfg.history_retention = args.history_retention.max(1);
     let store = tokio::task::spawn_blocking(move || Store::open(cfg)).await??;
+    // TLS: the cluster CA, this server's certificate, the operator's and the controllers'
+    // client certificates (group system:masters).
+    let tls = if args.insecure_plain_http {
+        tracing::warn!("--insecure-plain-http: the API has no TLS and no authentication");
+        None
+    } else {
+        let dir = args
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("pki"));
+        let pki = groundwork_api::pki::Pki::load_or_create(&dir)
+            .map_err(|e| anyhow::anyhow!("--pki-dir {}: {e}", dir.display()))?;
+        let server = pki
+            .server(&server_sans(args.listen, &args.tls_sans))
+            .map_err(|e| anyhow::anyhow!("server certificate: {e}"))?;
+        let admin = pki
+            .client("admin", "admin", Some(groundwork_api::auth::MASTERS))
+            .map_err(|e| anyhow::anyhow!("admin certificate: {e}"))?;
+        let ctrl = pki
+            .client(
+                "controllers",
+                "groundwork:controllers",
+                Some(groundwork_api::auth::MASTERS),
+            )
+            .map_err(|e| anyhow::anyhow!("controllers' certificate: {e}"))?;
+        let rustls =
+            groundwork_api::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
+                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
+        Some((pki, admin, ctrl, rustls))
+    };
+    // Raft over mutual TLS: this member's certificate (server and client) from the same CA.
+    let raft_tls = match (&tls, args.raft_listen) {
+        (Some((pki, _, _, _)), Some(raft)) => {
+            let cn = format!("system:member:{raft}");
+            let ck = pki
+                .issue(
+                    &cn,
+                    Some(MEMBERS_GROUP),
+                    &[raft.ip().to_string()],
+                    groundwork_api::pki::Usage::Member,
+                    365,
+                )
+                .map_err(|e| anyhow::anyhow!("raft member certificate: {e}"))?;
+            Some(groundwork_raft::RaftTls {
+                cert_pem: ck.cert_pem,
+                key_pem: ck.key_pem,
+                ca_pem: pki.ca_pem().to_string(),
+                allow: raft_peer_allowed,
+            })
+        }
+        _ => None,
+    };
     if let Some(raft_addr) = args.raft_listen {
         let raft_listener = tokio::net::TcpListener::bind(raft_addr)
             .await
@@ -327,6 +395,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             groundwork_raft::Options {
                 snapshot_every: args.raft_snapshot_every,
                 logs_to_keep: args.raft_logs_to_keep,
+                tls: raft_tls.clone(),
                 ..Default::default()
             },
         )
@@ -344,36 +413,6 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // TLS: the cluster CA, this server's certificate, the operator's and the controllers'
-    // client certificates (group system:masters).
-    let tls = if args.insecure_plain_http {
-        tracing::warn!("--insecure-plain-http: the API has no TLS and no authentication");
-        None
-    } else {
-        let dir = args
-            .pki_dir
-            .clone()
-            .unwrap_or_else(|| args.data_dir.join("pki"));
-        let pki = groundwork_api::pki::Pki::load_or_create(&dir)
-            .map_err(|e| anyhow::anyhow!("--pki-dir {}: {e}", dir.display()))?;
-        let server = pki
-            .server(&server_sans(addr, &args.tls_sans))
-            .map_err(|e| anyhow::anyhow!("server certificate: {e}"))?;
-        let admin = pki
-            .client("admin", "admin", Some(groundwork_api::auth::MASTERS))
-            .map_err(|e| anyhow::anyhow!("admin certificate: {e}"))?;
-        let ctrl = pki
-            .client(
-                "controllers",
-                "groundwork:controllers",
-                Some(groundwork_api::auth::MASTERS),
-            )
-            .map_err(|e| anyhow::anyhow!("controllers' certificate: {e}"))?;
-        let rustls =
-            groundwork_api::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
-                .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-        Some((pki, admin, ctrl, rustls))
-    };
     let scheme = if tls.is_some() { "https" } else { "http" };
     // Controllers reach the API like any client, over loopback.
     let local = if addr.ip().is_unspecified() {

@@ -62,6 +62,21 @@ impl PowerController {
     }
 }
 
+/// The Nodes whose BMC logs in with Credential `name`.
+pub(crate) fn nodes_with_credential(c: &Caches, name: &str) -> Vec<String> {
+    c.nodes
+        .state()
+        .iter()
+        .filter(|n| {
+            n.spec
+                .bmc
+                .as_ref()
+                .is_some_and(|b| b.credentials_ref == name)
+        })
+        .map(|n| n.name_any())
+        .collect()
+}
+
 /// One lock per BMC address, shared by every controller in the process: a BMC is never asked
 /// two things at once.
 pub(crate) fn bmc_lock(address: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -156,18 +171,7 @@ impl Reconciler for PowerController {
         match &change.object {
             ChangedObject::Node(n) if change.spec_changed => vec![n.name_any()],
             ChangedObject::Credential(cr) if change.spec_changed => {
-                let name = cr.name_any();
-                c.nodes
-                    .state()
-                    .iter()
-                    .filter(|n| {
-                        n.spec
-                            .bmc
-                            .as_ref()
-                            .is_some_and(|b| b.credentials_ref == name)
-                    })
-                    .map(|n| n.name_any())
-                    .collect()
+                nodes_with_credential(c, &cr.name_any())
             }
             _ => vec![],
         }

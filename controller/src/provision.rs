@@ -190,18 +190,7 @@ impl Reconciler for ProvisionController {
                     .collect()
             }
             ChangedObject::Credential(cr) if change.spec_changed => {
-                let name = cr.name_any();
-                c.nodes
-                    .state()
-                    .iter()
-                    .filter(|n| {
-                        n.spec
-                            .bmc
-                            .as_ref()
-                            .is_some_and(|b| b.credentials_ref == name)
-                    })
-                    .map(|n| n.name_any())
-                    .collect()
+                crate::power::nodes_with_credential(c, &cr.name_any())
             }
             _ => vec![],
         }

@@ -12,6 +12,7 @@
 mod network;
 mod server;
 mod storage;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
@@ -97,6 +98,27 @@ pub struct Options {
     pub logs_to_keep: u64,
     /// How long a write or a linearizable read may wait for the leader and a quorum.
     pub request_timeout: Duration,
+    /// Mutual TLS between members (None: plain HTTP, for a trusted network only).
+    pub tls: Option<RaftTls>,
+}
+
+/// Mutual TLS on the raft port: every connection, both ways, presents a certificate from the
+/// cluster CA, and the caller's must also pass `allow` (members, and the operator's tools).
+#[derive(Clone)]
+pub struct RaftTls {
+    /// This member's certificate and key (PEM): served, and presented when calling others.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+    /// Accepts a caller's verified certificate (DER).
+    pub allow: fn(&[u8]) -> bool,
+}
+
+impl std::fmt::Debug for RaftTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RaftTls { key: <redacted> }")
+    }
 }
 
 impl Default for Options {
@@ -108,6 +130,7 @@ impl Default for Options {
             snapshot_every: 20_000,
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -188,11 +211,25 @@ impl Member {
         if !bound.ip().is_unspecified() {
             http = http.local_address(bound.ip());
         }
+        if let Some(t) = &opts.tls {
+            let ca = reqwest::Certificate::from_pem(t.ca_pem.as_bytes())
+                .map_err(|e| format!("raft TLS: the CA: {e}"))?;
+            let id = reqwest::Identity::from_pem(format!("{}{}", t.cert_pem, t.key_pem).as_bytes())
+                .map_err(|e| format!("raft TLS: the member certificate: {e}"))?;
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(ca)
+                .identity(id);
+        }
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let http = http.build().map_err(|e| e.to_string())?;
         let raft = Raft::new(
             id,
             Arc::new(config),
-            network::Factory { http: http.clone() },
+            network::Factory {
+                http: http.clone(),
+                scheme,
+            },
             storage::LogStore::new(store.clone()),
             storage::StateMachine::new(store.clone()),
         )
@@ -207,11 +244,19 @@ impl Member {
             opts,
         };
         let app = router(member.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "raft listener stopped");
+        match &member.opts.tls {
+            Some(t) => {
+                let cfg = tls::server_config(t)?;
+                tokio::spawn(tls::serve(listener, app, cfg, t.allow));
             }
-        });
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "raft listener stopped");
+                    }
+                });
+            }
+        }
         let initialized = member
             .raft
             .is_initialized()
@@ -236,6 +281,14 @@ impl Member {
         }
         store.set_proposer(Arc::new(member.clone()));
         Ok(member)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     async fn join_loop(&self, peer: String) {
@@ -272,7 +325,7 @@ impl Member {
     ) -> Result<Result<Resp, String>, String> {
         let r = self
             .http
-            .post(format!("http://{addr}{path}"))
+            .post(format!("{}://{addr}{path}", self.scheme()))
             .timeout(timeout)
             .json(body)
             .send()

@@ -1,4 +1,5 @@
-//! The raft RPCs to other members: JSON over HTTP to their raft port.
+//! The raft RPCs to other members: JSON over HTTP (mutual TLS when configured) to their raft
+//! port.
 
 use std::time::Duration;
 
@@ -16,10 +17,13 @@ use crate::{NodeId, TypeConfig};
 
 pub struct Factory {
     pub http: reqwest::Client,
+    /// `https` with mutual TLS, else `http`.
+    pub scheme: &'static str,
 }
 
 pub struct Client {
     http: reqwest::Client,
+    scheme: &'static str,
     target: NodeId,
     addr: String,
 }
@@ -30,6 +34,7 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Client {
         Client {
             http: self.http.clone(),
+            scheme: self.scheme,
             target,
             addr: node.addr.clone(),
         }
@@ -50,7 +55,7 @@ impl Client {
     {
         let r = self
             .http
-            .post(format!("http://{}{path}", self.addr))
+            .post(format!("{}://{}{path}", self.scheme, self.addr))
             .timeout(timeout)
             .json(req)
             .send()

@@ -382,6 +382,24 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     p
 }
 
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A UDP port free on 127.0.0.1 right now.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// Runs a command (no shell) and returns its output.
 pub fn sh(args: &[&str]) -> Output {
     Command::new(args[0])

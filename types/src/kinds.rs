@@ -574,6 +574,14 @@ pub fn check_object_name(name: &str) -> Vec<FieldError> {
 fn admit_cluster_role(v: Value) -> Admitted {
     let d = crate::decode::<k8s_openapi::api::rbac::v1::ClusterRole>(v).map_err(|e| vec![e])?;
     let mut errs = Vec::new();
+    if let Some(n) = d.object.metadata.name.as_deref()
+        && matches!(n, "cluster-admin" | "edit" | "view")
+    {
+        errs.push(FieldError::invalid(
+            "metadata.name",
+            format!("{n:?} is a built-in ClusterRole and cannot be redefined"),
+        ));
+    }
     for (i, r) in d.object.rules.iter().flatten().enumerate() {
         if r.verbs.is_empty() {
             errs.push(FieldError::required(

@@ -230,6 +230,22 @@ pub struct ProvisioningStatus {
     pub history: Vec<PhaseEntry>,
 }
 
+/// `Discovering 31.2s, Inventoried 0.1s, ..., Ready`: the time spent in each phase of a
+/// history (the last phase is the current one).
+pub fn phase_times(h: &[PhaseEntry]) -> String {
+    let ts: Vec<Option<jiff::Timestamp>> = h.iter().map(|e| e.at.parse().ok()).collect();
+    h.iter()
+        .enumerate()
+        .map(|(i, e)| match (ts[i], ts.get(i + 1).copied().flatten()) {
+            (Some(a), Some(b)) => {
+                format!("{:?} {:.1}s", e.phase, b.duration_since(a).as_secs_f64())
+            }
+            _ => format!("{:?}", e.phase),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// What the provisioning controller asks of a machine's BMC.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum PowerIntent {
