@@ -42,6 +42,8 @@ pub struct Caches {
     pub profiles: Store<Profile>,
     pub credentials: Store<Credential>,
     changes: broadcast::Sender<Change>,
+    /// True once every store has completed its first list.
+    ready: tokio::sync::watch::Receiver<bool>,
 }
 
 fn spawn_reflector<K>(
@@ -103,6 +105,27 @@ impl Caches {
         let (nodes, t3) = spawn_reflector(client, ChangedObject::Node, tx.clone());
         let (profiles, t4) = spawn_reflector(client, ChangedObject::Profile, tx.clone());
         let (credentials, t5) = spawn_reflector(client, ChangedObject::Credential, tx.clone());
+        // One waiter per store, here: kube's `Store::wait_until_ready` wakes only the last of
+        // several concurrent waiters (a oneshot receiver polled from many places), which left
+        // controllers waiting forever now and then. Everyone else waits on this watch.
+        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+        let stores = (
+            datacenters.clone(),
+            racks.clone(),
+            nodes.clone(),
+            profiles.clone(),
+            credentials.clone(),
+        );
+        let t6 = tokio::spawn(async move {
+            let _ = futures::join!(
+                stores.0.wait_until_ready(),
+                stores.1.wait_until_ready(),
+                stores.2.wait_until_ready(),
+                stores.3.wait_until_ready(),
+                stores.4.wait_until_ready(),
+            );
+            let _ = ready_tx.send(true);
+        });
         (
             Caches {
                 datacenters,
@@ -111,20 +134,16 @@ impl Caches {
                 profiles,
                 credentials,
                 changes: tx,
+                ready,
             },
-            vec![t1, t2, t3, t4, t5],
+            vec![t1, t2, t3, t4, t5, t6],
         )
     }
 
     /// Waits until every cache has completed its first list.
     pub async fn wait_synced(&self) {
-        let _ = futures::join!(
-            self.datacenters.wait_until_ready(),
-            self.racks.wait_until_ready(),
-            self.nodes.wait_until_ready(),
-            self.profiles.wait_until_ready(),
-            self.credentials.wait_until_ready(),
-        );
+        let mut ready = self.ready.clone();
+        let _ = ready.wait_for(|r| *r).await;
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Change> {

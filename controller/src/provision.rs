@@ -959,17 +959,14 @@ impl ProvisionController {
                     &msg,
                 )
                 .await;
-                let patch = json!({"status": {"conditions": conds}});
-                if let Ok(w) = kube::Api::<Node>::all(ctx.client.clone())
-                    .patch_status(
-                        &node.name_any(),
-                        &kube::api::PatchParams::default(),
-                        &kube::api::Patch::Merge(&patch),
-                    )
-                    .await
-                {
-                    self.note_written(&w);
-                }
+                // Only when it changes something (with the precondition): a failing BMC must not
+                // turn into a stream of writes, each waking every controller of the Node.
+                let _ = crate::runtime::patch_status(
+                    &ctx.client,
+                    node.as_ref(),
+                    json!({"conditions": conds}),
+                )
+                .await;
                 Err(Error::Other(msg))
             }
         }

@@ -258,7 +258,15 @@ impl Controllers {
 impl Drop for Controllers {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- controllers log (tail) ---\n{}", tail(&self.log(), 80));
+        }
     }
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, for at most `timeout`.
@@ -283,6 +291,10 @@ where
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill();
+        // A failing test shows what the server did.
+        if std::thread::panicking() {
+            eprintln!("--- server log (tail) ---\n{}", tail(&self.log(), 80));
+        }
     }
 }
 
