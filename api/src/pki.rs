@@ -42,7 +42,9 @@ pub enum Usage {
     Member,
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+/// Writes a file readable by its owner only: a fresh temporary (never an existing file with
+/// looser permissions, never a symlink), synced, then renamed over `path`.
+pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));

@@ -18,11 +18,21 @@ use tokio::net::TcpListener;
 pub struct PeerCert(pub Arc<Vec<u8>>);
 
 /// rustls' server configuration from PEM: our certificate chain and key, and the CA whose
-/// client certificates are accepted.
+/// client certificates are accepted (not required: bearer tokens work too).
 pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
     client_ca_pem: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    server_config_with(cert_pem, key_pem, client_ca_pem, false)
+}
+
+/// The same, with a client certificate `required` (the raft port).
+pub fn server_config_with(
+    cert_pem: &str,
+    key_pem: &str,
+    client_ca_pem: &str,
+    required: bool,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
@@ -36,13 +46,18 @@ pub fn server_config(
             .add(c.map_err(|e| format!("client CA: {e}"))?)
             .map_err(|e| format!("client CA: {e}"))?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| format!("client verifier: {e}"))?;
+    );
+    let builder = if required {
+        builder
+    } else {
+        builder.allow_unauthenticated()
+    };
+    let verifier = builder
+        .build()
+        .map_err(|e| format!("client verifier: {e}"))?;
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

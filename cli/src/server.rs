@@ -277,20 +277,7 @@ fn raft_peer_allowed(der: &[u8]) -> bool {
 
 /// Writes a file readable by its owner only.
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // A fresh file (never an existing one with looser permissions, never a symlink), renamed
-    // over the target.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    groundwork_api::pki::write_private(path, text).map_err(std::io::Error::other)
 }
 
 /// The names and addresses the server certificate is valid for.
@@ -371,10 +358,18 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     365,
                 )
                 .map_err(|e| anyhow::anyhow!("raft member certificate: {e}"))?;
+            let server = groundwork_api::tls::server_config_with(
+                &ck.cert_pem,
+                &ck.key_pem,
+                pki.ca_pem(),
+                true,
+            )
+            .map_err(|e| anyhow::anyhow!("raft TLS: {e}"))?;
             Some(groundwork_raft::RaftTls {
                 cert_pem: ck.cert_pem,
                 key_pem: ck.key_pem,
                 ca_pem: pki.ca_pem().to_string(),
+                server,
                 allow: raft_peer_allowed,
             })
         }

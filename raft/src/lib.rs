@@ -106,11 +106,13 @@ pub struct Options {
 /// cluster CA, and the caller's must also pass `allow` (members, and the operator's tools).
 #[derive(Clone)]
 pub struct RaftTls {
-    /// This member's certificate and key (PEM): served, and presented when calling others.
+    /// This member's certificate and key (PEM): presented when calling others.
     pub cert_pem: String,
     pub key_pem: String,
     /// The cluster CA (PEM).
     pub ca_pem: String,
+    /// The server side: this member's certificate, a client certificate from the CA required.
+    pub server: Arc<rustls::ServerConfig>,
     /// Accepts a caller's verified certificate (DER).
     pub allow: fn(&[u8]) -> bool,
 }
@@ -246,8 +248,7 @@ impl Member {
         let app = router(member.clone());
         match &member.opts.tls {
             Some(t) => {
-                let cfg = tls::server_config(t)?;
-                tokio::spawn(tls::serve(listener, app, cfg, t.allow));
+                tokio::spawn(tls::serve(listener, app, t.server.clone(), t.allow));
             }
             None => {
                 tokio::spawn(async move {

@@ -5,40 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-
-use crate::RaftTls;
-
-pub(crate) fn server_config(t: &RaftTls) -> Result<Arc<rustls::ServerConfig>, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(t.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("raft TLS: member certificate: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(t.key_pem.as_bytes())
-        .map_err(|e| format!("raft TLS: member key: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(t.ca_pem.as_bytes()) {
-        roots
-            .add(c.map_err(|e| format!("raft TLS: CA: {e}"))?)
-            .map_err(|e| format!("raft TLS: CA: {e}"))?;
-    }
-    // Required: no certificate, no raft.
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        provider.clone(),
-    )
-    .build()
-    .map_err(|e| format!("raft TLS: {e}"))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(certs, key)
-        .map_err(|e| format!("raft TLS: member certificate: {e}"))?;
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
 
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
