@@ -935,6 +935,36 @@ async fn a_member_without_a_certificate_from_the_cluster_ca_cannot_join() {
         impostor.log()
     );
 
+    // Certificate expiry is visible in `cluster status` (and its JSON).
+    let s1 = status(&c, &a1).await.unwrap();
+    let names: Vec<&str> = s1["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        ["ca", "apiserver", "admin", "controllers", "member"],
+        "{s1}"
+    );
+    for cert in s1["certificates"].as_array().unwrap() {
+        let until: jiff::Timestamp = cert["notAfter"].as_str().unwrap().parse().unwrap();
+        assert!(until > jiff::Timestamp::now(), "{cert}");
+    }
+    let out = support::ok(one.groundwork(&[
+        "cluster",
+        "--pki-dir",
+        support::shared_pki().to_str().unwrap(),
+        "--raft",
+        &a1,
+        "status",
+    ]));
+    assert!(
+        out.contains("certificates: ca until") && out.contains("member until"),
+        "{out}"
+    );
+
     // Plain HTTP to the raft port: no answer at all.
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

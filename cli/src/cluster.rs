@@ -72,6 +72,20 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             if s["membershipChanging"] == true {
                 println!("a membership change is in progress");
             }
+            let certs = s["certificates"].as_array().cloned().unwrap_or_default();
+            if !certs.is_empty() {
+                let list: Vec<String> = certs
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} until {}",
+                            c["name"].as_str().unwrap_or("?"),
+                            c["notAfter"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                println!("certificates: {}", list.join(", "));
+            }
             println!("{:<20} {:<24} ROLE", "ID", "RAFT ADDRESS");
             for m in s["members"].as_array().into_iter().flatten() {
                 let role = if m["id"] == s["leader"] {

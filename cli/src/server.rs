@@ -343,11 +343,27 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let rustls =
             groundwork_api::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
                 .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
-        Some((pki, admin, ctrl, rustls))
+        Some((pki, admin, ctrl, rustls, server))
+    };
+    // When each certificate this server uses expires (shown by `groundwork cluster status`).
+    let expiry = |pem: &str| {
+        groundwork_api::pki::not_after(pem)
+            .and_then(|t| jiff::Timestamp::from_second(t).ok())
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    let mut cert_expiries: Vec<(String, String)> = match &tls {
+        Some((pki, admin, ctrl, _, server)) => vec![
+            ("ca".into(), expiry(pki.ca_pem())),
+            ("apiserver".into(), expiry(&server.cert_pem)),
+            ("admin".into(), expiry(&admin.cert_pem)),
+            ("controllers".into(), expiry(&ctrl.cert_pem)),
+        ],
+        None => Vec::new(),
     };
     // Raft over mutual TLS: this member's certificate (server and client) from the same CA.
     let raft_tls = match (&tls, args.raft_listen) {
-        (Some((pki, _, _, _)), Some(raft)) => {
+        (Some((pki, _, _, _, _)), Some(raft)) => {
             let cn = format!("system:member:{raft}");
             let ck = pki
                 .issue(
@@ -365,6 +381,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 true,
             )
             .map_err(|e| anyhow::anyhow!("raft TLS: {e}"))?;
+            cert_expiries.push(("member".into(), expiry(&ck.cert_pem)));
             Some(groundwork_raft::RaftTls {
                 cert_pem: ck.cert_pem,
                 key_pem: ck.key_pem,
@@ -391,6 +408,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 snapshot_every: args.raft_snapshot_every,
                 logs_to_keep: args.raft_logs_to_keep,
                 tls: raft_tls.clone(),
+                certificates: cert_expiries.clone(),
                 ..Default::default()
             },
         )
@@ -422,7 +440,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         std::time::Duration::from_secs((3 * args.heartbeat_seconds as u64).max(30));
     let with_controllers = !opts.controllers.is_empty();
     let client = {
-        let ctrl = tls.as_ref().map(|(pki, _, ctrl, _)| (pki.ca_pem(), ctrl));
+        let ctrl = tls
+            .as_ref()
+            .map(|(pki, _, ctrl, _, _)| (pki.ca_pem(), ctrl));
         let text = kubeconfig(&format!("{scheme}://{local}"), ctrl);
         let kc = kube::config::Kubeconfig::from_yaml(&text).context("controllers' kubeconfig")?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
@@ -500,7 +520,9 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let kc_path = args.data_dir.join("kubeconfig");
     let tmp = args.data_dir.join(".kubeconfig.tmp");
     // It carries the admin's key: readable by its owner only.
-    let admin = tls.as_ref().map(|(pki, admin, _, _)| (pki.ca_pem(), admin));
+    let admin = tls
+        .as_ref()
+        .map(|(pki, admin, _, _, _)| (pki.ca_pem(), admin));
     write_private(&tmp, &kubeconfig(&format!("{scheme}://{addr}"), admin))
         .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, &kc_path)?;
@@ -518,7 +540,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         auth: None,
     };
     match tls {
-        Some((_, _, _, rustls)) => {
+        Some((_, _, _, rustls, _)) => {
             let tokens = match &args.token_file {
                 Some(p) => Some(
                     groundwork_api::auth::TokenFile::open(p.clone())

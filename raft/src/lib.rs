@@ -100,6 +100,8 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Mutual TLS between members (None: plain HTTP, for a trusted network only).
     pub tls: Option<RaftTls>,
+    /// This member's certificates and when they expire (name, RFC 3339), for `cluster status`.
+    pub certificates: Vec<(String, String)>,
 }
 
 /// Mutual TLS on the raft port: every connection, both ways, presents a certificate from the
@@ -133,6 +135,7 @@ impl Default for Options {
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
             tls: None,
+            certificates: Vec::new(),
         }
     }
 }
@@ -517,6 +520,9 @@ impl Member {
             // A membership change in progress: joint configuration, or not yet applied here.
             "membershipChanging": m.membership_config.membership().get_joint_config().len() > 1
                 || m.membership_config.log_id().map(|l| l.index) > m.last_applied.map(|l| l.index),
+            "certificates": self.opts.certificates.iter()
+                .map(|(name, until)| serde_json::json!({"name": name, "notAfter": until}))
+                .collect::<Vec<_>>(),
         })
     }
 }
