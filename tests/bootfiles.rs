@@ -473,26 +473,38 @@ async fn ipxe_scripts_follow_the_node_phase_and_profile() {
     assert!(local.starts_with("#!ipxe"), "{local}");
 }
 
+/// `groundwork.KEY=VALUE` from an iPXE script's kernel command line.
+fn script_arg(script: &str, key: &str) -> String {
+    script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("groundwork.{key}=")))
+        .unwrap_or_else(|| panic!("groundwork.{key}= in the script: {script}"))
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_token() {
+async fn unknown_machines_join_once_with_their_token_and_report_with_their_certificate() {
     let root = tempfile::tempdir().unwrap();
     let (s, http) = boot_server(root.path());
     let c = s.client().await;
     let base = format!("http://127.0.0.1:{http}");
     let mac = "52:54:00:00:00:99";
-    let script = tokio::task::spawn_blocking({
+    let fetch = |mac: &str| {
         let url = format!("{base}/ipxe?mac={mac}");
-        move || run(&["curl", "-sS", &url], std::path::Path::new("/"))
-    })
-    .await
-    .unwrap();
-    let token = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("groundwork.token="))
-        .expect("a boot token in the script")
-        .to_string();
+        tokio::task::block_in_place(|| run(&["curl", "-sS", &url], std::path::Path::new("/")))
+    };
+    let script = fetch(mac);
     assert!(
         script.contains("groundwork.node=m-525400000099"),
+        "{script}"
+    );
+    let (token, agent_addr, ca) = (
+        script_arg(&script, "token"),
+        script_arg(&script, "agent"),
+        script_arg(&script, "ca"),
+    );
+    assert!(
+        token.starts_with("gw1.") && ca.starts_with("sha256:"),
         "{script}"
     );
     let nodes: kube::Api<groundwork_types::Node> = kube::Api::all(c.clone());
@@ -506,31 +518,19 @@ async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_toke
     )
     .await;
 
-    // A wrong token is refused and writes nothing.
-    let agent = |token: &str| {
-        Command::new(support::BIN)
-            .args([
-                "agent",
-                "--url",
-                &base,
-                "--mac",
-                mac,
-                "--token",
-                token,
-                "--timeout",
-                "20",
-            ])
+    let agent = |mac: &str, token: &str, ca: &str| {
+        let out = Command::new(support::BIN)
+            .args(["agent", "--url", &base, "--mac", mac, "--token", token])
+            .args(["--agent", &agent_addr, "--ca-hash", ca, "--timeout", "20"])
             .output()
-            .unwrap()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
-    let bad = tokio::task::block_in_place(|| agent("00112233445566778899aabbccddeeff"));
-    assert!(!bad.status.success());
-    assert!(
-        String::from_utf8_lossy(&bad.stderr).contains("403"),
-        "{}",
-        String::from_utf8_lossy(&bad.stderr)
-    );
-    assert!(
+    let inventory = || async {
         nodes
             .get("m-525400000099")
             .await
@@ -538,20 +538,33 @@ async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_toke
             .status
             .unwrap()
             .inventory
-            .is_none()
-    );
-
-    // This machine's real inventory, with the right token.
-    let good = tokio::task::block_in_place(|| agent(&token));
+    };
+    // A forged token, another MAC's token, or a CA that is not the pinned one: refused,
+    // nothing written.
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let (ok, _, err) = tokio::task::block_in_place(|| agent(mac, &forged, &ca));
     assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
+        !ok && err.contains("401") && err.contains("signature"),
+        "{err}"
     );
-    assert_eq!(
-        String::from_utf8_lossy(&good.stdout).trim(),
-        "GROUNDWORK-AGENT-DONE node=m-525400000099"
+    let other = script_arg(&fetch("52:54:00:00:00:98"), "token");
+    let (ok, _, err) = tokio::task::block_in_place(|| agent(mac, &other, &ca));
+    assert!(
+        !ok && err.contains("403") && err.contains("another MAC"),
+        "{err}"
     );
+    let wrong_ca = format!("sha256:{}", "0".repeat(64));
+    let (ok, _, err) = tokio::task::block_in_place(|| agent(mac, &token, &wrong_ca));
+    assert!(!ok && err.contains("does not match groundwork.ca"), "{err}");
+    assert!(inventory().await.is_none());
+    assert!(!s.log().contains(&token[4..]), "the token is not logged");
+
+    // This machine's real inventory, with the right token: it joins, then reports with its
+    // certificate.
+    let (ok, out, err) = tokio::task::block_in_place(|| agent(mac, &token, &ca));
+    assert!(ok, "{err}");
+    assert!(err.contains("joined as node m-525400000099"), "{err}");
+    assert_eq!(out.trim(), "GROUNDWORK-AGENT-DONE node=m-525400000099");
     let n = nodes.get("m-525400000099").await.unwrap();
     let st = n.status.unwrap();
     assert_eq!(st.phase, Some(groundwork_types::NodePhase::Inventoried));
@@ -561,4 +574,56 @@ async fn unknown_machines_are_enlisted_and_report_inventory_with_their_boot_toke
         "{inv:?}"
     );
     assert!(!inv.nics.is_empty(), "{inv:?}");
+    let issued = st
+        .provisioning
+        .unwrap()
+        .agent
+        .expect("the join is recorded");
+    assert_eq!(issued.certificates.len(), 1, "{issued:?}");
+
+    // The token is good once.
+    let (ok, _, err) = tokio::task::block_in_place(|| agent(mac, &token, &ca));
+    assert!(!ok && err.contains("already used"), "{err}");
+
+    // The serial number is bound: a Node that names another serial refuses the machine.
+    nodes
+        .patch(
+            "m-525400000099",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"serial": "NOT-THIS-ONE"}})),
+        )
+        .await
+        .unwrap();
+    let fresh = script_arg(&fetch(mac), "token");
+    let (ok, _, err) = tokio::task::block_in_place(|| agent(mac, &fresh, &ca));
+    assert!(
+        !ok && err.contains("403") && err.contains("serial"),
+        "{err}"
+    );
+
+    // The agent API without a certificate, or with one that is no longer the Node's: refused.
+    let ca_pem = reqwest::get(format!("{base}/ca.crt"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let addr: std::net::SocketAddr = agent_addr.parse().unwrap();
+    let anon = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .resolve("groundwork-boot", addr)
+        .build()
+        .unwrap();
+    let r = anon
+        .get(format!(
+            "https://groundwork-boot:{}/agent/next?mac={mac}",
+            addr.port()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("join first"));
 }

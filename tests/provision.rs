@@ -135,6 +135,8 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
         &http,
         "--boot-tftp",
         &tftp,
+        "--boot-https",
+        "127.0.0.1:0",
         "--bmc-timeout-seconds",
         "1",
         "--discover-timeout-seconds",
@@ -236,25 +238,21 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
         .text()
         .await
         .unwrap();
-    let token = script
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("groundwork.token="))
-        .expect("boot token in the script")
-        .to_string();
-    // The agent API refuses a wrong token and a malformed MAC, naming them.
+    let arg = |key: &str| {
+        script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("groundwork.{key}=")))
+            .unwrap_or_else(|| panic!("groundwork.{key}= in the script: {script}"))
+            .to_string()
+    };
+    let (token, agent_addr, ca_hash) = (arg("token"), arg("agent"), arg("ca"));
+    // The agent API is not on the plain boot server.
     let r = reqwest::Client::new()
-        .get(format!("http://{http}/agent/next?mac={mac}&token=nope"))
+        .get(format!("http://{http}/agent/next?mac={mac}"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 403);
-    let r = reqwest::Client::new()
-        .get(format!("http://{http}/agent/next?mac=zz&token={token}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
-    assert!(r.text().await.unwrap().contains("mac"));
+    assert_eq!(r.status(), 404);
 
     let agent_log = dir.path().join("agent-b.log");
     let _agent = Kill(
@@ -268,6 +266,7 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
                 mac,
             ])
             .args(["--token", &token, "--sysroot", sys.to_str().unwrap()])
+            .args(["--agent", &agent_addr, "--ca-hash", &ca_hash])
             .args(["--dev-root", dev.to_str().unwrap()])
             .stdout(std::fs::File::create(&agent_log).unwrap())
             .stderr(std::fs::File::create(dir.path().join("agent-b.err")).unwrap())
@@ -383,12 +382,80 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     );
     let log = ok(s.groundwork(&["logs", "node/b"]));
     assert!(log.contains("image written and verified"), "{log}");
-    // Neither the BMC password nor the boot token is in the server's log, the Events or the
+
+    // The node agent renews its certificate: the Node then accepts the new one and the one
+    // before it; the new key stays on the machine, readable by root only.
+    let o = Command::new("timeout")
+        .args(["30", support::BIN, "node-agent", "--renew", "--disk"])
+        .arg(dev.join("vda"))
+        .arg("--root")
+        .arg(&root)
+        .args(["--beats", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("certificate renewed"),
+        "{}",
+        support::text(&o)
+    );
+    let saved = root.join("var/lib/groundwork/credentials.json");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+    let agent_status = |n: &groundwork_types::Node| {
+        n.status
+            .as_ref()
+            .and_then(|s| s.provisioning.as_ref())
+            .and_then(|p| p.agent.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(agent_status(&node(&c, "b").await).certificates.len(), 2);
+    // Revoked (the Node's certificate list cleared): its heartbeats are refused.
+    let nodes: kube::Api<groundwork_types::Node> = kube::Api::all(c.clone());
+    nodes
+        .patch_status(
+            "b",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                serde_json::json!({"status": {"provisioning": {"agent": null}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let o = Command::new("timeout")
+        .args(["8", support::BIN, "node-agent", "--disk"])
+        .arg(dev.join("vda"))
+        .arg("--root")
+        .arg(&root)
+        .args(["--beats", "1"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("401") && support::text(&o).contains("no longer valid"),
+        "{}",
+        support::text(&o)
+    );
+    // Neither the BMC password nor the join token is in the server's log, the Events or the
     // API's answers.
     let all = ok(s.groundwork(&["get", "nodes", "-o", "json"]))
         + &ok(s.groundwork(&["events"]))
         + &ok(s.groundwork(&["get", "credentials", "-o", "json"]));
-    for (what, secret) in [("password", PASSWORD), ("boot token", token.as_str())] {
+    let key = std::fs::read_to_string(&saved).unwrap();
+    let key: groundwork_types::agent::MachineCredentials = serde_json::from_str(&key).unwrap();
+    let key_body: String = key
+        .key
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    for (what, secret) in [
+        ("password", PASSWORD),
+        ("join token", token.as_str()),
+        ("machine key", &key_body[..40]),
+    ] {
         assert!(!s.log().contains(secret), "{what} in the server log");
         assert!(!all.contains(secret), "{what} in the API's answers");
     }

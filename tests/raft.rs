@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -975,7 +976,7 @@ async fn a_member_without_a_certificate_from_the_cluster_ca_cannot_join() {
         .await;
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
     // The API's CA-signed admin certificate may ask (the operator's tools); a client with no
-    // certificate may not.
+    // certificate reaches only the join routes.
     let ca = std::fs::read(support::shared_pki().join("ca.crt")).unwrap();
     let anon = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
@@ -985,6 +986,133 @@ async fn a_member_without_a_certificate_from_the_cluster_ca_cannot_join() {
     let r = anon
         .get(format!("https://{a1}/raft/v1/status"))
         .send()
-        .await;
-    assert!(r.is_err(), "no client certificate, yet an answer: {r:?}");
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "no client certificate, yet an answer");
+    let r = anon
+        .post(format!("https://{a1}/raft/v1/join"))
+        .json(&serde_json::json!({"id": 9, "addr": "127.0.0.1:1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        404,
+        "no client certificate, yet a membership change"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_member_joins_with_a_join_token_and_the_ca_hash_instead_of_copied_keys() {
+    let _serial = SERIAL.lock().await;
+    // Member 1 with a CA of its own.
+    let pki1 = tempfile::tempdir().unwrap();
+    let pki1_dir = pki1.path().to_str().unwrap().to_string();
+    let one = member_with(8, 1, None, &["--pki-dir", &pki1_dir]);
+    let a1 = raft_addr(8, 1);
+    let read = |f: &str| std::fs::read(pki1.path().join(f)).unwrap();
+    let mut id = read("admin.crt");
+    id.extend(read("admin.key"));
+    let c = reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read("ca.crt")).unwrap())
+        .identity(reqwest::Identity::from_pem(&id).unwrap())
+        .build()
+        .unwrap();
+    wait_leader(&c, std::slice::from_ref(&a1), 1, Duration::from_secs(30)).await;
+
+    let out = one.groundwork(&[
+        "cluster",
+        "--pki-dir",
+        &pki1_dir,
+        "join-token",
+        "--data-dir",
+        one.dir.path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", support::text(&out));
+    let token = support::stdout(&out).trim().to_string();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let hash = err
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("the CA hash in: {err}"))
+        .to_string();
+    assert!(token.starts_with("gw1."), "{token}");
+
+    // A wrong token, or a CA that is not the pinned one: the new member does not start, and
+    // says why.
+    let attempt = |token: &str, hash: &str| {
+        let data = tempfile::tempdir().unwrap();
+        let o = Command::new("timeout")
+            .args(["30", support::BIN, "server", "--data-dir"])
+            .arg(data.path())
+            .args(["--listen", "127.0.0.1:0", "--controllers", "none"])
+            .args(["--raft-listen", &raft_addr(8, 3), "--join", &a1])
+            .args(["--join-token", token, "--ca-cert-hash", hash])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(
+            !data.path().join("pki/ca.key").exists(),
+            "no key was written"
+        );
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let forged = format!("{}x", &token[..token.len() - 1]);
+    let e = attempt(&forged, &hash);
+    assert!(
+        e.contains("refused the join token") && e.contains("401"),
+        "{e}"
+    );
+    let e = attempt(&token, &format!("sha256:{}", "0".repeat(64)));
+    assert!(e.contains("refusing to join"), "{e}");
+
+    // The right token and hash: an empty member fetches the CA and the secret key and joins
+    // as a voter.
+    let pki2 = tempfile::tempdir().unwrap();
+    let two = member_with(
+        8,
+        2,
+        Some(1),
+        &[
+            "--pki-dir",
+            pki2.path().to_str().unwrap(),
+            "--join-token",
+            &token,
+            "--ca-cert-hash",
+            &hash,
+        ],
+    );
+    wait_leader(
+        &c,
+        &[a1.clone(), raft_addr(8, 2)],
+        2,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        std::fs::read(pki2.path().join("ca.crt")).unwrap(),
+        read("ca.crt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(two.dir.path().join("secret.key"))
+            .unwrap()
+            .trim(),
+        std::fs::read_to_string(one.dir.path().join("secret.key"))
+            .unwrap()
+            .trim(),
+        "the secret key is the cluster's"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in [
+            pki2.path().join("ca.key"),
+            two.dir.path().join("secret.key"),
+        ] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", f.display());
+        }
+    }
+    // Neither member logs the token.
+    assert!(!one.log().contains(&token[4..]) && !two.log().contains(&token[4..]));
 }

@@ -245,6 +245,54 @@ async fn tls_only_tokens_certificates_rbac_machines_and_the_audit_log() {
     .await;
     assert_eq!(code, 403, "a machine may not change its own spec");
 
+    // Short-lived signed tokens (`groundwork pki token`): good for the API until they expire;
+    // altered, or meant for another audience (a member join token), they are refused.
+    let signed = |args: &[&str]| {
+        let mut a = vec!["pki", "token", "--data-dir", s.dir.path().to_str().unwrap()];
+        a.extend_from_slice(args);
+        support::stdout(&s.groundwork(&a)).trim().to_string()
+    };
+    let t = signed(&[
+        "--user",
+        "ci-bot",
+        "--group",
+        "system:masters",
+        "--ttl-seconds",
+        "60",
+    ]);
+    let (code, body) = call(&anon, get.clone(), &url(NODES), Some(&t), None).await;
+    assert_eq!(code, 200, "{body}");
+    let viewer = signed(&["--user", "carol", "--ttl-seconds", "60"]);
+    let (code, body) = call(&anon, get.clone(), &url(NODES), Some(&viewer), None).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("\"carol\""),
+        "{body}"
+    );
+    let forged = format!("{}A", &t[..t.len() - 1]);
+    let (code, body) = call(&anon, get.clone(), &url(NODES), Some(&forged), None).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("signature"),
+        "{body}"
+    );
+    let join = support::stdout(&s.groundwork(&[
+        "cluster",
+        "--pki-dir",
+        support::shared_pki().to_str().unwrap(),
+        "join-token",
+        "--data-dir",
+        s.dir.path().to_str().unwrap(),
+    ]))
+    .trim()
+    .to_string();
+    let (code, body) = call(&anon, get.clone(), &url(NODES), Some(&join), None).await;
+    assert_eq!(code, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("audience"),
+        "{body}"
+    );
+
     // Revoked: removing bob's line takes effect without a restart.
     std::thread::sleep(Duration::from_millis(20));
     token_file(dir.path(), false);

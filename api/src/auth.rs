@@ -28,6 +28,8 @@ pub struct UserInfo {
 
 /// The group whose members may do everything (as in Kubernetes).
 pub const MASTERS: &str = "system:masters";
+/// The audience of signed tokens the API accepts.
+pub const API_AUDIENCE: &str = "api";
 /// Machine identities: user `system:node:NAME`, group `system:nodes`.
 pub const NODES_GROUP: &str = "system:nodes";
 
@@ -347,8 +349,26 @@ impl Auth {
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok())
             .and_then(|h| h.strip_prefix("Bearer "));
-        match (bearer, &self.tokens) {
-            (Some(t), Some(tokens)) => tokens.lookup(t.trim()).map(Some),
+        match (bearer.map(str::trim), &self.tokens) {
+            // Short-lived signed tokens (`groundwork pki token`), audience `api` only.
+            (Some(t), _) if t.starts_with("gw1.") => {
+                use groundwork_types::secrets::TokenError;
+                let key = crate::secrets::key().ok_or("signed tokens need the secret key")?;
+                key.verify_token(t, API_AUDIENCE)
+                    .map(|c| {
+                        Some(UserInfo {
+                            name: c.sub,
+                            groups: c.groups,
+                        })
+                    })
+                    .map_err(|e| match e {
+                        TokenError::Format => "malformed signed token",
+                        TokenError::Signature => "token signature does not verify",
+                        TokenError::Audience { .. } => "token is not for the API (audience)",
+                        TokenError::Expired(_) => "token expired",
+                    })
+            }
+            (Some(t), Some(tokens)) => tokens.lookup(t).map(Some),
             (Some(_), None) => Err("bearer tokens are not enabled (--token-file)"),
             (None, _) => Ok(None),
         }

@@ -124,6 +124,10 @@ impl Pki {
         Ok(pki)
     }
 
+    pub fn ca_key_pem(&self) -> &str {
+        &self.ca_key_pem
+    }
+
     pub fn ca_pem(&self) -> &str {
         &self.ca_cert_pem
     }
@@ -173,6 +177,33 @@ impl Pki {
         })
     }
 
+    /// Signs a machine's certificate request: whatever the request asks, the certificate says
+    /// `system:node:NODE` in group `system:nodes`, for client authentication only, valid
+    /// `hours`. Only the request's public key is taken from it.
+    pub fn sign_machine(&self, csr_pem: &str, node: &str, hours: i64) -> Result<String, String> {
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| format!("csr: not a certificate request: {e}"))?;
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(|e| e.to_string())?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name
+            .push(DnType::CommonName, format!("system:node:{node}"));
+        p.distinguished_name
+            .push(DnType::OrganizationName, crate::auth::NODES_GROUP);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::hours(hours);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
+        req.params = p;
+        let cert = req.signed_by(&issuer).map_err(|e| e.to_string())?;
+        Ok(cert.pem())
+    }
+
     /// The server's certificate for these names and addresses: issued at every start, kept in
     /// memory only (several members may share one directory), valid one year.
     pub fn server(&self, sans: &[String]) -> Result<CertKey, String> {
@@ -199,6 +230,47 @@ impl Pki {
     }
 }
 
+fn random_serial() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system random generator works");
+    b[0] &= 0x7f; // a positive integer
+    b
+}
+
+/// A new private key (PEM) and a certificate request for it (PEM) naming `cn`: what a
+/// machine sends to be issued its certificate (the key never leaves it).
+pub fn key_and_request(cn: &str) -> Result<(String, String), String> {
+    let kp = KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    let csr = p.serialize_request(&kp).map_err(|e| e.to_string())?;
+    Ok((kp.serialize_pem(), csr.pem().map_err(|e| e.to_string())?))
+}
+
+/// `sha256:HEX` of the first certificate's DER: how a joining member or a booting machine
+/// pins the cluster CA it fetched over an untrusted network.
+pub fn ca_hash(pem: &str) -> Option<String> {
+    let der = pem_der(pem)?;
+    let d = ring::digest::digest(&ring::digest::SHA256, &der);
+    Some(format!(
+        "sha256:{}",
+        d.as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    ))
+}
+
+/// The serial number of a certificate (DER), hex.
+pub fn serial(der: &[u8]) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(c.raw_serial_as_string().replace(':', ""))
+}
+
 fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
@@ -208,6 +280,16 @@ pub fn not_after(pem: &str) -> Option<i64> {
     let der = pem_der(pem)?;
     let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
     Some(c.validity().not_after.timestamp())
+}
+
+/// The first certificate's validity (not before, not after; Unix seconds).
+pub fn validity_of(pem: &str) -> Option<(i64, i64)> {
+    let der = pem_der(pem)?;
+    let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some((
+        c.validity().not_before.timestamp(),
+        c.validity().not_after.timestamp(),
+    ))
 }
 
 /// The DER of the first PEM block.
@@ -230,4 +312,45 @@ pub fn subject(der: &[u8]) -> Option<(String, Vec<String>)> {
         .filter_map(|o| o.as_str().ok().map(String::from))
         .collect();
     Some((cn, groups))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_machine_gets_its_node_identity_whatever_its_request_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::load_or_create(dir.path()).unwrap();
+        // The request asks to be an administrator: the certificate says what the server says.
+        let kp = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "admin");
+        p.distinguished_name
+            .push(DnType::OrganizationName, crate::auth::MASTERS);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let csr = p.serialize_request(&kp).unwrap().pem().unwrap();
+        let pem = pki.sign_machine(&csr, "n1", 24).unwrap();
+        let der = pem_der(&pem).unwrap();
+        let (cn, groups) = subject(&der).unwrap();
+        assert_eq!(cn, "system:node:n1");
+        assert_eq!(groups, vec![crate::auth::NODES_GROUP.to_string()]);
+        let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(!c.is_ca(), "never a CA");
+        assert!(c.subject_alternative_name().unwrap().is_none(), "no names");
+        let (from, to) = validity_of(&pem).unwrap();
+        assert!((to - from - 24 * 3600 - 300).abs() < 5, "{from} {to}");
+        // Two certificates never share a serial number.
+        let other = pki.sign_machine(&csr, "n1", 24).unwrap();
+        assert_ne!(serial(&der), serial(&pem_der(&other).unwrap()));
+        // The key stays with the machine: key_and_request makes a request the CA signs.
+        let (_key, csr) = key_and_request("system:node:n2").unwrap();
+        assert!(pki.sign_machine(&csr, "n2", 1).is_ok());
+        assert!(
+            pki.sign_machine("not a request", "n2", 1)
+                .unwrap_err()
+                .contains("csr")
+        );
+        assert!(ca_hash(pki.ca_pem()).unwrap().starts_with("sha256:"));
+    }
 }

@@ -17,6 +17,10 @@ pub fn set_secret_key(key: SecretKey) {
     let _ = KEY.set(key);
 }
 
+pub(crate) fn key() -> Option<&'static SecretKey> {
+    KEY.get()
+}
+
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 pub(crate) fn seal_credential(obj: &mut Value, name: &str) -> Result<(), ApiError> {

@@ -2,6 +2,9 @@
 //! the machine's MAC, rendered by a [`ScriptSource`] (the API-backed one renders from the
 //! Node's phase and Profile); everything else is a file under the root, sent with sendfile(2)
 //! and Range support by [`crate::files`] (never loaded whole into memory).
+//!
+//! The agent API ([`agent_router`]) is separate: it is served over TLS, and every call but
+//! the join is made with the machine's own certificate.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,23 +21,69 @@ pub trait ScriptSource: Send + Sync {
     fn script(&self, mac: &str, base: &str) -> String;
 }
 
-/// Where the ramdisk agent's inventory reports go (`POST /inventory?mac=..&token=..`).
+/// The machine calling the agent API, from its client certificate (`system:node:NAME` in
+/// group `system:nodes`, issued by the cluster CA at join): the TLS layer in front of
+/// [`agent_router`] sets it as a request extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentIdentity {
+    /// The Node's name.
+    pub node: String,
+    /// The certificate's serial number (hex): only the Node's current ones are accepted.
+    pub serial: String,
+}
+
+/// A machine's request for its certificate (`POST /agent/join?mac=..`).
+#[derive(Clone, serde::Deserialize, serde::Serialize)]
+pub struct JoinRequest {
+    /// The one-time join token from the kernel command line.
+    pub token: String,
+    /// The machine's serial number (DMI), checked against what the Node already knows.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// A PKCS#10 certificate request (PEM); the machine keeps its key.
+    pub csr: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &"<redacted>")
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+/// The machine's certificate (`POST /agent/join` and `POST /agent/renew`).
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+pub struct JoinReply {
+    pub node: String,
+    pub certificate: String,
+}
+
+type Answer<T> = futures_lite::future::Boxed<Result<T, (u16, String)>>;
+
+/// The agent API behind [`agent_router`]: joining, inventory, tasks, heartbeats. Every call
+/// but `join` comes from an authenticated machine (`who`).
 pub trait InventorySink: Send + Sync {
-    /// Returns a short text for the agent, or an HTTP status and message.
+    /// Exchanges a one-time join token and a certificate request for the machine's
+    /// certificate.
+    fn join(&self, mac: String, req: JoinRequest) -> Answer<JoinReply>;
+
+    /// A new certificate for a new key, before the current one expires.
+    fn renew(&self, _mac: String, _who: AgentIdentity, _csr: String) -> Answer<JoinReply> {
+        Box::pin(async { Err((404, "no renewals here\n".to_string())) })
+    }
+
+    /// The ramdisk's inventory (`POST /inventory`). Returns a short text for the agent.
     fn report(
         &self,
         mac: String,
-        token: String,
+        who: AgentIdentity,
         inventory: serde_json::Value,
-    ) -> futures_lite::future::Boxed<Result<String, (u16, String)>>;
+    ) -> Answer<String>;
 
     /// The ramdisk agent's next task (`GET /agent/next`), as JSON.
-    fn next_task(
-        &self,
-        _mac: String,
-        _token: String,
-        _base: String,
-    ) -> futures_lite::future::Boxed<Result<serde_json::Value, (u16, String)>> {
+    fn next_task(&self, _mac: String, _who: AgentIdentity) -> Answer<serde_json::Value> {
         Box::pin(async { Err((404, "no tasks here\n".to_string())) })
     }
 
@@ -42,9 +91,9 @@ pub trait InventorySink: Send + Sync {
     fn task_report(
         &self,
         _mac: String,
-        _token: String,
+        _who: AgentIdentity,
         _report: serde_json::Value,
-    ) -> futures_lite::future::Boxed<Result<String, (u16, String)>> {
+    ) -> Answer<String> {
         Box::pin(async { Err((404, "no tasks here\n".to_string())) })
     }
 
@@ -52,9 +101,9 @@ pub trait InventorySink: Send + Sync {
     fn heartbeat(
         &self,
         _mac: String,
-        _token: String,
+        _who: AgentIdentity,
         _beat: serde_json::Value,
-    ) -> futures_lite::future::Boxed<Result<serde_json::Value, (u16, String)>> {
+    ) -> Answer<serde_json::Value> {
         Box::pin(async { Err((404, "no heartbeats here\n".to_string())) })
     }
 }
@@ -84,17 +133,28 @@ pub fn discovery_script(
     discovery_script_with_token(base, kernel, initrd, cmdline, mac, None)
 }
 
-/// The discovery script with the machine's boot token on the kernel command line.
+/// How a ramdisk joins the cluster: its one-time join token, the agent API's address and
+/// the cluster CA's hash (it fetches `/ca.crt` over plain HTTP and checks it against the hash).
+pub struct JoinParams<'a> {
+    pub token: &'a str,
+    pub agent: &'a str,
+    pub ca_hash: &'a str,
+}
+
+/// The discovery script with the machine's join parameters on the kernel command line.
 pub fn discovery_script_with_token(
     base: &str,
     kernel: &str,
     initrd: &str,
     cmdline: &str,
     mac: &str,
-    token: Option<&str>,
+    join: Option<&JoinParams>,
 ) -> String {
-    let cmdline = match token {
-        Some(t) => format!("{cmdline} groundwork.token={t}"),
+    let cmdline = match join {
+        Some(j) => format!(
+            "{cmdline} groundwork.token={} groundwork.agent={} groundwork.ca={}",
+            j.token, j.agent, j.ca_hash
+        ),
         None => cmdline.to_string(),
     };
     let url = |f: &str| {
@@ -121,13 +181,12 @@ pub fn local_disk_script(mac: &str) -> String {
 #[derive(Clone)]
 struct AppState {
     scripts: Arc<dyn ScriptSource>,
-    sink: Option<Arc<dyn InventorySink>>,
+    ca_pem: Option<Arc<str>>,
 }
 
 #[derive(serde::Deserialize)]
-struct ReportQuery {
-    mac: String,
-    token: String,
+struct MacQuery {
+    mac: Option<String>,
 }
 
 fn base_url(headers: &HeaderMap) -> String {
@@ -153,26 +212,13 @@ fn ipxe(text: String) -> Response {
     r
 }
 
-#[derive(serde::Deserialize)]
-struct MacQuery {
-    mac: Option<String>,
-}
-
 fn valid_mac(m: &str) -> bool {
     crate::dhcp::leases::parse_mac(m).is_some()
 }
 
 /// Paths answered by [`router`]; every other GET or HEAD is a file under the root.
 fn is_route(path: &str) -> bool {
-    matches!(
-        path,
-        "/boot.ipxe"
-            | "/ipxe"
-            | "/inventory"
-            | "/agent/next"
-            | "/agent/report"
-            | "/agent/heartbeat"
-    )
+    matches!(path, "/boot.ipxe" | "/ipxe" | "/ca.crt")
 }
 
 fn status_response(code: u16, msg: String) -> Response {
@@ -184,115 +230,178 @@ fn status_response(code: u16, msg: String) -> Response {
         .into_response()
 }
 
-/// The sink and a checked MAC, or the response that refuses the call.
+#[derive(serde::Deserialize)]
+struct AgentQuery {
+    mac: String,
+}
+
+/// A checked MAC and the authenticated machine, or the response that refuses the call.
 fn agent_call(
-    st: &AppState,
-    q: &ReportQuery,
-) -> Result<(Arc<dyn InventorySink>, String), (u16, String)> {
-    let Some(sink) = st.sink.clone() else {
-        return Err((404, "no agent API here\n".into()));
-    };
+    q: &AgentQuery,
+    who: Option<&AgentIdentity>,
+) -> Result<(String, AgentIdentity), (u16, String)> {
     if !valid_mac(&q.mac) {
         return Err((400, "mac: not a MAC address\n".into()));
     }
-    Ok((sink, q.mac.to_ascii_lowercase()))
+    let Some(who) = who else {
+        return Err((
+            401,
+            "no machine certificate: join first (POST /agent/join with the join token)\n".into(),
+        ));
+    };
+    Ok((q.mac.to_ascii_lowercase(), who.clone()))
 }
 
-fn json_body(body: &[u8], what: &str) -> Result<serde_json::Value, (u16, String)> {
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, (u16, String)> {
     serde_json::from_slice(body).map_err(|e| (400, format!("{what}: {e}\n")))
 }
 
-/// `/agent/next`, `/agent/report`, `/agent/heartbeat`.
-fn agent_routes(r: Router<AppState>) -> Router<AppState> {
-    r.route(
-        "/agent/next",
-        get(
-            |State(st): State<AppState>, headers: HeaderMap, Query(q): Query<ReportQuery>| async move {
-                let (sink, mac) = match agent_call(&st, &q) {
-                    Ok(v) => v,
-                    Err((c, m)) => return status_response(c, m),
-                };
-                match sink.next_task(mac, q.token, base_url(&headers)).await {
-                    Ok(v) => axum::Json(v).into_response(),
-                    Err((code, msg)) => status_response(code, msg),
-                }
-            },
-        ),
-    )
-    .route(
-        "/agent/report",
-        axum::routing::post(
-            |State(st): State<AppState>, Query(q): Query<ReportQuery>, body: axum::body::Bytes| async move {
-                let (sink, mac) = match agent_call(&st, &q) {
-                    Ok(v) => v,
-                    Err((c, m)) => return status_response(c, m),
-                };
-                let v = match json_body(&body, "report") {
-                    Ok(v) => v,
-                    Err((c, m)) => return status_response(c, m),
-                };
-                match sink.task_report(mac, q.token, v).await {
-                    Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
-                    Err((code, msg)) => status_response(code, msg),
-                }
-            },
-        ),
-    )
-    .route(
-        "/agent/heartbeat",
-        axum::routing::post(
-            |State(st): State<AppState>, Query(q): Query<ReportQuery>, body: axum::body::Bytes| async move {
-                let (sink, mac) = match agent_call(&st, &q) {
-                    Ok(v) => v,
-                    Err((c, m)) => return status_response(c, m),
-                };
-                let v = match json_body(&body, "heartbeat") {
-                    Ok(v) => v,
-                    Err((c, m)) => return status_response(c, m),
-                };
-                match sink.heartbeat(mac, q.token, v).await {
-                    Ok(v) => axum::Json(v).into_response(),
-                    Err((code, msg)) => status_response(code, msg),
-                }
-            },
-        ),
-    )
+fn reply<T: serde::Serialize>(r: Result<T, (u16, String)>) -> Response {
+    match r {
+        Ok(v) => axum::Json(v).into_response(),
+        Err((code, msg)) => status_response(code, msg),
+    }
 }
 
-/// The boot HTTP routes; inventory reports go to `sink` (404 without one).
-pub fn router(scripts: Arc<dyn ScriptSource>, sink: Option<Arc<dyn InventorySink>>) -> Router {
-    agent_routes(Router::new())
+type Who = Option<axum::Extension<AgentIdentity>>;
+
+/// The agent API, to be served over TLS (the caller's certificate becomes an
+/// [`AgentIdentity`]): `POST /agent/join` (no certificate yet: the join token), `POST
+/// /agent/renew`, `POST /inventory`, `GET /agent/next`, `POST /agent/report`, `POST
+/// /agent/heartbeat`. Bodies are limited to 1 MiB.
+pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
+    use axum::routing::post;
+    Router::new()
+        .route(
+            "/agent/join",
+            post(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 Query(q): Query<AgentQuery>,
+                 body: axum::body::Bytes| async move {
+                    if !valid_mac(&q.mac) {
+                        return status_response(400, "mac: not a MAC address\n".into());
+                    }
+                    let req: JoinRequest = match json_body(&body, "join request") {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    reply(sink.join(q.mac.to_ascii_lowercase(), req).await)
+                },
+            ),
+        )
+        .route(
+            "/agent/renew",
+            post(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 body: axum::body::Bytes| async move {
+                    let (mac, who) = match agent_call(&q, who.as_deref()) {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    let csr = match std::str::from_utf8(&body) {
+                        Ok(t) => t.to_string(),
+                        Err(_) => return status_response(400, "csr: not text\n".into()),
+                    };
+                    reply(sink.renew(mac, who, csr).await)
+                },
+            ),
+        )
         .route(
             "/inventory",
-            axum::routing::post(
-                |State(st): State<AppState>,
-                 Query(q): Query<ReportQuery>,
+            post(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
                  body: axum::body::Bytes| async move {
-                    let Some(sink) = st.sink.clone() else {
-                        return (axum::http::StatusCode::NOT_FOUND, "no inventory here\n".to_string())
-                            .into_response();
-                    };
-                    if !valid_mac(&q.mac) {
-                        return (axum::http::StatusCode::BAD_REQUEST, "bad mac\n".to_string()).into_response();
-                    }
-                    let inv: serde_json::Value = match serde_json::from_slice(&body) {
+                    let (mac, who) = match agent_call(&q, who.as_deref()) {
                         Ok(v) => v,
-                        Err(e) => {
-                            return (axum::http::StatusCode::BAD_REQUEST, format!("inventory: {e}\n"))
-                                .into_response();
-                        }
+                        Err((c, m)) => return status_response(c, m),
                     };
-                    match sink.report(q.mac.to_ascii_lowercase(), q.token, inv).await {
+                    let inv = match json_body(&body, "inventory") {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    match sink.report(mac, who, inv).await {
                         Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
-                        Err((code, msg)) => (
-                            axum::http::StatusCode::from_u16(code)
-                                .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
-                            msg,
-                        )
-                            .into_response(),
+                        Err((code, msg)) => status_response(code, msg),
                     }
                 },
             ),
+        )
+        .route(
+            "/agent/next",
+            get(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 who: Who,
+                 Query(q): Query<AgentQuery>| async move {
+                    let (mac, who) = match agent_call(&q, who.as_deref()) {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    reply(sink.next_task(mac, who).await)
+                },
+            ),
+        )
+        .route(
+            "/agent/report",
+            post(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 body: axum::body::Bytes| async move {
+                    let (mac, who) = match agent_call(&q, who.as_deref()) {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    let v = match json_body(&body, "report") {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    match sink.task_report(mac, who, v).await {
+                        Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
+                        Err((code, msg)) => status_response(code, msg),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/agent/heartbeat",
+            post(
+                |State(sink): State<Arc<dyn InventorySink>>,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 body: axum::body::Bytes| async move {
+                    let (mac, who) = match agent_call(&q, who.as_deref()) {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    let v = match json_body(&body, "heartbeat") {
+                        Ok(v) => v,
+                        Err((c, m)) => return status_response(c, m),
+                    };
+                    reply(sink.heartbeat(mac, who, v).await)
+                },
+            ),
+        )
+        .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
+        .with_state(sink)
+}
+
+/// The boot HTTP routes: `/boot.ipxe`, `/ipxe?mac=..` and `/ca.crt` (the cluster CA, which
+/// a ramdisk checks against the hash on its command line).
+pub fn router(scripts: Arc<dyn ScriptSource>, ca_pem: Option<Arc<str>>) -> Router {
+    Router::new()
+        .route(
+            "/ca.crt",
+            get(|State(st): State<AppState>| async move {
+                match st.ca_pem {
+                    Some(pem) => pem.to_string().into_response(),
+                    None => status_response(404, "no cluster CA here\n".into()),
+                }
+            }),
         )
         .route(
             "/boot.ipxe",
@@ -322,7 +431,7 @@ pub fn router(scripts: Arc<dyn ScriptSource>, sink: Option<Arc<dyn InventorySink
             ),
         )
         .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
-        .with_state(AppState { scripts, sink })
+        .with_state(AppState { scripts, ca_pem })
 }
 
 /// Serves the boot HTTP routes on `listener` until `shutdown` completes.
@@ -330,11 +439,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     root: &Path,
     scripts: Arc<dyn ScriptSource>,
-    sink: Option<Arc<dyn InventorySink>>,
+    ca_pem: Option<Arc<str>>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let root = std::sync::Arc::new(std::fs::canonicalize(root)?);
-    let app = router(scripts, sink);
+    let app = router(scripts, ca_pem);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let tcp = tokio::select! {

@@ -1,7 +1,12 @@
 //! `groundwork agent`: runs in the discovery ramdisk. Reads the machine's hardware from /sys
-//! and /proc (DMI identity, CPUs, memory, disks, NICs) and reports it to the boot server with
-//! the boot token from the kernel command line; retries until the report is taken or the time
-//! budget runs out. `--print` only prints the inventory.
+//! and /proc (DMI identity, CPUs, memory, disks, NICs), joins the cluster and reports it.
+//!
+//! Joining: the kernel command line carries a one-time join token, the agent API's address
+//! and the cluster CA's hash. The agent fetches the CA from the boot server, checks it
+//! against the hash, makes a key (which never leaves the machine) and trades the token, its
+//! serial number and a certificate request for its certificate, over TLS. Every later call
+//! (inventory, tasks, reports) uses that certificate. It retries until the report is taken or
+//! the time budget runs out. `--print` only prints the inventory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -18,9 +23,15 @@ pub(crate) struct AgentArgs {
     /// MAC the machine booted from (default: groundwork.mac=).
     #[arg(long)]
     mac: Option<String>,
-    /// Boot token (default: groundwork.token=).
+    /// One-time join token (default: groundwork.token=).
     #[arg(long)]
     token: Option<String>,
+    /// The agent API, HOST:PORT (default: groundwork.agent=).
+    #[arg(long)]
+    agent: Option<String>,
+    /// The cluster CA's hash, sha256:HEX (default: groundwork.ca=).
+    #[arg(long)]
+    ca_hash: Option<String>,
     /// Print the inventory as JSON and exit.
     #[arg(long)]
     print: bool,
@@ -177,20 +188,25 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
         .clone()
         .or_else(|| cmdline_arg(&a.sysroot, "groundwork.mac"))
         .context("no MAC: --mac or groundwork.mac=")?;
-    let token = a
-        .token
-        .clone()
-        .or_else(|| cmdline_arg(&a.sysroot, "groundwork.token"))
-        .context("no boot token: --token or groundwork.token=")?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let arg = |given: &Option<String>, key: &str| {
+        given
+            .clone()
+            .or_else(|| cmdline_arg(&a.sysroot, key))
+            .with_context(|| format!("no {key}= on the kernel command line (or its flag)"))
+    };
+    let token = arg(&a.token, "groundwork.token")?;
+    let agent = arg(&a.agent, "groundwork.agent")?;
+    let ca_hash = arg(&a.ca_hash, "groundwork.ca")?;
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let serial = inv.system.as_ref().and_then(|s| s.serial.clone());
+    let creds = join(&url, &mac, &token, &agent, &ca_hash, serial, deadline).await?;
+    let client = agent_client(&creds, Duration::from_secs(10))?;
+    let base = agent_base(&creds.agent);
     let mut delay = Duration::from_millis(500);
     loop {
         let r = client
-            .post(format!("{}/inventory", url.trim_end_matches('/')))
-            .query(&[("mac", mac.as_str()), ("token", token.as_str())])
+            .post(format!("{base}/inventory"))
+            .query(&[("mac", mac.as_str())])
             .json(&inv)
             .send()
             .await;
@@ -205,7 +221,7 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
                 if !(a.tasks || a.url.is_none()) {
                     return Ok(());
                 }
-                return tasks(&a, &url, &mac, &token).await;
+                return tasks(&a, &url, &mac, &creds).await;
             }
             // A refusal will not change by retrying.
             Ok(resp) if resp.status().is_client_error() => {
@@ -216,7 +232,7 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
                 );
             }
             Ok(resp) => eprintln!("groundwork agent: {}; retrying", resp.status()),
-            Err(e) => eprintln!("groundwork agent: {e}; retrying"),
+            Err(e) => eprintln!("groundwork agent: {}; retrying", e.without_url()),
         }
         if Instant::now() + delay > deadline {
             anyhow::bail!("no boot server took the report within {} s", a.timeout);
@@ -226,21 +242,157 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Asks the boot server for work until the machine is powered off: install an image, wipe
-/// the disks, or wait.
-async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Result<()> {
-    use groundwork_types::agent::Task;
-    use groundwork_types::{TaskReport, TaskState};
-    let base = url.trim_end_matches('/');
-    let api = reqwest::Client::builder()
+/// `https://groundwork-boot:PORT`: the agent API under the name its certificate carries.
+pub(crate) fn agent_base(agent: &str) -> String {
+    let port = agent.rsplit_once(':').map(|(_, p)| p).unwrap_or("8443");
+    format!("https://{}:{port}", crate::server::AGENT_SERVER_NAME)
+}
+
+/// A client for the agent API: TLS trusting only the cluster CA, the server known as
+/// `groundwork-boot` at the agent address, and the machine's certificate.
+pub(crate) fn agent_client(
+    creds: &groundwork_types::agent::MachineCredentials,
+    timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let mut b = base_client(&creds.agent, &creds.ca)?.timeout(timeout);
+    if !creds.certificate.is_empty() {
+        let pem = format!("{}\n{}", creds.certificate, creds.key);
+        b = b.identity(
+            reqwest::Identity::from_pem(pem.as_bytes()).context("the machine's certificate")?,
+        );
+    }
+    Ok(b.build()?)
+}
+
+fn base_client(agent: &str, ca_pem: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+    use std::net::ToSocketAddrs;
+    let addr = agent
+        .to_socket_addrs()
+        .with_context(|| format!("agent API address {agent:?}"))?
+        .next()
+        .with_context(|| format!("agent API address {agent:?} resolves to nothing"))?;
+    Ok(reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the cluster CA")?,
+        )
+        .https_only(true)
+        .resolve(crate::server::AGENT_SERVER_NAME, addr))
+}
+
+/// Joins: fetches and checks the CA, then trades the join token and a certificate request
+/// for the machine's certificate. Retries what may pass later; a refusal ends it.
+async fn join(
+    url: &str,
+    mac: &str,
+    token: &str,
+    agent: &str,
+    ca_hash: &str,
+    serial: Option<String>,
+    deadline: Instant,
+) -> anyhow::Result<groundwork_types::agent::MachineCredentials> {
+    let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
+    let (key, csr) = groundwork_api::pki::key_and_request(&format!("system:node:{mac}"))
+        .map_err(anyhow::Error::msg)?;
+    let mut delay = Duration::from_millis(500);
+    let mut ca: Option<String> = None;
+    loop {
+        let step: anyhow::Result<Option<groundwork_types::agent::MachineCredentials>> = async {
+            if ca.is_none() {
+                let resp = plain
+                    .get(format!("{}/ca.crt", url.trim_end_matches('/')))
+                    .send()
+                    .await
+                    .map_err(|e| anyhow::anyhow!("fetching the CA: {}", e.without_url()))?;
+                if !resp.status().is_success() {
+                    return Err(anyhow::anyhow!("fetching the CA: {}", resp.status()));
+                }
+                let pem = resp.text().await?;
+                let got = groundwork_api::pki::ca_hash(&pem);
+                if got.as_deref() != Some(ca_hash) {
+                    // Not retried: someone else answers for the boot server.
+                    return Ok(None);
+                }
+                ca = Some(pem);
+            }
+            let ca_pem = ca.clone().expect("set above");
+            let client = base_client(agent, &ca_pem)?
+                .timeout(Duration::from_secs(10))
+                .build()?;
+            let req = groundwork_boot::http::JoinRequest {
+                token: token.to_string(),
+                serial: serial.clone(),
+                csr: csr.clone(),
+            };
+            let resp = client
+                .post(format!("{}/agent/join", agent_base(agent)))
+                .query(&[("mac", mac)])
+                .json(&req)
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("join: {}", e.without_url()))?;
+            let code = resp.status();
+            if code.is_success() {
+                let r: groundwork_boot::http::JoinReply = resp.json().await?;
+                eprintln!("groundwork agent: joined as node {}", r.node);
+                return Ok(Some(groundwork_types::agent::MachineCredentials {
+                    agent: agent.to_string(),
+                    ca: ca_pem,
+                    certificate: r.certificate,
+                    key: key.clone(),
+                }));
+            }
+            let text = resp.text().await.unwrap_or_default();
+            if code.is_client_error() && code != reqwest::StatusCode::CONFLICT {
+                anyhow::bail!(
+                    "JOIN-REFUSED the agent API refused to join: {code}: {}",
+                    text.trim()
+                );
+            }
+            Err(anyhow::anyhow!("join: {code}: {}", text.trim()))
+        }
+        .await;
+        match step {
+            Ok(Some(creds)) => return Ok(creds),
+            Ok(None) => anyhow::bail!(
+                "the CA served at {url}/ca.crt does not match groundwork.ca={ca_hash}: refusing to join"
+            ),
+            Err(e) if e.to_string().starts_with("JOIN-REFUSED ") => {
+                anyhow::bail!("{}", e.to_string().trim_start_matches("JOIN-REFUSED "))
+            }
+            Err(e) => eprintln!("groundwork agent: {e}; retrying"),
+        }
+        if Instant::now() + delay > deadline {
+            anyhow::bail!("could not join within the time budget");
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Asks the boot server for work until the machine is powered off: install an image, wipe
+/// the disks, or wait.
+async fn tasks(
+    a: &AgentArgs,
+    url: &str,
+    mac: &str,
+    creds: &groundwork_types::agent::MachineCredentials,
+) -> anyhow::Result<()> {
+    use groundwork_types::agent::Task;
+    use groundwork_types::{TaskReport, TaskState};
+    let boot = url.trim_end_matches('/');
+    let base = agent_base(&creds.agent);
+    let base = base.as_str();
+    let api = agent_client(creds, Duration::from_secs(10))?;
     // Images are large: no limit on the whole transfer, only on silence.
     let bulk = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(60))
         .build()?;
-    let q = [("mac", mac), ("token", token)];
+    let q = [("mac", mac)];
     let report = |r: TaskReport| {
         let api = api.clone();
         async move {
@@ -318,8 +470,18 @@ async fn tasks(a: &AgentArgs, url: &str, mac: &str, token: &str) -> anyhow::Resu
                 image_url,
                 checksum,
                 target_disk,
-                config,
+                mut config,
             }) => {
+                // Relative image URLs are on the boot server; the node agent gets this
+                // machine's certificate.
+                let image_url =
+                    if image_url.starts_with("http://") || image_url.starts_with("https://") {
+                        image_url
+                    } else {
+                        format!("{boot}/{}", image_url.trim_start_matches('/'))
+                    };
+                config.url = boot.to_string();
+                config.credentials = Some(creds.clone());
                 if let Some(r) = finished.get(&task_id) {
                     report(r.clone()).await;
                     continue;

@@ -28,9 +28,25 @@ enum ClusterCmd {
     Add { id: u64, addr: String },
     /// Remove a member (for example a dead one, before replacing it).
     Remove { id: u64 },
+    /// Print a join token for a new member (run on a member: it reads DATA_DIR/secret.key and
+    /// the CA), and on stderr the command that uses it.
+    JoinToken {
+        #[arg(long, default_value = "/var/lib/groundwork")]
+        data_dir: std::path::PathBuf,
+        /// How long the token is good for.
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=7 * 86400))]
+        ttl_seconds: i64,
+    },
 }
 
 pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
+    if let ClusterCmd::JoinToken {
+        data_dir,
+        ttl_seconds,
+    } = &a.cmd
+    {
+        return crate::join::print_token(data_dir, Some(&a.pki_dir), *ttl_seconds);
+    }
     let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
     let read = |f: &str| std::fs::read(a.pki_dir.join(f));
     let scheme = match (read("ca.crt"), read("admin.crt"), read("admin.key")) {
@@ -112,6 +128,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             )
             .await
         }
+        ClusterCmd::JoinToken { .. } => unreachable!("handled above"),
         ClusterCmd::Remove { id } => {
             post(
                 &http,

@@ -408,7 +408,7 @@ mod tests {
             node: "n1".into(),
             url: "http://10.0.0.1:8080".into(),
             mac: "52:54:00:00:00:01".into(),
-            token: "t".into(),
+            credentials: None,
             hostname: Some("n1.lab".into()),
             ..Default::default()
         };

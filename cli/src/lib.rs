@@ -9,6 +9,7 @@ mod cluster;
 mod commands;
 mod dhcp;
 mod install;
+mod join;
 mod lab;
 mod manifests;
 mod nodeagent;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
-use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile};
+use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineCredentials, MachineFile};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct NodeAgentArgs {
@@ -23,6 +23,10 @@ pub(crate) struct NodeAgentArgs {
     /// Where the disks' device files are (tests).
     #[arg(long, default_value = "/dev", hide = true)]
     dev_root: PathBuf,
+    /// Renew the machine's certificate now (after a CA rotation, or to replace a key that
+    /// may have leaked), rather than when a third of its life is left.
+    #[arg(long)]
+    renew: bool,
     /// Stop after this many accepted heartbeats (tests; default: never).
     #[arg(long, hide = true)]
     beats: Option<u32>,
@@ -212,6 +216,48 @@ fn addresses() -> Vec<String> {
     out
 }
 
+/// Where a renewed certificate is kept (mode 0600).
+fn credentials_path(root: &Path) -> PathBuf {
+    root.join("var/lib/groundwork/credentials.json")
+}
+
+/// When a third or less of the certificate's life is left (or it does not parse).
+fn renewal_due(cert_pem: &str) -> bool {
+    let now = jiff::Timestamp::now().as_second();
+    match groundwork_api::pki::validity_of(cert_pem) {
+        Some((from, to)) => to - now < (to - from) / 3,
+        None => true,
+    }
+}
+
+/// A new key and certificate, with the current certificate as proof.
+async fn renew(
+    client: &reqwest::Client,
+    base: &str,
+    mac: &str,
+    creds: &MachineCredentials,
+) -> anyhow::Result<MachineCredentials> {
+    let (key, csr) = groundwork_api::pki::key_and_request(&format!("system:node:{mac}"))
+        .map_err(anyhow::Error::msg)?;
+    let resp = client
+        .post(format!("{base}/agent/renew"))
+        .query(&[("mac", mac)])
+        .body(csr)
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.without_url()))?;
+    let code = resp.status();
+    if !code.is_success() {
+        anyhow::bail!("{code}: {}", resp.text().await.unwrap_or_default().trim());
+    }
+    let r: groundwork_boot::http::JoinReply = resp.json().await?;
+    Ok(MachineCredentials {
+        certificate: r.certificate,
+        key,
+        ..creds.clone()
+    })
+}
+
 pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
     let (disk, m) = find_config(&a)?;
     eprintln!(
@@ -226,10 +272,20 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
     let boot_id = std::fs::read_to_string(a.sysroot.join("proc/sys/kernel/random/boot_id"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| format!("pid-{}", std::process::id()));
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
-    let base = m.url.trim_end_matches('/').to_string();
+    let saved = credentials_path(&a.root);
+    // A renewed certificate is kept on the root file system, newer than the machine config's.
+    let mut creds = match std::fs::read_to_string(&saved)
+        .ok()
+        .and_then(|t| serde_json::from_str::<MachineCredentials>(&t).ok())
+    {
+        Some(c) => c,
+        None => m.credentials.clone().context(
+            "the machine config has no credentials (installed before machine certificates): reinstall the machine",
+        )?,
+    };
+    let mut client = crate::agent::agent_client(&creds, Duration::from_secs(10))?;
+    let mut force_renewal = a.renew;
+    let base = crate::agent::agent_base(&creds.agent);
     let mut accepted = 0u32;
     let mut interval = Duration::from_secs(15);
     let mut failures = 0u32;
@@ -246,9 +302,31 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             applied,
             skipped: skipped.clone(),
         };
+        if renewal_due(&creds.certificate) || force_renewal {
+            match renew(&client, &base, &m.mac, &creds).await {
+                Ok(c) => {
+                    force_renewal = false;
+                    if let Some(dir) = saved.parent() {
+                        let _ = std::fs::create_dir_all(dir);
+                    }
+                    match groundwork_api::pki::write_private(
+                        &saved,
+                        &serde_json::to_string(&c).unwrap_or_default(),
+                    ) {
+                        Ok(()) => eprintln!("groundwork node-agent: certificate renewed"),
+                        Err(e) => eprintln!(
+                            "groundwork node-agent: certificate renewed, but not saved: {e}"
+                        ),
+                    }
+                    client = crate::agent::agent_client(&c, Duration::from_secs(10))?;
+                    creds = c;
+                }
+                Err(e) => eprintln!("groundwork node-agent: renewing the certificate: {e}"),
+            }
+        }
         let r = client
             .post(format!("{base}/agent/heartbeat"))
-            .query(&[("mac", m.mac.as_str()), ("token", m.token.as_str())])
+            .query(&[("mac", m.mac.as_str())])
             .json(&beat)
             .send()
             .await;

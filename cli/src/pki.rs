@@ -38,10 +38,47 @@ enum PkiCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a short-lived bearer token for the API (signed with DATA_DIR/secret.key, so any
+    /// member accepts it; it cannot be revoked before it expires, except by rotating the key).
+    Token {
+        /// The member's data directory (its secret.key).
+        #[arg(long, default_value = "/var/lib/groundwork")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        user: String,
+        /// Groups (repeatable).
+        #[arg(long)]
+        group: Vec<String>,
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=7 * 86400))]
+        ttl_seconds: i64,
+    },
 }
 
 pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
     match a.cmd {
+        PkiCmd::Token {
+            data_dir,
+            user,
+            group,
+            ttl_seconds,
+        } => {
+            let path = data_dir.join("secret.key");
+            let key = groundwork_types::secrets::SecretKey::decode(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{}", path.display()))?;
+            println!(
+                "{}",
+                key.issue_token(
+                    groundwork_api::auth::API_AUDIENCE,
+                    &user,
+                    &group,
+                    ttl_seconds
+                )
+            );
+            Ok(())
+        }
         PkiCmd::Init { dir } => {
             let pki = Pki::load_or_create(&dir).map_err(anyhow::Error::msg)?;
             pki.client("admin", "admin", Some(groundwork_api::auth::MASTERS))

@@ -23,6 +23,14 @@ pub(crate) struct ServerArgs {
     /// the request is forwarded to the leader). Needs --raft-listen.
     #[arg(long, requires = "raft_listen")]
     join: Option<String>,
+    /// With --join and an empty --pki-dir: fetch the cluster's CA and secret key from the
+    /// member with this token (`groundwork cluster join-token` prints one) instead of copying
+    /// them in.
+    #[arg(long, requires_all = ["join", "ca_cert_hash"])]
+    join_token: Option<String>,
+    /// The CA the --join member must present (sha256:HEX, printed with the join token).
+    #[arg(long, requires = "join_token")]
+    ca_cert_hash: Option<String>,
     /// Raft: take a snapshot after this many log entries.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     raft_snapshot_every: u64,
@@ -67,6 +75,18 @@ pub(crate) struct ServerArgs {
     boot_http: SocketAddr,
     #[arg(long, default_value = "0.0.0.0:69", requires = "boot_root")]
     boot_tftp: SocketAddr,
+    /// The agent API (TLS; machines join there and then call it with their own
+    /// certificates). Default: --boot-http's address, port 8443.
+    #[arg(long, requires = "boot_root")]
+    boot_https: Option<SocketAddr>,
+    /// How long the join token in an iPXE script is good for, in seconds (it is also good
+    /// only once).
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=7 * 86400))]
+    join_token_ttl_seconds: i64,
+    /// How long a machine's certificate is valid, in hours (node agents renew theirs when a
+    /// third of that is left).
+    #[arg(long, default_value_t = 720, value_parser = clap::value_parser!(i64).range(1..=24 * 365))]
+    machine_cert_hours: i64,
     /// Discovery ramdisk kernel, initrd (under --boot-root, or URLs) and command line.
     #[arg(long, default_value = "vmlinuz")]
     boot_kernel: String,
@@ -215,6 +235,38 @@ fn init_logging(format: &str, hub: Option<&LogHub>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name in the agent API's certificate; agents connect under it, whatever the address.
+pub(crate) const AGENT_SERVER_NAME: &str = "groundwork-boot";
+
+/// Turns a verified client certificate from the cluster CA into the machine it names: only
+/// `system:node:NAME` in group `system:nodes`; anything else is not a machine.
+async fn machine_identity(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let id = req
+        .extensions()
+        .get::<groundwork_api::tls::PeerCert>()
+        .and_then(|c| {
+            let (cn, groups) = groundwork_api::pki::subject(&c.0)?;
+            let node = cn.strip_prefix("system:node:")?.to_string();
+            if !groups
+                .iter()
+                .any(|g| g == groundwork_api::auth::NODES_GROUP)
+            {
+                return None;
+            }
+            Some(groundwork_boot::http::AgentIdentity {
+                node,
+                serial: groundwork_api::pki::serial(&c.0)?,
+            })
+        });
+    if let Some(id) = id {
+        req.extensions_mut().insert(id);
+    }
+    next.run(req).await
+}
+
 /// The key that seals Credentials at rest: `DATA_DIR/secret.key`, created (mode 0600) on
 /// first start. Every member of a cluster needs the same key; back it up with the data.
 fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_types::secrets::SecretKey> {
@@ -310,6 +362,18 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(&args.log_format, Some(&hub))?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating --data-dir {}", args.data_dir.display()))?;
+    if let (Some(addr), Some(token), Some(hash)) =
+        (&args.join, &args.join_token, &args.ca_cert_hash)
+    {
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("{}", args.data_dir.display()))?;
+        let dir = args
+            .pki_dir
+            .clone()
+            .unwrap_or_else(|| args.data_dir.join("pki"));
+        crate::join::fetch_bundle(addr, token, hash, &dir, &args.data_dir.join("secret.key"))
+            .await?;
+    }
     let key = secret_key(&args.data_dir)?;
     groundwork_api::set_secret_key(key.clone());
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
@@ -374,11 +438,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     365,
                 )
                 .map_err(|e| anyhow::anyhow!("raft member certificate: {e}"))?;
+            // A caller without a certificate reaches only the join routes (RaftTls::public).
             let server = groundwork_api::tls::server_config_with(
                 &ck.cert_pem,
                 &ck.key_pem,
                 pki.ca_pem(),
-                true,
+                false,
             )
             .map_err(|e| anyhow::anyhow!("raft TLS: {e}"))?;
             cert_expiries.push(("member".into(), expiry(&ck.cert_pem)));
@@ -388,6 +453,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 ca_pem: pki.ca_pem().to_string(),
                 server,
                 allow: raft_peer_allowed,
+                public: Some(crate::join::public_router(pki.dir(), key.clone())),
             })
         }
         _ => None,
@@ -458,24 +524,88 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("boot HTTP on {}", args.boot_http))?;
         let (caches, _tasks) = groundwork_controller::caches::Caches::start(&client);
+        // Machines join over TLS: the agent API, with a certificate that names
+        // `groundwork-boot` (agents pin the cluster CA and connect under that name).
+        let agent = match (&tls, &opts.secret_key) {
+            (Some((pki, _, _, _, _)), Some(key)) => {
+                let addr = args.boot_https.unwrap_or_else(|| {
+                    // Port 0 (tests) for HTTP means any free port here too.
+                    let port = if args.boot_http.port() == 0 { 0 } else { 8443 };
+                    SocketAddr::new(args.boot_http.ip(), port)
+                });
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("agent API (--boot-https) on {addr}"))?;
+                let ck = pki
+                    .issue(
+                        "groundwork-boot",
+                        None,
+                        &[AGENT_SERVER_NAME.to_string()],
+                        groundwork_api::pki::Usage::Server,
+                        365,
+                    )
+                    .map_err(|e| anyhow::anyhow!("agent API certificate: {e}"))?;
+                let cfg =
+                    groundwork_api::tls::server_config(&ck.cert_pem, &ck.key_pem, pki.ca_pem())
+                        .map_err(|e| anyhow::anyhow!("agent API TLS: {e}"))?;
+                let ca_pem = pki.ca_pem().to_string();
+                let pki_dir = pki.dir().to_path_buf();
+                let hours = args.machine_cert_hours;
+                let signer: groundwork_controller::bootscripts::MachineSigner =
+                    std::sync::Arc::new(move |csr: &str, node: &str| {
+                        let pki = groundwork_api::pki::Pki::load_or_create(&pki_dir)?;
+                        let pem = pki.sign_machine(csr, node, hours)?;
+                        let der = groundwork_api::pki::pem_der(&pem)
+                            .ok_or("the issued certificate does not parse")?;
+                        let serial = groundwork_api::pki::serial(&der)
+                            .ok_or("the issued certificate has no serial")?;
+                        Ok((pem, serial))
+                    });
+                let joining = groundwork_controller::bootscripts::Joining {
+                    key: key.clone(),
+                    signer,
+                    ca_hash: groundwork_api::pki::ca_hash(&ca_pem)
+                        .context("the cluster CA does not parse")?,
+                    agent_port: listener.local_addr()?.port(),
+                    token_ttl_seconds: args.join_token_ttl_seconds,
+                };
+                Some((listener, cfg, joining, ca_pem))
+            }
+            _ => None,
+        };
+        let (agent_listener, joining, ca_pem) = match agent {
+            Some((l, cfg, j, ca)) => (Some((l, cfg)), Some(j), Some(ca)),
+            None => (None, None, None),
+        };
         let scripts = std::sync::Arc::new(groundwork_controller::bootscripts::NodeScripts {
             caches,
             client: client.clone(),
-            key: opts.secret_key.clone(),
+            joining,
             kernel: args.boot_kernel.clone(),
             initrd: args.boot_initrd.clone(),
             cmdline: args.boot_cmdline.clone(),
             heartbeat_interval: args.heartbeat_seconds,
         });
-        tracing::info!(%tftp, http = %http.local_addr()?, root = %root.display(), "boot servers ready");
+        tracing::info!(%tftp, http = %http.local_addr()?, agent = ?agent_listener.as_ref().and_then(|(l, _)| l.local_addr().ok()), root = %root.display(), "boot servers ready");
+        if let Some((listener, cfg)) = agent_listener {
+            let sink: std::sync::Arc<dyn groundwork_boot::http::InventorySink> = scripts.clone();
+            let app = groundwork_boot::http::agent_router(sink)
+                .layer(axum::middleware::from_fn(machine_identity));
+            tokio::spawn(async move {
+                if let Err(e) =
+                    groundwork_api::tls::serve(listener, app, cfg, std::future::pending()).await
+                {
+                    tracing::error!(error = %e, "agent API stopped");
+                }
+            });
+        }
         let root = root.clone();
         tokio::spawn(async move {
-            let sink: std::sync::Arc<dyn groundwork_boot::http::InventorySink> = scripts.clone();
             if let Err(e) = groundwork_boot::http::serve(
                 http,
                 &root,
                 scripts,
-                Some(sink),
+                ca_pem.map(std::sync::Arc::from),
                 std::future::pending(),
             )
             .await

@@ -4,17 +4,24 @@
 //! inventoried NICs. Unknown machines are enlisted as Nodes in phase Discovering and, like
 //! machines being discovered, get the discovery ramdisk; Assigned and Provisioning ones the
 //! install ramdisk (their Profile's kernel, initrd and command line when it names them);
-//! Provisioned and Ready ones boot from their local disk. Every ramdisk gets its MAC's boot
-//! token on the kernel command line.
+//! Provisioned and Ready ones boot from their local disk. Every ramdisk gets a one-time join
+//! token for its MAC on the kernel command line (short-lived, audience `agent-join`), with
+//! the agent API's address and the cluster CA's hash.
 //!
-//! Inventory: the ramdisk agent posts what it found with that token; a valid report fills the
-//! Node's `status.inventory` and moves it from Registered/Discovering to Inventoried. Without
-//! the token (only a machine that booted through us has it) nothing is written.
+//! Join: the ramdisk agent trades the token, its serial number and a certificate request for
+//! its certificate (`system:node:NAME`). A token is good once, for its MAC only, and never
+//! after a newer one was used; the serial must match what the Node knows. Every later call
+//! (inventory, tasks, heartbeats, renewal) is made with that certificate, whose serial must be
+//! one the Node's `status.provisioning.agent` lists.
+//!
+//! Inventory: a report fills the Node's `status.inventory` and moves it from
+//! Registered/Discovering to Inventoried.
 
 use std::sync::Arc;
 
 use groundwork_boot::http::{
-    InventorySink, ScriptSource, discovery_script_with_token, local_disk_script,
+    AgentIdentity, InventorySink, JoinParams, JoinReply, JoinRequest, ScriptSource,
+    discovery_script_with_token, local_disk_script,
 };
 use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile, Task};
 use groundwork_types::secrets::SecretKey;
@@ -28,10 +35,31 @@ use serde_json::json;
 
 use crate::caches::Caches;
 
+/// Signs a machine's certificate request for a Node: `(csr_pem, node) -> (certificate PEM,
+/// its serial number as the TLS layer reports it)`.
+pub type MachineSigner = Arc<dyn Fn(&str, &str) -> Result<(String, String), String> + Send + Sync>;
+
+/// The audience of the join tokens in iPXE scripts.
+pub const AGENT_JOIN_AUDIENCE: &str = "agent-join";
+
+/// How machines join: the token key, the CA that signs their certificates, where the agent
+/// API listens.
+pub struct Joining {
+    pub key: SecretKey,
+    pub signer: MachineSigner,
+    /// `sha256:HEX` of the cluster CA.
+    pub ca_hash: String,
+    /// The agent API's port (on the address the machine reached the boot HTTP server at).
+    pub agent_port: u16,
+    /// How long a join token is good for.
+    pub token_ttl_seconds: i64,
+}
+
 pub struct NodeScripts {
     pub caches: Caches,
     pub client: Client,
-    pub key: Option<SecretKey>,
+    /// Without it, scripts carry no join token and no machine can join.
+    pub joining: Option<Joining>,
     /// The discovery ramdisk (files under the boot root, or URLs).
     pub kernel: String,
     pub initrd: String,
@@ -61,22 +89,11 @@ async fn status_patch(
         .map(|_| ())
 }
 
-/// A URL as the machine should fetch it: absolute ones as they are, others under `base`.
-fn absolute(base: &str, url: &str) -> String {
-    if url.starts_with("http://") || url.starts_with("https://") {
-        url.to_string()
-    } else {
-        format!("{base}/{}", url.trim_start_matches('/'))
-    }
-}
-
 /// The install task for a Node in phase Provisioning, if its Profile names an image.
 fn install_task(
     caches: &Caches,
     node: &Node,
     mac: &str,
-    token: &str,
-    base: &str,
     attempt: u32,
     task_id: String,
 ) -> Option<Task> {
@@ -88,14 +105,14 @@ fn install_task(
     Some(Task::Install {
         attempt,
         task_id,
-        image_url: absolute(base, &os.url),
+        image_url: os.url.clone(),
         checksum: os.checksum.clone(),
         target_disk: os.target_disk.clone(),
         config: Box::new(MachineFile {
             node: name.clone(),
-            url: base.to_string(),
+            url: String::new(),
             mac: mac.to_string(),
-            token: token.to_string(),
+            credentials: None,
             hostname: Some(
                 mc.hostname
                     .map(|h| h.replace("{{name}}", &name))
@@ -163,8 +180,25 @@ async fn enlist(client: Client, mac: String) -> Result<Node, kube::Error> {
 
 impl ScriptSource for NodeScripts {
     fn script(&self, mac: &str, base: &str) -> String {
-        let token = self.key.as_ref().map(|k| k.boot_token(mac));
-        let token = token.as_deref();
+        let token = self.joining.as_ref().map(|j| {
+            let host = base
+                .trim_start_matches("http://")
+                .rsplit_once(':')
+                .map(|(h, _)| h.to_string())
+                .unwrap_or_else(|| base.trim_start_matches("http://").to_string());
+            (
+                j.key
+                    .issue_token(AGENT_JOIN_AUDIENCE, mac, &[], j.token_ttl_seconds),
+                format!("{host}:{}", j.agent_port),
+                j.ca_hash.clone(),
+            )
+        });
+        let join = token.as_ref().map(|(t, a, h)| JoinParams {
+            token: t,
+            agent: a,
+            ca_hash: h,
+        });
+        let token = join.as_ref();
         let Some(node) = node_for_mac(&self.caches, mac) else {
             let (client, m) = (self.client.clone(), mac.to_string());
             tokio::spawn(async move {
@@ -240,29 +274,228 @@ impl ScriptSource for NodeScripts {
     }
 }
 
+/// `Err` as the agent API answers it.
+type Refusal = (u16, String);
+
+impl NodeScripts {
+    /// The Node a certificate may act for, from the cache, or from the API when the cache
+    /// does not show the certificate yet (just issued).
+    async fn authorize(
+        caches: &Caches,
+        client: &Client,
+        mac: &str,
+        who: &AgentIdentity,
+    ) -> Result<Node, Refusal> {
+        let listed = |n: &Node| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .and_then(|p| p.agent.as_ref())
+                .is_some_and(|a| a.certificates.contains(&who.serial))
+        };
+        let node = node_for_mac(caches, mac).ok_or((404, format!("no Node boots from {mac}\n")))?;
+        if node.name_any() != who.node {
+            tracing::warn!(%mac, node = %who.node, "a machine certificate for another Node refused");
+            return Err((
+                403,
+                format!("the certificate is for Node {}, not for {mac}\n", who.node),
+            ));
+        }
+        if listed(&node) {
+            return Ok((*node).clone());
+        }
+        let fresh = Api::<Node>::all(client.clone())
+            .get(&who.node)
+            .await
+            .map_err(|e| (503, format!("cannot read Node {}: {e}\n", who.node)))?;
+        if listed(&fresh) {
+            return Ok(fresh);
+        }
+        tracing::warn!(%mac, node = %who.node, serial = %who.serial, "a revoked or replaced machine certificate refused");
+        Err((
+            401,
+            format!(
+                "certificate {} is no longer valid for Node {}: join again\n",
+                who.serial, who.node
+            ),
+        ))
+    }
+}
+
+/// A join: the token used and the serial number reported.
+struct Joined<'a> {
+    token_id: &'a str,
+    token_issued: i64,
+    serial: Option<String>,
+}
+
+/// Records a machine's new certificate (and the join token used, at join) with the Node's
+/// resourceVersion as precondition: of two joins with one token, one wins.
+async fn record_certificate(
+    client: &Client,
+    node: &Node,
+    join: Option<Joined<'_>>,
+    serial: String,
+) -> Result<(), Refusal> {
+    let prev = node
+        .status
+        .as_ref()
+        .and_then(|s| s.provisioning.as_ref())
+        .and_then(|p| p.agent.clone())
+        .unwrap_or_default();
+    let mut certificates = vec![serial];
+    certificates.extend(prev.certificates.first().cloned());
+    let agent = match join {
+        Some(j) => groundwork_types::AgentCredentialStatus {
+            join_token_id: j.token_id.to_string(),
+            join_token_issued: j.token_issued,
+            joined_at: now(),
+            serial: prev.serial.or(j.serial),
+            certificates,
+        },
+        None => groundwork_types::AgentCredentialStatus {
+            certificates,
+            ..prev
+        },
+    };
+    Api::<Node>::all(client.clone())
+        .patch_status(
+            &node.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": node.resource_version()},
+                "status": {"provisioning": {"agent": agent}},
+            })),
+        )
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.code == 409 => (
+                409,
+                "the Node changed while joining: try again\n".to_string(),
+            ),
+            e => (503, format!("cannot record the certificate: {e}\n")),
+        })?;
+    Ok(())
+}
+
 impl InventorySink for NodeScripts {
-    fn report(
+    fn join(
         &self,
         mac: String,
-        token: String,
-        inventory: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
-        let ok = self.verify(&mac, &token);
+        req: JoinRequest,
+    ) -> futures::future::BoxFuture<'static, Result<JoinReply, Refusal>> {
+        let checked = self.joining.as_ref().map(|j| {
+            (
+                j.key.verify_token(&req.token, AGENT_JOIN_AUDIENCE),
+                j.signer.clone(),
+            )
+        });
         let client = self.client.clone();
         let known = node_for_mac(&self.caches, &mac);
         Box::pin(async move {
-            if !ok {
-                tracing::warn!(%mac, "inventory report with a wrong boot token refused");
-                return Err((403, "boot token does not match this MAC\n".into()));
+            let Some((claims, signer)) = checked else {
+                return Err((
+                    503,
+                    "this server does not let machines join (no cluster CA or secret key)\n".into(),
+                ));
+            };
+            let claims = claims.map_err(|e| {
+                tracing::warn!(%mac, error = %e, "join refused: bad token");
+                (401, format!("token: {e}\n"))
+            })?;
+            if claims.sub != mac {
+                tracing::warn!(%mac, "join refused: the token is for another MAC");
+                return Err((403, format!("token: issued for another MAC, not {mac}\n")));
             }
-            let inv: Inventory = serde_json::from_value(inventory)
-                .map_err(|e| (400, format!("inventory does not decode: {e}\n")))?;
             let node = match known {
                 Some(n) => (*n).clone(),
                 None => enlist(client.clone(), mac.clone())
                     .await
                     .map_err(|e| (503, format!("cannot enlist: {e}\n")))?,
             };
+            let name = node.name_any();
+            // The serial the Node knows: the operator's, or the first join's.
+            let known_serial = node.spec.serial.clone().or_else(|| {
+                node.status
+                    .as_ref()
+                    .and_then(|s| s.provisioning.as_ref())
+                    .and_then(|p| p.agent.as_ref())
+                    .and_then(|a| a.serial.clone())
+            });
+            if let Some(want) = known_serial.filter(|s| !s.is_empty())
+                && req.serial.as_deref() != Some(want.as_str())
+            {
+                tracing::warn!(node = %name, %mac, reported = ?req.serial, known = %want, "join refused: serial number mismatch");
+                return Err((
+                    403,
+                    format!(
+                        "serial: the machine reports {:?}, Node {name} has {want:?}\n",
+                        req.serial.unwrap_or_default()
+                    ),
+                ));
+            }
+            let prev = node
+                .status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .and_then(|p| p.agent.as_ref());
+            if let Some(p) = prev
+                && (p.join_token_id == claims.jti || claims.iat < p.join_token_issued)
+            {
+                tracing::warn!(node = %name, %mac, "join refused: token already used or superseded");
+                return Err((
+                    401,
+                    "token: already used, or a newer one was: boot the machine again for a new one\n"
+                        .into(),
+                ));
+            }
+            let (cert, serial) = signer(&req.csr, &name).map_err(|e| (400, format!("{e}\n")))?;
+            let joined = Joined {
+                token_id: &claims.jti,
+                token_issued: claims.iat,
+                serial: req.serial.clone(),
+            };
+            record_certificate(&client, &node, Some(joined), serial).await?;
+            tracing::info!(node = %name, %mac, "machine joined: certificate issued");
+            Ok(JoinReply {
+                node: name,
+                certificate: cert,
+            })
+        })
+    }
+
+    fn renew(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        csr: String,
+    ) -> futures::future::BoxFuture<'static, Result<JoinReply, Refusal>> {
+        let signer = self.joining.as_ref().map(|j| j.signer.clone());
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            let signer = signer.ok_or((503, "no cluster CA here\n".to_string()))?;
+            let (cert, serial) = signer(&csr, &who.node).map_err(|e| (400, format!("{e}\n")))?;
+            record_certificate(&client, &node, None, serial).await?;
+            tracing::info!(node = %who.node, %mac, "machine certificate renewed");
+            Ok(JoinReply {
+                node: who.node,
+                certificate: cert,
+            })
+        })
+    }
+
+    fn report(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        inventory: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            let inv: Inventory = serde_json::from_value(inventory)
+                .map_err(|e| (400, format!("inventory does not decode: {e}\n")))?;
             let name = node.name_any();
             let phase = node.status.as_ref().and_then(|s| s.phase);
             let mut status = json!({"inventory": inv});
@@ -302,11 +535,46 @@ impl InventorySink for NodeScripts {
     fn next_task(
         &self,
         mac: String,
-        token: String,
-        base: String,
+        who: AgentIdentity,
     ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
-        let ok = self.verify(&mac, &token);
-        let node = node_for_mac(&self.caches, &mac);
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            Self::next_task_for(&caches, node, &mac)
+        })
+    }
+
+    fn task_report(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        report: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            Self::task_report_for(client, node, mac, report).await
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        beat: serde_json::Value,
+    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        let interval = self.heartbeat_interval;
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            Self::heartbeat_for(client, node, mac, beat, interval).await
+        })
+    }
+}
+
+impl NodeScripts {
+    fn next_task_for(caches: &Caches, node: Node, mac: &str) -> Result<serde_json::Value, Refusal> {
+        let node = Some(node);
         let task = node.as_ref().and_then(|node| {
             let st = node.status.clone().unwrap_or_default();
             let p = st.provisioning.clone().unwrap_or_default();
@@ -323,7 +591,7 @@ impl InventorySink for NodeScripts {
                     if node.spec.provisioning == ProvisioningState::Provisioned
                         && !reported("install") =>
                 {
-                    install_task(&self.caches, node, &mac, &token, &base, attempt, task_id)
+                    install_task(caches, node, mac, attempt, task_id)
                 }
                 Some(NodePhase::Deprovisioning) if !reported("wipe") => {
                     Some(Task::Wipe { attempt, task_id })
@@ -335,11 +603,7 @@ impl InventorySink for NodeScripts {
                 _ => None,
             }
         });
-        Box::pin(async move {
-            if !ok {
-                tracing::warn!(%mac, "task request with a wrong boot token refused");
-                return Err((403, "boot token does not match this MAC\n".into()));
-            }
+        {
             if let (Some(n), Some(t)) = (&node, &task) {
                 let what = match t {
                     Task::Install { .. } => "install",
@@ -351,26 +615,18 @@ impl InventorySink for NodeScripts {
             }
             let task = task.unwrap_or(Task::Wait { seconds: 2 });
             serde_json::to_value(task).map_err(|e| (500, format!("{e}\n")))
-        })
+        }
     }
 
-    fn task_report(
-        &self,
+    async fn task_report_for(
+        client: Client,
+        node: Node,
         mac: String,
-        token: String,
         report: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
-        let ok = self.verify(&mac, &token);
-        let node = node_for_mac(&self.caches, &mac);
-        let client = self.client.clone();
-        Box::pin(async move {
-            if !ok {
-                tracing::warn!(%mac, "task report with a wrong boot token refused");
-                return Err((403, "boot token does not match this MAC\n".into()));
-            }
+    ) -> Result<String, Refusal> {
+        {
             let mut r: TaskReport = serde_json::from_value(report)
                 .map_err(|e| (400, format!("report does not decode: {e}\n")))?;
-            let node = node.ok_or((404, format!("no Node boots from {mac}\n")))?;
             let name = node.name_any();
             let st = node.status.clone().unwrap_or_default();
             let attempt = st
@@ -399,27 +655,19 @@ impl InventorySink for NodeScripts {
                 .await
                 .map_err(|e| (503, format!("cannot record the report: {e}\n")))?;
             Ok(format!("{name}\n"))
-        })
+        }
     }
 
-    fn heartbeat(
-        &self,
+    async fn heartbeat_for(
+        client: Client,
+        node: Node,
         mac: String,
-        token: String,
         beat: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
-        let ok = self.verify(&mac, &token);
-        let node = node_for_mac(&self.caches, &mac);
-        let client = self.client.clone();
-        let interval = self.heartbeat_interval;
-        Box::pin(async move {
-            if !ok {
-                tracing::warn!(%mac, "heartbeat with a wrong boot token refused");
-                return Err((403, "boot token does not match this MAC\n".into()));
-            }
+        interval: u32,
+    ) -> Result<serde_json::Value, Refusal> {
+        {
             let b: Heartbeat = serde_json::from_value(beat)
                 .map_err(|e| (400, format!("heartbeat does not decode: {e}\n")))?;
-            let node = node.ok_or((404, format!("no Node boots from {mac}\n")))?;
             let name = node.name_any();
             let phase = node.status.as_ref().and_then(|s| s.phase);
             if phase == Some(NodePhase::Deprovisioning) && node.spec.bmc.is_none() {
@@ -457,14 +705,6 @@ impl InventorySink for NodeScripts {
                 reboot: false,
             })
             .map_err(|e| (500, format!("{e}\n")))
-        })
-    }
-}
-
-impl NodeScripts {
-    fn verify(&self, mac: &str, token: &str) -> bool {
-        self.key
-            .as_ref()
-            .is_some_and(|k| k.verify_boot_token(mac, token))
+        }
     }
 }

@@ -117,6 +117,10 @@ pub struct RaftTls {
     pub server: Arc<rustls::ServerConfig>,
     /// Accepts a caller's verified certificate (DER).
     pub allow: fn(&[u8]) -> bool,
+    /// What a caller without a certificate may reach (joining with a join token); without
+    /// it, such a caller is dropped after the handshake. The server configuration must then
+    /// accept callers without a certificate.
+    pub public: Option<axum::Router>,
 }
 
 impl std::fmt::Debug for RaftTls {
@@ -251,7 +255,13 @@ impl Member {
         let app = router(member.clone());
         match &member.opts.tls {
             Some(t) => {
-                tokio::spawn(tls::serve(listener, app, t.server.clone(), t.allow));
+                tokio::spawn(tls::serve(
+                    listener,
+                    app,
+                    t.server.clone(),
+                    t.allow,
+                    t.public.clone(),
+                ));
             }
             None => {
                 tokio::spawn(async move {

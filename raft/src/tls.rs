@@ -1,5 +1,7 @@
 //! The raft port over mutual TLS: the caller's certificate must chain to the cluster CA and
-//! pass the member check; anything else is dropped after the handshake.
+//! pass the member check. A caller without a certificate reaches only the `public` routes
+//! (a new member joining with a join token), when there are any; anything else is dropped
+//! after the handshake.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ pub(crate) async fn serve(
     app: Router,
     cfg: Arc<rustls::ServerConfig>,
     allow: fn(&[u8]) -> bool,
+    public: Option<Router>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     loop {
@@ -22,7 +25,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        let (acceptor, app, public) = (acceptor.clone(), app.clone(), public.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let tls =
@@ -34,16 +37,19 @@ pub(crate) async fn serve(
                     }
                     Err(_) => return,
                 };
-            let ok = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .is_some_and(|c| allow(c.as_ref()));
-            if !ok {
-                tracing::warn!(%peer, "raft connection refused: the certificate is not a member's");
-                return;
-            }
+            let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+            let app = match (cert, public) {
+                (Some(c), _) if allow(c.as_ref()) => app,
+                (None, Some(public)) => public,
+                (None, None) => {
+                    tracing::warn!(%peer, "raft connection refused: no certificate");
+                    return;
+                }
+                (Some(_), _) => {
+                    tracing::warn!(%peer, "raft connection refused: the certificate is not a member's");
+                    return;
+                }
+            };
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());

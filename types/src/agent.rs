@@ -1,7 +1,8 @@
 //! The boot-network protocol between the server and the agents on the machines: the ramdisk
 //! agent asks for its next task (`GET /agent/next`) and reports on it (`POST /agent/report`,
 //! a [`crate::TaskReport`]); the installed system's node agent heartbeats
-//! (`POST /agent/heartbeat`). Every call carries the machine's MAC and its boot token.
+//! (`POST /agent/heartbeat`). Every call carries the machine's MAC and is made over TLS with
+//! the machine's own certificate ([`MachineCredentials`]), obtained at join.
 
 use serde::{Deserialize, Serialize};
 
@@ -44,9 +45,10 @@ pub struct MachineFile {
     /// The boot server the node agent heartbeats to.
     pub url: String,
     pub mac: String,
-    /// The machine's boot token (bound to its MAC). Until machine certificates exist
-    /// (issue 9), the node agent authenticates with it.
-    pub token: String,
+    /// How the node agent reaches the agent API, and the machine's certificate for it: filled
+    /// in by the ramdisk agent (the server never sees the machine's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<MachineCredentials>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -59,6 +61,28 @@ pub struct MachineFile {
     pub profile: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
+}
+
+/// The agent API's address and the machine's identity for it (PEM). `Debug` hides the key.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineCredentials {
+    /// `HOST:PORT` of the agent API (its certificate names `groundwork-boot`).
+    pub agent: String,
+    /// The cluster CA.
+    pub ca: String,
+    /// The machine's certificate (`system:node:NAME`) and its private key.
+    pub certificate: String,
+    pub key: String,
+}
+
+impl std::fmt::Debug for MachineCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MachineCredentials")
+            .field("agent", &self.agent)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// The node agent's heartbeat.

@@ -37,6 +37,11 @@ pub struct NodeSpec {
     /// MAC addresses of the NICs the machine PXE-boots from.
     #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "bootMACs")]
     pub boot_macs: Vec<String>,
+    /// The machine's serial number (DMI), as the purchase record has it: a ramdisk joining
+    /// for this Node must report the same. Without it, the serial reported at the first join
+    /// is kept (`status.provisioning.agent.serial`) and later joins must match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// Fixed IPv4 address the boot network's DHCP server gives the first of `bootMACs`
     /// (inside the network's CIDR, in or outside its discovery pool). Without it, a known
     /// machine gets a pool address and keeps it across renewals.
@@ -228,6 +233,29 @@ pub struct ProvisioningStatus {
     /// Phases entered, oldest first (the last 32).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<PhaseEntry>,
+    /// The machine's credentials: which join token it used, and its certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentCredentialStatus>,
+}
+
+/// What the server issued a machine: the join token it last used (a token is good once, and
+/// never after a newer one was used) and the serial numbers of the certificates it accepts
+/// (the newest and the one before, so a renewal whose answer was lost does not lock the
+/// machine out). Clearing it revokes the machine's certificates.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentialStatus {
+    pub join_token_id: String,
+    /// When that token was issued (Unix seconds).
+    pub join_token_issued: i64,
+    pub joined_at: String,
+    /// The serial number the machine reported at its first join: later joins must report
+    /// the same (unless `spec.serial` says otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// Hex serial numbers, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<String>,
 }
 
 /// `Discovering 31.2s, Inventoried 0.1s, ..., Ready`: the time spent in each phase of a
