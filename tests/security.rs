@@ -293,6 +293,84 @@ async fn tls_only_tokens_certificates_rbac_machines_and_the_audit_log() {
         "{body}"
     );
 
+    // Credential scoping: `edit` may create and change Nodes, but pointing a BMC at a
+    // Credential (which sends it the password) also needs `use` on that Credential.
+    let apply_yaml = |name: &str, yaml: &str| {
+        let f = write(s.dir.path(), name, yaml);
+        ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    };
+    apply_yaml(
+        "alice-edit.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-edit}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}\nsubjects: [{kind: User, name: alice}]\n",
+    );
+    let node4 = url(&format!("{NODES}/n4"));
+    let (code, body) = call(
+        &anon,
+        reqwest::Method::POST,
+        &url(NODES),
+        Some(ALICE),
+        Some(json!({"apiVersion": "groundwork.dev/v1alpha1", "kind": "Node", "metadata": {"name": "n4"}})),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let point = |cred: &str| json!({"spec": {"bmc": {"address": "192.0.2.66", "protocol": "ipmi", "credentialsRef": cred}}});
+    let (code, body) = call(
+        &anon,
+        patch.clone(),
+        &node4,
+        Some(ALICE),
+        Some(point("bmc")),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    let msg = body["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot use") && msg.contains("\"bmc\"") && msg.contains("spec.bmc"),
+        "{msg}"
+    );
+    let (code, body) = call(
+        &anon,
+        reqwest::Method::POST,
+        &url(NODES),
+        Some(ALICE),
+        Some(json!({"apiVersion": "groundwork.dev/v1alpha1", "kind": "Node", "metadata": {"name": "n5"}, "spec": point("bmc")["spec"]})),
+    )
+    .await;
+    assert_eq!(code, 403, "creating with a BMC needs it too: {body}");
+    // Granted for the Credential "bmc" only.
+    apply_yaml(
+        "use-bmc.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: use-bmc}\nrules: [{apiGroups: [groundwork.dev], resources: [credentials], verbs: [use], resourceNames: [bmc]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-use-bmc}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: use-bmc}\nsubjects: [{kind: User, name: alice}]\n",
+    );
+    let (code, body) = call(
+        &anon,
+        patch.clone(),
+        &node4,
+        Some(ALICE),
+        Some(point("bmc")),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = call(
+        &anon,
+        patch.clone(),
+        &node4,
+        Some(ALICE),
+        Some(point("other")),
+    )
+    .await;
+    assert_eq!(code, 403, "{body}");
+    // Changes that leave the BMC alone need nothing more.
+    let (code, body) = call(
+        &anon,
+        patch.clone(),
+        &node4,
+        Some(ALICE),
+        Some(json!({"spec": {"maintenance": true}})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+
     // Revoked: removing bob's line takes effect without a restart.
     std::thread::sleep(Duration::from_millis(20));
     token_file(dir.path(), false);
@@ -423,4 +501,107 @@ async fn secrets_never_show_in_plaintext() {
             "{secret} in the store file"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_key_rotates_without_losing_a_credential() {
+    const CREDS: &str = "/apis/groundwork.dev/v1alpha1/credentials";
+    let mut s = Server::start();
+    let admin = support::https_client();
+    let url = |s: &Server, p: &str| format!("{}{p}", s.url);
+    let f = write(
+        s.dir.path(),
+        "cred.yaml",
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {name: bmc}\nspec: {username: admin, password: rotate-me-4c2a}\n",
+    );
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let sealed = |c: &Value| c["spec"]["encryptedPassword"].as_str().unwrap().to_string();
+    let get = |s: &Server| {
+        let (admin, u) = (admin.clone(), url(s, &format!("{CREDS}/bmc")));
+        async move {
+            let (code, c) = call(&admin, reqwest::Method::GET, &u, None, None).await;
+            assert_eq!(code, 200, "{c}");
+            c
+        }
+    };
+    let before = get(&s).await;
+    let data = s.dir.path().to_str().unwrap().to_string();
+    let token = support::stdout(&s.groundwork(&[
+        "pki",
+        "token",
+        "--data-dir",
+        &data,
+        "--user",
+        "ops",
+        "--group",
+        "system:masters",
+    ]))
+    .trim()
+    .to_string();
+    let key_file = s.dir.path().join("secret.key");
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    assert_eq!(lines(&key_file), 1);
+
+    // 1. A new active key; the old one is kept, retired. After a restart, what the old key
+    //    sealed still opens, and tokens it signed still work.
+    let out = ok(s.groundwork(&["secrets", "rotate-key", "--data-dir", &data]));
+    assert!(out.contains("1 retired"), "{out}");
+    assert_eq!(lines(&key_file), 2);
+    s.restart();
+    let (code, body) = call(
+        &anonymous(),
+        reqwest::Method::GET,
+        &url(&s, NODES),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    // 2. Reseal: every Credential is sealed again, with the active key.
+    let out = ok(s.groundwork(&["secrets", "reseal"]));
+    assert!(out.contains("1 Credential(s)"), "{out}");
+    let after = get(&s).await;
+    assert_ne!(sealed(&before), sealed(&after), "sealed again");
+    // 3. Retired keys dropped: the resealed Credential still writes back (it opens with the
+    //    active key), the old sealed value no longer does, and old tokens are refused.
+    let out = ok(s.groundwork(&["secrets", "drop-retired", "--data-dir", &data]));
+    assert!(out.contains("1 retired key(s) removed"), "{out}");
+    assert_eq!(lines(&key_file), 1);
+    s.restart();
+    let put = |s: &Server, c: Value| {
+        let (admin, u) = (admin.clone(), url(s, &format!("{CREDS}/bmc")));
+        async move { call(&admin, reqwest::Method::PUT, &u, None, Some(c)).await }
+    };
+    let current = get(&s).await;
+    let (code, body) = put(&s, current.clone()).await;
+    assert_eq!(code, 200, "{body}");
+    let mut stale = get(&s).await;
+    stale["spec"]["encryptedPassword"] = Value::String(sealed(&before));
+    let (code, body) = put(&s, stale).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.encryptedPassword"),
+        "{body}"
+    );
+    let (code, body) = call(
+        &anonymous(),
+        reqwest::Method::GET,
+        &url(&s, NODES),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    // The password itself never showed.
+    assert!(!s.log().contains("rotate-me-4c2a"));
+    assert!(!format!("{before}{after}{current}").contains("rotate-me-4c2a"));
 }

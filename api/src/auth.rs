@@ -402,7 +402,7 @@ impl Auth {
 
 /// The middleware: 401 without credentials, 403 without permission, audit of writes and
 /// refusals.
-pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next) -> Response {
+pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if public(&path) {
         return next.run(req).await;
@@ -486,6 +486,8 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, req: Request, next: Next)
         };
         return status(StatusCode::FORBIDDEN, "Forbidden", &msg);
     }
+    // The handlers check what depends on the object too (using a Credential).
+    req.extensions_mut().insert(user.clone());
     if a.path.is_some() || !is_write(&a.verb) {
         return next.run(req).await;
     }

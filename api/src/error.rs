@@ -46,6 +46,8 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 fn kind_label(k: &KindInfo) -> String {
@@ -119,6 +121,7 @@ impl ApiError {
             ApiError::Expired(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -132,6 +135,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
             ApiError::Expired(_) => "Expired",
+            ApiError::Forbidden(_) => "Forbidden",
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
         }

@@ -185,15 +185,16 @@ fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Respons
     Ok(axum::Json(json!({"apiVersion": kind.api_version(), "kind": format!("{}List", kind.kind), "metadata": meta, "items": items})).into_response())
 }
 
-async fn collection_request(
-    store: Store,
-    t: Target,
-    method: Method,
-    query: Option<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response> {
-    let p = Params::parse(query.as_deref())?;
+async fn collection_request(store: Store, t: Target, req: Req) -> Result<Response> {
+    let Req {
+        method,
+        query,
+        headers,
+        body,
+        user,
+    } = req;
+    let mut p = Params::parse(query.as_deref())?;
+    p.user = user;
     let as_table = table::wants_table(accept(&headers));
     match method {
         Method::GET if p.watch => crate::watch::watch(&store, &t, &p, as_table).await,
@@ -251,6 +252,7 @@ pub(crate) struct Req {
     query: Option<String>,
     headers: HeaderMap,
     body: Bytes,
+    user: Option<crate::auth::UserInfo>,
 }
 
 async fn item_request(
@@ -265,8 +267,10 @@ async fn item_request(
         query,
         headers,
         body,
+        user,
     } = req;
-    let p = Params::parse(query.as_deref())?;
+    let mut p = Params::parse(query.as_deref())?;
+    p.user = user;
     let as_table = table::wants_table(accept(&headers));
     let kind = t.kind;
     match method {
@@ -375,6 +379,7 @@ impl<S: Send + Sync> FromRequest<S> for Req {
                 ApiError::BadRequest(format!("reading the request body: {e}")).into_response()
             })?;
         Ok(Req {
+            user: parts.extensions.get::<crate::auth::UserInfo>().cloned(),
             method: parts.method,
             query,
             headers: parts.headers,
@@ -421,7 +426,7 @@ async fn dispatch(st: AppState, p: HashMap<String, String>, req: Req) -> Result<
     }
     let t = Target { kind, namespace };
     let Some(name) = name else {
-        return collection_request(st.store, t, req.method, req.query, req.headers, req.body).await;
+        return collection_request(st.store, t, req).await;
     };
     match p.get("sub").map(String::as_str) {
         None => item_request(st.store, t, name, Part::Main, req).await,

@@ -168,7 +168,7 @@ fn admit(
     let (mut normalized, unknown) =
         (kind.admit)(obj).map_err(|errs| ApiError::invalid(kind, name, errs))?;
     if kind.kind == "Credential" {
-        crate::secrets::seal_credential(&mut normalized, name)?;
+        crate::secrets::seal_credential(kind, &mut normalized, name)?;
     }
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
@@ -191,6 +191,48 @@ fn admit(
 }
 
 /// Checks that reach other objects: a Node must fit in its rack's height.
+/// Pointing a Node's BMC somewhere (a new address, port, protocol or Credential) makes the
+/// power controller send that Credential's password there: it needs the `use` verb on the
+/// Credential, which the built-in `edit` role does not grant. Otherwise anyone who may edit
+/// Nodes could point a BMC at a host of theirs and receive the password.
+fn check_credential_use(
+    store: &Store,
+    kind: &'static KindInfo,
+    p: &Params,
+    old: Option<&Value>,
+    new: &Value,
+) -> Result<(), ApiError> {
+    if kind.kind != "Node" {
+        return Ok(());
+    }
+    let Some(user) = &p.user else {
+        return Ok(());
+    };
+    let bmc = new.pointer("/spec/bmc");
+    if bmc.is_none() || bmc == old.and_then(|o| o.pointer("/spec/bmc")) {
+        return Ok(());
+    }
+    let Some(cred) = bmc
+        .and_then(|b| b.get("credentialsRef"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(());
+    };
+    let a = crate::auth::Attributes {
+        verb: "use".into(),
+        group: "groundwork.dev".into(),
+        resource: "credentials".into(),
+        name: cred.into(),
+        ..Default::default()
+    };
+    crate::rbac::authorize(store, user, &a).map_err(|why| {
+        ApiError::Forbidden(format!(
+            "credentials.groundwork.dev {cred:?} is forbidden: User {:?} cannot use resource \"credentials\" in API group \"groundwork.dev\" at the cluster scope ({why}): setting spec.bmc sends its password to that BMC",
+            user.name
+        ))
+    })
+}
+
 fn cross_check(
     store: &Store,
     kind: &'static KindInfo,
@@ -316,6 +358,7 @@ pub(crate) async fn create(
     }
     let (obj, warnings) = admit(kind, obj, p.field_validation, &name)?;
     cross_check(store, kind, &obj, &name)?;
+    check_credential_use(store, kind, p, None, &obj)?;
     if p.dry_run {
         return Ok(Written {
             code: StatusCode::CREATED,
@@ -416,6 +459,7 @@ pub(crate) async fn update(
         let (mut next, warnings) = admit(kind, next, p.field_validation, name)?;
         if part == Part::Main {
             cross_check(store, kind, &next, name)?;
+            check_credential_use(store, kind, p, Some(&current.object), &next)?;
             if desired_part(&next) != desired_part(&current.object) {
                 meta_mut(&mut next)?.insert(
                     "generation".into(),

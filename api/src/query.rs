@@ -17,6 +17,8 @@ pub(crate) struct Params {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
     pub force: bool,
+    /// Who asks (set by the handlers from the authentication layer; None without it).
+    pub user: Option<crate::auth::UserInfo>,
 }
 
 /// What to do with fields the schema does not know.

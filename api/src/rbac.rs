@@ -7,8 +7,10 @@
 //! - every authenticated user may read discovery and OpenAPI.
 //!
 //! Built-in ClusterRoles (used when no stored ClusterRole has the name): `cluster-admin`
-//! (everything), `edit` (every verb on Groundwork's kinds, Events and Leases; reading
-//! Credentials' sealed form), `view` (get, list, watch on everything but Credentials).
+//! (everything), `edit` (every verb on Groundwork's kinds, Events and Leases but `use`;
+//! reading Credentials' sealed form), `view` (get, list, watch on everything but
+//! Credentials). Setting a Node's `spec.bmc` also needs `use` on its Credential (see
+//! `objects::check_credential_use`): grant it with a ClusterRole naming the Credentials.
 
 use groundwork_store::Store;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
@@ -48,8 +50,18 @@ pub fn builtin(name: &str) -> Option<Vec<PolicyRule>> {
                 ..Default::default()
             },
         ]),
+        // Every verb but `use`: pointing a BMC at a Credential is granted separately.
         "edit" => Some(vec![rule(
-            &["*"],
+            &[
+                "get",
+                "list",
+                "watch",
+                "create",
+                "update",
+                "patch",
+                "delete",
+                "deletecollection",
+            ],
             &["groundwork.dev", "coordination.k8s.io", ""],
             &["*"],
         )]),

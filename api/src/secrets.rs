@@ -23,7 +23,40 @@ pub(crate) fn key() -> Option<&'static SecretKey> {
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-pub(crate) fn seal_credential(obj: &mut Value, name: &str) -> Result<(), ApiError> {
+pub(crate) fn seal_credential(
+    kind: &'static groundwork_types::KindInfo,
+    obj: &mut Value,
+    name: &str,
+) -> Result<(), ApiError> {
+    let context = format!("credentials/{name}");
+    // A sealed value written back (an update, `groundwork secrets reseal`): it must open with
+    // this cluster's keys, and is sealed again with the active key if a retired one sealed it.
+    let has_password = obj.pointer("/spec/password").is_some();
+    if !has_password
+        && let Some(Value::String(sealed)) = obj.pointer("/spec/encryptedPassword").cloned()
+    {
+        let Some(key) = KEY.get() else {
+            return Err(ApiError::Unavailable(
+                "this server has no secret key, so it cannot store passwords".into(),
+            ));
+        };
+        match key.open_with(&context, &sealed) {
+            Ok((_, true)) => {}
+            Ok((text, false)) => {
+                obj["spec"]["encryptedPassword"] = key.seal(&context, &text).into();
+            }
+            Err(_) => {
+                return Err(ApiError::invalid_one(
+                    kind,
+                    name,
+                    groundwork_types::FieldError::invalid(
+                        "spec.encryptedPassword",
+                        "does not open with this cluster's keys for this Credential (sealed for another object or cluster, or altered): set spec.password instead",
+                    ),
+                ));
+            }
+        }
+    }
     if let Some(pw) = obj
         .pointer_mut("/spec")
         .and_then(Value::as_object_mut)
@@ -38,7 +71,7 @@ pub(crate) fn seal_credential(obj: &mut Value, name: &str) -> Result<(), ApiErro
             .as_str()
             .map(String::from)
             .unwrap_or_else(|| pw.to_string());
-        obj["spec"]["encryptedPassword"] = key.seal(&format!("credentials/{name}"), &text).into();
+        obj["spec"]["encryptedPassword"] = key.seal(&context, &text).into();
     }
     // kubectl apply keeps the whole manifest in an annotation: drop the password from it.
     if let Some(ann) = obj

@@ -16,6 +16,7 @@ mod nodeagent;
 mod output;
 mod pki;
 mod schema;
+mod secrets;
 mod server;
 
 pub use apply::three_way_merge_patch;
@@ -51,6 +52,9 @@ enum Command {
     Lab(lab::LabArgs),
     /// The cluster CA and client certificates: init, issue.
     Pki(pki::PkiArgs),
+    /// Rotate the key that seals Credentials and signs tokens: rotate-key, reseal,
+    /// drop-retired.
+    Secrets(secrets::SecretsArgs),
     /// Retry a Failed Node now (sets its groundwork.dev/retry annotation).
     Retry {
         /// node/NAME
@@ -163,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::NodeAgent(args) => nodeagent::run(args).await,
         Command::Lab(args) => lab::run(args).await,
         Command::Pki(args) => pki::run(args),
+        Command::Secrets(args) => secrets::run(args, kc).await,
         Command::Retry { object } => commands::retry(kc, &object).await,
         Command::Logs {
             object,
