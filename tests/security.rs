@@ -605,3 +605,60 @@ async fn the_secret_key_rotates_without_losing_a_credential() {
     assert!(!s.log().contains("rotate-me-4c2a"));
     assert!(!format!("{before}{after}{current}").contains("rotate-me-4c2a"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cluster_ca_rotates_without_locking_out_clients_that_follow_it() {
+    let pki = tempfile::tempdir().unwrap();
+    let pki_dir = pki.path().to_str().unwrap().to_string();
+    let mut s = Server::start_with(&["--pki-dir", &pki_dir]);
+    let keep = |s: &Server, name: &str| {
+        let p = s.dir.path().join(name);
+        std::fs::copy(&s.kubeconfig, &p).unwrap();
+        p
+    };
+    // A kept kubeconfig, pointed at the server's port of now (it changes at each restart).
+    let works = |s: &Server, kc: &Path| {
+        let text: String = std::fs::read_to_string(kc)
+            .unwrap()
+            .lines()
+            .map(|l| match l.trim().strip_prefix("server: ") {
+                Some(_) => format!("    server: {}\n", s.url),
+                None => format!("{l}\n"),
+            })
+            .collect();
+        let now = kc.with_extension("now");
+        std::fs::write(&now, text).unwrap();
+        s.kubectl_env(&["get", "nodes"], &[("KUBECONFIG", now.to_str().unwrap())])
+            .status
+            .success()
+    };
+    let rotate = |step: &str| {
+        let o = std::process::Command::new(support::BIN)
+            .args(["pki", "rotate-ca", "--dir", &pki_dir, "--step", step])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", support::text(&o));
+    };
+    let original = keep(&s, "original.kubeconfig");
+    assert!(works(&s, &original));
+
+    // 1. Begin: the new CA is trusted; the old one still issues. Every client keeps working
+    //    and the new kubeconfig carries both CAs.
+    rotate("begin");
+    s.restart();
+    let both = keep(&s, "both.kubeconfig");
+    assert!(works(&s, &original) && works(&s, &both));
+    // 2. Promote: the new CA issues. Clients that took the bundle keep working, with their
+    //    old certificates; one that never did no longer trusts the server.
+    rotate("promote");
+    s.restart();
+    let new = keep(&s, "new.kubeconfig");
+    assert!(works(&s, &both), "the bundle and the old admin certificate");
+    assert!(works(&s, &new));
+    assert!(!works(&s, &original), "trusts only the old CA");
+    // 3. Finish: only the new CA; certificates from the old one are refused.
+    rotate("finish");
+    s.restart();
+    assert!(works(&s, &new));
+    assert!(!works(&s, &both), "an old-CA client certificate");
+}

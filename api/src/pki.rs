@@ -87,9 +87,17 @@ impl Pki {
                 std::fs::read_to_string(&crt).map_err(|e| format!("{}: {e}", crt.display()))?;
             let ca_key_pem =
                 std::fs::read_to_string(&key).map_err(|e| format!("{}: {e}", key.display()))?;
-            // Both must parse, and belong together.
+            // Both must parse, and belong together: the key is the first certificate's (the
+            // others in ca.crt are only trusted: a CA being rotated in or out).
             let kp =
                 KeyPair::from_pem(&ca_key_pem).map_err(|e| format!("{}: {e}", key.display()))?;
+            if !key_matches(&ca_cert_pem, &kp) {
+                return Err(format!(
+                    "{} is not the key of the first certificate in {}",
+                    key.display(),
+                    crt.display()
+                ));
+            }
             Issuer::from_ca_cert_pem(&ca_cert_pem, kp)
                 .map_err(|e| format!("{}: {e}", crt.display()))?;
             return Ok(Pki {
@@ -98,25 +106,11 @@ impl Pki {
                 ca_key_pem,
             });
         }
-        let kp = KeyPair::generate().map_err(|e| e.to_string())?;
-        let mut p = CertificateParams::default();
-        p.distinguished_name = DistinguishedName::new();
-        p.distinguished_name
-            .push(DnType::CommonName, "groundwork-ca");
-        p.distinguished_name
-            .push(DnType::OrganizationName, "groundwork");
-        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        validity(&mut p, 3650);
-        let cert = p.self_signed(&kp).map_err(|e| e.to_string())?;
+        let (ca_cert_pem, ca_key_pem) = new_ca()?;
         let pki = Pki {
             dir: dir.to_path_buf(),
-            ca_cert_pem: cert.pem(),
-            ca_key_pem: kp.serialize_pem(),
+            ca_cert_pem,
+            ca_key_pem,
         };
         write_private(&key, &pki.ca_key_pem)?;
         std::fs::write(&crt, &pki.ca_cert_pem).map_err(|e| format!("{}: {e}", crt.display()))?;
@@ -227,6 +221,132 @@ impl Pki {
         write_private(&key, &ck.key_pem)?;
         std::fs::write(&crt, &ck.cert_pem).map_err(|e| format!("{}: {e}", crt.display()))?;
         Ok(ck)
+    }
+}
+
+/// A new CA (10 years): certificate and key, PEM.
+fn new_ca() -> Result<(String, String), String> {
+    let kp = KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name
+        .push(DnType::CommonName, "groundwork-ca");
+    p.distinguished_name
+        .push(DnType::OrganizationName, "groundwork");
+    p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    // Two CAs of one cluster (during a rotation) must differ in name for path building.
+    p.distinguished_name.push(
+        DnType::OrganizationalUnitName,
+        format!("{:x}", u128::from_be_bytes(random_serial())),
+    );
+    validity(&mut p, 3650);
+    let cert = p.self_signed(&kp).map_err(|e| e.to_string())?;
+    Ok((cert.pem(), kp.serialize_pem()))
+}
+
+/// Whether `kp` is the key of the first certificate in `pem`.
+fn key_matches(pem: &str, kp: &KeyPair) -> bool {
+    use rcgen::PublicKeyData;
+    pem_der(pem)
+        .and_then(|der| {
+            let (_, c) = x509_parser::parse_x509_certificate(&der).ok()?;
+            Some(c.public_key().subject_public_key.data.to_vec())
+        })
+        .is_some_and(|k| k == kp.der_bytes())
+}
+
+/// The PEM certificates of a bundle, in order.
+fn pem_certs(pem: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    for line in pem.lines() {
+        if line.starts_with("-----BEGIN CERTIFICATE") {
+            cur.clear();
+        }
+        cur.push_str(line);
+        cur.push('\n');
+        if line.starts_with("-----END CERTIFICATE") {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out
+}
+
+/// A step of a CA rotation (`groundwork pki rotate-ca`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    /// A new CA is trusted beside the current one, which still issues (`ca.next.key`).
+    Begin,
+    /// The new CA issues; the old one stays trusted. The admin and controllers
+    /// certificates are issued again (by the new CA) at the next start.
+    Promote,
+    /// Only the new CA is trusted: certificates from the old one stop working.
+    Finish,
+}
+
+/// Runs one step of a CA rotation on the files in `dir`; returns what was done. Copy the
+/// directory to every member and restart them one at a time after each step.
+pub fn rotate(dir: &Path, step: Rotation) -> Result<String, String> {
+    let (crt, key, next) = (
+        dir.join("ca.crt"),
+        dir.join("ca.key"),
+        dir.join("ca.next.key"),
+    );
+    let bundle = std::fs::read_to_string(&crt).map_err(|e| format!("{}: {e}", crt.display()))?;
+    let certs = pem_certs(&bundle);
+    let write_bundle = |certs: &[String]| {
+        std::fs::write(&crt, certs.concat()).map_err(|e| format!("{}: {e}", crt.display()))
+    };
+    match step {
+        Rotation::Begin => {
+            if certs.len() != 1 || next.exists() {
+                return Err(format!(
+                    "a rotation is already under way in {} (finish it first)",
+                    dir.display()
+                ));
+            }
+            let (cert, k) = new_ca()?;
+            write_private(&next, &k)?;
+            write_bundle(&[certs[0].clone(), cert])?;
+            Ok("a new CA is trusted beside the current one; the current one still issues. Copy the directory to every member, restart them one at a time, then run --step promote.".into())
+        }
+        Rotation::Promote => {
+            let k = std::fs::read_to_string(&next)
+                .map_err(|e| format!("{}: {e} (run --step begin first)", next.display()))?;
+            let kp = KeyPair::from_pem(&k).map_err(|e| format!("{}: {e}", next.display()))?;
+            let Some(new) = certs.iter().find(|c| key_matches(c, &kp)).cloned() else {
+                return Err(format!(
+                    "{} has no certificate for {}",
+                    crt.display(),
+                    next.display()
+                ));
+            };
+            let mut order = vec![new.clone()];
+            order.extend(certs.into_iter().filter(|c| *c != new));
+            write_private(&key, &k)?;
+            write_bundle(&order)?;
+            std::fs::remove_file(&next).map_err(|e| format!("{}: {e}", next.display()))?;
+            for f in ["admin", "controllers"] {
+                let _ = std::fs::remove_file(dir.join(format!("{f}.crt")));
+                let _ = std::fs::remove_file(dir.join(format!("{f}.key")));
+            }
+            Ok("the new CA issues now; the old one is still trusted. Copy the directory to every member, restart them one at a time (kubeconfigs and member certificates are issued again), renew client certificates you issued, then run --step finish.".into())
+        }
+        Rotation::Finish => {
+            if next.exists() {
+                return Err("promote the new CA first (--step promote)".into());
+            }
+            if certs.len() < 2 {
+                return Err("no rotation under way: ca.crt holds one CA".into());
+            }
+            write_bundle(&certs[..1])?;
+            Ok("only the new CA is trusted. Copy the directory to every member and restart them one at a time.".into())
+        }
     }
 }
 
@@ -352,5 +472,57 @@ mod tests {
                 .contains("csr")
         );
         assert!(ca_hash(pki.ca_pem()).unwrap().starts_with("sha256:"));
+    }
+
+    #[test]
+    fn the_ca_rotates_in_three_steps_and_refuses_a_key_that_is_not_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = Pki::load_or_create(dir.path()).unwrap();
+        let old_ca = old.ca_pem().to_string();
+        assert!(
+            rotate(dir.path(), Rotation::Promote).is_err(),
+            "begin first"
+        );
+        assert!(rotate(dir.path(), Rotation::Finish).is_err());
+        rotate(dir.path(), Rotation::Begin).unwrap();
+        assert!(
+            rotate(dir.path(), Rotation::Begin).is_err(),
+            "one at a time"
+        );
+        // Trusted beside; the old one still issues.
+        let p = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(pem_certs(p.ca_pem()).len(), 2);
+        assert_eq!(pem_certs(p.ca_pem())[0], old_ca);
+        rotate(dir.path(), Rotation::Promote).unwrap();
+        let p = Pki::load_or_create(dir.path()).unwrap();
+        let certs = pem_certs(p.ca_pem());
+        assert_eq!(certs.len(), 2);
+        assert_ne!(certs[0], old_ca, "the new CA issues");
+        assert_eq!(certs[1], old_ca, "the old one is still trusted");
+        assert!(
+            !dir.path().join("admin.crt").exists(),
+            "issued again at start"
+        );
+        // What it issues chains to the new CA (rustls verifies it with the bundle).
+        let ck = p.client("admin", "admin", Some("system:masters")).unwrap();
+        let issuer_of = |pem: &str| {
+            let der = pem_der(pem).unwrap();
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            c.issuer().to_string()
+        };
+        let subject_of = |pem: &str| {
+            let der = pem_der(pem).unwrap();
+            let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
+            c.subject().to_string()
+        };
+        assert_eq!(issuer_of(&ck.cert_pem), subject_of(&certs[0]));
+        assert_ne!(subject_of(&certs[0]), subject_of(&old_ca));
+        rotate(dir.path(), Rotation::Finish).unwrap();
+        let p = Pki::load_or_create(dir.path()).unwrap();
+        assert_eq!(pem_certs(p.ca_pem()), vec![certs[0].clone()]);
+        // A key that is not the first certificate's is refused at load.
+        std::fs::write(dir.path().join("ca.crt"), &old_ca).unwrap();
+        let e = Pki::load_or_create(dir.path()).err().unwrap();
+        assert!(e.contains("is not the key of the first certificate"), "{e}");
     }
 }

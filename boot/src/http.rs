@@ -58,6 +58,9 @@ impl std::fmt::Debug for JoinRequest {
 pub struct JoinReply {
     pub node: String,
     pub certificate: String,
+    /// The cluster's CA bundle now (it changes during a CA rotation).
+    #[serde(default)]
+    pub ca: String,
 }
 
 type Answer<T> = futures_lite::future::Boxed<Result<T, (u16, String)>>;

@@ -271,14 +271,16 @@ fn base_client(agent: &str, ca_pem: &str) -> anyhow::Result<reqwest::ClientBuild
         .with_context(|| format!("agent API address {agent:?}"))?
         .next()
         .with_context(|| format!("agent API address {agent:?} resolves to nothing"))?;
-    Ok(reqwest::Client::builder()
+    let mut b = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("the cluster CA")?,
-        )
         .https_only(true)
-        .resolve(crate::server::AGENT_SERVER_NAME, addr))
+        .resolve(crate::server::AGENT_SERVER_NAME, addr);
+    // Every CA of the bundle (two during a CA rotation).
+    for c in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).context("the cluster CA")? {
+        b = b.add_root_certificate(c);
+    }
+    Ok(b)
 }
 
 /// Joins: fetches and checks the CA, then trades the join token and a certificate request
@@ -340,7 +342,7 @@ async fn join(
                 eprintln!("groundwork agent: joined as node {}", r.node);
                 return Ok(Some(groundwork_types::agent::MachineCredentials {
                     agent: agent.to_string(),
-                    ca: ca_pem,
+                    ca: if r.ca.is_empty() { ca_pem } else { r.ca },
                     certificate: r.certificate,
                     key: key.clone(),
                 }));

@@ -54,8 +54,10 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             crt.extend(key);
             http = http
                 .tls_built_in_root_certs(false)
-                .add_root_certificate(reqwest::Certificate::from_pem(&ca)?)
                 .identity(reqwest::Identity::from_pem(&crt)?);
+            for c in reqwest::Certificate::from_pem_bundle(&ca)? {
+                http = http.add_root_certificate(c);
+            }
             "https"
         }
         _ => "http",

@@ -109,10 +109,13 @@ pub(crate) async fn fetch_bundle(
         );
     }
     // Step 2: the token, only to a server with a certificate from that CA.
-    let trusted = reqwest::Client::builder()
+    let mut trusted = reqwest::Client::builder();
+    for c in reqwest::Certificate::from_pem_bundle(ca.as_bytes())? {
+        trusted = trusted.add_root_certificate(c);
+    }
+    let trusted = trusted
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?)
         // Any server certificate from the pinned CA is a member's (machines' certificates
         // are for clients only); its name may be a wildcard listen address.
         .danger_accept_invalid_hostnames(true)

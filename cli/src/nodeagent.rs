@@ -254,6 +254,11 @@ async fn renew(
     Ok(MachineCredentials {
         certificate: r.certificate,
         key,
+        ca: if r.ca.is_empty() {
+            creds.ca.clone()
+        } else {
+            r.ca
+        },
         ..creds.clone()
     })
 }

@@ -38,6 +38,15 @@ enum PkiCmd {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Rotate the cluster CA in three steps (copy DIR to every member and restart them one
+    /// at a time after each): begin (trust a new CA), promote (it issues), finish (only it
+    /// is trusted).
+    RotateCa {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, value_enum)]
+        step: Step,
+    },
     /// Print a short-lived bearer token for the API (signed with DATA_DIR/secret.key, so any
     /// member accepts it; it cannot be revoked before it expires, except by rotating the key).
     Token {
@@ -54,8 +63,26 @@ enum PkiCmd {
     },
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum Step {
+    Begin,
+    Promote,
+    Finish,
+}
+
 pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
     match a.cmd {
+        PkiCmd::RotateCa { dir, step } => {
+            use groundwork_api::pki::Rotation;
+            let step = match step {
+                Step::Begin => Rotation::Begin,
+                Step::Promote => Rotation::Promote,
+                Step::Finish => Rotation::Finish,
+            };
+            let msg = groundwork_api::pki::rotate(&dir, step).map_err(anyhow::Error::msg)?;
+            println!("{}: {msg}", dir.display());
+            Ok(())
+        }
         PkiCmd::Token {
             data_dir,
             user,

@@ -566,6 +566,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     signer,
                     ca_hash: groundwork_api::pki::ca_hash(&ca_pem)
                         .context("the cluster CA does not parse")?,
+                    ca_pem: ca_pem.clone(),
                     agent_port: listener.local_addr()?.port(),
                     token_ttl_seconds: args.join_token_ttl_seconds,
                 };

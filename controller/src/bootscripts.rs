@@ -47,8 +47,10 @@ pub const AGENT_JOIN_AUDIENCE: &str = "agent-join";
 pub struct Joining {
     pub key: SecretKey,
     pub signer: MachineSigner,
-    /// `sha256:HEX` of the cluster CA.
+    /// `sha256:HEX` of the cluster CA (the first of the bundle).
     pub ca_hash: String,
+    /// The CA bundle (PEM), handed to machines with their certificates.
+    pub ca_pem: String,
     /// The agent API's port (on the address the machine reached the boot HTTP server at).
     pub agent_port: u16,
     /// How long a join token is good for.
@@ -392,6 +394,11 @@ impl InventorySink for NodeScripts {
         });
         let client = self.client.clone();
         let known = node_for_mac(&self.caches, &mac);
+        let ca_bundle = self
+            .joining
+            .as_ref()
+            .map(|j| j.ca_pem.clone())
+            .unwrap_or_default();
         Box::pin(async move {
             let Some((claims, signer)) = checked else {
                 return Err((
@@ -460,6 +467,7 @@ impl InventorySink for NodeScripts {
             Ok(JoinReply {
                 node: name,
                 certificate: cert,
+                ca: ca_bundle,
             })
         })
     }
@@ -471,6 +479,11 @@ impl InventorySink for NodeScripts {
         csr: String,
     ) -> futures::future::BoxFuture<'static, Result<JoinReply, Refusal>> {
         let signer = self.joining.as_ref().map(|j| j.signer.clone());
+        let ca_bundle = self
+            .joining
+            .as_ref()
+            .map(|j| j.ca_pem.clone())
+            .unwrap_or_default();
         let (caches, client) = (self.caches.clone(), self.client.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
@@ -481,6 +494,7 @@ impl InventorySink for NodeScripts {
             Ok(JoinReply {
                 node: who.node,
                 certificate: cert,
+                ca: ca_bundle,
             })
         })
     }

@@ -221,14 +221,15 @@ impl Member {
             http = http.local_address(bound.ip());
         }
         if let Some(t) = &opts.tls {
-            let ca = reqwest::Certificate::from_pem(t.ca_pem.as_bytes())
+            // Every CA of the bundle (two during a CA rotation).
+            let cas = reqwest::Certificate::from_pem_bundle(t.ca_pem.as_bytes())
                 .map_err(|e| format!("raft TLS: the CA: {e}"))?;
             let id = reqwest::Identity::from_pem(format!("{}{}", t.cert_pem, t.key_pem).as_bytes())
                 .map_err(|e| format!("raft TLS: the member certificate: {e}"))?;
-            http = http
-                .tls_built_in_root_certs(false)
-                .add_root_certificate(ca)
-                .identity(id);
+            http = http.tls_built_in_root_certs(false).identity(id);
+            for ca in cas {
+                http = http.add_root_certificate(ca);
+            }
         }
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let http = http.build().map_err(|e| e.to_string())?;
