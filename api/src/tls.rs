@@ -70,6 +70,11 @@ pub fn server_config_with(
 
 const PLAIN_HTTP_ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 49\r\n\r\nClient sent an HTTP request to an HTTPS server.\n\n";
 
+/// At most this many connections at once; further ones wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 8192;
+/// A request head must arrive within this (slowloris), as must the TLS handshake.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Serves `app` over TLS on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: TcpListener,
@@ -79,7 +84,12 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let mut shutdown = std::pin::pin!(shutdown);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let slot = tokio::select! {
+            s = slots.clone().acquire_owned() => s.expect("the semaphore is never closed"),
+            _ = &mut shutdown => return Ok(()),
+        };
         let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(v) => v,
@@ -93,6 +103,7 @@ pub async fn serve(
         };
         let (acceptor, app) = (acceptor.clone(), app.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
             let mut first = [0u8; 1];
             match tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut first)).await {
@@ -134,8 +145,12 @@ pub async fn serve(
                     }
                 },
             );
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT);
             if let Err(e) = builder
                 .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(tls), svc)
                 .await
