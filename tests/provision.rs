@@ -126,7 +126,13 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     let wrong = format!("sha256:{}", "0".repeat(64));
     let http = format!("127.0.0.1:{}", support::free_tcp_port());
     let tftp = format!("127.0.0.1:{}", support::free_udp_port());
-    let s = Server::start_with(&[
+    let agent_api = format!("127.0.0.1:{}", support::free_tcp_port());
+    // A CA of its own: the test rotates it.
+    let pki = tempfile::tempdir().unwrap();
+    let pki_dir = pki.path().to_str().unwrap().to_string();
+    let mut s = Server::start_with(&[
+        "--pki-dir",
+        &pki_dir,
         "--controllers",
         "all",
         "--boot-root",
@@ -136,7 +142,7 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
         "--boot-tftp",
         &tftp,
         "--boot-https",
-        "127.0.0.1:0",
+        &agent_api,
         "--bmc-timeout-seconds",
         "1",
         "--discover-timeout-seconds",
@@ -383,22 +389,9 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
     let log = ok(s.groundwork(&["logs", "node/b"]));
     assert!(log.contains("image written and verified"), "{log}");
 
-    // The node agent renews its certificate: the Node then accepts the new one and the one
-    // before it; the new key stays on the machine, readable by root only.
-    let o = Command::new("timeout")
-        .args(["30", support::BIN, "node-agent", "--renew", "--disk"])
-        .arg(dev.join("vda"))
-        .arg("--root")
-        .arg(&root)
-        .args(["--beats", "1"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", support::text(&o));
-    assert!(
-        support::text(&o).contains("certificate renewed"),
-        "{}",
-        support::text(&o)
-    );
+    // The node agent replaced the installer's key (on the FAT partition) with one of its own
+    // at its first start, kept 0600; once the new certificate was used, the old one was
+    // retired: a node agent with only the disk's credentials is refused.
     let saved = root.join("var/lib/groundwork/credentials.json");
     {
         use std::os::unix::fs::PermissionsExt;
@@ -412,32 +405,94 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
             .and_then(|p| p.agent.clone())
             .unwrap_or_default()
     };
-    assert_eq!(agent_status(&node(&c, "b").await).certificates.len(), 2);
-    // Revoked (the Node's certificate list cleared): its heartbeats are refused.
-    let nodes: kube::Api<groundwork_types::Node> = kube::Api::all(c.clone());
-    nodes
-        .patch_status(
-            "b",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(
-                serde_json::json!({"status": {"provisioning": {"agent": null}}}),
-            ),
-        )
-        .await
-        .unwrap();
-    let o = Command::new("timeout")
-        .args(["8", support::BIN, "node-agent", "--disk"])
-        .arg(dev.join("vda"))
-        .arg("--root")
-        .arg(&root)
-        .args(["--beats", "1"])
-        .output()
-        .unwrap();
+    assert_eq!(agent_status(&node(&c, "b").await).certificates.len(), 1);
+    let node_agent = |root: &Path, secs: &str, extra: &[&str]| {
+        Command::new("timeout")
+            .args([secs, support::BIN, "node-agent", "--disk"])
+            .arg(dev.join("vda"))
+            .arg("--root")
+            .arg(root)
+            .args(if extra.contains(&"--beats") {
+                &[][..]
+            } else {
+                &["--beats", "1"][..]
+            })
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let fresh = dir.path().join("root-b2");
+    std::fs::create_dir_all(&fresh).unwrap();
+    let o = node_agent(&fresh, "8", &[]);
+    assert!(!o.status.success(), "{}", support::text(&o));
+    assert!(support::text(&o).contains("401"), "{}", support::text(&o));
+    // A renewal on request: the new certificate is used, the one before retired.
+    let before = std::fs::read_to_string(&saved).unwrap();
+    let o = node_agent(&root, "30", &["--renew"]);
+    assert!(o.status.success(), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("certificate renewed"),
+        "{}",
+        support::text(&o)
+    );
+    assert_ne!(std::fs::read_to_string(&saved).unwrap(), before);
+    assert_eq!(agent_status(&node(&c, "b").await).certificates.len(), 1);
+    // The CA rotates under a running fleet. Begin: heartbeats hand the machine the bundle.
+    // Promote: the agent API's certificate is from the new CA (trusted through the bundle),
+    // and the heartbeat asks for a renewal, which comes from the new CA. Finish: only the new
+    // CA is trusted, and the machine still checks in.
+    let rotate = |step: &str| {
+        let o = Command::new(support::BIN)
+            .args(["pki", "rotate-ca", "--dir", &pki_dir, "--step", step])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", support::text(&o));
+    };
+    let saved_creds = || -> groundwork_types::agent::MachineCredentials {
+        serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap()
+    };
+    let cas = |pem: &str| pem.matches("BEGIN CERTIFICATE").count();
+    rotate("begin");
+    s.restart();
+    let o = node_agent(&root, "30", &[]);
+    assert!(o.status.success(), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("CA bundle changed"),
+        "{}",
+        support::text(&o)
+    );
+    assert_eq!(cas(&saved_creds().ca), 2);
+    let old_cert = saved_creds().certificate;
+    rotate("promote");
+    s.restart();
+    let o = node_agent(&root, "30", &["--beats", "2"]);
+    assert!(o.status.success(), "{}", support::text(&o));
+    assert!(
+        support::text(&o).contains("certificate renewed"),
+        "{}",
+        support::text(&o)
+    );
+    assert_ne!(saved_creds().certificate, old_cert);
+    rotate("finish");
+    s.restart();
+    let o = node_agent(&root, "30", &[]);
+    assert!(o.status.success(), "{}", support::text(&o));
+    assert_eq!(cas(&saved_creds().ca), 1, "the bundle shrank too");
+    let c = s.client().await;
+
+    // Revoked: its heartbeats are refused, and the join token it used is no longer good.
+    ok(s.groundwork(&["revoke", "node/b"]));
+    let o = node_agent(&root, "8", &[]);
     assert!(!o.status.success(), "{}", support::text(&o));
     assert!(
         support::text(&o).contains("401") && support::text(&o).contains("no longer valid"),
         "{}",
         support::text(&o)
+    );
+    let revoked = agent_status(&node(&c, "b").await);
+    assert!(
+        revoked.certificates.is_empty() && revoked.join_token_issued > 0,
+        "{revoked:?}"
     );
     // Neither the BMC password nor the join token is in the server's log, the Events or the
     // API's answers.

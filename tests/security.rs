@@ -235,6 +235,88 @@ async fn tls_only_tokens_certificates_rbac_machines_and_the_audit_log() {
             .contains("machine identity"),
         "{body}"
     );
+    // Its own status, but the server's bookkeeping (phase, its certificates): refused.
+    for forbidden in [
+        json!({"status": {"phase": "Ready"}}),
+        json!({"status": {"provisioning": {"agent": {"certificates": ["01"]}}}}),
+    ] {
+        let (code, body) = call(
+            &anon,
+            patch.clone(),
+            &format!("{n1}/status"),
+            m,
+            Some(forbidden),
+        )
+        .await;
+        assert_eq!(code, 403, "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("only status.inventory"),
+            "{body}"
+        );
+    }
+    // A machine certificate from the CA works on the API only while its Node lists it.
+    let mkc = s.dir.path().join("n1.kubeconfig");
+    let o = std::process::Command::new(support::BIN)
+        .args(["pki", "issue", "--dir"])
+        .arg(support::shared_pki())
+        .args([
+            "--user",
+            "system:node:n1",
+            "--group",
+            "system:nodes",
+            "--server",
+            &s.url,
+        ])
+        .arg("--out")
+        .arg(&mkc)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", support::text(&o));
+    let as_machine = |args: &[&str]| s.kubectl_env(args, &[("KUBECONFIG", mkc.to_str().unwrap())]);
+    let o = as_machine(&["get", "nodes.groundwork.dev", "n1"]);
+    assert!(!o.status.success());
+    // 401 (kubectl shows it as "provide credentials"; the audit log has the reason).
+    assert!(
+        support::text(&o).contains("provide credentials"),
+        "{}",
+        support::text(&o)
+    );
+    assert!(
+        std::fs::read_to_string(&audit)
+            .unwrap()
+            .contains("machine certificate revoked or replaced")
+    );
+    let kc_text = std::fs::read_to_string(&mkc).unwrap();
+    let cert_b64 = kc_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client-certificate-data: "))
+        .unwrap();
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo {cert_b64} | base64 -d | openssl x509 -noout -serial | cut -d= -f2 | tr A-F a-f"
+        ))
+        .output()
+        .unwrap();
+    let serial = String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .trim_start_matches('0')
+        .to_string();
+    assert!(!serial.is_empty(), "{}", support::text(&o));
+    let (code, body) = call(
+        &admin,
+        patch.clone(),
+        &format!("{n1}/status"),
+        None,
+        Some(json!({"status": {"provisioning": {"agent": {"joinTokenId": "t", "joinTokenIssued": 1, "joinedAt": "2026-01-01T00:00:00Z", "certificates": [serial]}}}})),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let o = as_machine(&["get", "nodes.groundwork.dev", "n1"]);
+    assert!(o.status.success(), "{}", support::text(&o));
     let (code, _) = call(
         &anon,
         patch.clone(),

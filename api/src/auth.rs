@@ -338,10 +338,36 @@ fn is_write(verb: &str) -> bool {
 }
 
 impl Auth {
+    fn machine_certificate_listed(&self, node: &str, der: &[u8]) -> bool {
+        let Some(serial) = crate::pki::serial(der) else {
+            return false;
+        };
+        self.store
+            .get(&format!("groundwork.dev/nodes//{node}"))
+            .ok()
+            .flatten()
+            .and_then(|o| {
+                o.object
+                    .pointer("/status/provisioning/agent/certificates")
+                    .and_then(|c| c.as_array())
+                    .map(|c| c.iter().any(|s| s.as_str() == Some(serial.as_str())))
+            })
+            .unwrap_or(false)
+    }
+
     fn authenticate(&self, req: &Request) -> Result<Option<UserInfo>, &'static str> {
         if let Some(PeerCert(der)) = req.extensions().get::<PeerCert>()
             && let Some((name, groups)) = crate::pki::subject(der)
         {
+            // A machine's certificate is good only while its Node lists it (revocation).
+            if let Some(node) = name.strip_prefix("system:node:")
+                && groups.iter().any(|g| g == NODES_GROUP)
+                && !self.machine_certificate_listed(node, der)
+            {
+                return Err(
+                    "machine certificate revoked or replaced (its Node no longer lists it)",
+                );
+            }
             return Ok(Some(UserInfo { name, groups }));
         }
         let bearer = req

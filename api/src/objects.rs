@@ -191,6 +191,44 @@ fn admit(
 }
 
 /// Checks that reach other objects: a Node must fit in its rack's height.
+/// What a machine may change in its own Node's status: the facts it reports. The life
+/// cycle's bookkeeping (phase, `provisioning`: its join record and the certificates it may
+/// use) is the server's.
+const MACHINE_STATUS_FIELDS: &[&str] = &["inventory", "addresses"];
+
+fn check_machine_status(
+    kind: &'static KindInfo,
+    p: &Params,
+    old: &Value,
+    new: &Value,
+) -> Result<(), ApiError> {
+    let Some(user) = &p.user else {
+        return Ok(());
+    };
+    if kind.kind != "Node"
+        || !user.name.starts_with("system:node:")
+        || !user.groups.iter().any(|g| g == crate::auth::NODES_GROUP)
+    {
+        return Ok(());
+    }
+    let empty = serde_json::Map::new();
+    let field = |v: &Value| v.get("status").and_then(Value::as_object).cloned();
+    let (a, b) = (field(old), field(new));
+    let (a, b) = (a.as_ref().unwrap_or(&empty), b.as_ref().unwrap_or(&empty));
+    let changed = a
+        .keys()
+        .chain(b.keys())
+        .filter(|k| a.get(*k) != b.get(*k))
+        .find(|k| !MACHINE_STATUS_FIELDS.contains(&k.as_str()));
+    match changed {
+        Some(k) => Err(ApiError::Forbidden(format!(
+            "nodes.groundwork.dev/status is forbidden: User {:?} may write only status.inventory and status.addresses, not status.{k}",
+            user.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Pointing a Node's BMC somewhere (a new address, port, protocol or Credential) makes the
 /// power controller send that Credential's password there: it needs the `use` verb on the
 /// Credential, which the built-in `edit` role does not grant. Otherwise anyone who may edit
@@ -457,6 +495,9 @@ pub(crate) async fn update(
         }
         let next = merge_server_fields(kind, &current, desired, part, name)?;
         let (mut next, warnings) = admit(kind, next, p.field_validation, name)?;
+        if part == Part::Status {
+            check_machine_status(kind, p, &current.object, &next)?;
+        }
         if part == Part::Main {
             cross_check(store, kind, &next, name)?;
             check_credential_use(store, kind, p, Some(&current.object), &next)?;

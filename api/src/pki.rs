@@ -260,8 +260,23 @@ fn key_matches(pem: &str, kp: &KeyPair) -> bool {
         .is_some_and(|k| k == kp.der_bytes())
 }
 
+/// Whether the certificate `der` was issued by the first CA of `bundle` (the one that issues
+/// now): false during a CA rotation for certificates from the CA being replaced.
+pub fn issued_by_first(der: &[u8], bundle: &str) -> bool {
+    let Some(ca) = pem_der(bundle) else {
+        return false;
+    };
+    match (
+        x509_parser::parse_x509_certificate(der),
+        x509_parser::parse_x509_certificate(&ca),
+    ) {
+        (Ok((_, c)), Ok((_, a))) => c.issuer().as_raw() == a.subject().as_raw(),
+        _ => false,
+    }
+}
+
 /// The PEM certificates of a bundle, in order.
-fn pem_certs(pem: &str) -> Vec<String> {
+pub fn pem_certs(pem: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     for line in pem.lines() {
@@ -299,9 +314,8 @@ pub fn rotate(dir: &Path, step: Rotation) -> Result<String, String> {
     );
     let bundle = std::fs::read_to_string(&crt).map_err(|e| format!("{}: {e}", crt.display()))?;
     let certs = pem_certs(&bundle);
-    let write_bundle = |certs: &[String]| {
-        std::fs::write(&crt, certs.concat()).map_err(|e| format!("{}: {e}", crt.display()))
-    };
+    // Replaced atomically: members read it at start.
+    let write_bundle = |certs: &[String]| write_private(&crt, &certs.concat());
     match step {
         Rotation::Begin => {
             if certs.len() != 1 || next.exists() {

@@ -30,6 +30,8 @@ pub struct AgentIdentity {
     pub node: String,
     /// The certificate's serial number (hex): only the Node's current ones are accepted.
     pub serial: String,
+    /// Issued by a CA other than the one that issues now (a CA rotation is under way).
+    pub stale_issuer: bool,
 }
 
 /// A machine's request for its certificate (`POST /agent/join?mac=..`).

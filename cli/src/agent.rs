@@ -318,7 +318,9 @@ async fn join(
                     // Not retried: someone else answers for the boot server.
                     return Ok(None);
                 }
-                ca = Some(pem);
+                // Only the pinned certificate is trusted for the join; the bundle comes
+                // with the answer, over that connection.
+                ca = groundwork_api::pki::pem_certs(&pem).into_iter().next();
             }
             let ca_pem = ca.clone().expect("set above");
             let client = base_client(agent, &ca_pem)?

@@ -412,6 +412,36 @@ pub(crate) async fn retry(kc: Option<PathBuf>, object: &str) -> anyhow::Result<(
     Ok(())
 }
 
+/// Revokes a machine's certificates and every join token issued until now: the Node lists
+/// no certificate, and only a token from a later iPXE script can join again.
+pub(crate) async fn revoke(kc: Option<PathBuf>, object: &str) -> anyhow::Result<()> {
+    let Some((kind, name)) = object.split_once('/') else {
+        bail!("{object:?}: use node/NAME")
+    };
+    let k = resolve_kind(kind)?;
+    if k.kind != "Node" {
+        bail!("{kind}: only Nodes' machine credentials are revoked");
+    }
+    let api = client::connect(kc).await?;
+    // Tokens issued in this second or before are refused (they carry whole seconds).
+    let not_before = jiff::Timestamp::now().as_second() + 1;
+    let body = json!({"status": {"provisioning": {"agent": {
+        "certificates": [],
+        "joinTokenId": format!("revoked-{not_before}"),
+        "joinTokenIssued": not_before,
+    }}}});
+    api.json(
+        http::Method::PATCH,
+        &format!("{}/status", item_path(k, None, name)),
+        Some("application/merge-patch+json"),
+        None,
+        Some(&body),
+    )
+    .await?;
+    println!("node/{name}: machine certificates and join tokens issued until now revoked");
+    Ok(())
+}
+
 pub(crate) async fn logs(
     kc: Option<PathBuf>,
     object: &str,

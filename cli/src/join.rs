@@ -108,12 +108,14 @@ pub(crate) async fn fetch_bundle(
             "the CA served by {addr} has hash {got}, not --ca-cert-hash {ca_hash}: refusing to join"
         );
     }
-    // Step 2: the token, only to a server with a certificate from that CA.
-    let mut trusted = reqwest::Client::builder();
-    for c in reqwest::Certificate::from_pem_bundle(ca.as_bytes())? {
-        trusted = trusted.add_root_certificate(c);
-    }
-    let trusted = trusted
+    // Step 2: the token, only to a server with a certificate from that CA: the pinned
+    // certificate alone (anything appended to it was not pinned).
+    let pinned = groundwork_api::pki::pem_certs(&ca)
+        .into_iter()
+        .next()
+        .context("the CA from --join does not parse")?;
+    let trusted = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(pinned.as_bytes())?)
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         // Any server certificate from the pinned CA is a member's (machines' certificates
@@ -137,6 +139,9 @@ pub(crate) async fn fetch_bundle(
         );
     }
     let b: Bundle = resp.json().await.context("the join answer")?;
+    if groundwork_api::pki::ca_hash(&b.ca_crt).as_deref() != Some(ca_hash) {
+        anyhow::bail!("the CA in {addr}'s join answer is not the pinned one: refusing it");
+    }
     std::fs::create_dir_all(pki_dir).with_context(|| format!("{}", pki_dir.display()))?;
     groundwork_api::pki::write_private(&pki_dir.join("ca.key"), &b.ca_key)
         .map_err(anyhow::Error::msg)?;

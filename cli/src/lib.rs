@@ -55,6 +55,12 @@ enum Command {
     /// Rotate the key that seals Credentials and signs tokens: rotate-key, reseal,
     /// drop-retired.
     Secrets(secrets::SecretsArgs),
+    /// Revoke a machine's certificates and the join tokens issued to it so far (node/NAME):
+    /// it must PXE-boot again to join.
+    Revoke {
+        /// node/NAME
+        object: String,
+    },
     /// Retry a Failed Node now (sets its groundwork.dev/retry annotation).
     Retry {
         /// node/NAME
@@ -169,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pki(args) => pki::run(args),
         Command::Secrets(args) => secrets::run(args, kc).await,
         Command::Retry { object } => commands::retry(kc, &object).await,
+        Command::Revoke { object } => commands::revoke(kc, &object).await,
         Command::Logs {
             object,
             follow,

@@ -289,7 +289,15 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         )?,
     };
     let mut client = crate::agent::agent_client(&creds, Duration::from_secs(10))?;
-    let mut force_renewal = a.renew;
+    // The installer's key sits on a FAT partition (no permissions): replaced at once by one
+    // kept 0600 on the root file system; the server retires the old one when the new is used.
+    let mut force_renewal = a.renew || !saved.exists();
+    let save = |c: &MachineCredentials| {
+        if let Some(dir) = saved.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        groundwork_api::pki::write_private(&saved, &serde_json::to_string(c).unwrap_or_default())
+    };
     let base = crate::agent::agent_base(&creds.agent);
     let mut accepted = 0u32;
     let mut interval = Duration::from_secs(15);
@@ -300,6 +308,7 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             .and_then(|s| s.split('.').next().and_then(|x| x.parse().ok()))
             .unwrap_or(0);
         let beat = Heartbeat {
+            ca_bundle: Some(groundwork_types::agent::bundle_digest(&creds.ca)),
             node: m.node.clone(),
             boot_id: boot_id.clone(),
             addresses: addresses(),
@@ -311,20 +320,18 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             match renew(&client, &base, &m.mac, &creds).await {
                 Ok(c) => {
                     force_renewal = false;
-                    if let Some(dir) = saved.parent() {
-                        let _ = std::fs::create_dir_all(dir);
-                    }
-                    match groundwork_api::pki::write_private(
-                        &saved,
-                        &serde_json::to_string(&c).unwrap_or_default(),
-                    ) {
-                        Ok(()) => eprintln!("groundwork node-agent: certificate renewed"),
+                    // Used only once it is saved: after a reboot the machine must still have
+                    // a certificate the server accepts.
+                    match save(&c) {
+                        Ok(()) => {
+                            eprintln!("groundwork node-agent: certificate renewed");
+                            client = crate::agent::agent_client(&c, Duration::from_secs(10))?;
+                            creds = c;
+                        }
                         Err(e) => eprintln!(
-                            "groundwork node-agent: certificate renewed, but not saved: {e}"
+                            "groundwork node-agent: certificate renewed, but not saved ({e}): keeping the current one"
                         ),
                     }
-                    client = crate::agent::agent_client(&c, Duration::from_secs(10))?;
-                    creds = c;
                 }
                 Err(e) => eprintln!("groundwork node-agent: renewing the certificate: {e}"),
             }
@@ -339,6 +346,29 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             Ok(resp) if resp.status().is_success() => {
                 if let Ok(reply) = resp.json::<HeartbeatReply>().await {
                     interval = Duration::from_secs(reply.interval_seconds.clamp(1, 3600) as u64);
+                    // A CA rotation: trust the new bundle, and renew from the new CA.
+                    if let Some(ca) = reply.ca.filter(|ca| *ca != creds.ca) {
+                        let mut c = creds.clone();
+                        c.ca = ca;
+                        match save(&c).and_then(|()| {
+                            crate::agent::agent_client(&c, Duration::from_secs(10))
+                                .map_err(|e| e.to_string())
+                        }) {
+                            Ok(cl) => {
+                                eprintln!(
+                                    "groundwork node-agent: the cluster's CA bundle changed: updated"
+                                );
+                                client = cl;
+                                creds = c;
+                            }
+                            Err(e) => {
+                                eprintln!("groundwork node-agent: new CA bundle not taken: {e}")
+                            }
+                        }
+                    }
+                    if reply.renew {
+                        force_renewal = true;
+                    }
                     if reply.reboot {
                         eprintln!(
                             "groundwork node-agent: the server asks for a reboot (deprovisioning)"

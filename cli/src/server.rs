@@ -241,6 +241,7 @@ pub(crate) const AGENT_SERVER_NAME: &str = "groundwork-boot";
 /// Turns a verified client certificate from the cluster CA into the machine it names: only
 /// `system:node:NAME` in group `system:nodes`; anything else is not a machine.
 async fn machine_identity(
+    axum::extract::State(ca): axum::extract::State<std::sync::Arc<str>>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -259,6 +260,7 @@ async fn machine_identity(
             Some(groundwork_boot::http::AgentIdentity {
                 node,
                 serial: groundwork_api::pki::serial(&c.0)?,
+                stale_issuer: !groundwork_api::pki::issued_by_first(&c.0, &ca),
             })
         });
     if let Some(id) = id {
@@ -549,12 +551,15 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     groundwork_api::tls::server_config(&ck.cert_pem, &ck.key_pem, pki.ca_pem())
                         .map_err(|e| anyhow::anyhow!("agent API TLS: {e}"))?;
                 let ca_pem = pki.ca_pem().to_string();
-                let pki_dir = pki.dir().to_path_buf();
+                // The CA as loaded at start (a rotation step takes a restart).
+                let ca_for_signing = std::sync::Arc::new(
+                    groundwork_api::pki::Pki::load_or_create(pki.dir())
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                );
                 let hours = args.machine_cert_hours;
                 let signer: groundwork_controller::bootscripts::MachineSigner =
                     std::sync::Arc::new(move |csr: &str, node: &str| {
-                        let pki = groundwork_api::pki::Pki::load_or_create(&pki_dir)?;
-                        let pem = pki.sign_machine(csr, node, hours)?;
+                        let pem = ca_for_signing.sign_machine(csr, node, hours)?;
                         let der = groundwork_api::pki::pem_der(&pem)
                             .ok_or("the issued certificate does not parse")?;
                         let serial = groundwork_api::pki::serial(&der)
@@ -590,8 +595,10 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         tracing::info!(%tftp, http = %http.local_addr()?, agent = ?agent_listener.as_ref().and_then(|(l, _)| l.local_addr().ok()), root = %root.display(), "boot servers ready");
         if let Some((listener, cfg)) = agent_listener {
             let sink: std::sync::Arc<dyn groundwork_boot::http::InventorySink> = scripts.clone();
-            let app = groundwork_boot::http::agent_router(sink)
-                .layer(axum::middleware::from_fn(machine_identity));
+            let bundle: std::sync::Arc<str> = ca_pem.clone().unwrap_or_default().into();
+            let app = groundwork_boot::http::agent_router(sink).layer(
+                axum::middleware::from_fn_with_state(bundle, machine_identity),
+            );
             tokio::spawn(async move {
                 if let Err(e) =
                     groundwork_api::tls::serve(listener, app, cfg, std::future::pending()).await

@@ -579,9 +579,14 @@ impl InventorySink for NodeScripts {
     ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         let interval = self.heartbeat_interval;
+        let ca = self
+            .joining
+            .as_ref()
+            .map(|j| j.ca_pem.clone())
+            .unwrap_or_default();
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
-            Self::heartbeat_for(client, node, mac, beat, interval).await
+            Self::heartbeat_for(client, node, mac, who, beat, interval, ca).await
         })
     }
 }
@@ -676,8 +681,10 @@ impl NodeScripts {
         client: Client,
         node: Node,
         mac: String,
+        who: AgentIdentity,
         beat: serde_json::Value,
         interval: u32,
+        ca: String,
     ) -> Result<serde_json::Value, Refusal> {
         {
             let b: Heartbeat = serde_json::from_value(beat)
@@ -689,6 +696,7 @@ impl NodeScripts {
                 return serde_json::to_value(HeartbeatReply {
                     interval_seconds: interval,
                     reboot: true,
+                    ..Default::default()
                 })
                 .map_err(|e| (500, format!("{e}\n")));
             }
@@ -707,16 +715,35 @@ impl NodeScripts {
             if first {
                 tracing::info!(node = %name, %mac, boot_id = %b.boot_id, addresses = ?b.addresses, applied = b.applied, skipped = ?b.skipped, "node agent checked in");
             }
+            let mut provisioning = json!({"lastHeartbeat": now(), "bootId": b.boot_id});
+            // The newest certificate in use: the one before it (the installer's, on the FAT
+            // partition, or a renewal's predecessor) is no longer accepted.
+            let listed = node
+                .status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .and_then(|p| p.agent.as_ref())
+                .map(|a| a.certificates.clone())
+                .unwrap_or_default();
+            if listed.len() > 1 && listed[0] == who.serial {
+                provisioning["agent"] = json!({"certificates": [who.serial]});
+                tracing::info!(node = %name, %mac, "the machine uses its new certificate: the one before is retired");
+            }
             status_patch(
                 client,
                 name,
-                json!({"addresses": b.addresses, "provisioning": {"lastHeartbeat": now(), "bootId": b.boot_id}}),
+                json!({"addresses": b.addresses, "provisioning": provisioning}),
             )
             .await
             .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
+            let stale_bundle = !ca.is_empty()
+                && b.ca_bundle.as_deref()
+                    != Some(groundwork_types::agent::bundle_digest(&ca).as_str());
             serde_json::to_value(HeartbeatReply {
                 interval_seconds: interval,
                 reboot: false,
+                renew: who.stale_issuer,
+                ca: stale_bundle.then_some(ca),
             })
             .map_err(|e| (500, format!("{e}\n")))
         }

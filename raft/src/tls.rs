@@ -51,8 +51,14 @@ pub(crate) async fn serve(
                 }
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
-            let builder =
+            let mut builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A caller without a certificate (the join routes) must not hold a connection
+            // open by sending nothing.
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(30));
             if let Err(e) = builder
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
                 .await

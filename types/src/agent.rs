@@ -63,6 +63,13 @@ pub struct MachineFile {
     pub checksum: Option<String>,
 }
 
+/// `sha256:HEX` of a whole CA bundle (PEM text), as heartbeats report what they trust.
+pub fn bundle_digest(pem: &str) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, pem.trim().as_bytes());
+    let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
 /// The agent API's address and the machine's identity for it (PEM). `Debug` hides the key.
 #[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -89,6 +96,9 @@ impl std::fmt::Debug for MachineCredentials {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
+    /// SHA-256 (`sha256:HEX` of the whole PEM) of the CA bundle the machine trusts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
     pub node: String,
     /// Changes at every boot (the kernel's boot_id).
     pub boot_id: String,
@@ -104,7 +114,7 @@ pub struct Heartbeat {
 }
 
 /// The server's answer to a heartbeat.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HeartbeatReply {
     pub interval_seconds: u32,
@@ -112,4 +122,11 @@ pub struct HeartbeatReply {
     /// ramdisk, which wipes it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reboot: bool,
+    /// The certificate was issued by a CA being rotated out: renew it now.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew: bool,
+    /// The cluster's CA bundle (PEM), when it is not what the machine trusts: during a CA
+    /// rotation, so the machine trusts the new CA before it issues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }

@@ -243,7 +243,7 @@ pub struct ProvisioningStatus {
 /// (the newest and the one before, so a renewal whose answer was lost does not lock the
 /// machine out). Clearing it revokes the machine's certificates.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", default)]
 pub struct AgentCredentialStatus {
     pub join_token_id: String,
     /// When that token was issued (Unix seconds).
