@@ -186,15 +186,7 @@ fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Respons
 }
 
 async fn collection_request(store: Store, t: Target, req: Req) -> Result<Response> {
-    let Req {
-        method,
-        query,
-        headers,
-        body,
-        user,
-    } = req;
-    let mut p = Params::parse(query.as_deref())?;
-    p.user = user;
+    let (p, method, headers, body) = req.into_parts()?;
     let as_table = table::wants_table(accept(&headers));
     match method {
         Method::GET if p.watch => crate::watch::watch(&store, &t, &p, as_table).await,
@@ -262,15 +254,7 @@ async fn item_request(
     part: Part,
     req: Req,
 ) -> Result<Response> {
-    let Req {
-        method,
-        query,
-        headers,
-        body,
-        user,
-    } = req;
-    let mut p = Params::parse(query.as_deref())?;
-    p.user = user;
+    let (p, method, headers, body) = req.into_parts()?;
     let as_table = table::wants_table(accept(&headers));
     let kind = t.kind;
     match method {
@@ -365,6 +349,15 @@ async fn item_request(
 
 fn into_response(r: Result<Response>) -> Response {
     r.unwrap_or_else(IntoResponse::into_response)
+}
+
+impl Req {
+    /// The query parameters (with the caller), method, headers and body.
+    fn into_parts(self) -> Result<(Params, Method, HeaderMap, Bytes)> {
+        let mut p = Params::parse(self.query.as_deref())?;
+        p.user = self.user;
+        Ok((p, self.method, self.headers, self.body))
+    }
 }
 
 impl<S: Send + Sync> FromRequest<S> for Req {

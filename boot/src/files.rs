@@ -299,6 +299,22 @@ pub struct Prefixed {
     inner: TcpStream,
 }
 
+impl Prefixed {
+    /// Moves the connection to another runtime: the unread prefix and the socket, taken off
+    /// this runtime's reactor (`TcpStream::from_std` registers it on the new one).
+    pub fn into_std(self) -> io::Result<(bytes::Bytes, std::net::TcpStream)> {
+        Ok((self.prefix, self.inner.into_std()?))
+    }
+
+    /// The other half of [`Prefixed::into_std`], on the runtime that serves it now.
+    pub fn from_std(prefix: bytes::Bytes, tcp: std::net::TcpStream) -> io::Result<Prefixed> {
+        Ok(Prefixed {
+            prefix,
+            inner: TcpStream::from_std(tcp)?,
+        })
+    }
+}
+
 impl AsyncRead for Prefixed {
     fn poll_read(
         mut self: Pin<&mut Self>,

@@ -268,69 +268,69 @@ fn reply<T: serde::Serialize>(r: Result<T, (u16, String)>) -> Response {
     }
 }
 
+fn text(r: Result<String, (u16, String)>) -> Response {
+    match r {
+        Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
+        Err((code, msg)) => status_response(code, msg),
+    }
+}
+
 type Who = Option<axum::Extension<AgentIdentity>>;
+type Sink = State<Arc<dyn InventorySink>>;
+
+/// The checked MAC, the caller and the decoded JSON body of an agent call, or its refusal.
+fn checked<B: serde::de::DeserializeOwned>(
+    q: &AgentQuery,
+    who: &Who,
+    body: &[u8],
+    what: &str,
+) -> Result<(String, AgentIdentity, B), (u16, String)> {
+    let (mac, who) = agent_call(q, who.as_deref())?;
+    Ok((mac, who, json_body(body, what)?))
+}
 
 /// The agent API, to be served over TLS (the caller's certificate becomes an
 /// [`AgentIdentity`]): `POST /agent/join` (no certificate yet: the join token), `POST
 /// /agent/renew`, `POST /inventory`, `GET /agent/next`, `POST /agent/report`, `POST
 /// /agent/heartbeat`. Bodies are limited to 1 MiB.
 pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
+    use axum::body::Bytes;
     use axum::routing::post;
     Router::new()
         .route(
             "/agent/join",
             post(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 Query(q): Query<AgentQuery>,
-                 body: axum::body::Bytes| async move {
+                |State(sink): Sink, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     if !valid_mac(&q.mac) {
                         return status_response(400, "mac: not a MAC address\n".into());
                     }
-                    let req: JoinRequest = match json_body(&body, "join request") {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    reply(sink.join(q.mac.to_ascii_lowercase(), req).await)
+                    match json_body::<JoinRequest>(&body, "join request") {
+                        Ok(req) => reply(sink.join(q.mac.to_ascii_lowercase(), req).await),
+                        Err((c, m)) => status_response(c, m),
+                    }
                 },
             ),
         )
         .route(
             "/agent/renew",
             post(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 who: Who,
-                 Query(q): Query<AgentQuery>,
-                 body: axum::body::Bytes| async move {
-                    let (mac, who) = match agent_call(&q, who.as_deref()) {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    let csr = match std::str::from_utf8(&body) {
-                        Ok(t) => t.to_string(),
-                        Err(_) => return status_response(400, "csr: not text\n".into()),
-                    };
-                    reply(sink.renew(mac, who, csr).await)
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
+                    let csr = String::from_utf8(body.to_vec())
+                        .map_err(|_| (400, "csr: not text\n".to_string()));
+                    match agent_call(&q, who.as_deref()).and_then(|(m, w)| Ok((m, w, csr?))) {
+                        Ok((mac, who, csr)) => reply(sink.renew(mac, who, csr).await),
+                        Err((c, m)) => status_response(c, m),
+                    }
                 },
             ),
         )
         .route(
             "/inventory",
             post(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 who: Who,
-                 Query(q): Query<AgentQuery>,
-                 body: axum::body::Bytes| async move {
-                    let (mac, who) = match agent_call(&q, who.as_deref()) {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    let inv = match json_body(&body, "inventory") {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    match sink.report(mac, who, inv).await {
-                        Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
-                        Err((code, msg)) => status_response(code, msg),
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
+                    match checked(&q, &who, &body, "inventory") {
+                        Ok((mac, who, inv)) => text(sink.report(mac, who, inv).await),
+                        Err((c, m)) => status_response(c, m),
                     }
                 },
             ),
@@ -338,35 +338,21 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
         .route(
             "/agent/next",
             get(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 who: Who,
-                 Query(q): Query<AgentQuery>| async move {
-                    let (mac, who) = match agent_call(&q, who.as_deref()) {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    reply(sink.next_task(mac, who).await)
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>| async move {
+                    match agent_call(&q, who.as_deref()) {
+                        Ok((mac, who)) => reply(sink.next_task(mac, who).await),
+                        Err((c, m)) => status_response(c, m),
+                    }
                 },
             ),
         )
         .route(
             "/agent/report",
             post(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 who: Who,
-                 Query(q): Query<AgentQuery>,
-                 body: axum::body::Bytes| async move {
-                    let (mac, who) = match agent_call(&q, who.as_deref()) {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    let v = match json_body(&body, "report") {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    match sink.task_report(mac, who, v).await {
-                        Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
-                        Err((code, msg)) => status_response(code, msg),
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
+                    match checked(&q, &who, &body, "report") {
+                        Ok((mac, who, r)) => text(sink.task_report(mac, who, r).await),
+                        Err((c, m)) => status_response(c, m),
                     }
                 },
             ),
@@ -374,19 +360,11 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
         .route(
             "/agent/heartbeat",
             post(
-                |State(sink): State<Arc<dyn InventorySink>>,
-                 who: Who,
-                 Query(q): Query<AgentQuery>,
-                 body: axum::body::Bytes| async move {
-                    let (mac, who) = match agent_call(&q, who.as_deref()) {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    let v = match json_body(&body, "heartbeat") {
-                        Ok(v) => v,
-                        Err((c, m)) => return status_response(c, m),
-                    };
-                    reply(sink.heartbeat(mac, who, v).await)
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
+                    match checked(&q, &who, &body, "heartbeat") {
+                        Ok((mac, who, b)) => reply(sink.heartbeat(mac, who, b).await),
+                        Err((c, m)) => status_response(c, m),
+                    }
                 },
             ),
         )
@@ -440,6 +418,12 @@ pub fn router(scripts: Arc<dyn ScriptSource>, ca_pem: Option<Arc<str>>) -> Route
 }
 
 /// Serves the boot HTTP routes on `listener` until `shutdown` completes.
+///
+/// Connections are accepted here and served by one event loop per core: a current-thread
+/// runtime on its own thread, as nginx's worker processes, so a file transfer (most of the
+/// bytes) never has its wake-ups cross threads or its task stolen. What hyper answers (iPXE
+/// scripts, `/ca.crt`, errors) goes back to the caller's runtime, where the script source
+/// and its API client live.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     root: &Path,
@@ -449,7 +433,25 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let root = std::sync::Arc::new(std::fs::canonicalize(root)?);
     let app = router(scripts, ca_pem);
+    let main = tokio::runtime::Handle::current();
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 16);
+    let mut queues = Vec::with_capacity(workers);
+    for i in 0..workers {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<std::net::TcpStream>();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (root, app, main) = (root.clone(), app.clone(), main.clone());
+        std::thread::Builder::new()
+            .name(format!("boot-http-{i}"))
+            .spawn(move || rt.block_on(worker(rx, root, app, main)))?;
+        queues.push(tx);
+    }
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut next = 0;
     loop {
         let tcp = tokio::select! {
             r = listener.accept() => match r {
@@ -461,25 +463,70 @@ pub async fn serve(
                     continue;
                 }
             },
+            // Dropping the queues ends the workers.
             _ = &mut shutdown => return Ok(()),
         };
         // Without TCP_NODELAY, a response written as head then body waits out the client's
         // delayed ACK (40 ms) on every keep-alive request.
         let _ = tcp.set_nodelay(true);
-        let (root, app) = (root.clone(), app.clone());
+        match tcp.into_std() {
+            Ok(std) => {
+                if queues[next].send(std).is_err() {
+                    tracing::error!(worker = next, "boot HTTP worker gone");
+                }
+                next = (next + 1) % queues.len();
+            }
+            Err(e) => tracing::warn!(error = %e, "boot HTTP connection lost before serving"),
+        }
+    }
+}
+
+/// One worker's event loop: serves the connections it is handed until the queue closes.
+async fn worker(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<std::net::TcpStream>,
+    root: Arc<std::path::PathBuf>,
+    app: Router,
+    main: tokio::runtime::Handle,
+) {
+    while let Some(std) = rx.recv().await {
+        let tcp = match tokio::net::TcpStream::from_std(std) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "boot HTTP connection not registered");
+                continue;
+            }
+        };
+        let (root, app, main) = (root.clone(), app.clone(), main.clone());
         tokio::spawn(async move {
             crate::files::connection(tcp, &root, is_route, |io| async move {
-                let svc = hyper_util::service::TowerToHyperService::new(app);
-                let io = hyper_util::rt::TokioIo::new(io);
-                // One request, then close: the next request on a kept-alive connection would
-                // otherwise stay with hyper, which cannot sendfile.
-                if let Err(e) = hyper::server::conn::http1::Builder::new()
-                    .keep_alive(false)
-                    .serve_connection(io, svc)
-                    .await
-                {
-                    tracing::debug!(error = %e, "boot HTTP connection ended");
-                }
+                // Not a file: hyper answers it, on the caller's runtime.
+                let (prefix, std) = match io.into_std() {
+                    Ok(v) => v,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "boot HTTP connection lost");
+                        return;
+                    }
+                };
+                main.spawn(async move {
+                    let io = match crate::files::Prefixed::from_std(prefix, std) {
+                        Ok(io) => io,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "boot HTTP connection lost");
+                            return;
+                        }
+                    };
+                    let svc = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(io);
+                    // One request, then close: the next request on a kept-alive connection
+                    // would otherwise stay with hyper, which cannot sendfile.
+                    if let Err(e) = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        .serve_connection(io, svc)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "boot HTTP connection ended");
+                    }
+                });
             })
             .await
         });
