@@ -258,11 +258,24 @@ async fn answer(
     let _ = socket2::SockRef::from(&*tcp).set_tcp_cork(true);
     tcp.write_all(head.as_bytes()).await?;
     let mut off = start as i64;
+    // A client that reads nothing for a minute is dropped. One timer for the whole response,
+    // moved forward at most once a second: re-arming it at every socket wake-up (thousands
+    // per file) cost more than the check is worth.
+    let mut stall = std::pin::pin!(tokio::time::sleep(WRITE_STALL));
+    let mut armed_at = tokio::time::Instant::now();
+    let mut progressed_at = armed_at;
     while (off as u64) < end {
-        // A client that reads nothing for a minute is dropped.
-        tokio::time::timeout(WRITE_STALL, tcp.writable())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"))??;
+        if progressed_at.duration_since(armed_at) >= std::time::Duration::from_secs(1) {
+            stall.as_mut().reset(progressed_at + WRITE_STALL);
+            armed_at = progressed_at;
+        }
+        tokio::select! {
+            biased;
+            r = tcp.writable() => r?,
+            _ = stall.as_mut() => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "client stopped reading"));
+            }
+        }
         let want = (end - off as u64).min(1 << 30) as usize;
         let mut sent = 0;
         let r = tcp.try_io(Interest::WRITABLE, || {
@@ -284,8 +297,12 @@ async fn answer(
                     format!("{} shrank while being sent", full.display()),
                 ));
             }
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(()) => progressed_at = tokio::time::Instant::now(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if sent > 0 {
+                    progressed_at = tokio::time::Instant::now();
+                }
+            }
             Err(e) => return Err(e),
         }
     }
