@@ -403,7 +403,10 @@ pub fn ca_hash(pem: &str) -> Option<String> {
 /// integer it is, whatever padding its encoding has).
 pub fn serial(der: &[u8]) -> Option<String> {
     let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
-    let hex = c.raw_serial_as_string().replace(':', "").to_ascii_lowercase();
+    let hex = c
+        .raw_serial_as_string()
+        .replace(':', "")
+        .to_ascii_lowercase();
     let trimmed = hex.trim_start_matches('0');
     Some(if trimmed.is_empty() { "0" } else { trimmed }.to_string())
 }

@@ -386,14 +386,20 @@ pub(crate) async fn watch(
 /// `groundwork logs KIND/NAME [-f] [--tail N]`: the controllers' log lines about one object.
 /// `groundwork retry node/NAME`: a new value of the retry annotation makes the provisioning
 /// controller retry a Failed Node at once.
-pub(crate) async fn retry(kc: Option<PathBuf>, object: &str) -> anyhow::Result<()> {
+/// `node/NAME` (any spelling of the Node kind): the kind and the name.
+fn node_arg<'a>(object: &'a str, what: &str) -> anyhow::Result<(&'static KindInfo, &'a str)> {
     let Some((kind, name)) = object.split_once('/') else {
         bail!("{object:?}: use node/NAME")
     };
     let k = resolve_kind(kind)?;
     if k.kind != "Node" {
-        bail!("{kind}: only Nodes are retried");
+        bail!("{kind}: only Nodes {what}");
     }
+    Ok((k, name))
+}
+
+pub(crate) async fn retry(kc: Option<PathBuf>, object: &str) -> anyhow::Result<()> {
+    let (k, name) = node_arg(object, "are retried")?;
     let api = client::connect(kc).await?;
     let body = json!({"metadata": {"annotations": {
         groundwork_controller::provision::RETRY_ANNOTATION: jiff::Timestamp::now().to_string()
@@ -415,13 +421,7 @@ pub(crate) async fn retry(kc: Option<PathBuf>, object: &str) -> anyhow::Result<(
 /// Revokes a machine's certificates and every join token issued until now: the Node lists
 /// no certificate, and only a token from a later iPXE script can join again.
 pub(crate) async fn revoke(kc: Option<PathBuf>, object: &str) -> anyhow::Result<()> {
-    let Some((kind, name)) = object.split_once('/') else {
-        bail!("{object:?}: use node/NAME")
-    };
-    let k = resolve_kind(kind)?;
-    if k.kind != "Node" {
-        bail!("{kind}: only Nodes' machine credentials are revoked");
-    }
+    let (k, name) = node_arg(object, "have machine credentials to revoke")?;
     let api = client::connect(kc).await?;
     // Tokens issued in this second or before are refused (they carry whole seconds).
     let not_before = jiff::Timestamp::now().as_second() + 1;
