@@ -460,13 +460,9 @@ pub(crate) async fn update(
 ) -> Result<Written, ApiError> {
     let kind = t.kind;
     let key = t.key(name);
+    let mut caught_up = false;
     for _ in 0..MAX_RETRIES {
-        let Some(current) = store
-            .get(&key)
-            .map_err(|e| ApiError::from_store(e, kind, name))?
-        else {
-            return Err(ApiError::not_found(kind, name));
-        };
+        let current = current_object(store, &key, kind, name).await?;
         let mut desired = change.desired(&current.object).map_err(|e| {
             ApiError::invalid_one(
                 kind,
@@ -484,6 +480,15 @@ pub(crate) async fn update(
             })?),
             _ => None,
         };
+        if let Some(rv) = explicit
+            && rv > current.revision
+            && !caught_up
+        {
+            // This member may be behind the revision the client saw: catch up, then decide.
+            catch_up(store, kind, name).await?;
+            caught_up = true;
+            continue;
+        }
         if let Some(rv) = explicit
             && rv != current.revision
         {
@@ -557,7 +562,9 @@ pub(crate) async fn update(
             Err(groundwork_store::StoreError::Conflict { .. })
                 if explicit.is_none() || matches!(change, Change::Merge(_) | Change::Json(_)) =>
             {
-                // Someone wrote in between; read again and re-apply.
+                // Someone wrote in between (or this member is behind): catch up, read again
+                // and re-apply.
+                catch_up(store, kind, name).await?;
                 continue;
             }
             Err(e) => return Err(ApiError::from_store(e, kind, name)),
@@ -568,6 +575,32 @@ pub(crate) async fn update(
         name,
         "too many concurrent writes to this object; retry",
     ))
+}
+
+/// Waits until this member has applied everything the leader had committed (a read index;
+/// nothing on a single server).
+async fn catch_up(store: &Store, kind: &'static KindInfo, name: &str) -> Result<(), ApiError> {
+    store
+        .linearize()
+        .await
+        .map_err(|e| ApiError::from_store(e, kind, name))
+}
+
+/// The stored object to change. A member that does not have it may be a follower still
+/// catching up (after a restart, or a partition): it reads again after catching up before
+/// answering 404.
+async fn current_object(
+    store: &Store,
+    key: &str,
+    kind: &'static KindInfo,
+    name: &str,
+) -> Result<StoredObject, ApiError> {
+    let read = || store.get(key).map_err(|e| ApiError::from_store(e, kind, name));
+    if let Some(c) = read()? {
+        return Ok(c);
+    }
+    catch_up(store, kind, name).await?;
+    read()?.ok_or_else(|| ApiError::not_found(kind, name))
 }
 
 /// Carries server-owned fields over from the current object and keeps writes to their part.
@@ -693,12 +726,7 @@ pub(crate) async fn delete(
             .is_some_and(|d| d.iter().any(|x| x == "All"));
     let pre = opts.preconditions.as_ref();
     for _ in 0..MAX_RETRIES {
-        let Some(current) = store
-            .get(&key)
-            .map_err(|e| ApiError::from_store(e, kind, name))?
-        else {
-            return Err(ApiError::not_found(kind, name));
-        };
+        let current = current_object(store, &key, kind, name).await?;
         if let Some(uid) = pre.and_then(|p| p.uid.as_deref())
             && meta_str(&current.object, "uid") != Some(uid)
         {
@@ -778,6 +806,7 @@ pub(crate) async fn delete(
             Err(groundwork_store::StoreError::Conflict { .. })
                 if pre.is_none_or(|p| p.resource_version.is_none()) =>
             {
+                catch_up(store, kind, name).await?;
                 continue;
             }
             Err(e) => return Err(ApiError::from_store(e, kind, name)),
