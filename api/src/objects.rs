@@ -595,7 +595,11 @@ async fn current_object(
     kind: &'static KindInfo,
     name: &str,
 ) -> Result<StoredObject, ApiError> {
-    let read = || store.get(key).map_err(|e| ApiError::from_store(e, kind, name));
+    let read = || {
+        store
+            .get(key)
+            .map_err(|e| ApiError::from_store(e, kind, name))
+    };
     if let Some(c) = read()? {
         return Ok(c);
     }
