@@ -725,17 +725,18 @@ impl NodeScripts {
                 .and_then(|p| p.agent.as_ref())
                 .map(|a| a.certificates.clone())
                 .unwrap_or_default();
+            let mut patch = json!({"status": {"addresses": b.addresses}});
             if listed.len() > 1 && listed[0] == who.serial {
                 provisioning["agent"] = json!({"certificates": [who.serial]});
+                // Against the list read: a renewal in between is never undone.
+                patch["metadata"] = json!({"resourceVersion": node.resource_version()});
                 tracing::info!(node = %name, %mac, "the machine uses its new certificate: the one before is retired");
             }
-            status_patch(
-                client,
-                name,
-                json!({"addresses": b.addresses, "provisioning": provisioning}),
-            )
-            .await
-            .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
+            patch["status"]["provisioning"] = provisioning;
+            Api::<Node>::all(client)
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
             let stale_bundle = !ca.is_empty()
                 && b.ca_bundle.as_deref()
                     != Some(groundwork_types::agent::bundle_digest(&ca).as_str());
