@@ -388,15 +388,7 @@ pub fn key_and_request(cn: &str) -> Result<(String, String), String> {
 /// `sha256:HEX` of the first certificate's DER: how a joining member or a booting machine
 /// pins the cluster CA it fetched over an untrusted network.
 pub fn ca_hash(pem: &str) -> Option<String> {
-    let der = pem_der(pem)?;
-    let d = ring::digest::digest(&ring::digest::SHA256, &der);
-    Some(format!(
-        "sha256:{}",
-        d.as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    ))
+    Some(groundwork_types::agent::sha256_tag(&pem_der(pem)?))
 }
 
 /// The serial number of a certificate (DER): lowercase hex without leading zeros (as the

@@ -63,11 +63,16 @@ pub struct MachineFile {
     pub checksum: Option<String>,
 }
 
-/// `sha256:HEX` of a whole CA bundle (PEM text), as heartbeats report what they trust.
-pub fn bundle_digest(pem: &str) -> String {
-    let d = ring::digest::digest(&ring::digest::SHA256, pem.trim().as_bytes());
+/// `sha256:HEX` of some bytes: how checksums and pins are written.
+pub fn sha256_tag(bytes: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
     let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
+}
+
+/// `sha256:HEX` of a whole CA bundle (PEM text), as heartbeats report what they trust.
+pub fn bundle_digest(pem: &str) -> String {
+    sha256_tag(pem.trim().as_bytes())
 }
 
 /// The agent API's address and the machine's identity for it (PEM). `Debug` hides the key.
