@@ -67,7 +67,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
     match a.cmd {
         ClusterCmd::Status { output } => {
             let s: serde_json::Value = http
-                .get(format!("{base}/raft/v1/status"))
+                .get(format!("{base}/raft/v2/status"))
                 .send()
                 .await
                 .with_context(|| format!("no raft member answers at {}", a.raft))?
@@ -125,7 +125,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             post(
                 &http,
                 &base,
-                "/raft/v1/join",
+                "/raft/v2/join",
                 serde_json::json!({"id": id, "addr": addr}),
             )
             .await
@@ -135,7 +135,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
             post(
                 &http,
                 &base,
-                "/raft/v1/remove",
+                "/raft/v2/remove",
                 serde_json::json!({"id": id}),
             )
             .await

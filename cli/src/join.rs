@@ -31,15 +31,15 @@ struct Bundle {
     secret_key: String,
 }
 
-/// The routes a caller without a certificate may reach on the raft port: `GET /raft/v1/ca`
-/// (public) and `POST /raft/v1/join-bundle` (with a join token).
+/// The routes a caller without a certificate may reach on the raft port: `GET /raft/v2/ca`
+/// (public) and `POST /raft/v2/join-bundle` (with a join token).
 pub(crate) fn public_router(pki_dir: &Path, key: SecretKey) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::{get, post};
     let (dir_ca, dir_bundle) = (pki_dir.to_path_buf(), pki_dir.to_path_buf());
     axum::Router::new()
         .route(
-            "/raft/v1/ca",
+            "/raft/v2/ca",
             get(move || {
                 let dir = dir_ca.clone();
                 async move {
@@ -49,7 +49,7 @@ pub(crate) fn public_router(pki_dir: &Path, key: SecretKey) -> axum::Router {
             }),
         )
         .route(
-            "/raft/v1/join-bundle",
+            "/raft/v2/join-bundle",
             post(move |body: axum::Json<JoinRequest>| {
                 let (dir, key) = (dir_bundle.clone(), key.clone());
                 async move {
@@ -95,7 +95,7 @@ pub(crate) async fn fetch_bundle(
         .timeout(Duration::from_secs(10))
         .build()?;
     let ca = insecure
-        .get(format!("{base}/raft/v1/ca"))
+        .get(format!("{base}/raft/v2/ca"))
         .send()
         .await
         .and_then(|r| r.error_for_status())
@@ -124,7 +124,7 @@ pub(crate) async fn fetch_bundle(
         .timeout(Duration::from_secs(10))
         .build()?;
     let resp = trusted
-        .post(format!("{base}/raft/v1/join-bundle"))
+        .post(format!("{base}/raft/v2/join-bundle"))
         .json(&JoinRequest {
             token: token.to_string(),
         })

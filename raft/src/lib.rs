@@ -3,7 +3,7 @@
 //! raft log index, so it is the same on every member and a watch can resume on any of them.
 //!
 //! Members talk JSON over HTTP on their raft port (`--raft-listen`), under a protocol version
-//! prefix (`/raft/v1/`): the three raft RPCs (`append`, `vote`, `snapshot`), plus what
+//! prefix (`/raft/v2/`): the three raft RPCs (`append`, `vote`, `snapshot`), plus what
 //! followers ask the leader: `write` (a forwarded write), `read-index` (the commit index a
 //! linearizable read must wait for), `join` and `remove` (membership), and `status`. A member
 //! of another protocol version answers 404, which the caller reports as unreachable.
@@ -24,24 +24,35 @@ use groundwork_store::{BoxFuture, Committed, Proposer, Store, StoreError, WriteO
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, Raft};
 use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 pub use server::router;
 
 pub type NodeId = u64;
 
 openraft::declare_raft_types!(
-    /// Groundwork's raft types: store operations in, apply results out.
+    /// Groundwork's raft types: batches of store operations in, their results out.
     pub TypeConfig:
-        D = WriteOp,
+        D = Batch,
         R = Applied,
 );
 
-/// The result of applying one entry, returned to the writer.
+/// The application data of one log entry: the writes that reached the leader together, applied
+/// in order. One entry (one log append, one fsync on each member) carries many writes: group
+/// commit, since openraft 0.9 appends each proposal to the leader's log on its own.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub enum Applied {
-    /// A blank or membership entry.
-    #[default]
-    None,
+#[serde(transparent)]
+pub struct Batch(pub Vec<WriteOp>);
+
+/// The results of applying one entry, one per operation of its batch (none for a blank or
+/// membership entry), returned to the writers.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Applied(pub Vec<Outcome>);
+
+/// The result of one write.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Outcome {
     Ok {
         revision: u64,
         object: serde_json::Value,
@@ -154,6 +165,79 @@ pub struct Member {
     store: Store,
     http: reqwest::Client,
     opts: Options,
+    /// Writes waiting to be proposed together ([`batch_loop`]).
+    batcher: mpsc::Sender<Submit>,
+    /// The last log index at start: a lower bound for the read index while this member leads.
+    /// A member that was the leader before a restart resumes as the leader of the same term
+    /// without openraft's no-op entry, so openraft's read index can then be its committed
+    /// index from before the stop, below writes it acknowledged; every entry in the leader's
+    /// log will commit, so waiting for them is safe.
+    start_floor: u64,
+}
+
+/// A write handed to the batcher, and where its result goes.
+struct Submit {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Outcome, Refused>>,
+}
+
+/// Why the leader did not take a write.
+pub(crate) enum Refused {
+    /// This member is not (or no longer) the leader: nothing was written.
+    NotLeader(Option<NodeId>),
+    /// Anything else (the write may or may not have been applied).
+    Failed(String),
+}
+
+/// Most writes in one log entry.
+const MAX_BATCH: usize = 256;
+/// Entries proposed and not yet applied at a time. While they are in flight, new writes queue
+/// up and go together in the next entry: the busier the leader, the larger its batches, while
+/// a lone write is proposed at once.
+const IN_FLIGHT: usize = 4;
+
+/// Proposes queued writes, as many as are waiting (up to [`MAX_BATCH`]) in each entry.
+async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (ops, replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|s| (s.op, s.reply)).unzip();
+            let r = raft.client_write(Batch(ops)).await;
+            drop(slot);
+            match r {
+                Ok(resp) => {
+                    // One outcome per operation; a reply without one is dropped, and its
+                    // writer reports the write as lost.
+                    for (reply, out) in replies.into_iter().zip(resp.data.0) {
+                        let _ = reply.send(Ok(out));
+                    }
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(Refused::NotLeader(f.leader_id)));
+                    }
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(Refused::Failed(e.clone())));
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// A failure to reach or use the group, as the API reports it.
@@ -189,6 +273,7 @@ impl Member {
     pub async fn start(
         id: NodeId,
         store: Store,
+        log_path: &std::path::Path,
         listener: tokio::net::TcpListener,
         join: Option<String>,
         opts: Options,
@@ -233,6 +318,16 @@ impl Member {
         }
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let http = http.build().map_err(|e| e.to_string())?;
+        let mut log = storage::LogStore::open(log_path, &store)?;
+        let start_floor = {
+            use openraft::storage::RaftLogStorage;
+            log.get_log_state()
+                .await
+                .map_err(|e| format!("raft log: {e}"))?
+                .last_log_id
+                .map(|l| l.index)
+                .unwrap_or(0)
+        };
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -240,11 +335,14 @@ impl Member {
                 http: http.clone(),
                 scheme,
             },
-            storage::LogStore::new(store.clone()),
+            log,
             storage::StateMachine::new(store.clone()),
         )
         .await
         .map_err(|e| format!("raft: {e}"))?;
+        store.spawn_flusher(storage::FLUSH_EVERY);
+        let (batcher, queued) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(batch_loop(raft.clone(), queued));
         let member = Member {
             id,
             addr: addr.clone(),
@@ -252,6 +350,8 @@ impl Member {
             store: store.clone(),
             http,
             opts,
+            batcher,
+            start_floor,
         };
         let app = router(member.clone());
         match &member.opts.tls {
@@ -314,7 +414,7 @@ impl Member {
                 addr: self.addr.clone(),
             };
             match self
-                .post::<_, String>(&peer, "/raft/v1/join", &req, Duration::from_secs(60))
+                .post::<_, String>(&peer, "/raft/v2/join", &req, Duration::from_secs(60))
                 .await
             {
                 Ok(Ok(m)) => {
@@ -382,19 +482,19 @@ impl Member {
         loop {
             let (leader, addr) = self.leader().await?;
             let applied = if leader == self.id {
-                match tokio::time::timeout_at(deadline, self.raft.client_write(op.clone())).await {
+                match tokio::time::timeout_at(deadline, self.submit(op.clone())).await {
                     Err(_) => {
                         return Err(unavailable(
                             "the write was not committed in time (no quorum?); it may still apply",
                         ));
                     }
-                    Ok(Ok(r)) => r.data,
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Ok(Ok(o)) => o,
+                    Ok(Err(Refused::NotLeader(_))) => {
                         // Leadership moved before the entry was accepted: nothing was written.
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
-                    Ok(Err(e)) => return Err(unavailable(e)),
+                    Ok(Err(Refused::Failed(e))) => return Err(unavailable(e)),
                 }
             } else {
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -409,7 +509,7 @@ impl Member {
                         .await;
                 };
                 let forwarded = tokio::select! {
-                    r = self.post::<_, Applied>(&addr, "/raft/v1/write", &op, left) => r,
+                    r = self.post::<_, Outcome>(&addr, "/raft/v2/write", &op, left) => r,
                     _ = deposed => Err(format!(
                         "the leader at {addr} was replaced while the write was pending; it may or may not have been applied"
                     )),
@@ -430,29 +530,39 @@ impl Member {
                 }
             };
             return match applied {
-                Applied::Ok { revision, object } => {
+                Outcome::Ok { revision, object } => {
                     // Read-your-writes on this member.
                     self.store
                         .wait_applied(revision, self.opts.request_timeout)
                         .await?;
                     Ok(Committed { revision, object })
                 }
-                Applied::Rejected(r) => Err(r.into()),
-                Applied::None => Err(StoreError::Storage(
-                    "the log entry applied without a result".into(),
-                )),
+                Outcome::Rejected(r) => Err(r.into()),
             };
         }
+    }
+
+    /// Hands `op` to the batcher and waits for its outcome (this member must be the leader).
+    pub(crate) async fn submit(&self, op: WriteOp) -> Result<Outcome, Refused> {
+        let (reply, rx) = oneshot::channel();
+        self.batcher
+            .send(Submit { op, reply })
+            .await
+            .map_err(|_| Refused::Failed("the raft member is stopping".into()))?;
+        rx.await.map_err(|_| {
+            Refused::Failed(
+                "the write's log entry ended without its result; it may have been applied".into(),
+            )
+        })?
     }
 
     /// The commit index a linearizable read must see, from the leader (read index).
     pub(crate) async fn read_index(&self) -> Result<u64, StoreError> {
         let (leader, addr) = self.leader().await?;
         if leader == self.id {
-            let r =
-                tokio::time::timeout(self.opts.request_timeout, self.raft.get_read_log_id()).await;
+            let r = tokio::time::timeout(self.opts.request_timeout, self.leader_read_index()).await;
             return match r {
-                Ok(Ok((read, _applied))) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                Ok(Ok(i)) => Ok(i),
                 Ok(Err(e)) => Err(unavailable(e)),
                 Err(_) => Err(unavailable(
                     "the leader could not confirm its leadership in time (no quorum?)",
@@ -460,7 +570,7 @@ impl Member {
             };
         }
         match self
-            .post::<_, u64>(&addr, "/raft/v1/read-index", &(), self.opts.request_timeout)
+            .post::<_, u64>(&addr, "/raft/v2/read-index", &(), self.opts.request_timeout)
             .await
         {
             Ok(Ok(i)) => Ok(i),
@@ -469,6 +579,17 @@ impl Member {
                 "asking the leader at {addr} for the read index failed: {e}"
             ))),
         }
+    }
+
+    /// The read index, asked of this member as the leader: openraft's (the commit index,
+    /// after confirming leadership with a quorum), at least [`Member::start_floor`].
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, String> {
+        let (read, _) = self
+            .raft
+            .get_read_log_id()
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(read.map(|l| l.index).unwrap_or(0).max(self.start_floor))
     }
 
     /// Adds a member: learner first (it catches up), then voter.
@@ -547,7 +668,7 @@ impl Proposer for Member {
         Box::pin(async move {
             let index = self.read_index().await?;
             self.store
-                .wait_applied(index, self.opts.request_timeout)
+                .wait_applied_index(index, self.opts.request_timeout)
                 .await
         })
     }

@@ -81,7 +81,7 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/v1/append", &rpc, option.hard_ttl()).await
+        self.call("/raft/v2/append", &rpc, option.hard_ttl()).await
     }
 
     async fn install_snapshot(
@@ -92,7 +92,7 @@ impl RaftNetwork<TypeConfig> for Client {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/v1/snapshot", &rpc, option.hard_ttl())
+        self.call("/raft/v2/snapshot", &rpc, option.hard_ttl())
             .await
     }
 
@@ -101,6 +101,6 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/v1/vote", &rpc, option.hard_ttl()).await
+        self.call("/raft/v2/vote", &rpc, option.hard_ttl()).await
     }
 }

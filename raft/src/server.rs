@@ -3,11 +3,10 @@
 use axum::extract::State;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::{Applied, Member, NodeId, TypeConfig};
+use crate::{Member, NodeId, Outcome, Refused, TypeConfig};
 
 /// The prefix of the error a member that is not the leader answers forwarded requests with.
 pub const NOT_LEADER: &str = "not the leader";
@@ -27,7 +26,7 @@ pub struct RemoveRequest {
 pub fn router(m: Member) -> Router {
     Router::new()
         .route(
-            "/raft/v1/append",
+            "/raft/v2/append",
             post(
                 |State(m): State<Member>, Json(r): Json<AppendEntriesRequest<TypeConfig>>| async move {
                     Json(m.raft.append_entries(r).await)
@@ -35,13 +34,13 @@ pub fn router(m: Member) -> Router {
             ),
         )
         .route(
-            "/raft/v1/vote",
+            "/raft/v2/vote",
             post(|State(m): State<Member>, Json(r): Json<VoteRequest<NodeId>>| async move {
                 Json(m.raft.vote(r).await)
             }),
         )
         .route(
-            "/raft/v1/snapshot",
+            "/raft/v2/snapshot",
             post(
                 |State(m): State<Member>, Json(r): Json<InstallSnapshotRequest<TypeConfig>>| async move {
                     Json(m.raft.install_snapshot(r).await)
@@ -49,44 +48,42 @@ pub fn router(m: Member) -> Router {
             ),
         )
         .route(
-            "/raft/v1/write",
+            "/raft/v2/write",
             post(|State(m): State<Member>, Json(op): Json<groundwork_store::WriteOp>| async move {
-                let r: Result<Applied, String> = match m.raft.client_write(op).await {
-                    Ok(r) => Ok(r.data),
-                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                        Err(format!("{NOT_LEADER} (leader: {:?})", f.leader_id))
-                    }
-                    Err(e) => Err(e.to_string()),
+                let r: Result<Outcome, String> = match m.submit(op).await {
+                    Ok(o) => Ok(o),
+                    Err(Refused::NotLeader(l)) => Err(format!("{NOT_LEADER} (leader: {l:?})")),
+                    Err(Refused::Failed(e)) => Err(e),
                 };
                 Json(r)
             }),
         )
         .route(
-            "/raft/v1/read-index",
+            "/raft/v2/read-index",
             post(|State(m): State<Member>| async move {
-                let r: Result<u64, String> = match m.raft.get_read_log_id().await {
-                    Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+                let r: Result<u64, String> = match m.leader_read_index().await {
+                    Ok(i) => Ok(i),
                     Err(e) => Err(format!("{NOT_LEADER}: {e}")),
                 };
                 Json(r)
             }),
         )
         .route(
-            "/raft/v1/join",
+            "/raft/v2/join",
             post(|State(m): State<Member>, Json(j): Json<JoinRequest>| async move {
                 let (id, addr) = (j.id, j.addr.clone());
-                Json(forward_or(&m, "/raft/v1/join", &j, |m| async move { m.add_member(id, addr).await }).await)
+                Json(forward_or(&m, "/raft/v2/join", &j, |m| async move { m.add_member(id, addr).await }).await)
             }),
         )
         .route(
-            "/raft/v1/remove",
+            "/raft/v2/remove",
             post(|State(m): State<Member>, Json(r): Json<RemoveRequest>| async move {
                 let id = r.id;
-                Json(forward_or(&m, "/raft/v1/remove", &r, |m| async move { m.remove_member(id).await }).await)
+                Json(forward_or(&m, "/raft/v2/remove", &r, |m| async move { m.remove_member(id).await }).await)
             }),
         )
         .route(
-            "/raft/v1/status",
+            "/raft/v2/status",
             get(|State(m): State<Member>| async move { Json(m.status()) }),
         )
         .with_state(m)

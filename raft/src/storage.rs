@@ -1,8 +1,14 @@
-//! openraft's storage over the object store's redb file: the log and the vote in their own
-//! tables, the state machine is the store itself (objects, history, revision), with the last
-//! applied log id and membership written in the same transaction as the entries they cover.
-//! Every log append and every apply is a durable (fsync'd) commit; openraft batches entries
-//! into both, so one fsync covers many writes.
+//! openraft's storage: the log, the vote and the committed log id in a redb file of their own
+//! (`raft-log.redb`); the state machine is the object store itself (objects, history,
+//! revision), with the last applied log id and membership written in the same transaction as
+//! the entries they cover.
+//!
+//! The log is the durable record: every append is an fsync'd commit (one per batch of
+//! entries). Applying is not fsync'd: the store's file is made durable every
+//! [`FLUSH_EVERY`] and before a snapshot is built (which lets openraft purge the log behind
+//! it). A crash loses at most the applies since the last flush, which openraft applies again
+//! from the log at start (up to the committed log id saved with the log, then as the leader
+//! commits), as etcd re-applies its WAL over its backend's last commit.
 
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -16,7 +22,7 @@ use openraft::{
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::{Applied, NodeId, Rejected, TypeConfig};
+use crate::{Applied, NodeId, Outcome, Rejected, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
 type SError = StorageError<NodeId>;
@@ -34,15 +40,45 @@ fn any(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
 }
 
-/// The raft log and vote, in the store's database.
+/// How often the state machine's applies are made durable.
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The raft log, vote and committed log id, in their own database file.
 #[derive(Clone)]
 pub struct LogStore {
-    store: Store,
+    db: Arc<redb::Database>,
+    /// The last committed log id openraft reported, written with the next append (a stale
+    /// value is safe: it only bounds what is applied again at start).
+    committed: Arc<Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl LogStore {
-    pub fn new(store: Store) -> Self {
-        LogStore { store }
+    /// Opens (or creates) the log file. Refuses a store whose raft log was kept inside the
+    /// object store's file (Groundwork before the batched log format): its entries cannot be
+    /// read by this version.
+    pub fn open(path: &std::path::Path, store: &Store) -> Result<LogStore, String> {
+        let legacy = {
+            let txn = store.database().begin_read().map_err(|e| e.to_string())?;
+            match txn.open_table(LOG) {
+                Ok(t) => t.first().map_err(|e| e.to_string())?.is_some(),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        if legacy && !path.exists() {
+            return Err(format!(
+                "this data directory holds a raft log in the format of an earlier Groundwork \
+                 (inside the object store's file), which this version cannot read; export the \
+                 objects with the earlier version (`kubectl get ... -o yaml`) and apply them to a \
+                 new cluster (CHANGELOG.md, \"Raft log format\"); {} was not created",
+                path.display()
+            ));
+        }
+        let db = redb::Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(LogStore {
+            db: Arc::new(db),
+            committed: Default::default(),
+        })
     }
 
     /// Runs `f` on `def` in a read transaction; `absent` when the table was never created.
@@ -52,11 +88,7 @@ impl LogStore {
         absent: R,
         f: impl FnOnce(&redb::ReadOnlyTable<K, &'static [u8]>) -> Result<R, String>,
     ) -> Result<R, String> {
-        let txn = self
-            .store
-            .database()
-            .begin_read()
-            .map_err(|e| e.to_string())?;
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
         match txn.open_table(def) {
             Ok(t) => f(&t),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(absent),
@@ -69,11 +101,7 @@ impl LogStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
     ) -> Result<(), String> {
-        let txn = self
-            .store
-            .database()
-            .begin_write()
-            .map_err(|e| e.to_string())?;
+        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
         f(&txn)?;
         txn.commit().map_err(|e| e.to_string())
     }
@@ -164,6 +192,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(any(e)).into())
     }
 
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), SError> {
+        // Kept until the next append's durable commit (no fsync of its own).
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, SError> {
+        let saved = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        if saved.is_some() {
+            return Ok(saved);
+        }
+        self.meta("committed")
+            .map_err(|e| StorageIOError::read_logs(any(e)).into())
+    }
+
     async fn append<I>(
         &mut self,
         entries: I,
@@ -173,11 +216,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
         let written = self.with_write(|txn| {
             let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
             for e in entries {
                 let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
                 t.insert(e.log_id.index, bytes.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Some(c) = committed {
+                let bytes = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
+                txn.open_table(LOG_META)
+                    .map_err(|e| e.to_string())?
+                    .insert("committed", bytes.as_slice())
                     .map_err(|e| e.to_string())?;
             }
             Ok(())
@@ -332,8 +383,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         ),
         SError,
     > {
-        self.applied()
-            .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
+        let (applied, membership) = self
+            .applied()
+            .map_err(|e| StorageIOError::read_state_machine(any(e)))?;
+        self.store
+            .set_applied_index(applied.map(|l| l.index).unwrap_or(0));
+        Ok((applied, membership))
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, SError>
@@ -346,17 +401,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut membership = None;
         for e in entries {
             last = Some(e.log_id);
-            let op = match e.payload {
-                EntryPayload::Blank => None,
-                EntryPayload::Normal(op) => Some(op),
+            let ops = match e.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(b) => b.0,
                 EntryPayload::Membership(m) => {
                     membership = Some(StoredMembership::new(Some(e.log_id), m));
-                    None
+                    Vec::new()
                 }
             };
             batch.push(SmEntry {
                 index: e.log_id.index,
-                op,
+                ops,
             });
         }
         let Some(last) = last else { return Ok(vec![]) };
@@ -366,23 +421,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let results = self
             .store
-            // Durable. (Deferring this fsync to the log's next append lost the last applied
-            // entry across a full-group SIGKILL in tests/raft.rs: openraft did not re-apply it.
-            // To be understood before trying again.)
-            .apply_entries(&batch, &meta, true)
+            // Not fsync'd: the log is the durable record (see the module's documentation).
+            .apply_entries(&batch, &meta, false)
             .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         let mut out = Vec::with_capacity(results.len());
-        for r in results {
-            out.push(match r {
-                None => Applied::None,
-                Some(Ok(c)) => Applied::Ok {
-                    revision: c.revision,
-                    object: c.object,
-                },
-                Some(Err(e)) => Applied::Rejected(
-                    rejected(e).map_err(|e| StorageIOError::write_state_machine(any(e)))?,
-                ),
-            });
+        for entry in results {
+            let mut outcomes = Vec::with_capacity(entry.len());
+            for r in entry {
+                outcomes.push(match r {
+                    Ok(c) => Outcome::Ok {
+                        revision: c.revision,
+                        object: c.object,
+                    },
+                    Err(e) => Outcome::Rejected(
+                        rejected(e).map_err(|e| StorageIOError::write_state_machine(any(e)))?,
+                    ),
+                });
+            }
+            out.push(Applied(outcomes));
         }
         Ok(out)
     }
@@ -410,11 +466,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         dump.meta.push(("applied".into(), enc(&meta.last_log_id)));
         dump.meta
             .push(("membership".into(), enc(&meta.last_membership)));
-        if let Some(l) = meta.last_log_id {
-            dump.revision = dump.revision.max(l.index);
-        }
         self.store
-            .restore(&dump)
+            .restore(&dump, meta.last_log_id.map(|l| l.index).unwrap_or(0))
             .map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((meta.clone(), data));
         Ok(())
@@ -465,7 +518,8 @@ mod suite {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
                 .expect("store opens");
-            Ok((dir, LogStore::new(store.clone()), StateMachine::new(store)))
+            let log = LogStore::open(&dir.path().join("log"), &store).expect("log opens");
+            Ok((dir, log, StateMachine::new(store)))
         }
     }
 

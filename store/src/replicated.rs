@@ -1,5 +1,8 @@
-//! The store as a raft state machine: operations arrive with their log index, which becomes
-//! their revision (`resourceVersion`), so every member assigns the same one. The raft layer
+//! The store as a raft state machine: entries arrive in log order, each a batch of operations,
+//! and every operation that passes its precondition gets the next revision
+//! (`resourceVersion`), as in etcd. Every member applies the same entries in the same order
+//! from the same state, so every member assigns the same revisions; the revision is in the
+//! snapshot with the objects. The raft layer
 //! (crate `groundwork-raft`) keeps its log in the same redb file ([`Store::database`]) and its
 //! state-machine metadata (last applied log id, membership) next to the objects, written in
 //! the same transaction as the operations it describes.
@@ -31,10 +34,11 @@ pub trait Proposer: Send + Sync + 'static {
     fn linearize(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
-/// One replicated entry to apply: its log index and, for application entries, the operation.
+/// One replicated entry to apply: its log index and its operations (none for blank and
+/// membership entries).
 pub struct Entry {
     pub index: u64,
-    pub op: Option<WriteOp>,
+    pub ops: Vec<WriteOp>,
 }
 
 /// A point-in-time copy of the state machine.
@@ -91,9 +95,9 @@ impl Store {
     }
 
     /// Applies replicated entries in one transaction, with `meta` (the raft metadata after the
-    /// last of them) in the same transaction. Each operation's revision is its index; entries
-    /// without one (blank, membership) only advance the revision. Returns one result per entry
-    /// (`None` for entries without an operation).
+    /// last of them) in the same transaction. Each operation that passes its precondition gets
+    /// the next revision; a rejected one consumes none. Returns, per entry, one result per
+    /// operation.
     ///
     /// With `durable: false` the commit is not fsync'd: it becomes durable with the next
     /// durable commit to the same file (the raft log's next append, or [`Store::flush`]); a
@@ -103,7 +107,7 @@ impl Store {
         entries: &[Entry],
         meta: &[(&str, Vec<u8>)],
         durable: bool,
-    ) -> Result<Vec<Option<Result<Committed, StoreError>>>, StoreError> {
+    ) -> Result<Vec<Vec<Result<Committed, StoreError>>>, StoreError> {
         let inner = &self.inner;
         let mut txn = inner.db.begin_write()?;
         if !durable {
@@ -111,7 +115,8 @@ impl Store {
         }
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
-        let mut last = inner.revision.load(Ordering::Acquire);
+        let mut rev = inner.revision.load(Ordering::Acquire);
+        let mut index = *inner.applied_index.borrow();
         {
             let mut objects = txn.open_table(OBJECTS)?;
             let mut hist = txn.open_table(HISTORY)?;
@@ -120,36 +125,88 @@ impl Store {
             // openraft hands each entry to the state machine once (it resumes from the applied
             // log id stored with the objects), so nothing is skipped here.
             for e in entries {
-                last = last.max(e.index);
-                match &e.op {
-                    None => results.push(None),
-                    Some(op) => match apply_one(&mut objects, &mut hist, op, e.index)? {
+                index = index.max(e.index);
+                let mut out = Vec::with_capacity(e.ops.len());
+                for op in &e.ops {
+                    match apply_one(&mut objects, &mut hist, op, rev + 1)? {
                         Ok(event) => {
-                            results.push(Some(Ok(Committed {
-                                revision: e.index,
+                            rev += 1;
+                            out.push(Ok(Committed {
+                                revision: rev,
                                 object: event.object.clone(),
-                            })));
+                            }));
                             events.push(event);
                         }
-                        Err(rejected) => results.push(Some(Err(rejected))),
-                    },
+                        Err(rejected) => out.push(Err(rejected)),
+                    }
                 }
+                results.push(out);
             }
-            m.insert("revision", last)?;
+            m.insert("revision", rev)?;
             for (k, v) in meta {
                 sm.insert(*k, v.as_slice())?;
             }
         }
         txn.commit()?;
-        inner.revision.store(last, Ordering::Release);
+        inner.revision.store(rev, Ordering::Release);
         for e in events {
             let _ = inner.events.send(Arc::new(e));
         }
-        inner.applied.send_replace(last);
+        inner.applied.send_replace(rev);
+        inner.applied_index.send_replace(index);
         if let Err(e) = crate::history::maybe_compact(inner, inner.retention) {
             tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
         }
         Ok(results)
+    }
+
+    /// Records the raft log index the state reflects (at start, and after a snapshot).
+    pub fn set_applied_index(&self, index: u64) {
+        self.inner.applied_index.send_replace(index);
+    }
+
+    /// Waits until this member has applied the raft log up to `index` (bounded by `timeout`).
+    pub async fn wait_applied_index(
+        &self,
+        index: u64,
+        timeout: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        let mut rx = self.inner.applied_index.subscribe();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index)).await;
+        match r {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "log index {index} not applied here within {timeout:?}"
+            ))),
+        }
+    }
+
+    /// Makes applied state durable every `every` while the store is open (replicated mode,
+    /// where applies are not fsync'd: see [`Store::apply_entries`]).
+    pub fn spawn_flusher(&self, every: std::time::Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut flushed = None;
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let index = *inner.applied_index.borrow();
+                if flushed == Some(index) {
+                    continue;
+                }
+                let store = Store { inner };
+                match tokio::task::spawn_blocking(move || store.flush()).await {
+                    Ok(Ok(())) => flushed = Some(index),
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "making applied writes durable failed; retrying")
+                    }
+                    Err(e) => tracing::error!(error = %e, "the store's flush task failed"),
+                }
+            }
+        });
     }
 
     /// Makes every earlier commit durable (an empty fsync'd commit).
@@ -186,9 +243,10 @@ impl Store {
         })
     }
 
-    /// Replaces the whole state with `dump` (a snapshot from the leader). History is cleared:
+    /// Replaces the whole state with `dump` (a snapshot from the leader, covering the log up to
+    /// `index`). History is cleared:
     /// watches from before it get `Compacted` (410) and relist; open watches are ended.
-    pub fn restore(&self, dump: &Dump) -> Result<(), StoreError> {
+    pub fn restore(&self, dump: &Dump, index: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
         let txn = inner.db.begin_write()?;
         {
@@ -212,6 +270,7 @@ impl Store {
         inner.compacted.store(dump.revision, Ordering::Release);
         inner.resets.fetch_add(1, Ordering::AcqRel);
         inner.applied.send_replace(dump.revision);
+        inner.applied_index.send_replace(index);
         tracing::info!(
             revision = dump.revision,
             objects = dump.objects.len(),

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     pub(crate) compacted: AtomicU64,
     /// The last applied revision, for waiters ([`Store::wait_applied`]).
     pub(crate) applied: tokio::sync::watch::Sender<u64>,
+    /// Replicated mode: the last raft log index applied ([`Store::wait_applied_index`]).
+    pub(crate) applied_index: tokio::sync::watch::Sender<u64>,
     /// Bumped when the state is replaced by a snapshot: open watches end.
     pub(crate) resets: AtomicU64,
     pub(crate) retention: u64,
@@ -130,6 +132,7 @@ impl Store {
             revision: AtomicU64::new(revision),
             compacted: AtomicU64::new(compacted),
             applied: tokio::sync::watch::Sender::new(revision),
+            applied_index: tokio::sync::watch::Sender::new(0),
             resets: AtomicU64::new(0),
             retention: config.history_retention,
             proposer: Default::default(),
