@@ -4,7 +4,7 @@
 //! store, so invalid input never changes stored state.
 
 use axum::http::StatusCode;
-use groundwork_store::{Precondition, Store, StoredObject, WriteOp};
+use groundwork_store::{Json, Precondition, Store, StoredObject, WriteOp, set_resource_version};
 use groundwork_types::{FieldError, KindInfo, check_object_name};
 use jiff::Timestamp;
 use serde_json::{Map, Value, json};
@@ -404,18 +404,20 @@ pub(crate) async fn create(
             warnings,
         });
     }
+    let mut obj = obj;
     let c = store
         .write(WriteOp::Put {
             key: t.key(&name),
-            value: obj,
+            value: stored_form(&mut obj),
             precondition: Precondition::MustNotExist,
         })
         .await
         .map_err(|e| ApiError::from_store(e, kind, &name))?;
     tracing::info!(kind = kind.kind, name, revision = c.revision, "created");
+    set_resource_version(&mut obj, c.revision);
     Ok(Written {
         code: StatusCode::CREATED,
-        object: c.object,
+        object: obj,
         warnings,
     })
 }
@@ -536,7 +538,7 @@ pub(crate) async fn update(
         } else {
             WriteOp::Put {
                 key: key.clone(),
-                value: next,
+                value: stored_form(&mut next),
                 precondition: Precondition::Revision(current.revision),
             }
         };
@@ -553,9 +555,15 @@ pub(crate) async fn update(
                 } else {
                     tracing::debug!(kind = kind.kind, name, revision = c.revision, "updated");
                 }
+                let object = if is_delete {
+                    decoded(&c)?
+                } else {
+                    set_resource_version(&mut next, c.revision);
+                    next
+                };
                 return Ok(Written {
                     code: StatusCode::OK,
-                    object: c.object,
+                    object,
                     warnings,
                 });
             }
@@ -575,6 +583,22 @@ pub(crate) async fn update(
         name,
         "too many concurrent writes to this object; retry",
     ))
+}
+
+/// The text the store keeps for `obj`, which is left without `metadata.resourceVersion` (the
+/// revision it is stored at: the caller sets it from the write's result).
+fn stored_form(obj: &mut Value) -> Json {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    Json::encode(obj)
+}
+
+/// The object a write returned, at its revision.
+fn decoded(c: &groundwork_store::Committed) -> Result<Value, ApiError> {
+    c.object
+        .decode(c.revision)
+        .map_err(|e| ApiError::Internal(format!("the stored object does not parse: {e}")))
 }
 
 /// Waits until this member has applied everything the leader had committed (a read index;
@@ -775,7 +799,7 @@ pub(crate) async fn delete(
             m.insert("generation".into(), (g + 1).into());
             WriteOp::Put {
                 key: key.clone(),
-                value: next,
+                value: stored_form(&mut next),
                 precondition: Precondition::Revision(current.revision),
             }
         };
@@ -803,7 +827,8 @@ pub(crate) async fn delete(
                 };
                 return Ok(Written {
                     code,
-                    object: c.object,
+                    // The object as stored (graceful) or its last state (deleted).
+                    object: decoded(&c)?,
                     warnings: vec![],
                 });
             }

@@ -130,8 +130,8 @@ pub(crate) async fn watch(
                         if !e.key.starts_with(&prefix) {
                             continue;
                         }
-                        let now_matches = matches(&e.object);
-                        let before = e.prev.as_ref().is_some_and(&matches);
+                        let now_matches = matches(e.object());
+                        let before = e.prev().is_some_and(&matches);
                         let type_ = match (e.type_, before, now_matches) {
                             (EventType::Added, _, true) => "ADDED",
                             (EventType::Modified, true, true) => "MODIFIED",
@@ -141,7 +141,7 @@ pub(crate) async fn watch(
                             _ => continue,
                         };
                         ticks.reset();
-                        line(type_, render(e.object.clone()))
+                        line(type_, render(e.object().clone()))
                     }
                     Err(e @ StoreError::Compacted { .. }) => {
                         let _ = tx.send(Ok(expired(&e))).await;

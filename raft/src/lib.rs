@@ -55,7 +55,7 @@ pub struct Applied(pub Vec<Outcome>);
 pub enum Outcome {
     Ok {
         revision: u64,
-        object: serde_json::Value,
+        object: groundwork_store::Json,
     },
     /// A failed precondition: nothing was written.
     Rejected(Rejected),

@@ -6,7 +6,88 @@ use std::sync::atomic::Ordering;
 use redb::ReadableDatabase;
 
 use crate::store::{HISTORY, Inner, META};
-use crate::{StoreError, WatchEvent};
+use crate::{EventType, Json, StoreError, WatchEvent};
+
+/// The history record format: a version byte, then the event type, the key, the object and
+/// the previous object (absent: length `u32::MAX`), each text prefixed with its length (u32
+/// little-endian). The revision is the record's key. Records of earlier versions are JSON
+/// (they start with `{`) and are still read.
+const RECORD_V1: u8 = 1;
+
+pub(crate) fn encode(e: &WatchEvent) -> Vec<u8> {
+    let obj = e.raw.as_str().as_bytes();
+    let prev = e.raw_prev.as_ref().map(|p| p.as_str().as_bytes());
+    let mut out =
+        Vec::with_capacity(14 + e.key.len() + obj.len() + prev.map(|p| p.len()).unwrap_or(0));
+    out.push(RECORD_V1);
+    out.push(match e.type_ {
+        EventType::Added => 0,
+        EventType::Modified => 1,
+        EventType::Deleted => 2,
+    });
+    for part in [Some(e.key.as_bytes()), Some(obj), prev] {
+        match part {
+            Some(p) => {
+                out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+                out.extend_from_slice(p);
+            }
+            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn decode(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
+    let bad = || StoreError::Storage(format!("history record {revision} is malformed"));
+    if b.first() == Some(&b'{') {
+        return decode_json(revision, b);
+    }
+    if b.first() != Some(&RECORD_V1) || b.len() < 2 {
+        return Err(bad());
+    }
+    let type_ = match b[1] {
+        0 => EventType::Added,
+        1 => EventType::Modified,
+        2 => EventType::Deleted,
+        _ => return Err(bad()),
+    };
+    let mut rest = &b[2..];
+    let mut take = || -> Result<Option<&[u8]>, StoreError> {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
+        let len = u32::from_le_bytes(*len);
+        if len == u32::MAX {
+            rest = tail;
+            return Ok(None);
+        }
+        let len = len as usize;
+        if tail.len() < len {
+            return Err(bad());
+        }
+        let (part, tail) = tail.split_at(len);
+        rest = tail;
+        Ok(Some(part))
+    };
+    let key = take()?.ok_or_else(bad)?;
+    let key = std::str::from_utf8(key).map_err(|_| bad())?.to_string();
+    let object = Json::from_stored(take()?.ok_or_else(bad)?)?;
+    let prev = take()?.map(Json::from_stored).transpose()?;
+    Ok(WatchEvent::new(revision, type_, key, object, prev))
+}
+
+/// A record written before the binary format: a JSON event.
+fn decode_json(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
+    #[derive(serde::Deserialize)]
+    struct Old {
+        #[serde(rename = "type")]
+        type_: EventType,
+        key: String,
+        object: Json,
+        #[serde(default)]
+        prev: Option<Json>,
+    }
+    let o: Old = serde_json::from_slice(b)?;
+    Ok(WatchEvent::new(revision, o.type_, o.key, o.object, o.prev))
+}
 
 /// Every event after `revision`, read in one snapshot that also checks that history still
 /// reaches back that far (so a concurrent compaction cannot open a silent gap).
@@ -26,8 +107,8 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
     let table = txn.open_table(HISTORY)?;
     let mut out = Vec::new();
     for entry in table.range((revision + 1)..)? {
-        let (_, v) = entry?;
-        out.push(Arc::new(serde_json::from_slice::<WatchEvent>(v.value())?));
+        let (k, v) = entry?;
+        out.push(Arc::new(decode(k.value(), v.value())?));
     }
     Ok(out)
 }

@@ -3,8 +3,8 @@
 //! replay from. Every acknowledged write is durable (fsynced) before it is acknowledged.
 //!
 //! The store is the state machine of the API server. In a single-member server, writes are
-//! batched by one writer thread (group commit); with raft, the same operations become log
-//! entries and the revision is the log index. Callers only see [`Store`].
+//! batched by one writer thread (group commit); with raft, the same operations travel in log
+//! entries and every member applies them in order. Callers only see [`Store`].
 
 mod error;
 mod history;
@@ -14,7 +14,9 @@ mod store;
 mod watch;
 
 pub use error::StoreError;
-pub use ops::{Committed, EventType, Precondition, WatchEvent, WriteOp};
+pub use ops::{
+    Committed, EventType, Json, Precondition, WatchEvent, WriteOp, set_resource_version,
+};
 pub use replicated::{BoxFuture, Dump, Entry, Proposer};
 pub use store::{ListPage, Store, StoreConfig, StoredObject};
 pub use watch::WatchStream;

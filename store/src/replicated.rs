@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use serde_json::Value;
 
 use crate::store::{HISTORY, META, OBJECTS, apply_one, read_revision};
-use crate::{Committed, Store, StoreError, WriteOp};
+use crate::{Committed, Json, Store, StoreError, WriteOp};
 
 /// Raft state-machine metadata, opaque to the store ("applied", "membership").
 pub(crate) const RAFT_SM: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_sm");
@@ -48,7 +47,7 @@ pub struct Dump {
     /// Raft metadata stored with the objects (`RAFT_SM`), by name.
     pub meta: Vec<(String, Vec<u8>)>,
     /// key, revision of last change, object.
-    pub objects: Vec<(String, u64, Value)>,
+    pub objects: Vec<(String, u64, Json)>,
 }
 
 impl Store {
@@ -133,7 +132,7 @@ impl Store {
                             rev += 1;
                             out.push(Ok(Committed {
                                 revision: rev,
-                                object: event.object.clone(),
+                                object: event.raw.clone(),
                             }));
                             events.push(event);
                         }
@@ -234,7 +233,7 @@ impl Store {
         for e in txn.open_table(OBJECTS)?.iter()? {
             let (k, v) = e?;
             let (rev, bytes) = v.value();
-            objects.push((k.value().to_string(), rev, serde_json::from_slice(bytes)?));
+            objects.push((k.value().to_string(), rev, Json::from_stored(bytes)?));
         }
         Ok(Dump {
             revision,
@@ -253,7 +252,7 @@ impl Store {
             let mut objects = txn.open_table(OBJECTS)?;
             objects.retain(|_, _| false)?;
             for (k, rev, v) in &dump.objects {
-                objects.insert(k.as_str(), (*rev, serde_json::to_vec(v)?.as_slice()))?;
+                objects.insert(k.as_str(), (*rev, v.as_str().as_bytes()))?;
             }
             txn.open_table(HISTORY)?.retain(|_, _| false)?;
             let mut m = txn.open_table(META)?;

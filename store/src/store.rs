@@ -10,11 +10,15 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::history;
-use crate::{Committed, EventType, Precondition, StoreError, WatchEvent, WatchStream, WriteOp};
+use crate::{
+    Committed, EventType, Json, Precondition, StoreError, WatchEvent, WatchStream, WriteOp,
+    set_resource_version,
+};
 
-/// Live objects: key → (revision of last change, JSON bytes).
+/// Live objects: key → (revision of last change, JSON text; its resourceVersion is the
+/// revision, set when read).
 pub(crate) const OBJECTS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("objects");
-/// Change history: revision → JSON [`WatchEvent`].
+/// Change history: revision → change record (`history::encode`).
 pub(crate) const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history");
 /// Counters: "revision" (last assigned) and "compacted" (history holds revisions above it).
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -180,7 +184,7 @@ impl Store {
                 let (revision, bytes) = g.value();
                 Ok(Some(StoredObject {
                     revision,
-                    object: serde_json::from_slice(bytes)?,
+                    object: parse_stored(bytes, revision)?,
                 }))
             }
             None => Ok(None),
@@ -213,7 +217,7 @@ impl Store {
                 break;
             }
             let (rev, bytes) = v.value();
-            let object: Value = serde_json::from_slice(bytes)?;
+            let object = parse_stored(bytes, rev)?;
             if !filter(&object) {
                 continue;
             }
@@ -247,6 +251,13 @@ impl Store {
         let pending = history::after(&self.inner, revision)?;
         Ok(WatchStream::new(self.clone(), rx, revision, pending))
     }
+}
+
+/// A stored object's text, parsed, with `metadata.resourceVersion` set to its revision.
+fn parse_stored(bytes: &[u8], revision: u64) -> Result<Value, StoreError> {
+    let mut v: Value = serde_json::from_slice(bytes)?;
+    set_resource_version(&mut v, revision);
+    Ok(v)
 }
 
 /// The store's revision as of a read snapshot.
@@ -314,7 +325,7 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
                     rev += 1;
                     results.push(Ok(Committed {
                         revision: rev,
-                        object: event.object.clone(),
+                        object: event.raw.clone(),
                     }));
                     events.push(event);
                 }
@@ -330,6 +341,7 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
 
 /// Applies `op` at revision `rev` inside a write transaction. The outer error is a storage
 /// failure (abort the transaction); the inner one a failed precondition (nothing written).
+/// Objects are stored and recorded as the text the writer encoded: nothing is parsed here.
 pub(crate) fn apply_one(
     objects: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
     hist: &mut redb::Table<'_, u64, &'static [u8]>,
@@ -337,10 +349,10 @@ pub(crate) fn apply_one(
     rev: u64,
 ) -> Result<Result<WatchEvent, StoreError>, StoreError> {
     let key = op.key();
-    let current: Option<(u64, Value)> = match objects.get(key)? {
+    let current: Option<(u64, Json)> = match objects.get(key)? {
         Some(g) => {
             let (r, b) = g.value();
-            Some((r, serde_json::from_slice(b)?))
+            Some((r, Json::from_stored(b)?))
         }
         None => None,
     };
@@ -357,38 +369,33 @@ pub(crate) fn apply_one(
     }
     let event = match op {
         WriteOp::Put { value, .. } => {
-            let mut value = value.clone();
-            set_resource_version(&mut value, rev);
-            let bytes = serde_json::to_vec(&value)?;
-            objects.insert(key, (rev, bytes.as_slice()))?;
+            objects.insert(key, (rev, value.as_str().as_bytes()))?;
             let type_ = if current.is_some() {
                 EventType::Modified
             } else {
                 EventType::Added
             };
-            WatchEvent {
-                revision: rev,
+            WatchEvent::new(
+                rev,
                 type_,
-                key: key.to_string(),
-                object: value,
-                prev: current.map(|c| c.1),
-            }
+                key.to_string(),
+                value.clone(),
+                current.map(|c| c.1),
+            )
         }
         WriteOp::Delete { .. } => {
             objects.remove(key)?;
-            let (_, mut last) = current.expect("checked: exists");
-            let prev = last.clone();
-            set_resource_version(&mut last, rev);
-            WatchEvent {
-                revision: rev,
-                type_: EventType::Deleted,
-                key: key.to_string(),
-                object: last,
-                prev: Some(prev),
-            }
+            let (_, last) = current.expect("checked: exists");
+            WatchEvent::new(
+                rev,
+                EventType::Deleted,
+                key.to_string(),
+                last.clone(),
+                Some(last),
+            )
         }
     };
-    hist.insert(rev, serde_json::to_vec(&event)?.as_slice())?;
+    hist.insert(rev, history::encode(&event).as_slice())?;
     Ok(Ok(event))
 }
 
@@ -411,17 +418,6 @@ fn check(
             actual: have,
         }),
         _ => Ok(()),
-    }
-}
-
-fn set_resource_version(v: &mut Value, rev: u64) {
-    if let Some(obj) = v.as_object_mut() {
-        let meta = obj
-            .entry("metadata")
-            .or_insert_with(|| Value::Object(Default::default()));
-        if let Some(m) = meta.as_object_mut() {
-            m.insert("resourceVersion".into(), Value::String(rev.to_string()));
-        }
     }
 }
 

@@ -1,6 +1,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::EventType;
 
 fn open(dir: &tempfile::TempDir, retention: u64) -> Store {
     let mut c = StoreConfig::new(dir.path().join("db.redb"));
@@ -11,7 +12,7 @@ fn open(dir: &tempfile::TempDir, retention: u64) -> Store {
 fn put(key: &str, v: Value, pre: Precondition) -> WriteOp {
     WriteOp::Put {
         key: key.into(),
-        value: v,
+        value: Json::encode(&v),
         precondition: pre,
     }
 }
@@ -30,7 +31,10 @@ async fn preconditions_and_revisions() {
         .await
         .unwrap();
     assert_eq!(a.revision, 2);
-    assert_eq!(a.object["metadata"]["resourceVersion"], "2");
+    assert_eq!(
+        a.object.decode(a.revision).unwrap()["metadata"]["resourceVersion"],
+        "2"
+    );
     let dup = s
         .write(put("k/a", json!({}), Precondition::MustNotExist))
         .await;
@@ -73,7 +77,11 @@ async fn preconditions_and_revisions() {
         .await
         .unwrap();
     assert_eq!(d.revision, 4);
-    assert_eq!(d.object["x"], 1, "a delete returns the last state");
+    assert_eq!(
+        d.object.decode(d.revision).unwrap()["x"],
+        1,
+        "a delete returns the last state"
+    );
     assert!(s.get("k/a").unwrap().is_none());
 }
 
@@ -161,8 +169,44 @@ async fn watch_replays_then_streams_without_gaps() {
             .unwrap()
             .unwrap();
         assert_eq!(e.revision, want);
+        // The object as written, at its revision, and the one it replaced.
+        assert_eq!(e.object()["i"], want - 2);
+        assert_eq!(e.object()["metadata"]["resourceVersion"], want.to_string());
+        assert_eq!(e.prev().unwrap()["i"], want - 3);
+        assert_eq!(e.type_, EventType::Modified);
     }
     writer.await.unwrap();
+}
+
+#[tokio::test]
+async fn history_written_as_json_by_earlier_versions_is_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    s.write(put("k/a", json!({"v": 1}), Precondition::None))
+        .await
+        .unwrap();
+    // Revision 3, as an earlier version recorded it (a JSON event with its object inline).
+    {
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(HISTORY)
+            .unwrap()
+            .insert(
+                3u64,
+                br#"{"revision":3,"type":"MODIFIED","key":"k/a","object":{"v":2,"metadata":{"resourceVersion":"3"}},"prev":{"v":1}}"#
+                    .as_slice(),
+            )
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let mut w = s.watch(1).unwrap();
+    let first = w.recv().await.unwrap();
+    assert_eq!((first.revision, first.type_), (2, EventType::Added));
+    assert_eq!(first.object()["v"], 1);
+    assert!(first.prev().is_none());
+    let old = w.recv().await.unwrap();
+    assert_eq!((old.revision, old.type_), (3, EventType::Modified));
+    assert_eq!(old.object()["v"], 2);
+    assert_eq!(old.prev().unwrap()["v"], 1);
 }
 
 #[tokio::test]
