@@ -42,10 +42,12 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
 }
 
 impl Client {
+    /// POSTs `req` as JSON (serialised into a buffer of `size_hint` bytes).
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
         req: &Req,
+        size_hint: usize,
         timeout: Duration,
     ) -> Result<Resp, RPCError<NodeId, BasicNode, E>>
     where
@@ -53,11 +55,15 @@ impl Client {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        let mut body = Vec::with_capacity(size_hint);
+        serde_json::to_writer(&mut body, req)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let r = self
             .http
             .post(format!("{}://{}{path}", self.scheme, self.addr))
             .timeout(timeout)
-            .json(req)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
             .send()
             .await
             .map_err(|e| {
@@ -81,7 +87,14 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/v2/append", &rpc, option.hard_ttl()).await
+        let hint = 256
+            + rpc
+                .entries
+                .iter()
+                .map(crate::entry_size_hint)
+                .sum::<usize>();
+        self.call("/raft/v2/append", &rpc, hint, option.hard_ttl())
+            .await
     }
 
     async fn install_snapshot(
@@ -92,8 +105,13 @@ impl RaftNetwork<TypeConfig> for Client {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("/raft/v2/snapshot", &rpc, option.hard_ttl())
-            .await
+        self.call(
+            "/raft/v2/snapshot",
+            &rpc,
+            256 + 2 * rpc.data.len(),
+            option.hard_ttl(),
+        )
+        .await
     }
 
     async fn vote(
@@ -101,6 +119,7 @@ impl RaftNetwork<TypeConfig> for Client {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.call("/raft/v2/vote", &rpc, option.hard_ttl()).await
+        self.call("/raft/v2/vote", &rpc, 256, option.hard_ttl())
+            .await
     }
 }

@@ -43,10 +43,66 @@ fn any(e: impl std::fmt::Display) -> AnyError {
 /// How often the state machine's applies are made durable.
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The newest log entries, as appended, so replication to followers that keep up reads them
+/// from memory rather than from the file (and does not parse them again for each follower).
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+/// At most this many bytes of entries (by their JSON size) are kept in [`Recent`].
+const RECENT_BYTES: usize = 32 << 20;
+
+impl Recent {
+    fn push(&mut self, e: Entry) {
+        // A gap (after a snapshot install or a truncation the cache did not see) restarts it.
+        if self
+            .entries
+            .back()
+            .is_some_and(|b| b.log_id.index + 1 != e.log_id.index)
+        {
+            self.clear();
+        }
+        self.bytes += crate::entry_size_hint(&e);
+        self.entries.push_back(e);
+        while self.bytes > RECENT_BYTES {
+            match self.entries.pop_front() {
+                Some(old) => self.bytes -= crate::entry_size_hint(&old),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Drops entries at or after `index` (truncate), or up to and including it (purge).
+    fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.entries.retain(|e| keep(e.log_id.index));
+        self.bytes = self.entries.iter().map(crate::entry_size_hint).sum();
+    }
+
+    /// The entries in `[start, end)`, if all are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if start < first || end > last + 1 || start > end {
+            return None;
+        }
+        let from = (start - first) as usize;
+        let to = (end - first) as usize;
+        Some(self.entries.range(from..to).cloned().collect())
+    }
+}
+
 /// The raft log, vote and committed log id, in their own database file.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<redb::Database>,
+    recent: Arc<Mutex<Recent>>,
     /// The last committed log id openraft reported, written with the next append (a stale
     /// value is safe: it only bounds what is applied again at start).
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
@@ -77,6 +133,7 @@ impl LogStore {
         let db = redb::Database::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(LogStore {
             db: Arc::new(db),
+            recent: Default::default(),
             committed: Default::default(),
         })
     }
@@ -146,6 +203,25 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, SError> {
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
+        let start = match bounds.0 {
+            std::ops::Bound::Included(i) => Some(i),
+            std::ops::Bound::Excluded(i) => i.checked_add(1),
+            std::ops::Bound::Unbounded => None,
+        };
+        let end = match bounds.1 {
+            std::ops::Bound::Included(i) => i.checked_add(1),
+            std::ops::Bound::Excluded(i) => Some(i),
+            std::ops::Bound::Unbounded => None,
+        };
+        if let (Some(start), Some(end)) = (start, end)
+            && let Some(hit) = self
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(start, end)
+        {
+            return Ok(hit);
+        }
         let read = || {
             self.with_table(LOG, vec![], |t| {
                 let mut out = Vec::new();
@@ -217,11 +293,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
+        let entries: Vec<Entry> = entries.into_iter().collect();
         let written = self.with_write(|txn| {
             let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            for e in entries {
-                let bytes = serde_json::to_vec(&e).map_err(|e| e.to_string())?;
-                t.insert(e.log_id.index, bytes.as_slice())
+            let mut buf = Vec::new();
+            for e in &entries {
+                buf.clear();
+                buf.reserve(crate::entry_size_hint(e));
+                serde_json::to_writer(&mut buf, e).map_err(|e| e.to_string())?;
+                t.insert(e.log_id.index, buf.as_slice())
                     .map_err(|e| e.to_string())?;
             }
             if let Some(c) = committed {
@@ -235,6 +315,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         });
         match written {
             Ok(()) => {
+                let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+                for e in entries {
+                    recent.push(e);
+                }
+                drop(recent);
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
@@ -246,6 +331,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|i| i < log_id.index);
         self.with_write(|txn| {
             txn.open_table(LOG)
                 .map_err(|e| e.to_string())?
@@ -256,6 +345,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|i| i > log_id.index);
         let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
         self.with_write(|txn| {
             txn.open_table(LOG_META)
