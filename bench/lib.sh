@@ -1,12 +1,13 @@
 # Shared by the bench/ scripts (sourced, not run).
 
-# Runs the shared store harness ($1/store.sh, env from the caller) with bench/put.lua in place
-# of the shared put.lua: every k8s-mode write changes the object (see bench/put.lua's header).
+# Runs the shared store harness ($1/store.sh, env from the caller) with bench/put.lua and
+# bench/watchlat.py in place of the shared ones: every k8s-mode write changes the object, and
+# k8s-mode watchers start from a list's resourceVersion (see each file's header).
 run_store_harness() {
   local shared=$1 h
   "$shared/limits.sh" || true
   h=$(mktemp -d /tmp/gw-store-bench.XXXXXX)
-  cp -r "$shared"/. "$h"/ && cp bench/put.lua "$h/put.lua"
+  cp -r "$shared"/. "$h"/ && cp bench/put.lua "$h/put.lua" && cp bench/watchlat.py "$h/watchlat.py"
   trap "rm -rf '$h'" EXIT
   "$h/store.sh"
 }
