@@ -106,6 +106,14 @@ impl ApiError {
                 "too old resource version: {requested} ({compacted})"
             )),
             StoreError::Unavailable(m) => ApiError::Unavailable(m),
+            StoreError::TooLarge { size, limit, .. } => Self::invalid_one(
+                kind,
+                name,
+                FieldError::invalid(
+                    "",
+                    format!("the object is {size} bytes as JSON, more than the limit of {limit}"),
+                ),
+            ),
             e @ (StoreError::Storage(_) | StoreError::Closed) => ApiError::Internal(e.to_string()),
         }
     }

@@ -159,7 +159,8 @@ fn list(store: &Store, t: &Target, p: &Params, as_table: bool) -> Result<Respons
             &t.prefix(),
             token.as_ref().map(|t| t.after.as_str()),
             p.limit,
-            &filter,
+            p.has_selector()
+                .then_some(&filter as &dyn Fn(&Value) -> bool),
         )
         .map_err(|e| ApiError::from_store(e, kind, ""))?;
     // Every page of one list reports the first page's revision, so a watch started from it
@@ -211,7 +212,7 @@ async fn collection_request(store: Store, t: Target, req: Req) -> Result<Respons
             // deletecollection: delete every object the selectors match.
             let matches = p.selector(t.kind)?;
             let page = store
-                .list(&t.prefix(), None, 0, &matches)
+                .list(&t.prefix(), None, 0, Some(&matches))
                 .map_err(|e| ApiError::from_store(e, t.kind, ""))?;
             let mut items = Vec::new();
             for s in page.items {

@@ -113,6 +113,17 @@ impl Params {
         Ok(move |o: &serde_json::Value| labels.matches(o) && fields.matches(o))
     }
 
+    /// Whether the request selects by label or field.
+    pub fn has_selector(&self) -> bool {
+        self.label_selector
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+            || self
+                .field_selector
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
+    }
+
     /// The requested resourceVersion as a number; `None` for absent or "0" ("any").
     pub fn resource_version_number(&self) -> Result<Option<u64>, ApiError> {
         match self.resource_version.as_deref() {

@@ -154,7 +154,7 @@ fn authorize_one(store: &Store, user: &UserInfo, a: &Attributes) -> Result<(), S
             "rbac.authorization.k8s.io/clusterrolebindings/",
             None,
             0,
-            &|_| true,
+            None,
         )
         .map_err(|e| format!("reading bindings: {e}"))?;
     for item in bindings.items {

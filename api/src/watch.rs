@@ -59,7 +59,7 @@ pub(crate) async fn watch(
 
     let (start, initial) = if requested.is_none() || p.send_initial_events {
         let page = store
-            .list(&prefix, None, 0, &matches)
+            .list(&prefix, None, 0, Some(&matches))
             .map_err(|e| ApiError::from_store(e, kind, ""))?;
         (
             page.revision,

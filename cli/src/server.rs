@@ -31,8 +31,9 @@ pub(crate) struct ServerArgs {
     /// The CA the --join member must present (sha256:HEX, printed with the join token).
     #[arg(long, requires = "join_token")]
     ca_cert_hash: Option<String>,
-    /// Raft: take a snapshot after this many log entries.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Raft: take a snapshot after this many log entries (and purge the log behind it). An
+    /// entry holds the writes that reached the leader together, up to 1 MiB.
+    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
     raft_snapshot_every: u64,
     /// Raft: log entries kept behind a snapshot (followers further behind get the snapshot).
     #[arg(long, default_value_t = 1000)]

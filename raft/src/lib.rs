@@ -163,7 +163,7 @@ impl Default for Options {
             heartbeat: Duration::from_millis(150),
             election_min: Duration::from_millis(750),
             election_max: Duration::from_millis(1500),
-            snapshot_every: 20_000,
+            snapshot_every: 2_000,
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
             tls: None,
@@ -214,9 +214,10 @@ const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Most log entries in one append RPC.
 const MAX_PAYLOAD_ENTRIES: u64 = 32;
 /// The largest request the raft port takes: [`MAX_PAYLOAD_ENTRIES`] entries of
-/// [`MAX_BATCH_BYTES`] and a last object of up to the API's own limit, or a snapshot chunk
-/// (3 MiB of data, up to 4 bytes each as JSON).
-pub(crate) const MAX_RPC_BYTES: usize = 128 << 20;
+/// [`MAX_BATCH_BYTES`] and a last object of up to the store's limit
+/// ([`groundwork_store::MAX_OBJECT_BYTES`]), or a snapshot chunk (3 MiB of data, up to 4 bytes
+/// each as JSON).
+pub(crate) const MAX_RPC_BYTES: usize = 192 << 20;
 
 /// About how many bytes an operation takes as JSON (counted against [`MAX_BATCH_BYTES`]).
 fn op_size(op: &WriteOp) -> usize {
@@ -244,6 +245,9 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             match rx.try_recv() {
+                // A writer that gave up (timed out, or the follower that forwarded it hung
+                // up) was told the write may still apply; not proposing it is simpler for it.
+                Ok(s) if s.reply.is_closed() => {}
                 Ok(s) => {
                     bytes += op_size(&s.op);
                     batch.push(s);
@@ -631,7 +635,13 @@ impl Member {
             .get_read_log_id()
             .await
             .map_err(|e| e.to_string())?;
-        Ok(read.map(|l| l.index).unwrap_or(0).max(self.start_floor))
+        // The floor, but never beyond this member's log: entries of it a later leader
+        // truncated (it was not a leader of their term then) will not commit.
+        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        Ok(read
+            .map(|l| l.index)
+            .unwrap_or(0)
+            .max(self.start_floor.min(last)))
     }
 
     /// Adds a member: learner first (it catches up), then voter.

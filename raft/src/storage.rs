@@ -115,11 +115,19 @@ impl LogStore {
     pub fn open(path: &std::path::Path, store: &Store) -> Result<LogStore, String> {
         let legacy = {
             let txn = store.database().begin_read().map_err(|e| e.to_string())?;
-            match txn.open_table(LOG) {
+            // Its log, or its vote (a log purged to nothing still has the vote, which must
+            // not be forgotten).
+            let log = match txn.open_table(LOG) {
                 Ok(t) => t.first().map_err(|e| e.to_string())?.is_some(),
                 Err(redb::TableError::TableDoesNotExist(_)) => false,
                 Err(e) => return Err(e.to_string()),
-            }
+            };
+            let meta = match txn.open_table(LOG_META) {
+                Ok(t) => t.first().map_err(|e| e.to_string())?.is_some(),
+                Err(redb::TableError::TableDoesNotExist(_)) => false,
+                Err(e) => return Err(e.to_string()),
+            };
+            log || meta
         };
         if legacy && !path.exists() {
             return Err(format!(
@@ -394,10 +402,11 @@ impl StateMachine {
     }
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, String> {
-        // Durable first: openraft purges the log up to the snapshot, so the state it covers
-        // must not be lost in a crash.
-        self.store.flush().map_err(|e| e.to_string())?;
+        // openraft purges the log up to the snapshot, so the state it covers must be durable:
+        // the dump's read snapshot first, then a flush of everything applied until then
+        // (applies may continue meanwhile).
         let dump = self.store.dump().map_err(|e| e.to_string())?;
+        self.store.flush().map_err(|e| e.to_string())?;
         let find = |k: &str| {
             dump.meta
                 .iter()

@@ -25,6 +25,13 @@ pub enum StoreError {
     /// The replicated store cannot serve this now (no leader, no quorum, a timeout); retry.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The object is larger than the store takes ([`crate::MAX_OBJECT_BYTES`]).
+    #[error("{key}: the object is {size} bytes as JSON, more than the store's limit of {limit}")]
+    TooLarge {
+        key: String,
+        size: usize,
+        limit: usize,
+    },
     /// The store has shut down.
     #[error("the store is shut down")]
     Closed,

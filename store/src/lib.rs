@@ -14,6 +14,10 @@ mod store;
 mod watch;
 
 pub use error::StoreError;
+
+/// The largest object the store takes, as JSON (a log entry of the replicated store must fit
+/// the raft port's request limit).
+pub const MAX_OBJECT_BYTES: usize = 3 << 20;
 pub use ops::{
     Committed, EventType, Json, Precondition, WatchEvent, WriteOp, set_resource_version,
 };

@@ -99,8 +99,9 @@ impl Store {
     /// operation.
     ///
     /// With `durable: false` the commit is not fsync'd: it becomes durable with the next
-    /// durable commit to the same file (the raft log's next append, or [`Store::flush`]); a
-    /// crash before that loses it and the entries are applied again from the log.
+    /// durable commit to the store's file ([`Store::flush`], which [`Store::spawn_flusher`]
+    /// runs, a snapshot build or install, a history compaction); a crash before that loses it
+    /// and the entries are applied again from the raft log.
     pub fn apply_entries(
         &self,
         entries: &[Entry],

@@ -163,6 +163,15 @@ impl Store {
     /// Applies one write durably. Returns when it is on disk (replicated: on a majority of
     /// the members, and applied here).
     pub async fn write(&self, op: WriteOp) -> Result<Committed, StoreError> {
+        if let WriteOp::Put { key, value, .. } = &op
+            && value.as_str().len() > crate::MAX_OBJECT_BYTES
+        {
+            return Err(StoreError::TooLarge {
+                key: key.clone(),
+                size: value.as_str().len(),
+                limit: crate::MAX_OBJECT_BYTES,
+            });
+        }
         if let Some(p) = self.proposer() {
             return p.propose(op).await;
         }
@@ -192,13 +201,14 @@ impl Store {
     }
 
     /// Lists objects whose key starts with `prefix`, in key order, after `start_after`, at
-    /// most `limit` (0 = all) that pass `filter`.
+    /// most `limit` (0 = all) that pass `filter` (none: every object, and the keys past the
+    /// limit are counted without parsing their objects).
     pub fn list(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: usize,
-        filter: &dyn Fn(&Value) -> bool,
+        filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<ListPage, StoreError> {
         let txn = self.inner.db.begin_read()?;
         let revision = read_revision(&txn)?;
@@ -216,9 +226,13 @@ impl Store {
             if !key.starts_with(prefix) {
                 break;
             }
+            if filter.is_none() && limit > 0 && items.len() == limit {
+                remaining += 1;
+                continue;
+            }
             let (rev, bytes) = v.value();
             let object = parse_stored(bytes, rev)?;
-            if !filter(&object) {
+            if filter.is_some_and(|f| !f(&object)) {
                 continue;
             }
             if limit > 0 && items.len() == limit {

@@ -113,7 +113,7 @@ async fn reopen_keeps_everything() {
     }
     let s = s.expect("reopens");
     assert_eq!(s.revision(), 21);
-    let page = s.list("k/", None, 0, &|_| true).unwrap();
+    let page = s.list("k/", None, 0, None).unwrap();
     assert_eq!(page.items.len(), 20);
     assert_eq!(page.revision, 21);
 }
@@ -127,16 +127,16 @@ async fn list_pages_and_prefixes() {
             .await
             .unwrap();
     }
-    let p1 = s.list("a/", None, 2, &|_| true).unwrap();
+    let p1 = s.list("a/", None, 2, None).unwrap();
     assert_eq!(p1.items.len(), 2);
     assert_eq!(p1.remaining, 1);
-    let p2 = s
-        .list("a/", p1.continue_after.as_deref(), 2, &|_| true)
-        .unwrap();
+    let p2 = s.list("a/", p1.continue_after.as_deref(), 2, None).unwrap();
     assert_eq!(p2.items.len(), 1);
     assert_eq!(p2.items[0].object["k"], "a/3");
     assert!(p2.continue_after.is_none());
-    let filtered = s.list("a/", None, 0, &|v| v["k"] != "a/2").unwrap();
+    let filtered = s
+        .list("a/", None, 0, Some(&|v: &Value| v["k"] != "a/2"))
+        .unwrap();
     assert_eq!(filtered.items.len(), 2);
 }
 
@@ -229,4 +229,23 @@ async fn compaction_expires_old_revisions() {
     let mut w = s.watch(s.compacted()).unwrap();
     let e = w.recv().await.unwrap();
     assert_eq!(e.revision, s.compacted() + 1);
+}
+
+#[tokio::test]
+async fn objects_over_the_limit_are_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    let big = "x".repeat(crate::MAX_OBJECT_BYTES);
+    let r = s
+        .write(put("k/big", json!({ "v": big }), Precondition::None))
+        .await;
+    match r {
+        Err(StoreError::TooLarge { key, size, limit }) => {
+            assert_eq!(key, "k/big");
+            assert!(size > limit);
+        }
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+    assert!(s.get("k/big").unwrap().is_none());
+    assert_eq!(s.revision(), 1);
 }
