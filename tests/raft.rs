@@ -200,16 +200,14 @@ fn spawn_writers(n: usize, c: &reqwest::Client, urls: &Urls) -> Writers {
     (stop, outcomes, writers)
 }
 
+/// GETs `url` and parses the body as JSON.
+async fn get_json(c: &reqwest::Client, url: String) -> Value {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 /// Every object's name → resourceVersion on one member, read locally (`resourceVersion=0`).
 async fn local_nodes(c: &reqwest::Client, url: &str) -> BTreeMap<String, String> {
-    let v: Value = c
-        .get(format!("{url}{NODES}?resourceVersion=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(c, format!("{url}{NODES}?resourceVersion=0")).await;
     v["items"]
         .as_array()
         .unwrap()
@@ -424,14 +422,7 @@ async fn full_stop_and_restart_keeps_everything_and_watches_resume_on_any_member
     // A linearizable read right away, on every member, has every acknowledged write: the
     // applies since the last flush are lost in the kill and applied again from the log.
     for s in &servers {
-        let v: Value = c
-            .get(format!("{}{NODES}/n29", s.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&c, format!("{}{NODES}/n29", s.url)).await;
         assert_eq!(
             v["metadata"]["name"], "n29",
             "the last write, read after the restart"

@@ -171,15 +171,7 @@ impl Store {
         index: u64,
         timeout: std::time::Duration,
     ) -> Result<(), StoreError> {
-        let mut rx = self.inner.applied_index.subscribe();
-        let r = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= index)).await;
-        match r {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "log index {index} not applied here within {timeout:?}"
-            ))),
-        }
+        wait_reached(&self.inner.applied_index, index, timeout, "log index").await
     }
 
     /// Makes applied state durable every `every` while the store is open (replicated mode,
@@ -285,14 +277,23 @@ impl Store {
         revision: u64,
         timeout: std::time::Duration,
     ) -> Result<(), StoreError> {
-        let mut rx = self.inner.applied.subscribe();
-        let r = tokio::time::timeout(timeout, rx.wait_for(|a| *a >= revision)).await;
-        match r {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(_)) => Err(StoreError::Closed),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "revision {revision} not applied here within {timeout:?}"
-            ))),
-        }
+        wait_reached(&self.inner.applied, revision, timeout, "revision").await
+    }
+}
+
+/// Waits until `counter` reaches `target` (bounded by `timeout`); `what` names it in the error.
+async fn wait_reached(
+    counter: &tokio::sync::watch::Sender<u64>,
+    target: u64,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<(), StoreError> {
+    let mut rx = counter.subscribe();
+    match tokio::time::timeout(timeout, rx.wait_for(|a| *a >= target)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(StoreError::Closed),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{what} {target} not applied here within {timeout:?}"
+        ))),
     }
 }
