@@ -109,21 +109,45 @@ fn generation(obj: &Value) -> i64 {
         .unwrap_or(1)
 }
 
-/// The part of an object that bumps `generation` when it changes: all but metadata and status.
-fn desired_part(obj: &Value) -> Map<String, Value> {
-    let mut m = obj.as_object().cloned().unwrap_or_default();
-    for k in ["metadata", "status", "apiVersion", "kind"] {
-        m.remove(k);
-    }
-    m
+/// Whether two objects have the same desired part, whose changes bump `generation`:
+/// everything but metadata, status and the type fields.
+fn same_desired(a: &Value, b: &Value) -> bool {
+    fields_eq(
+        a,
+        b,
+        &["metadata", "status", "apiVersion", "kind"],
+        &|_, x, y| x == y,
+    )
 }
 
-fn without_rv(obj: &Value) -> Value {
-    let mut v = obj.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-    }
-    v
+/// Whether two objects are equal apart from `metadata.resourceVersion`.
+fn same_but_rv(a: &Value, b: &Value) -> bool {
+    fields_eq(a, b, &[], &|k, x, y| {
+        if k == "metadata" {
+            fields_eq(x, y, &["resourceVersion"], &|_, x, y| x == y)
+        } else {
+            x == y
+        }
+    })
+}
+
+/// Whether `a` and `b` (JSON objects) have the same fields, apart from those in `skip`, with
+/// values equal by `eq` (field name, a's value, b's value); other values compare with `==`.
+/// Compares in place: no copy of either object (updates run it on every write).
+fn fields_eq(
+    a: &Value,
+    b: &Value,
+    skip: &[&str],
+    eq: &dyn Fn(&str, &Value, &Value) -> bool,
+) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a == b;
+    };
+    let kept = |m: &'_ Map<String, Value>| m.keys().filter(|k| !skip.contains(&k.as_str())).count();
+    kept(a) == kept(b)
+        && a.iter()
+            .filter(|(k, _)| !skip.contains(&k.as_str()))
+            .all(|(k, x)| b.get(k).is_some_and(|y| eq(k, x, y)))
 }
 
 /// Checks (or fills in) `apiVersion` and `kind`.
@@ -508,14 +532,14 @@ pub(crate) async fn update(
         if part == Part::Main {
             cross_check(store, kind, &next, name)?;
             check_credential_use(store, kind, p, Some(&current.object), &next)?;
-            if desired_part(&next) != desired_part(&current.object) {
+            if !same_desired(&next, &current.object) {
                 meta_mut(&mut next)?.insert(
                     "generation".into(),
                     (generation(&current.object) + 1).into(),
                 );
             }
         }
-        if without_rv(&next) == without_rv(&current.object) {
+        if same_but_rv(&next, &current.object) {
             return Ok(Written {
                 code: StatusCode::OK,
                 object: current.object,
@@ -846,4 +870,38 @@ pub(crate) async fn delete(
         name,
         "too many concurrent writes to this object; retry",
     ))
+}
+
+#[cfg(test)]
+mod compare_tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn comparisons_ignore_only_what_they_name() {
+        let a = json!({"kind": "Node", "metadata": {"name": "a", "resourceVersion": "5"},
+                       "spec": {"x": 1}, "status": {"s": 1}});
+        let b = json!({"kind": "Node", "metadata": {"name": "a", "resourceVersion": "9"},
+                       "spec": {"x": 1}, "status": {"s": 1}});
+        assert!(same_but_rv(&a, &b));
+        let mut c = b.clone();
+        c["metadata"]["labels"] = json!({"l": "v"});
+        assert!(!same_but_rv(&a, &c), "another metadata field differs");
+        let mut d = b.clone();
+        d["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert!(same_but_rv(&a, &d), "resourceVersion absent on one side");
+        let mut e = b.clone();
+        e["status"]["s"] = json!(2);
+        assert!(!same_but_rv(&a, &e));
+        assert!(same_desired(&a, &e), "status is not desired state");
+        e["spec"]["x"] = json!(2);
+        assert!(!same_desired(&a, &e));
+        let mut f = a.clone();
+        f["extra"] = json!(true);
+        assert!(!same_desired(&a, &f), "a top-level field only on one side");
+        assert!(!same_but_rv(&f, &a));
+    }
 }

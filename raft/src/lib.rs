@@ -334,7 +334,9 @@ impl Member {
             election_timeout_max: opts.election_max.as_millis() as u64,
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
             max_in_snapshot_log_to_keep: opts.logs_to_keep,
-            purge_batch_size: 1,
+            // openraft purges after every applied entry by default (one log commit each once
+            // the first snapshot exists): purge in batches, at most a snapshot interval.
+            purge_batch_size: opts.snapshot_every.clamp(1, 1024),
             max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }

@@ -166,7 +166,17 @@ impl LogStore {
         &self,
         f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
     ) -> Result<(), String> {
-        let txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        self.with_write_durability(redb::Durability::Immediate, f)
+    }
+
+    /// Runs `f` in one write transaction of the given durability and commits it.
+    fn with_write_durability(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
+        txn.set_durability(durability).map_err(|e| e.to_string())?;
         f(&txn)?;
         txn.commit().map_err(|e| e.to_string())
     }
@@ -358,7 +368,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|i| i > log_id.index);
         let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        self.with_write(|txn| {
+        // Not fsync'd: it becomes durable with the next append. A purge lost in a crash only
+        // leaves entries the snapshot already covers, and the purge point with them.
+        self.with_write_durability(redb::Durability::None, |txn| {
             txn.open_table(LOG_META)
                 .map_err(|e| e.to_string())?
                 .insert("purged", bytes.as_slice())
