@@ -12,7 +12,7 @@ if [ -z "${GROUNDWORK_BIN:-}" ]; then cargo build --release -q --bin groundwork;
 BIN=${GROUNDWORK_BIN:-$PWD/target/release/groundwork}
 export TARGETS=${TARGETS:-"etcd1 external"} CONC=${CONC:-"1 16 64"} DURATION=${DURATION:-8} REPEATS=${REPEATS:-1}
 export WATCHERS=${WATCHERS:-"1 10 100"}
-export START_CMD="$BIN server --data-dir \$DATA --listen 127.0.0.1:28080 --insecure-plain-http"
+export START_CMD="$BIN server --data-dir \$DATA --listen 127.0.0.1:28080 --insecure-plain-http --controllers none"
 export TARGET_PORT=28080 MODE=k8s WRITE=apply OBJ_KIND=Profile
 export OBJ_COLLECTION=/apis/groundwork.dev/v1alpha1/profiles OBJ_APIVERSION=groundwork.dev/v1alpha1
 source bench/lib.sh
