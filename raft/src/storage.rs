@@ -117,17 +117,7 @@ impl LogStore {
             let txn = store.database().begin_read().map_err(|e| e.to_string())?;
             // Its log, or its vote (a log purged to nothing still has the vote, which must
             // not be forgotten).
-            let log = match txn.open_table(LOG) {
-                Ok(t) => t.first().map_err(|e| e.to_string())?.is_some(),
-                Err(redb::TableError::TableDoesNotExist(_)) => false,
-                Err(e) => return Err(e.to_string()),
-            };
-            let meta = match txn.open_table(LOG_META) {
-                Ok(t) => t.first().map_err(|e| e.to_string())?.is_some(),
-                Err(redb::TableError::TableDoesNotExist(_)) => false,
-                Err(e) => return Err(e.to_string()),
-            };
-            log || meta
+            has_rows(&txn, LOG)? || has_rows(&txn, LOG_META)?
         };
         if legacy && !path.exists() {
             return Err(format!(
@@ -208,6 +198,18 @@ impl LogStore {
                 .map(|(_, v)| decode(v.value()))
                 .transpose()
         })
+    }
+}
+
+/// Whether the table exists and holds a row.
+fn has_rows<K: redb::Key + 'static>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<K, &'static [u8]>,
+) -> Result<bool, String> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(t.first().map_err(|e| e.to_string())?.is_some()),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::{HISTORY, META, OBJECTS, apply_one, read_revision};
+use crate::store::{HISTORY, META, OBJECTS, apply_next, read_revision};
 use crate::{Committed, Json, Store, StoreError, WriteOp};
 
 /// Raft state-machine metadata, opaque to the store ("applied", "membership").
@@ -128,17 +128,13 @@ impl Store {
                 index = index.max(e.index);
                 let mut out = Vec::with_capacity(e.ops.len());
                 for op in &e.ops {
-                    match apply_one(&mut objects, &mut hist, op, rev + 1)? {
-                        Ok(event) => {
-                            rev += 1;
-                            out.push(Ok(Committed {
-                                revision: rev,
-                                object: event.raw.clone(),
-                            }));
-                            events.push(event);
-                        }
-                        Err(rejected) => out.push(Err(rejected)),
-                    }
+                    out.push(apply_next(
+                        &mut objects,
+                        &mut hist,
+                        op,
+                        &mut rev,
+                        &mut events,
+                    )?);
                 }
                 results.push(out);
             }

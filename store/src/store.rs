@@ -334,23 +334,42 @@ fn apply_batch(db: &Database, batch: &[Request], mut rev: u64) -> Result<BatchOu
         let mut hist = txn.open_table(HISTORY)?;
         let mut meta = txn.open_table(META)?;
         for req in batch {
-            match apply_one(&mut objects, &mut hist, &req.op, rev + 1)? {
-                Ok(event) => {
-                    rev += 1;
-                    results.push(Ok(Committed {
-                        revision: rev,
-                        object: event.raw.clone(),
-                    }));
-                    events.push(event);
-                }
-                // A failed precondition consumes no revision.
-                Err(rejected) => results.push(Err(rejected)),
-            }
+            results.push(apply_next(
+                &mut objects,
+                &mut hist,
+                &req.op,
+                &mut rev,
+                &mut events,
+            )?);
         }
         meta.insert("revision", rev)?;
     }
     txn.commit()?;
     Ok((results, events, rev))
+}
+
+/// Applies `op` at the revision after `rev`, advancing `rev` and recording the event in
+/// `events` if it passes its precondition (a failed precondition consumes no revision). The
+/// outer error is a storage failure, the inner one the failed precondition.
+pub(crate) fn apply_next(
+    objects: &mut redb::Table<'_, &'static str, (u64, &'static [u8])>,
+    hist: &mut redb::Table<'_, u64, &'static [u8]>,
+    op: &WriteOp,
+    rev: &mut u64,
+    events: &mut Vec<WatchEvent>,
+) -> Result<Result<Committed, StoreError>, StoreError> {
+    Ok(match apply_one(objects, hist, op, *rev + 1)? {
+        Ok(event) => {
+            *rev += 1;
+            let committed = Committed {
+                revision: *rev,
+                object: event.raw.clone(),
+            };
+            events.push(event);
+            Ok(committed)
+        }
+        Err(rejected) => Err(rejected),
+    })
 }
 
 /// Applies `op` at revision `rev` inside a write transaction. The outer error is a storage
