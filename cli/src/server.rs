@@ -32,8 +32,9 @@ pub(crate) struct ServerArgs {
     #[arg(long, requires = "join_token")]
     ca_cert_hash: Option<String>,
     /// Raft: take a snapshot after this many log entries (and purge the log behind it). An
-    /// entry holds the writes that reached the leader together, up to 1 MiB.
-    #[arg(long, default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// entry holds the writes that reached the leader together, up to 1 MiB. A snapshot is
+    /// also taken when the log since the last one has outgrown it (and 64 MiB).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     raft_snapshot_every: u64,
     /// Raft: log entries kept behind a snapshot (followers further behind get the snapshot).
     #[arg(long, default_value_t = 1000)]
@@ -63,6 +64,10 @@ pub(crate) struct ServerArgs {
     /// Events of history kept for watches to resume from.
     #[arg(long, default_value_t = 100_000)]
     history_retention: u64,
+    /// Memory for the object store's page cache, in MiB. Reads that miss it are served from
+    /// the operating system's file cache.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(8..=1 << 20))]
+    store_cache_mib: u64,
     /// Log format: text or json.
     #[arg(long, default_value = "text")]
     log_format: String,
@@ -381,6 +386,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
     groundwork_api::set_secret_key(key.clone());
     let mut cfg = StoreConfig::new(args.data_dir.join("groundwork.redb"));
     cfg.history_retention = args.history_retention.max(1);
+    cfg.cache_bytes = (args.store_cache_mib as usize) << 20;
     let store = tokio::task::spawn_blocking(move || Store::open(cfg)).await??;
     // TLS: the cluster CA, this server's certificate, the operator's and the controllers'
     // client certificates (group system:masters).

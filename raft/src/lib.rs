@@ -119,7 +119,8 @@ pub struct Options {
     pub heartbeat: Duration,
     pub election_min: Duration,
     pub election_max: Duration,
-    /// Entries since the last snapshot that trigger a new one.
+    /// Entries since the last snapshot that trigger a new one (a snapshot is also taken when
+    /// the log outgrows the last one: [`storage::LogGrowth`]).
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot, for followers that lag a little (more need the
     /// snapshot).
@@ -163,7 +164,7 @@ impl Default for Options {
             heartbeat: Duration::from_millis(150),
             election_min: Duration::from_millis(750),
             election_max: Duration::from_millis(1500),
-            snapshot_every: 2_000,
+            snapshot_every: 100_000,
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
             tls: None,
@@ -235,6 +236,20 @@ fn op_size(op: &WriteOp) -> usize {
 const IN_FLIGHT: usize = 1;
 
 /// Proposes queued writes, as many as are waiting (up to [`MAX_BATCH`]) in each entry.
+/// Asks openraft for a snapshot once the log has outgrown the last one (checked every
+/// second; openraft ignores the request while a snapshot is being built). Ends with the
+/// member.
+async fn snapshot_by_size(raft: Raft<TypeConfig>, growth: Arc<storage::LogGrowth>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if growth.snapshot_due() && raft.trigger().snapshot().await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
@@ -367,6 +382,7 @@ impl Member {
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let http = http.build().map_err(|e| e.to_string())?;
         let mut log = storage::LogStore::open(log_path, &store)?;
+        let growth = log.growth();
         let start_floor = {
             use openraft::storage::RaftLogStorage;
             log.get_log_state()
@@ -384,11 +400,12 @@ impl Member {
                 scheme,
             },
             log,
-            storage::StateMachine::new(store.clone()),
+            storage::StateMachine::new(store.clone(), growth.clone()),
         )
         .await
         .map_err(|e| format!("raft: {e}"))?;
         store.spawn_flusher(storage::FLUSH_EVERY);
+        tokio::spawn(snapshot_by_size(raft.clone(), growth));
         let (batcher, queued) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(batch_loop(raft.clone(), queued));
         let member = Member {

@@ -32,6 +32,9 @@ pub struct StoreConfig {
     pub history_retention: u64,
     /// Most writes committed in one transaction (one fsync).
     pub max_batch: usize,
+    /// redb's page cache for the database file, in bytes. redb's own default (1 GiB) is
+    /// filled by every page a write touches, so memory grows until it is reached.
+    pub cache_bytes: usize,
 }
 
 impl StoreConfig {
@@ -40,6 +43,7 @@ impl StoreConfig {
             path: path.into(),
             history_retention: 100_000,
             max_batch: 512,
+            cache_bytes: 128 << 20,
         }
     }
 }
@@ -106,7 +110,9 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Storage(format!("{}: {e}", dir.display())))?;
         }
-        let db = Database::create(&config.path)
+        let db = Database::builder()
+            .set_cache_size(config.cache_bytes)
+            .create(&config.path)
             .map_err(|e| StoreError::Storage(format!("{}: {e}", config.path.display())))?;
         let (revision, compacted) = {
             let txn = db.begin_write()?;
