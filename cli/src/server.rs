@@ -477,7 +477,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let member = groundwork_raft::Member::start(
             id,
             store.clone(),
-            &args.data_dir.join("raft-log.redb"),
+            &args.data_dir.join("raft-wal"),
             raft_listener,
             args.join.clone(),
             groundwork_raft::Options {

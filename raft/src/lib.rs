@@ -13,6 +13,7 @@ mod network;
 mod server;
 mod storage;
 mod tls;
+pub mod wal;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;

@@ -1,10 +1,11 @@
-//! openraft's storage: the log, the vote and the committed log id in a redb file of their own
-//! (`raft-log.redb`); the state machine is the object store itself (objects, history,
+//! openraft's storage: the log, the vote and the committed log id in a write-ahead log of
+//! their own (`raft-wal/`, [`crate::wal`]); the state machine is the object store itself
+//! (objects, history,
 //! revision), with the last applied log id and membership written in the same transaction as
 //! the entries they cover.
 //!
-//! The log is the durable record: every append is an fsync'd commit (one per batch of
-//! entries). Applying is not fsync'd: the store's file is made durable every
+//! The log is the durable record: every append is one write and one `fdatasync` (per batch
+//! of entries). Applying is not fsync'd: the store's file is made durable every
 //! [`FLUSH_EVERY`] and before a snapshot is built (which lets openraft purge the log behind
 //! it). A crash loses at most the applies since the last flush, which openraft applies again
 //! from the log at start (up to the committed log id saved with the log, then as the leader
@@ -23,6 +24,7 @@ use openraft::{
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::wal::Wal;
 use crate::{Applied, NodeId, Outcome, Rejected, TypeConfig};
 
 type Entry = openraft::Entry<TypeConfig>;
@@ -54,8 +56,6 @@ struct Recent {
 
 /// At most this many bytes of entries (by their JSON size) are kept in [`Recent`].
 const RECENT_BYTES: usize = 32 << 20;
-/// redb's page cache for the log file.
-const LOG_CACHE_BYTES: usize = 16 << 20;
 
 /// A snapshot is due once the log written since the last one is this large, or as large as
 /// that snapshot, whichever is more (see [`LogGrowth`]).
@@ -135,10 +135,11 @@ impl Recent {
     }
 }
 
-/// The raft log, vote and committed log id, in their own database file.
+/// The raft log, vote and committed log id, in a write-ahead log of their own
+/// ([`crate::wal`]).
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<redb::Database>,
+    wal: Arc<Mutex<Wal>>,
     recent: Arc<Mutex<Recent>>,
     /// The last committed log id openraft reported, written with the next append (a stale
     /// value is safe: it only bounds what is applied again at start).
@@ -147,9 +148,11 @@ pub struct LogStore {
 }
 
 impl LogStore {
-    /// Opens (or creates) the log file. Refuses a store whose raft log was kept inside the
-    /// object store's file (Groundwork before the batched log format): its entries cannot be
-    /// read by this version.
+    /// Opens (or creates) the write-ahead log in the directory `path`. A log kept by the
+    /// previous version in `raft-log.redb` beside it is moved into it first (that file is
+    /// then renamed `raft-log.redb.migrated`). Refuses a store whose raft log was kept inside
+    /// the object store's file (Groundwork before the batched log format): its entries cannot
+    /// be read by this version.
     pub fn open(path: &std::path::Path, store: &Store) -> Result<LogStore, String> {
         let legacy = {
             let txn = store.database().begin_read().map_err(|e| e.to_string())?;
@@ -157,7 +160,8 @@ impl LogStore {
             // not be forgotten).
             has_rows(&txn, LOG)? || has_rows(&txn, LOG_META)?
         };
-        if legacy && !path.exists() {
+        let redb_log = path.with_file_name("raft-log.redb");
+        if legacy && !path.exists() && !redb_log.exists() {
             return Err(format!(
                 "this data directory holds a raft log in the format of an earlier Groundwork \
                  (inside the object store's file), which this version cannot read; export the \
@@ -166,14 +170,12 @@ impl LogStore {
                 path.display()
             ));
         }
-        // Replication reads come from `Recent` and appends only touch the tail: a small page
-        // cache (redb's default is 1 GiB, filled by every page written).
-        let db = redb::Database::builder()
-            .set_cache_size(LOG_CACHE_BYTES)
-            .create(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if redb_log.exists() && !path.exists() {
+            migrate_redb_log(&redb_log, path)?;
+        }
+        let wal = Wal::open(path)?;
         Ok(LogStore {
-            db: Arc::new(db),
+            wal: Arc::new(Mutex::new(wal)),
             recent: Default::default(),
             committed: Default::default(),
             growth: Default::default(),
@@ -185,95 +187,106 @@ impl LogStore {
         self.growth.clone()
     }
 
-    /// Writes `entries` and the last committed log id in one fsync'd commit, counting their
+    fn wal(&self) -> std::sync::MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes `entries` and the last committed log id with one `fdatasync`, counting their
     /// encoded size in [`LogGrowth`].
     fn write_entries(&self, entries: &[Entry]) -> Result<(), String> {
         let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        self.with_write(|txn| {
-            let mut t = txn.open_table(LOG).map_err(|e| e.to_string())?;
-            let mut buf = Vec::new();
-            for e in entries {
-                buf.clear();
-                buf.reserve(crate::entry_size_hint(e));
-                serde_json::to_writer(&mut buf, e).map_err(|e| e.to_string())?;
-                self.growth.appended(buf.len());
-                t.insert(e.log_id.index, buf.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-            if let Some(c) = committed {
-                let bytes = serde_json::to_vec(&c).map_err(|e| e.to_string())?;
-                txn.open_table(LOG_META)
-                    .map_err(|e| e.to_string())?
-                    .insert("committed", bytes.as_slice())
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(())
-        })
-    }
-
-    /// Runs `f` on `def` in a read transaction; `absent` when the table was never created.
-    fn with_table<K: redb::Key + 'static, R>(
-        &self,
-        def: TableDefinition<K, &'static [u8]>,
-        absent: R,
-        f: impl FnOnce(&redb::ReadOnlyTable<K, &'static [u8]>) -> Result<R, String>,
-    ) -> Result<R, String> {
-        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
-        match txn.open_table(def) {
-            Ok(t) => f(&t),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(absent),
-            Err(e) => Err(e.to_string()),
+        let mut bufs = Vec::with_capacity(entries.len());
+        for e in entries {
+            let mut buf = Vec::with_capacity(crate::entry_size_hint(e));
+            serde_json::to_writer(&mut buf, e).map_err(|e| e.to_string())?;
+            self.growth.appended(buf.len());
+            bufs.push((e.log_id.index, buf));
         }
+        let committed = committed
+            .map(|c| serde_json::to_vec(&c).map_err(|e| e.to_string()))
+            .transpose()?;
+        self.wal()
+            .append(bufs.iter().map(|(i, b)| (*i, b.as_slice())), committed)
     }
 
-    /// Runs `f` in one durable write transaction and commits it.
-    fn with_write(
+    fn meta<T: serde::de::DeserializeOwned>(
         &self,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
-    ) -> Result<(), String> {
-        self.with_write_durability(redb::Durability::Immediate, f)
-    }
-
-    /// Runs `f` in one write transaction of the given durability and commits it.
-    fn with_write_durability(
-        &self,
-        durability: redb::Durability,
-        f: impl FnOnce(&redb::WriteTransaction) -> Result<(), String>,
-    ) -> Result<(), String> {
-        let mut txn = self.db.begin_write().map_err(|e| e.to_string())?;
-        txn.set_durability(durability).map_err(|e| e.to_string())?;
-        f(&txn)?;
-        txn.commit().map_err(|e| e.to_string())
-    }
-
-    fn meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
-        self.with_table(LOG_META, None, |t| {
-            t.get(key)
-                .map_err(|e| e.to_string())?
-                .map(|v| decode(v.value()))
-                .transpose()
-        })
-    }
-
-    fn put_meta(&self, key: &str, v: &impl serde::Serialize) -> Result<(), String> {
-        let bytes = serde_json::to_vec(v).map_err(|e| e.to_string())?;
-        self.with_write(|txn| {
-            txn.open_table(LOG_META)
-                .map_err(|e| e.to_string())?
-                .insert(key, bytes.as_slice())
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        })
+        get: impl FnOnce(&Wal) -> Option<&[u8]>,
+    ) -> Result<Option<T>, String> {
+        get(&self.wal()).map(decode).transpose()
     }
 
     fn last_entry(&self) -> Result<Option<Entry>, String> {
-        self.with_table(LOG, None, |t| {
-            t.last()
-                .map_err(|e| e.to_string())?
-                .map(|(_, v)| decode(v.value()))
-                .transpose()
-        })
+        self.wal().last()?.map(|(_, b)| decode(&b)).transpose()
     }
+}
+
+/// Moves the log of the previous format (a redb file) into a new write-ahead log at `to`,
+/// built beside it and renamed into place, so a crash midway leaves the old log in charge.
+fn migrate_redb_log(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
+    let fail = |e: String| format!("moving the raft log from {}: {e}", from.display());
+    let db = redb::Database::open(from).map_err(|e| fail(e.to_string()))?;
+    let txn = db.begin_read().map_err(|e| fail(e.to_string()))?;
+    let tmp = to.with_extension("migrating");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
+    }
+    let mut wal = Wal::open(&tmp)?;
+    let meta = |k: &str| -> Result<Option<Vec<u8>>, String> {
+        match txn.open_table(LOG_META) {
+            Ok(t) => Ok(t
+                .get(k)
+                .map_err(|e| e.to_string())?
+                .map(|v| v.value().to_vec())),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    if let Some(v) = meta("vote").map_err(fail)? {
+        wal.save_vote(v)?;
+    }
+    if let Some(p) = meta("purged").map_err(fail)? {
+        let id: LogId<NodeId> = decode(&p).map_err(fail)?;
+        wal.purge(id.index, p)?;
+    }
+    let mut entries = 0usize;
+    match txn.open_table(LOG) {
+        Ok(t) => {
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
+            for e in t.iter().map_err(|e| fail(e.to_string()))? {
+                let (k, v) = e.map_err(|e| fail(e.to_string()))?;
+                batch.push((k.value(), v.value().to_vec()));
+                if batch.len() == 1024 {
+                    entries += batch.len();
+                    wal.append(batch.iter().map(|(i, b)| (*i, b.as_slice())), None)?;
+                    batch.clear();
+                }
+            }
+            entries += batch.len();
+            wal.append(batch.iter().map(|(i, b)| (*i, b.as_slice())), None)?;
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    let committed = meta("committed").map_err(fail)?;
+    wal.append(std::iter::empty(), committed)?;
+    drop(wal);
+    std::fs::rename(&tmp, to).map_err(|e| fail(e.to_string()))?;
+    let done = from.with_extension("redb.migrated");
+    std::fs::rename(from, &done).map_err(|e| fail(e.to_string()))?;
+    if let Some(dir) = to.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    tracing::info!(
+        entries,
+        from = %from.display(),
+        to = %to.display(),
+        "raft log moved to the write-ahead log format; the old file is kept as {}",
+        done.display()
+    );
+    Ok(())
 }
 
 /// Whether the table exists and holds a row.
@@ -317,15 +330,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         {
             return Ok(hit);
         }
-        let read = || {
-            self.with_table(LOG, vec![], |t| {
-                let mut out = Vec::new();
-                for e in t.range::<u64>(bounds).map_err(|e| e.to_string())? {
-                    let (_, v) = e.map_err(|e| e.to_string())?;
-                    out.push(decode(v.value())?);
-                }
-                Ok(out)
-            })
+        let read = || -> Result<Vec<Entry>, String> {
+            let (start, end) = (start.unwrap_or(0), end.unwrap_or(u64::MAX));
+            let raw = self.wal().read(start, end)?;
+            raw.iter().map(|(_, b)| decode(b)).collect()
         };
         read().map_err(|e| StorageIOError::read_logs(any(e)).into())
     }
@@ -336,7 +344,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SError> {
         let purged: Option<LogId<NodeId>> = self
-            .meta("purged")
+            .meta(|w| w.purged())
             .map_err(|e| StorageIOError::read_logs(any(e)))?;
         let last = self
             .last_entry()
@@ -354,12 +362,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), SError> {
-        self.put_meta("vote", vote)
+        let bytes = serde_json::to_vec(vote).map_err(|e| StorageIOError::write_vote(any(e)))?;
+        self.wal()
+            .save_vote(bytes)
             .map_err(|e| StorageIOError::write_vote(any(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, SError> {
-        self.meta("vote")
+        self.meta(|w| w.vote())
             .map_err(|e| StorageIOError::read_vote(any(e)).into())
     }
 
@@ -374,7 +384,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if saved.is_some() {
             return Ok(saved);
         }
-        self.meta("committed")
+        self.meta(|w| w.committed())
             .map_err(|e| StorageIOError::read_logs(any(e)).into())
     }
 
@@ -411,13 +421,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|i| i < log_id.index);
-        self.with_write(|txn| {
-            txn.open_table(LOG)
-                .map_err(|e| e.to_string())?
-                .retain_in(log_id.index.., |_, _| false)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| StorageIOError::write_logs(any(e)).into())
+        self.wal()
+            .truncate(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), SError> {
@@ -426,19 +432,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|i| i > log_id.index);
         let bytes = serde_json::to_vec(&log_id).map_err(|e| StorageIOError::write_logs(any(e)))?;
-        // Not fsync'd: it becomes durable with the next append. A purge lost in a crash only
-        // leaves entries the snapshot already covers, and the purge point with them.
-        self.with_write_durability(redb::Durability::None, |txn| {
-            txn.open_table(LOG_META)
-                .map_err(|e| e.to_string())?
-                .insert("purged", bytes.as_slice())
-                .map_err(|e| e.to_string())?;
-            txn.open_table(LOG)
-                .map_err(|e| e.to_string())?
-                .retain_in(..=log_id.index, |_, _| false)
-                .map_err(|e| e.to_string())
-        })
-        .map_err(|e| StorageIOError::write_logs(any(e)).into())
+        // Not fsync'd unless segments are deleted: it becomes durable with the next append. A
+        // purge lost in a crash only leaves entries the snapshot already covers.
+        self.wal()
+            .purge(log_id.index, bytes)
+            .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 }
 
@@ -698,7 +696,7 @@ mod suite {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
                 .expect("store opens");
-            let log = LogStore::open(&dir.path().join("log"), &store).expect("log opens");
+            let log = LogStore::open(&dir.path().join("wal"), &store).expect("log opens");
             let growth = log.growth();
             Ok((dir, log, StateMachine::new(store, growth)))
         }
@@ -752,6 +750,61 @@ mod suite {
                 snap.snapshot.get_ref().len()
             );
         });
+    }
+
+    /// A log kept in `raft-log.redb` by the previous version is moved into the write-ahead
+    /// log at first start: entries, vote, committed and purge point.
+    #[test]
+    fn a_redb_log_is_migrated() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
+            .expect("store opens");
+        let old = dir.path().join("raft-log.redb");
+        let entry = |index| Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), index),
+            payload: EntryPayload::Blank,
+        };
+        {
+            let db = redb::Database::create(&old).expect("old log");
+            let txn = db.begin_write().expect("txn");
+            {
+                let mut t = txn.open_table(LOG).expect("log");
+                for i in 5..=9 {
+                    t.insert(i, enc(&entry(i)).as_slice()).expect("insert");
+                }
+                let mut m = txn.open_table(LOG_META).expect("meta");
+                m.insert("vote", enc(&Vote::new_committed(3, 1)).as_slice())
+                    .expect("vote");
+                m.insert("purged", enc(&entry(4).log_id).as_slice())
+                    .expect("purged");
+                m.insert("committed", enc(&entry(8).log_id).as_slice())
+                    .expect("committed");
+            }
+            txn.commit().expect("commit");
+        }
+        rt.block_on(async {
+            let mut log = LogStore::open(&dir.path().join("raft-wal"), &store).expect("migrates");
+            let state = log.get_log_state().await.expect("state");
+            assert_eq!(state.last_purged_log_id, Some(entry(4).log_id));
+            assert_eq!(state.last_log_id, Some(entry(9).log_id));
+            assert_eq!(
+                log.read_vote().await.expect("vote"),
+                Some(Vote::new_committed(3, 1))
+            );
+            assert_eq!(
+                log.read_committed().await.expect("committed"),
+                Some(entry(8).log_id)
+            );
+            let got = log.try_get_log_entries(5..10).await.expect("entries");
+            assert_eq!(got.len(), 5);
+            assert_eq!(got[4].log_id, entry(9).log_id);
+        });
+        assert!(!old.exists());
+        assert!(dir.path().join("raft-log.redb.migrated").exists());
     }
 
     /// openraft's own conformance suite for log and state-machine storage.
