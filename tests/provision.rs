@@ -330,9 +330,14 @@ async fn faults_end_in_clear_conditions_and_recover_when_fixed() {
         std::fs::read(dev.join("vda")).unwrap(),
     );
     assert_eq!(img[..512], disk[..512], "the image's MBR is on the disk");
-    // The controller set the disk as boot device (persistent) and reset the machine.
-    let flags = bmc_b.state().boot_flags;
-    assert_eq!(flags.1 & 0x3c, 0x08, "boot from disk: {flags:?}");
+    // The controller set the disk as boot device (persistent) and reset the machine. The
+    // phase and the boot device are two controllers' steps (provisioning records the intent,
+    // power applies it), so the device may follow the phase by a moment.
+    eventually(WAIT, "b: boot from disk", || async {
+        let flags = bmc_b.state().boot_flags;
+        (flags.1 & 0x3c == 0x08).then_some(())
+    })
+    .await;
 
     // The installed system's node agent reads the config the installer wrote and checks in.
     let root = dir.path().join("root-b");
