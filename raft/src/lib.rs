@@ -236,7 +236,6 @@ fn op_size(op: &WriteOp) -> usize {
 /// machine is CPU-bound); 2 and 4 gave 2-15 % fewer writes/s.
 const IN_FLIGHT: usize = 1;
 
-/// Proposes queued writes, as many as are waiting (up to [`MAX_BATCH`]) in each entry.
 /// Asks openraft for a snapshot once the log has outgrown the last one (checked every
 /// second; openraft ignores the request while a snapshot is being built). Ends with the
 /// member.
@@ -251,6 +250,7 @@ async fn snapshot_by_size(raft: Raft<TypeConfig>, growth: Arc<storage::LogGrowth
     }
 }
 
+/// Proposes queued writes, as many as are waiting (up to [`MAX_BATCH`]) in each entry.
 async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     while let Some(first) = rx.recv().await {
