@@ -180,9 +180,7 @@ impl Wal {
             let payload = &body[BODY_HEADER..];
             match kind {
                 ENTRY => {
-                    // A later write of an index replaces it and everything after it.
-                    let _ = self.index.split_off(&index);
-                    self.index.insert(
+                    self.place(
                         index,
                         Loc {
                             segment: seq,
@@ -314,13 +312,26 @@ impl Wal {
             self.committed = committed;
         }
         for (index, loc) in locs {
-            let _ = self.index.split_off(&index);
-            self.index.insert(index, loc);
+            self.place(index, loc);
             if let Some(s) = self.segments.last_mut() {
                 s.last_index = index;
             }
         }
         Ok(())
+    }
+
+    /// Records where entry `index` is. A write of an index at or below the last one replaces
+    /// it and everything after it (raft's log matching); appends past the end, the usual
+    /// case, only insert.
+    fn place(&mut self, index: u64, loc: Loc) {
+        if self
+            .index
+            .last_key_value()
+            .is_some_and(|(&last, _)| last >= index)
+        {
+            let _ = self.index.split_off(&index);
+        }
+        self.index.insert(index, loc);
     }
 
     fn write_synced(&mut self, buf: &[u8]) -> Result<(), String> {
