@@ -9,5 +9,8 @@ run_store_harness() {
   h=$(mktemp -d /tmp/gw-store-bench.XXXXXX)
   cp -r "$shared"/. "$h"/ && cp bench/put.lua "$h/put.lua" && cp bench/watchlat.py "$h/watchlat.py"
   trap "rm -rf '$h'" EXIT
-  "$h/store.sh"
+  # CPU per write of each target, beside the harness (bench/cpu_per_write.py).
+  python3 bench/cpu_per_write.py & local sampler=$!
+  "$h/store.sh" || { kill "$sampler"; wait "$sampler"; return 1; }
+  kill "$sampler"; wait "$sampler" || true
 }

@@ -54,6 +54,7 @@ pub(crate) async fn watch(
 ) -> Result<Response, ApiError> {
     let kind = t.kind;
     let matches = p.selector(kind)?;
+    let selective = p.has_selector();
     let prefix = t.prefix();
     let requested = p.resource_version_number()?;
 
@@ -131,7 +132,21 @@ pub(crate) async fn watch(
                             continue;
                         }
                         let now_matches = matches(e.object());
-                        let before = e.prev().is_some_and(&matches);
+                        // Without a selector the previous object need not be read (or parsed).
+                        let before = if !selective {
+                            e.had_prev()
+                        } else if e.prev_unknown() {
+                            // Replayed from history, its previous version compacted away: this
+                            // watch cannot tell whether the object entered or left its
+                            // selector. 410, as for a compacted resourceVersion: relist.
+                            let _ = tx.send(Ok(expired(&StoreError::Compacted {
+                                requested: start,
+                                compacted: e.revision,
+                            }))).await;
+                            return;
+                        } else {
+                            e.prev().is_some_and(&matches)
+                        };
                         let type_ = match (e.type_, before, now_matches) {
                             (EventType::Added, _, true) => "ADDED",
                             (EventType::Modified, true, true) => "MODIFIED",
@@ -173,4 +188,127 @@ fn respond(rx: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
         HeaderValue::from_static("no-cache, private"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use futures::StreamExt;
+    use groundwork_store::{Store, StoreConfig};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    const PROFILES: &str = "/apis/groundwork.dev/v1alpha1/profiles";
+
+    /// Creates or updates Profile `name` with label `tier` (server-side apply); its revision.
+    async fn apply(app: &axum::Router, name: &str, tier: &str) -> u64 {
+        let body = json!({
+            "apiVersion": "groundwork.dev/v1alpha1", "kind": "Profile",
+            "metadata": {"name": name, "labels": {"tier": tier}}, "spec": {}
+        });
+        let req = Request::patch(format!("{PROFILES}/{name}?fieldManager=t&force=true"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        assert!(
+            resp.status().is_success(),
+            "apply {name}: {}",
+            resp.status()
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v: Value = serde_json::from_slice(&bytes).expect("json");
+        v["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("resourceVersion")
+    }
+
+    /// The first `n` lines of a watch (type, and name or error code), waiting at most 5 s.
+    async fn watch(app: &axum::Router, query: &str, n: usize) -> Vec<(String, Value)> {
+        let req = Request::get(format!("{PROFILES}?watch=true&{query}"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        assert!(resp.status().is_success(), "watch: {}", resp.status());
+        let mut body = resp.into_body().into_data_stream();
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        let read = async {
+            while out.len() < n {
+                let Some(chunk) = body.next().await else {
+                    break;
+                };
+                buf.extend_from_slice(&chunk.expect("chunk"));
+                while let Some(at) = buf.iter().position(|&b| b == b'\n') {
+                    let line: Value = serde_json::from_slice(&buf[..at]).expect("line");
+                    buf.drain(..=at);
+                    let o = &line["object"];
+                    let what = match line["type"].as_str() {
+                        Some("ERROR") => o["code"].clone(),
+                        _ => o["metadata"]["name"].clone(),
+                    };
+                    out.push((line["type"].as_str().unwrap_or("").to_string(), what));
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), read).await;
+        out
+    }
+
+    /// Objects entering and leaving a label selector show as ADDED and DELETED, from history
+    /// as from the live stream; replaying a change whose previous version history no longer
+    /// holds ends a selector watch with 410 (relist), while a watch without a selector,
+    /// which does not need it, goes on.
+    #[tokio::test]
+    async fn selector_watches_follow_objects_in_and_out_and_relist_without_a_previous_version() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut cfg = StoreConfig::new(dir.path().join("db.redb"));
+        cfg.history_retention = 10;
+        let app = crate::router(Store::open(cfg).expect("store"));
+
+        let start = apply(&app, "a", "web").await;
+        apply(&app, "a", "db").await;
+        apply(&app, "a", "web").await;
+        apply(&app, "b", "db").await;
+        let got = watch(
+            &app,
+            &format!("labelSelector=tier%3Dweb&resourceVersion={start}"),
+            2,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![("DELETED".into(), json!("a")), ("ADDED".into(), json!("a"))],
+            "replayed from history"
+        );
+
+        // "c" is created, then history moves on (30 writes to "d") past its creation.
+        apply(&app, "c", "web").await;
+        for i in 0..30 {
+            apply(&app, "d", if i % 2 == 0 { "x" } else { "y" }).await;
+        }
+        let before = apply(&app, "d", "z").await;
+        apply(&app, "c", "db").await;
+        let got = watch(
+            &app,
+            &format!("labelSelector=tier%3Dweb&resourceVersion={before}"),
+            1,
+        )
+        .await;
+        assert_eq!(
+            got,
+            vec![("ERROR".into(), json!(410))],
+            "c's creation is compacted"
+        );
+        let got = watch(&app, &format!("resourceVersion={before}"), 1).await;
+        assert_eq!(
+            got,
+            vec![("MODIFIED".into(), json!("c"))],
+            "no selector: no previous version needed"
+        );
+    }
 }

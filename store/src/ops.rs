@@ -128,6 +128,10 @@ pub struct WatchEvent {
     pub raw: Json,
     /// The object before the change (for selector transitions), absent on create.
     pub raw_prev: Option<Json>,
+    /// The object had a previous version, no longer in history: replayed events name the
+    /// previous version by revision, and compaction may have removed it ([`Self::prev`] is
+    /// then `None`).
+    prev_unknown: bool,
     parsed: OnceLock<Option<Value>>,
     parsed_prev: OnceLock<Option<Value>>,
 }
@@ -146,9 +150,29 @@ impl WatchEvent {
             key,
             raw,
             raw_prev,
+            prev_unknown: false,
             parsed: OnceLock::new(),
             parsed_prev: OnceLock::new(),
         }
+    }
+
+    /// An event replayed from history whose previous version is no longer there.
+    pub(crate) fn with_prev_unknown(mut self) -> WatchEvent {
+        self.raw_prev = None;
+        self.prev_unknown = true;
+        self
+    }
+
+    /// Whether the object existed before this change (known without parsing anything).
+    pub fn had_prev(&self) -> bool {
+        self.raw_prev.is_some() || self.prev_unknown
+    }
+
+    /// Whether the object existed before this change but that version is no longer kept
+    /// (only for events replayed from history): a watch that needs it to tell whether the
+    /// object entered or left its selector cannot, and must start again from a list.
+    pub fn prev_unknown(&self) -> bool {
+        self.prev_unknown
     }
 
     /// The object, with `metadata.resourceVersion` = this event's revision (`Null` if the

@@ -395,6 +395,7 @@ pub(crate) fn apply_one(
         }
         None => None,
     };
+    let prev_revision = current.as_ref().map(|c| c.0).unwrap_or(0);
     let pre = match op {
         WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
     };
@@ -434,7 +435,7 @@ pub(crate) fn apply_one(
             )
         }
     };
-    hist.insert(rev, history::encode(&event).as_slice())?;
+    hist.insert(rev, history::encode(&event, prev_revision).as_slice())?;
     Ok(Ok(event))
 }
 

@@ -209,6 +209,105 @@ async fn history_written_as_json_by_earlier_versions_is_still_read() {
     assert_eq!(old.prev().unwrap()["v"], 1);
 }
 
+/// A history record keeps its object once: the previous object is read from its own record
+/// when replayed (a delete's is the record's object), and a previous version compacted away
+/// is reported as unknown rather than as absent.
+#[tokio::test]
+async fn history_names_the_previous_version_instead_of_copying_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 10);
+    let big = "x".repeat(1000);
+    for v in 1..=2 {
+        s.write(put("k/a", json!({"v": v, "pad": big}), Precondition::None))
+            .await
+            .unwrap();
+    }
+    // Revision 3 (the update) holds one copy of the 1 KB object, not two.
+    {
+        let txn = s.database().begin_read().unwrap();
+        let t = txn.open_table(HISTORY).unwrap();
+        let len = t.get(3u64).unwrap().unwrap().value().len();
+        assert!((1000..1200).contains(&len), "record of {len} bytes");
+    }
+    s.write(WriteOp::Delete {
+        key: "k/a".into(),
+        precondition: Precondition::None,
+    })
+    .await
+    .unwrap();
+    let mut w = s.watch(1).unwrap();
+    let created = w.recv().await.unwrap();
+    assert!(!created.had_prev() && created.prev().is_none());
+    let updated = w.recv().await.unwrap();
+    assert_eq!(
+        (updated.revision, updated.prev().unwrap()["v"].clone()),
+        (3, json!(1))
+    );
+    let deleted = w.recv().await.unwrap();
+    assert_eq!(deleted.type_, EventType::Deleted);
+    assert_eq!(deleted.prev().unwrap()["v"], 2);
+
+    // "k/b" is created, history moves past it, then it changes.
+    s.write(put("k/b", json!({"v": 1}), Precondition::None))
+        .await
+        .unwrap();
+    for i in 0..30 {
+        s.write(put("k/c", json!({ "i": i }), Precondition::None))
+            .await
+            .unwrap();
+    }
+    let from = s.revision();
+    s.write(put("k/b", json!({"v": 2}), Precondition::None))
+        .await
+        .unwrap();
+    s.write(WriteOp::Delete {
+        key: "k/c".into(),
+        precondition: Precondition::None,
+    })
+    .await
+    .unwrap();
+    let mut w = s.watch(from).unwrap();
+    let b = w.recv().await.unwrap();
+    assert_eq!(b.object()["v"], 2);
+    assert!(b.had_prev() && b.prev_unknown() && b.prev().is_none());
+    let c = w.recv().await.unwrap();
+    assert_eq!(
+        (c.type_, c.prev().unwrap()["i"].clone()),
+        (EventType::Deleted, json!(29))
+    );
+}
+
+/// Records of the first binary format, which copied the previous object, are still read.
+#[tokio::test]
+async fn history_records_with_the_previous_object_inline_are_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    s.write(put("k/a", json!({"v": 1}), Precondition::None))
+        .await
+        .unwrap();
+    // Revision 3 in version 1: type 1 (modified), key, object, previous object.
+    let mut rec = vec![1u8, 1];
+    for part in [&b"k/a"[..], br#"{"v":2}"#, br#"{"v":1}"#] {
+        rec.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        rec.extend_from_slice(part);
+    }
+    {
+        let txn = s.database().begin_write().unwrap();
+        txn.open_table(HISTORY)
+            .unwrap()
+            .insert(3u64, rec.as_slice())
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let mut w = s.watch(2).unwrap();
+    let old = w.recv().await.unwrap();
+    assert_eq!((old.revision, old.type_), (3, EventType::Modified));
+    assert_eq!(
+        (old.object()["v"].clone(), old.prev().unwrap()["v"].clone()),
+        (json!(2), json!(1))
+    );
+}
+
 #[tokio::test]
 async fn compaction_expires_old_revisions() {
     let dir = tempfile::tempdir().unwrap();
