@@ -198,18 +198,20 @@ impl LogStore {
     /// encoded size in [`LogGrowth`].
     fn write_entries(&self, entries: &[Entry]) -> Result<(), String> {
         let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
-        let mut bufs = Vec::with_capacity(entries.len());
-        for e in entries {
-            let mut buf = Vec::with_capacity(crate::entry_size_hint(e));
-            serde_json::to_writer(&mut buf, e).map_err(|e| e.to_string())?;
-            self.growth.appended(buf.len());
-            bufs.push((e.log_id.index, buf));
-        }
         let committed = committed
             .map(|c| serde_json::to_vec(&c).map_err(|e| e.to_string()))
             .transpose()?;
-        self.wal()
-            .append(bufs.iter().map(|(i, b)| (*i, b.as_slice())), committed)
+        let bytes = self.wal().append_with(
+            entries.iter().map(|e| {
+                (e.log_id.index, move |out: &mut Vec<u8>| {
+                    out.reserve(crate::entry_size_hint(e));
+                    serde_json::to_writer(out, e).map_err(|e| e.to_string())
+                })
+            }),
+            committed,
+        )?;
+        self.growth.appended(bytes);
+        Ok(())
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
