@@ -259,8 +259,8 @@ mod tests {
         out
     }
 
-    /// Objects entering and leaving a label selector show as ADDED and DELETED, from history
-    /// as from the live stream; replaying a change whose previous version history no longer
+    /// Objects entering and leaving a label selector show as ADDED and DELETED when a watch
+    /// replays them from history; replaying a change whose previous version history no longer
     /// holds ends a selector watch with 410 (relist), while a watch without a selector,
     /// which does not need it, goes on.
     #[tokio::test]

@@ -162,6 +162,17 @@ pub async fn run<R: Reconciler>(
             let (r, ctx, queue) = (r.clone(), ctx.clone(), queue.clone());
             async move {
                 ctx.caches.wait_synced().await;
+                // Changes received so far are in the caches already (an object is in the
+                // cache before its change is sent, and the initial list before the caches
+                // are synced): the resync covers them. Queued again after the resync, they
+                // reconciled an object a second time at once, ahead of its backoff.
+                loop {
+                    match changes.try_recv() {
+                        Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::TryRecvError::Empty) => break,
+                        Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
+                    }
+                }
                 for o in R::store(&ctx.caches).state() {
                     queue.add(&o.name_any());
                 }
