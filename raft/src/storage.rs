@@ -1,8 +1,7 @@
 //! openraft's storage: the log, the vote and the committed log id in a write-ahead log of
 //! their own (`raft-wal/`, [`crate::wal`]); the state machine is the object store itself
-//! (objects, history,
-//! revision), with the last applied log id and membership written in the same transaction as
-//! the entries they cover.
+//! (objects, history, revision), with the last applied log id and membership written in the
+//! same transaction as the entries they cover.
 //!
 //! The log is the durable record: every append is one write and one `fdatasync` (per batch
 //! of entries). Applying is not fsync'd: the store's file is made durable every
@@ -258,17 +257,16 @@ fn migrate_redb_log(from: &std::path::Path, to: &std::path::Path) -> Result<(), 
     match txn.open_table(LOG) {
         Ok(t) => {
             let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-            for e in t.iter().map_err(|e| fail(e.to_string()))? {
+            let mut iter = t.iter().map_err(|e| fail(e.to_string()))?.peekable();
+            while let Some(e) = iter.next() {
                 let (k, v) = e.map_err(|e| fail(e.to_string()))?;
                 batch.push((k.value(), v.value().to_vec()));
-                if batch.len() == 1024 {
+                if batch.len() == 1024 || iter.peek().is_none() {
                     entries += batch.len();
                     wal.append(batch.iter().map(|(i, b)| (*i, b.as_slice())), None)?;
                     batch.clear();
                 }
             }
-            entries += batch.len();
-            wal.append(batch.iter().map(|(i, b)| (*i, b.as_slice())), None)?;
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(fail(e.to_string())),
