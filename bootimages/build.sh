@@ -38,7 +38,14 @@ kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-im
 [ -n "$kpkg" ] || { apt-get update -q; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
 if [ ! -s "$CACHE/$kpkg/vmlinuz" ] || [ ! -s "$CACHE/$kpkg/mod/virtio_blk.ko" ]; then
   d=$(mktemp -d /tmp/gw-kernel.XXXXXX)
-  (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null)
+  # The mirror is a network away: a transient failure (DNS, a dropped connection) is retried,
+  # with a fresh package index in case the kernel package moved meanwhile.
+  for attempt in 1 2 3; do
+    (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null) && break
+    if [ "$attempt" = 3 ]; then echo "build.sh: cannot download $kpkg (3 attempts)" >&2; exit 1; fi
+    echo "build.sh: downloading $kpkg failed (attempt $attempt of 3); retrying" >&2
+    sleep $((attempt * 5)); apt-get update -q >/dev/null 2>&1 || true
+  done
   dpkg-deb --fsys-tarfile "$d"/*.deb | tar -x -C "$d" --wildcards './boot/vmlinuz-*' \
     '*/e1000/e1000.ko' '*/drivers/virtio/virtio*.ko' '*/net/*failover.ko' '*/drivers/net/virtio_net.ko' \
     '*/drivers/block/virtio_blk.ko'
