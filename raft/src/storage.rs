@@ -4,9 +4,10 @@
 //! same transaction as the entries they cover.
 //!
 //! The log is the durable record: every append is one write and one `fdatasync` (per batch
-//! of entries). Applying is not fsync'd: the store's file is made durable every
-//! [`FLUSH_EVERY`] and before a snapshot is built (which lets openraft purge the log behind
-//! it). A crash loses at most the applies since the last flush, which openraft applies again
+//! of entries). Applying goes to the store's in-memory tail (`store/src/tail.rs`), persisted
+//! in one fsync'd transaction every [`FLUSH_EVERY`] and before a snapshot is built (which
+//! lets openraft purge the log behind it). A crash loses at most the applies since the last
+//! persist, which openraft applies again
 //! from the log at start (up to the committed log id saved with the log, then as the leader
 //! commits), as etcd re-applies its WAL over its backend's last commit.
 
@@ -477,11 +478,12 @@ impl StateMachine {
 
     fn build(&self) -> Result<Snapshot<TypeConfig>, String> {
         // openraft purges the log up to the snapshot, so the state it covers must be durable:
-        // the dump's read snapshot first, then a flush of everything applied until then
-        // (applies may continue meanwhile).
+        // everything applied so far is persisted first, then the dump reads the database,
+        // whose raft metadata names exactly what it holds (applies may continue meanwhile,
+        // into the in-memory tail).
         let seen = self.growth.since_snapshot.load(Ordering::Relaxed);
-        let dump = self.store.dump().map_err(|e| e.to_string())?;
         self.store.flush().map_err(|e| e.to_string())?;
+        let dump = self.store.dump().map_err(|e| e.to_string())?;
         let find = |k: &str| {
             dump.meta
                 .iter()
@@ -599,8 +601,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let results = self
             .store
-            // Not fsync'd: the log is the durable record (see the module's documentation).
-            .apply_entries(&batch, &meta, false)
+            // In memory until the next persist: the log is the durable record (see the
+            // module's documentation).
+            .apply_entries(&batch, &meta)
             .map_err(|e| StorageIOError::write_state_machine(any(e)))?;
         let mut out = Vec::with_capacity(results.len());
         for entry in results {

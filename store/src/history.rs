@@ -126,7 +126,12 @@ fn decode_json(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
 /// Every event after `revision`, read in one snapshot that also checks that history still
 /// reaches back that far (so a concurrent compaction cannot open a silent gap).
 pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>, StoreError> {
+    // Replicated mode: the newest events are in the in-memory tail (tail.rs); the database's
+    // history is read below its first one, in a read transaction begun under its lock.
+    let tail = inner.tail();
+    let (layered, first_layered) = tail.events_after(revision);
     let txn = inner.db.begin_read()?;
+    drop(tail);
     let compacted = txn
         .open_table(META)?
         .get("compacted")?
@@ -142,7 +147,8 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
     let mut out = Vec::new();
     // Objects replayed so far, by revision: most previous versions are among them.
     let mut seen: HashMap<u64, Json> = HashMap::new();
-    for entry in table.range((revision + 1)..)? {
+    let upper = first_layered.unwrap_or(u64::MAX);
+    for entry in table.range((revision + 1)..upper)? {
         let (k, v) = entry?;
         let Decoded { mut event, prev_at } = decode(k.value(), v.value())?;
         if let Some(at) = prev_at {
@@ -164,6 +170,7 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
         seen.insert(event.revision, event.raw.clone());
         out.push(Arc::new(event));
     }
+    out.extend(layered);
     Ok(out)
 }
 
@@ -174,17 +181,25 @@ const COMPACT_STEP: u64 = 1_000;
 
 /// Drops history older than the newest `retention` events, in steps of [`COMPACT_STEP`],
 /// once it has grown a step (or 10 % of the limit, if smaller) past the limit (so compaction
-/// is not a cost on every write). Not fsync'd: the next durable commit carries it, and a
-/// compaction lost in a crash is done again.
-pub(crate) fn maybe_compact(inner: &Inner, retention: u64) -> Result<(), StoreError> {
+/// is not a cost on every write), never past `persisted` (the revision history in the database
+/// reaches). Not fsync'd: the next durable commit carries it, and a compaction lost in a crash
+/// is done again. Returns whether it deleted anything.
+pub(crate) fn maybe_compact(
+    inner: &Inner,
+    retention: u64,
+    persisted: u64,
+) -> Result<bool, StoreError> {
     let rev = inner.revision.load(Ordering::Acquire);
     let compacted = inner.compacted.load(Ordering::Acquire);
     let slack = (retention / 10).clamp(1, COMPACT_STEP);
     if rev.saturating_sub(compacted) <= retention + slack {
-        return Ok(());
+        return Ok(false);
     }
     let target = rev - retention;
-    let upto = target.min(compacted + COMPACT_STEP);
+    let upto = target.min(compacted + COMPACT_STEP).min(persisted);
+    if upto <= compacted {
+        return Ok(false);
+    }
     let mut txn = inner.db.begin_write()?;
     txn.set_durability(redb::Durability::None)?;
     {
@@ -196,5 +211,5 @@ pub(crate) fn maybe_compact(inner: &Inner, retention: u64) -> Result<(), StoreEr
     txn.commit()?;
     inner.compacted.store(upto, Ordering::Release);
     tracing::debug!(compacted = upto, revision = rev, "history compacted");
-    Ok(())
+    Ok(true)
 }

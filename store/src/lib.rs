@@ -11,6 +11,7 @@ mod history;
 mod ops;
 mod replicated;
 mod store;
+mod tail;
 mod watch;
 
 pub use error::StoreError;

@@ -16,7 +16,7 @@ use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::store::{HISTORY, META, OBJECTS, apply_next, read_revision};
+use crate::store::{HISTORY, META, OBJECTS, read_revision};
 use crate::{Committed, Json, Store, StoreError, WriteOp};
 
 /// Raft state-machine metadata, opaque to the store ("applied", "membership").
@@ -84,7 +84,12 @@ impl Store {
 
     /// Raft metadata stored with the objects.
     pub fn sm_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let tail = self.inner.tail();
+        if let Some(v) = tail.meta(name) {
+            return Ok(Some(v.clone()));
+        }
         let txn = self.inner.db.begin_read()?;
+        drop(tail);
         let t = match txn.open_table(RAFT_SM) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -93,66 +98,79 @@ impl Store {
         Ok(t.get(name)?.map(|g| g.value().to_vec()))
     }
 
-    /// Applies replicated entries in one transaction, with `meta` (the raft metadata after the
-    /// last of them) in the same transaction. Each operation that passes its precondition gets
-    /// the next revision; a rejected one consumes none. Returns, per entry, one result per
-    /// operation.
+    /// Applies replicated entries, with `meta` (the raft metadata after the last of them).
+    /// Each operation that passes its precondition gets the next revision; a rejected one
+    /// consumes none. Returns, per entry, one result per operation.
     ///
-    /// With `durable: false` the commit is not fsync'd: it becomes durable with the next
-    /// durable commit to the store's file ([`Store::flush`], which [`Store::spawn_flusher`]
-    /// runs, a snapshot build or install, a history compaction); a crash before that loses it
-    /// and the entries are applied again from the raft log.
+    /// The writes go to the in-memory tail (`tail.rs`), readable at once; [`Store::flush`]
+    /// (which [`Store::spawn_flusher`] runs, and a snapshot build) persists them in one
+    /// fsync'd transaction. A crash before that loses them here, and openraft applies the
+    /// entries again from the raft log.
     pub fn apply_entries(
         &self,
         entries: &[Entry],
         meta: &[(&str, Vec<u8>)],
-        durable: bool,
     ) -> Result<Vec<Vec<Result<Committed, StoreError>>>, StoreError> {
         let inner = &self.inner;
-        let mut txn = inner.db.begin_write()?;
-        if !durable {
-            txn.set_durability(redb::Durability::None)?;
-        }
         let mut results = Vec::with_capacity(entries.len());
         let mut events = Vec::new();
         let mut rev = inner.revision.load(Ordering::Acquire);
         let mut index = *inner.applied_index.borrow();
         {
-            let mut objects = txn.open_table(OBJECTS)?;
-            let mut hist = txn.open_table(HISTORY)?;
-            let mut m = txn.open_table(META)?;
-            let mut sm = txn.open_table(RAFT_SM)?;
+            let mut tail = inner.tail();
+            // Begun under the lock: a persist of what the layers held is in it (tail.rs).
+            let txn = inner.db.begin_read()?;
+            let objects = txn.open_table(OBJECTS)?;
             // openraft hands each entry to the state machine once (it resumes from the applied
             // log id stored with the objects), so nothing is skipped here.
             for e in entries {
                 index = index.max(e.index);
                 let mut out = Vec::with_capacity(e.ops.len());
                 for op in &e.ops {
-                    out.push(apply_next(
-                        &mut objects,
-                        &mut hist,
-                        op,
-                        &mut rev,
-                        &mut events,
-                    )?);
+                    let key = op.key();
+                    let current: Option<(u64, Json)> = match tail.lookup(key) {
+                        Some((r, Some(j))) => Some((*r, j.clone())),
+                        Some((_, None)) => None,
+                        None => match objects.get(key)? {
+                            Some(g) => {
+                                let (r, b) = g.value();
+                                Some((r, Json::from_stored(b)?))
+                            }
+                            None => None,
+                        },
+                    };
+                    match crate::store::change(op, current, rev + 1) {
+                        Ok((event, prev_revision)) => {
+                            rev += 1;
+                            out.push(Ok(Committed {
+                                revision: rev,
+                                object: event.raw.clone(),
+                            }));
+                            let stored = match op {
+                                WriteOp::Put { value, .. } => Some(value.clone()),
+                                WriteOp::Delete { .. } => None,
+                            };
+                            tail.active.objects.insert(key.to_string(), (rev, stored));
+                            let event = Arc::new(event);
+                            tail.active.events.push((event.clone(), prev_revision));
+                            events.push(event);
+                        }
+                        Err(rejected) => out.push(Err(rejected)),
+                    }
                 }
                 results.push(out);
             }
-            m.insert("revision", rev)?;
+            tail.active.revision = rev;
             for (k, v) in meta {
-                sm.insert(*k, v.as_slice())?;
+                tail.active.meta.insert((*k).to_string(), v.clone());
             }
         }
-        txn.commit()?;
         inner.revision.store(rev, Ordering::Release);
         for e in events {
-            let _ = inner.events.send(Arc::new(e));
+            let _ = inner.events.send(e);
         }
         inner.applied.send_replace(rev);
         inner.applied_index.send_replace(index);
-        if let Err(e) = crate::history::maybe_compact(inner, inner.retention) {
-            tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
-        }
         Ok(results)
     }
 
@@ -197,9 +215,59 @@ impl Store {
         });
     }
 
-    /// Makes every earlier commit durable (an empty fsync'd commit).
+    /// Makes everything applied so far durable: the in-memory tail of replicated mode
+    /// (`tail.rs`) in one fsync'd transaction, which also makes every earlier commit durable;
+    /// then compacts history.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.inner.db.begin_write()?.commit()?;
+        let inner = &self.inner;
+        let _persist = inner.persist.lock().unwrap_or_else(|e| e.into_inner());
+        let layer = inner.tail().freeze();
+        let txn = inner.db.begin_write()?;
+        if let Some(layer) = &layer {
+            let mut objects = txn.open_table(OBJECTS)?;
+            let mut hist = txn.open_table(HISTORY)?;
+            let mut m = txn.open_table(META)?;
+            let mut sm = txn.open_table(RAFT_SM)?;
+            for (k, (rev, v)) in &layer.objects {
+                match v {
+                    Some(j) => {
+                        objects.insert(k.as_str(), (*rev, j.as_str().as_bytes()))?;
+                    }
+                    None => {
+                        objects.remove(k.as_str())?;
+                    }
+                }
+            }
+            for (e, prev_revision) in &layer.events {
+                hist.insert(
+                    e.revision,
+                    crate::history::encode(e, *prev_revision).as_slice(),
+                )?;
+            }
+            if layer.revision > 0 {
+                m.insert("revision", layer.revision)?;
+            }
+            for (k, v) in &layer.meta {
+                sm.insert(k.as_str(), v.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        let persisted = {
+            let mut tail = inner.tail();
+            tail.frozen = None;
+            layer
+                .as_ref()
+                .map(|l| l.revision)
+                .filter(|r| *r > 0)
+                .unwrap_or_else(|| read_revision_now(inner).unwrap_or(0))
+        };
+        // Up to 8 steps a persist (8,000 records every 100 ms): compaction keeps up with
+        // the fastest writers while no step stalls applies (it runs beside them).
+        for _ in 0..8 {
+            if !crate::history::maybe_compact(inner, inner.retention, persisted)? {
+                break;
+            }
+        }
         Ok(())
     }
 
@@ -236,6 +304,11 @@ impl Store {
     /// watches from before it get `Compacted` (410) and relist; open watches are ended.
     pub fn restore(&self, dump: &Dump, index: u64) -> Result<(), StoreError> {
         let inner = &self.inner;
+        let _persist = inner.persist.lock().unwrap_or_else(|e| e.into_inner());
+        // Held until the new state is committed: no reader sees the layers gone and the old
+        // state still in the database.
+        let mut tail = inner.tail();
+        *tail = Default::default();
         let txn = inner.db.begin_write()?;
         {
             let mut objects = txn.open_table(OBJECTS)?;
@@ -254,6 +327,7 @@ impl Store {
             }
         }
         txn.commit()?;
+        drop(tail);
         inner.revision.store(dump.revision, Ordering::Release);
         inner.compacted.store(dump.revision, Ordering::Release);
         inner.resets.fetch_add(1, Ordering::AcqRel);
@@ -275,6 +349,11 @@ impl Store {
     ) -> Result<(), StoreError> {
         wait_reached(&self.inner.applied, revision, timeout, "revision").await
     }
+}
+
+/// The revision the database holds (what a persist has written).
+fn read_revision_now(inner: &crate::store::Inner) -> Result<u64, StoreError> {
+    read_revision(&inner.db.begin_read()?)
 }
 
 /// Waits until `counter` reaches `target` (bounded by `timeout`); `what` names it in the error.

@@ -87,6 +87,16 @@ pub(crate) struct Inner {
     pub(crate) retention: u64,
     /// Set in replicated mode: writes go through raft.
     pub(crate) proposer: std::sync::RwLock<Option<Arc<dyn crate::Proposer>>>,
+    /// Replicated mode: applied writes not yet persisted (`tail.rs`); empty otherwise.
+    pub(crate) tail: std::sync::Mutex<crate::tail::Tail>,
+    /// Held by a persist and a snapshot install (one database writer of the tail at a time).
+    pub(crate) persist: std::sync::Mutex<()>,
+}
+
+impl Inner {
+    pub(crate) fn tail(&self) -> std::sync::MutexGuard<'_, crate::tail::Tail> {
+        self.tail.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The object store. Cheap to clone; all clones share one database and writer.
@@ -146,6 +156,8 @@ impl Store {
             resets: AtomicU64::new(0),
             retention: config.history_retention,
             proposer: Default::default(),
+            tail: Default::default(),
+            persist: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -192,7 +204,21 @@ impl Store {
 
     /// Reads one object.
     pub fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
+        let tail = self.inner.tail();
+        if let Some((revision, v)) = tail.lookup(key) {
+            let (revision, v) = (*revision, v.clone());
+            drop(tail);
+            return match v {
+                Some(j) => Ok(Some(StoredObject {
+                    revision,
+                    object: parse_stored(j.as_str().as_bytes(), revision)?,
+                })),
+                None => Ok(None),
+            };
+        }
+        // Begun under the lock: a persist of what the layers held is in it (tail.rs).
         let txn = self.inner.db.begin_read()?;
+        drop(tail);
         let table = txn.open_table(OBJECTS)?;
         match table.get(key)? {
             Some(g) => {
@@ -216,28 +242,59 @@ impl Store {
         limit: usize,
         filter: Option<&dyn Fn(&Value) -> bool>,
     ) -> Result<ListPage, StoreError> {
-        let txn = self.inner.db.begin_read()?;
-        let revision = read_revision(&txn)?;
-        let table = txn.open_table(OBJECTS)?;
         let lower = match start_after {
             Some(k) if k >= prefix => Bound::Excluded(k),
             _ => Bound::Included(prefix),
         };
+        let tail = self.inner.tail();
+        let layered = tail.range(prefix, lower);
+        let layered_rev = tail.revision();
+        // Begun under the lock: a persist of what the layers held is in it (tail.rs).
+        let txn = self.inner.db.begin_read()?;
+        drop(tail);
+        let revision = read_revision(&txn)?.max(layered_rev);
+        let table = txn.open_table(OBJECTS)?;
         let mut items = Vec::new();
         let mut continue_after = None;
         let mut remaining = 0u64;
-        for entry in table.range::<&str>((lower, Bound::Unbounded))? {
-            let (k, v) = entry?;
-            let key = k.value();
-            if !key.starts_with(prefix) {
-                break;
-            }
+        let mut stored = table.range::<&str>((lower, Bound::Unbounded))?.peekable();
+        let mut layered = layered.into_iter().peekable();
+        loop {
+            // The next key of either source; the layers' entry wins over the database's.
+            let from_db = match stored.peek() {
+                Some(Ok((k, _))) => Some(k.value().to_string()),
+                Some(Err(_)) => {
+                    return Err(stored.next().and_then(|r| r.err()).expect("peeked").into());
+                }
+                None => None,
+            };
+            let from_db = from_db.filter(|k| k.starts_with(prefix));
+            let (key, rev, text): (String, u64, Option<Vec<u8>>) =
+                match (from_db, layered.peek().map(|(k, _)| k.clone())) {
+                    (None, None) => break,
+                    (Some(d), Some(l)) if l <= d => {
+                        if l == d {
+                            stored.next();
+                        }
+                        let (k, (r, v)) = layered.next().expect("peeked");
+                        (k, r, v.map(|j| j.as_str().as_bytes().to_vec()))
+                    }
+                    (None, Some(_)) => {
+                        let (k, (r, v)) = layered.next().expect("peeked");
+                        (k, r, v.map(|j| j.as_str().as_bytes().to_vec()))
+                    }
+                    (Some(d), _) => {
+                        let (_, v) = stored.next().expect("peeked")?;
+                        let (r, bytes) = v.value();
+                        (d, r, Some(bytes.to_vec()))
+                    }
+                };
+            let Some(bytes) = text else { continue };
             if filter.is_none() && limit > 0 && items.len() == limit {
                 remaining += 1;
                 continue;
             }
-            let (rev, bytes) = v.value();
-            let object = parse_stored(bytes, rev)?;
+            let object = parse_stored(&bytes, rev)?;
             if filter.is_some_and(|f| !f(&object)) {
                 continue;
             }
@@ -246,7 +303,7 @@ impl Store {
                 continue;
             }
             if limit > 0 && items.len() + 1 == limit {
-                continue_after = Some(key.to_string());
+                continue_after = Some(key);
             }
             items.push(StoredObject {
                 revision: rev,
@@ -323,7 +380,7 @@ fn writer_loop(
                 }
             }
         }
-        if let Err(e) = history::maybe_compact(&inner, config.history_retention) {
+        if let Err(e) = history::maybe_compact(&inner, config.history_retention, u64::MAX) {
             tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
         }
     }
@@ -395,21 +452,42 @@ pub(crate) fn apply_one(
         }
         None => None,
     };
+    let (event, prev_revision) = match change(op, current, rev) {
+        Ok(c) => c,
+        Err(rejected) => return Ok(Err(rejected)),
+    };
+    match op {
+        WriteOp::Put { value, .. } => {
+            objects.insert(key, (rev, value.as_str().as_bytes()))?;
+        }
+        WriteOp::Delete { .. } => {
+            objects.remove(key)?;
+        }
+    }
+    hist.insert(rev, history::encode(&event, prev_revision).as_slice())?;
+    Ok(Ok(event))
+}
+
+/// The event `op` makes at revision `rev` given the key's `current` (revision, object), and
+/// the revision of the object's previous version (0: none); or the failed precondition.
+pub(crate) fn change(
+    op: &WriteOp,
+    current: Option<(u64, Json)>,
+    rev: u64,
+) -> Result<(WatchEvent, u64), StoreError> {
+    let key = op.key();
     let prev_revision = current.as_ref().map(|c| c.0).unwrap_or(0);
     let pre = match op {
         WriteOp::Put { precondition, .. } | WriteOp::Delete { precondition, .. } => *precondition,
     };
-    if let Err(e) = check(
+    check(
         key,
         pre,
         current.as_ref().map(|c| c.0),
         matches!(op, WriteOp::Delete { .. }),
-    ) {
-        return Ok(Err(e));
-    }
+    )?;
     let event = match op {
         WriteOp::Put { value, .. } => {
-            objects.insert(key, (rev, value.as_str().as_bytes()))?;
             let type_ = if current.is_some() {
                 EventType::Modified
             } else {
@@ -424,7 +502,6 @@ pub(crate) fn apply_one(
             )
         }
         WriteOp::Delete { .. } => {
-            objects.remove(key)?;
             let (_, last) = current.expect("checked: exists");
             WatchEvent::new(
                 rev,
@@ -435,8 +512,7 @@ pub(crate) fn apply_one(
             )
         }
     };
-    hist.insert(rev, history::encode(&event, prev_revision).as_slice())?;
-    Ok(Ok(event))
+    Ok((event, prev_revision))
 }
 
 fn check(
