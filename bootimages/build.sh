@@ -36,16 +36,27 @@ fi
 mkdir -p "$OUT" "$CACHE"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -q; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
-if [ ! -s "$CACHE/$kpkg/vmlinuz" ] || [ ! -s "$CACHE/$kpkg/mod/virtio_blk.ko" ]; then
+cached() { [ -s "$CACHE/$1/vmlinuz" ] && [ -s "$CACHE/$1/mod/virtio_blk.ko" ]; }
+if ! cached "$kpkg"; then
   d=$(mktemp -d /tmp/gw-kernel.XXXXXX)
-  # The mirror is a network away: a transient failure (DNS, a dropped connection) is retried,
-  # with a fresh package index in case the kernel package moved meanwhile.
+  # The mirror is a network away: a transient failure (DNS, a dropped connection) is retried.
+  # If the index names a kernel the mirror cannot serve, a kernel cached by an earlier build
+  # is used instead (the ramdisk needs a kernel and its drivers, not the newest one).
   for attempt in 1 2 3; do
     (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null) && break
-    if [ "$attempt" = 3 ]; then echo "build.sh: cannot download $kpkg (3 attempts)" >&2; exit 1; fi
+    if [ "$attempt" = 3 ]; then
+      prev=$(ls -1 "$CACHE" 2>/dev/null | sort -V | while read -r k; do cached "$k" && echo "$k"; done | tail -1)
+      [ -n "$prev" ] || { echo "build.sh: cannot download $kpkg (3 attempts), and no kernel is cached in $CACHE" >&2; exit 1; }
+      echo "build.sh: cannot download $kpkg (3 attempts); using the cached $prev" >&2
+      kpkg=$prev
+      rm -rf "$d"
+      break
+    fi
     echo "build.sh: downloading $kpkg failed (attempt $attempt of 3); retrying" >&2
-    sleep $((attempt * 5)); apt-get update -q >/dev/null 2>&1 || true
+    sleep $((attempt * 5))
   done
+fi
+if ! cached "$kpkg"; then
   dpkg-deb --fsys-tarfile "$d"/*.deb | tar -x -C "$d" --wildcards './boot/vmlinuz-*' \
     '*/e1000/e1000.ko' '*/drivers/virtio/virtio*.ko' '*/net/*failover.ko' '*/drivers/net/virtio_net.ko' \
     '*/drivers/block/virtio_blk.ko'
