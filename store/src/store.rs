@@ -259,6 +259,30 @@ impl Store {
         let mut remaining = 0u64;
         let mut stored = table.range::<&str>((lower, Bound::Unbounded))?.peekable();
         let mut layered = layered.into_iter().peekable();
+        // One key's object: counted without reading it past the limit (no filter), else
+        // parsed, filtered and kept.
+        let mut visit = |key: &str, rev: u64, bytes: &[u8]| -> Result<(), StoreError> {
+            if filter.is_none() && limit > 0 && items.len() == limit {
+                remaining += 1;
+                return Ok(());
+            }
+            let object = parse_stored(bytes, rev)?;
+            if filter.is_some_and(|f| !f(&object)) {
+                return Ok(());
+            }
+            if limit > 0 && items.len() == limit {
+                remaining += 1;
+                return Ok(());
+            }
+            if limit > 0 && items.len() + 1 == limit {
+                continue_after = Some(key.to_string());
+            }
+            items.push(StoredObject {
+                revision: rev,
+                object,
+            });
+            Ok(())
+        };
         loop {
             // The next key of either source; the layers' entry wins over the database's.
             let from_db = match stored.peek() {
@@ -267,48 +291,27 @@ impl Store {
                     return Err(stored.next().and_then(|r| r.err()).expect("peeked").into());
                 }
                 None => None,
+            }
+            .filter(|k| k.starts_with(prefix));
+            let use_layered = match (from_db.as_deref(), layered.peek()) {
+                (None, None) => break,
+                (Some(d), Some((l, _))) => l.as_str() <= d,
+                (None, Some(_)) => true,
+                (Some(_), None) => false,
             };
-            let from_db = from_db.filter(|k| k.starts_with(prefix));
-            let (key, rev, text): (String, u64, Option<Vec<u8>>) =
-                match (from_db, layered.peek().map(|(k, _)| k.clone())) {
-                    (None, None) => break,
-                    (Some(d), Some(l)) if l <= d => {
-                        if l == d {
-                            stored.next();
-                        }
-                        let (k, (r, v)) = layered.next().expect("peeked");
-                        (k, r, v.map(|j| j.as_str().as_bytes().to_vec()))
-                    }
-                    (None, Some(_)) => {
-                        let (k, (r, v)) = layered.next().expect("peeked");
-                        (k, r, v.map(|j| j.as_str().as_bytes().to_vec()))
-                    }
-                    (Some(d), _) => {
-                        let (_, v) = stored.next().expect("peeked")?;
-                        let (r, bytes) = v.value();
-                        (d, r, Some(bytes.to_vec()))
-                    }
-                };
-            let Some(bytes) = text else { continue };
-            if filter.is_none() && limit > 0 && items.len() == limit {
-                remaining += 1;
-                continue;
+            if use_layered {
+                let (k, (rev, v)) = layered.next().expect("peeked");
+                if from_db.as_deref() == Some(k.as_str()) {
+                    stored.next();
+                }
+                if let Some(j) = v {
+                    visit(&k, rev, j.as_str().as_bytes())?;
+                }
+            } else {
+                let (_, v) = stored.next().expect("peeked")?;
+                let (rev, bytes) = v.value();
+                visit(from_db.as_deref().expect("a key"), rev, bytes)?;
             }
-            let object = parse_stored(&bytes, rev)?;
-            if filter.is_some_and(|f| !f(&object)) {
-                continue;
-            }
-            if limit > 0 && items.len() == limit {
-                remaining += 1;
-                continue;
-            }
-            if limit > 0 && items.len() + 1 == limit {
-                continue_after = Some(key);
-            }
-            items.push(StoredObject {
-                revision: rev,
-                object,
-            });
         }
         if remaining == 0 {
             continue_after = None;
