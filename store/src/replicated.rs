@@ -252,14 +252,11 @@ impl Store {
             }
         }
         txn.commit()?;
-        let persisted = {
-            let mut tail = inner.tail();
-            tail.frozen = None;
-            layer
-                .as_ref()
-                .map(|l| l.revision)
-                .filter(|r| *r > 0)
-                .unwrap_or_else(|| read_revision_now(inner).unwrap_or(0))
+        inner.tail().frozen = None;
+        // How far history in the database reaches: compaction never passes it.
+        let persisted = match layer.as_ref().map(|l| l.revision) {
+            Some(r) if r > 0 => r,
+            _ => read_revision(&inner.db.begin_read()?)?,
         };
         // Up to 8 steps a persist (8,000 records every 100 ms): compaction keeps up with
         // the fastest writers while no step stalls applies (it runs beside them).
@@ -349,11 +346,6 @@ impl Store {
     ) -> Result<(), StoreError> {
         wait_reached(&self.inner.applied, revision, timeout, "revision").await
     }
-}
-
-/// The revision the database holds (what a persist has written).
-fn read_revision_now(inner: &crate::store::Inner) -> Result<u64, StoreError> {
-    read_revision(&inner.db.begin_read()?)
 }
 
 /// Waits until `counter` reaches `target` (bounded by `timeout`); `what` names it in the error.

@@ -283,34 +283,54 @@ impl Store {
             });
             Ok(())
         };
+        /// Where the next key comes from.
+        enum Next {
+            Done,
+            Db,
+            /// The layers' entry; `shadows`: the database has the same key (skipped).
+            Layered {
+                shadows: bool,
+            },
+        }
         loop {
-            // The next key of either source; the layers' entry wins over the database's.
-            let from_db = match stored.peek() {
-                Some(Ok((k, _))) => Some(k.value().to_string()),
-                Some(Err(_)) => {
+            // The next key of either source (the layers' entry wins over the database's),
+            // decided on the peeked keys without copying them.
+            let next = match stored.peek() {
+                Some(Err(_)) => None,
+                peeked => {
+                    let db = match peeked {
+                        Some(Ok((k, _))) => Some(k.value()).filter(|k| k.starts_with(prefix)),
+                        _ => None,
+                    };
+                    Some(match (db, layered.peek()) {
+                        (None, None) => Next::Done,
+                        (Some(d), Some((l, _))) if l.as_str() <= d => Next::Layered {
+                            shadows: l.as_str() == d,
+                        },
+                        (None, Some(_)) => Next::Layered { shadows: false },
+                        (Some(_), _) => Next::Db,
+                    })
+                }
+            };
+            match next {
+                None => {
                     return Err(stored.next().and_then(|r| r.err()).expect("peeked").into());
                 }
-                None => None,
-            }
-            .filter(|k| k.starts_with(prefix));
-            let use_layered = match (from_db.as_deref(), layered.peek()) {
-                (None, None) => break,
-                (Some(d), Some((l, _))) => l.as_str() <= d,
-                (None, Some(_)) => true,
-                (Some(_), None) => false,
-            };
-            if use_layered {
-                let (k, (rev, v)) = layered.next().expect("peeked");
-                if from_db.as_deref() == Some(k.as_str()) {
-                    stored.next();
+                Some(Next::Done) => break,
+                Some(Next::Layered { shadows }) => {
+                    if shadows {
+                        stored.next();
+                    }
+                    let (k, (rev, v)) = layered.next().expect("peeked");
+                    if let Some(j) = v {
+                        visit(&k, rev, j.as_str().as_bytes())?;
+                    }
                 }
-                if let Some(j) = v {
-                    visit(&k, rev, j.as_str().as_bytes())?;
+                Some(Next::Db) => {
+                    let (k, v) = stored.next().expect("peeked")?;
+                    let (rev, bytes) = v.value();
+                    visit(k.value(), rev, bytes)?;
                 }
-            } else {
-                let (_, v) = stored.next().expect("peeked")?;
-                let (rev, bytes) = v.value();
-                visit(from_db.as_deref().expect("a key"), rev, bytes)?;
             }
         }
         if remaining == 0 {
