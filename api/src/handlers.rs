@@ -297,10 +297,16 @@ async fn item_request(
                     objects::update(&store, &t, &name, Change::Json(&ops), part, &p).await?
                 }
                 "application/apply-patch+yaml" | "application/apply-patch+json" => {
-                    match objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await
-                    {
+                    // A dry run cannot rely on a create's precondition: it confirms a missing
+                    // object with the leader first.
+                    let change = if p.dry_run {
+                        Change::Merge(&patch)
+                    } else {
+                        Change::Apply(&patch)
+                    };
+                    match objects::update(&store, &t, &name, change, part, &p).await {
                         Err(ApiError::NotFound { .. }) if part == Part::Main => {
-                            let mut obj = patch;
+                            let mut obj = patch.clone();
                             if let Some(m) = obj.as_object_mut() {
                                 let meta = m.entry("metadata").or_insert_with(|| json!({}));
                                 if let Some(meta) = meta.as_object_mut() {
@@ -314,7 +320,21 @@ async fn item_request(
                                     }
                                 }
                             }
-                            objects::create(&store, &t, obj, &p).await?
+                            match objects::create(&store, &t, obj, &p).await {
+                                // Created meanwhile, or this member had not applied it yet.
+                                Err(ApiError::AlreadyExists { .. }) => {
+                                    objects::update(
+                                        &store,
+                                        &t,
+                                        &name,
+                                        Change::Merge(&patch),
+                                        part,
+                                        &p,
+                                    )
+                                    .await?
+                                }
+                                other => other?,
+                            }
                         }
                         other => other?,
                     }
@@ -435,5 +455,69 @@ async fn dispatch(st: AppState, p: HashMap<String, String>, req: Req) -> Result<
             kind: None,
             name,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use groundwork_store::{Store, StoreConfig};
+    use serde_json::{Value, json};
+    use tower::ServiceExt;
+
+    const PROFILES: &str = "/apis/groundwork.dev/v1alpha1/profiles";
+
+    async fn apply(app: &axum::Router, name: &str, n: u64, query: &str) -> (u16, Value) {
+        let body = json!({
+            "apiVersion": "groundwork.dev/v1alpha1", "kind": "Profile",
+            "metadata": {"name": name, "annotations": {"n": n.to_string()}}, "spec": {}
+        });
+        let req = Request::patch(format!(
+            "{PROFILES}/{name}?fieldManager=t&force=true{query}"
+        ))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(Body::from(body.to_string()))
+        .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        let code = resp.status().as_u16();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (code, serde_json::from_slice(&bytes).expect("json"))
+    }
+
+    /// Server-side apply of an object that does not exist yet creates it; applies racing to
+    /// create the same object all succeed (the ones that lose the create update it), and a
+    /// dry run creates nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn applies_racing_to_create_an_object_all_succeed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let app = crate::router(
+            Store::open(StoreConfig::new(dir.path().join("db.redb"))).expect("store"),
+        );
+        for round in 0..20 {
+            let name = format!("p{round}");
+            let racers: Vec<_> = (0..8)
+                .map(|n| {
+                    let (app, name) = (app.clone(), name.clone());
+                    tokio::spawn(async move { apply(&app, &name, n, "").await })
+                })
+                .collect();
+            let mut created = 0;
+            for r in racers {
+                let (code, body) = r.await.expect("task");
+                assert!(code == 200 || code == 201, "apply {name}: {code} {body}");
+                created += usize::from(code == 201);
+            }
+            assert_eq!(created, 1, "{name}: exactly one apply creates it");
+        }
+        let (code, body) = apply(&app, "dry", 1, "&dryRun=All").await;
+        assert_eq!(code, 201, "{body}");
+        let req = Request::get(format!("{PROFILES}/dry"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        assert_eq!(resp.status().as_u16(), 404);
     }
 }

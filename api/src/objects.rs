@@ -450,8 +450,13 @@ pub(crate) async fn create(
 pub(crate) enum Change<'a> {
     /// PUT: the whole object.
     Replace(&'a Value),
-    /// RFC 7386 merge patch (also used for apply and strategic-merge patches).
+    /// RFC 7386 merge patch (also used for strategic-merge patches).
     Merge(&'a Value),
+    /// Server-side apply, applied as a merge patch. A missing object is reported without
+    /// first catching up with the leader: the caller creates it instead, and the create's
+    /// must-not-exist precondition, checked in log order, is what decides (a member behind
+    /// the leader gets `AlreadyExists` and updates as for [`Change::Merge`]).
+    Apply(&'a Value),
     /// RFC 6902 JSON patch.
     Json(&'a json_patch::Patch),
 }
@@ -460,7 +465,7 @@ impl Change<'_> {
     fn desired(&self, current: &Value) -> Result<Value, String> {
         match self {
             Change::Replace(v) => Ok((*v).clone()),
-            Change::Merge(p) => {
+            Change::Merge(p) | Change::Apply(p) => {
                 let mut v = current.clone();
                 json_patch::merge(&mut v, p);
                 Ok(v)
@@ -488,7 +493,9 @@ pub(crate) async fn update(
     let key = t.key(name);
     let mut caught_up = false;
     for _ in 0..MAX_RETRIES {
-        let current = current_object(store, &key, kind, name).await?;
+        let confirm_missing =
+            !(matches!(change, Change::Apply(_)) && part == Part::Main) || caught_up;
+        let current = current_object(store, &key, kind, name, confirm_missing).await?;
         let mut desired = change.desired(&current.object).map_err(|e| {
             ApiError::invalid_one(
                 kind,
@@ -592,11 +599,16 @@ pub(crate) async fn update(
                 });
             }
             Err(groundwork_store::StoreError::Conflict { .. })
-                if explicit.is_none() || matches!(change, Change::Merge(_) | Change::Json(_)) =>
+                if explicit.is_none()
+                    || matches!(
+                        change,
+                        Change::Merge(_) | Change::Apply(_) | Change::Json(_)
+                    ) =>
             {
                 // Someone wrote in between (or this member is behind): catch up, read again
                 // and re-apply.
                 catch_up(store, kind, name).await?;
+                caught_up = true;
                 continue;
             }
             Err(e) => return Err(ApiError::from_store(e, kind, name)),
@@ -635,13 +647,14 @@ async fn catch_up(store: &Store, kind: &'static KindInfo, name: &str) -> Result<
 }
 
 /// The stored object to change. A member that does not have it may be a follower still
-/// catching up (after a restart, or a partition): it reads again after catching up before
-/// answering 404.
+/// catching up (after a restart, or a partition): with `confirm_missing`, it reads again
+/// after catching up before answering 404.
 async fn current_object(
     store: &Store,
     key: &str,
     kind: &'static KindInfo,
     name: &str,
+    confirm_missing: bool,
 ) -> Result<StoredObject, ApiError> {
     let read = || {
         store
@@ -650,6 +663,9 @@ async fn current_object(
     };
     if let Some(c) = read()? {
         return Ok(c);
+    }
+    if !confirm_missing {
+        return Err(ApiError::not_found(kind, name));
     }
     catch_up(store, kind, name).await?;
     read()?.ok_or_else(|| ApiError::not_found(kind, name))
@@ -778,7 +794,7 @@ pub(crate) async fn delete(
             .is_some_and(|d| d.iter().any(|x| x == "All"));
     let pre = opts.preconditions.as_ref();
     for _ in 0..MAX_RETRIES {
-        let current = current_object(store, &key, kind, name).await?;
+        let current = current_object(store, &key, kind, name, true).await?;
         if let Some(uid) = pre.and_then(|p| p.uid.as_deref())
             && meta_str(&current.object, "uid") != Some(uid)
         {

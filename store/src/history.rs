@@ -179,16 +179,42 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
 /// full, which was the 64-connection benchmark's p99.
 const COMPACT_STEP: u64 = 1_000;
 
+/// Most history records a persist of replicated mode deletes (`compact_in`): several seconds
+/// of the fastest writes measured, so a backlog (after the retention was lowered) is worked
+/// off over a few persists instead of in one long transaction.
+const PERSIST_COMPACT_MAX: u64 = 100 * COMPACT_STEP;
+
+/// Replicated mode: in the persist's own transaction, drops history older than the newest
+/// `inner.retention` events once it has grown past the limit (10 % of it, or a
+/// [`COMPACT_STEP`], if smaller), never past `persisted` (the revision history in the
+/// database reaches after this transaction). Returns the new compaction point, which the
+/// caller publishes once the transaction has committed.
+pub(crate) fn compact_in(
+    inner: &Inner,
+    hist: &mut redb::Table<u64, &[u8]>,
+    meta: &mut redb::Table<&str, u64>,
+    persisted: u64,
+) -> Result<Option<u64>, StoreError> {
+    let rev = inner.revision.load(Ordering::Acquire).min(persisted);
+    let compacted = inner.compacted.load(Ordering::Acquire);
+    let retention = inner.retention;
+    let slack = (retention / 10).clamp(1, COMPACT_STEP);
+    if rev.saturating_sub(compacted) <= retention + slack {
+        return Ok(None);
+    }
+    let upto = (rev - retention).min(compacted + PERSIST_COMPACT_MAX);
+    hist.retain_in((compacted + 1)..=upto, |_, _| false)?;
+    meta.insert("compacted", upto)?;
+    tracing::debug!(compacted = upto, revision = rev, "history compacted");
+    Ok(Some(upto))
+}
+
 /// Drops history older than the newest `retention` events, in steps of [`COMPACT_STEP`],
 /// once it has grown a step (or 10 % of the limit, if smaller) past the limit (so compaction
-/// is not a cost on every write), never past `persisted` (the revision history in the database
-/// reaches). Not fsync'd: the next durable commit carries it, and a compaction lost in a crash
-/// is done again. Returns whether it deleted anything.
-pub(crate) fn maybe_compact(
-    inner: &Inner,
-    retention: u64,
-    persisted: u64,
-) -> Result<bool, StoreError> {
+/// is not a cost on every write). Single-server mode, on the writer between batches. Not
+/// fsync'd: the next durable commit carries it, and a compaction lost in a crash is done
+/// again. Returns whether it deleted anything.
+pub(crate) fn maybe_compact(inner: &Inner, retention: u64) -> Result<bool, StoreError> {
     let rev = inner.revision.load(Ordering::Acquire);
     let compacted = inner.compacted.load(Ordering::Acquire);
     let slack = (retention / 10).clamp(1, COMPACT_STEP);
@@ -196,7 +222,7 @@ pub(crate) fn maybe_compact(
         return Ok(false);
     }
     let target = rev - retention;
-    let upto = target.min(compacted + COMPACT_STEP).min(persisted);
+    let upto = target.min(compacted + COMPACT_STEP);
     if upto <= compacted {
         return Ok(false);
     }

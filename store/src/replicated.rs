@@ -150,6 +150,9 @@ impl Store {
                                 WriteOp::Put { value, .. } => Some(value.clone()),
                                 WriteOp::Delete { .. } => None,
                             };
+                            tail.active.bytes += key.len()
+                                + event.raw.as_str().len()
+                                + event.raw_prev.as_ref().map_or(0, |p| p.as_str().len());
                             tail.active.objects.insert(key.to_string(), (rev, stored));
                             let event = Arc::new(event);
                             tail.active.events.push((event.clone(), prev_revision));
@@ -163,6 +166,9 @@ impl Store {
             tail.active.revision = rev;
             for (k, v) in meta {
                 tail.active.meta.insert((*k).to_string(), v.clone());
+            }
+            if tail.active.bytes > crate::tail::PERSIST_BYTES {
+                inner.persist_due.notify_one();
             }
         }
         inner.revision.store(rev, Ordering::Release);
@@ -192,12 +198,17 @@ impl Store {
     /// where applies are not fsync'd: see [`Store::apply_entries`]).
     pub fn spawn_flusher(&self, every: std::time::Duration) {
         let weak = Arc::downgrade(&self.inner);
+        // Its own handle: the task holds no strong reference to the store while it waits.
+        let due = self.inner.persist_due.clone();
         tokio::spawn(async move {
             let mut flushed = None;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = due.notified() => tick.reset(),
+                }
                 let Some(inner) = weak.upgrade() else { return };
                 let index = *inner.applied_index.borrow();
                 if flushed == Some(index) {
@@ -223,47 +234,44 @@ impl Store {
         let _persist = inner.persist.lock().unwrap_or_else(|e| e.into_inner());
         let layer = inner.tail().freeze();
         let txn = inner.db.begin_write()?;
-        if let Some(layer) = &layer {
+        let compacted = {
             let mut objects = txn.open_table(OBJECTS)?;
             let mut hist = txn.open_table(HISTORY)?;
             let mut m = txn.open_table(META)?;
             let mut sm = txn.open_table(RAFT_SM)?;
-            for (k, (rev, v)) in &layer.objects {
-                match v {
-                    Some(j) => {
-                        objects.insert(k.as_str(), (*rev, j.as_str().as_bytes()))?;
-                    }
-                    None => {
-                        objects.remove(k.as_str())?;
+            if let Some(layer) = &layer {
+                for (k, (rev, v)) in &layer.objects {
+                    match v {
+                        Some(j) => {
+                            objects.insert(k.as_str(), (*rev, j.as_str().as_bytes()))?;
+                        }
+                        None => {
+                            objects.remove(k.as_str())?;
+                        }
                     }
                 }
+                for (e, prev_revision) in &layer.events {
+                    hist.insert(
+                        e.revision,
+                        crate::history::encode(e, *prev_revision).as_slice(),
+                    )?;
+                }
+                if layer.revision > 0 {
+                    m.insert("revision", layer.revision)?;
+                }
+                for (k, v) in &layer.meta {
+                    sm.insert(k.as_str(), v.as_slice())?;
+                }
             }
-            for (e, prev_revision) in &layer.events {
-                hist.insert(
-                    e.revision,
-                    crate::history::encode(e, *prev_revision).as_slice(),
-                )?;
-            }
-            if layer.revision > 0 {
-                m.insert("revision", layer.revision)?;
-            }
-            for (k, v) in &layer.meta {
-                sm.insert(k.as_str(), v.as_slice())?;
-            }
-        }
+            // History this transaction leaves in the database reaches its revision:
+            // compaction, in the same commit, never passes it.
+            let persisted = m.get("revision")?.map(|g| g.value()).unwrap_or(1);
+            crate::history::compact_in(inner, &mut hist, &mut m, persisted)?
+        };
         txn.commit()?;
         inner.tail().frozen = None;
-        // How far history in the database reaches: compaction never passes it.
-        let persisted = match layer.as_ref().map(|l| l.revision) {
-            Some(r) if r > 0 => r,
-            _ => read_revision(&inner.db.begin_read()?)?,
-        };
-        // Up to 8 steps a persist (8,000 records every 100 ms): compaction keeps up with
-        // the fastest writers while no step stalls applies (it runs beside them).
-        for _ in 0..8 {
-            if !crate::history::maybe_compact(inner, inner.retention, persisted)? {
-                break;
-            }
+        if let Some(upto) = compacted {
+            inner.compacted.store(upto, Ordering::Release);
         }
         Ok(())
     }

@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) tail: std::sync::Mutex<crate::tail::Tail>,
     /// Held by a persist and a snapshot install (one database writer of the tail at a time).
     pub(crate) persist: std::sync::Mutex<()>,
+    /// Replicated mode: woken when the tail has outgrown [`crate::tail::PERSIST_BYTES`].
+    pub(crate) persist_due: Arc<tokio::sync::Notify>,
 }
 
 impl Inner {
@@ -158,6 +160,7 @@ impl Store {
             proposer: Default::default(),
             tail: Default::default(),
             persist: Default::default(),
+            persist_due: Default::default(),
         });
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
@@ -403,7 +406,7 @@ fn writer_loop(
                 }
             }
         }
-        if let Err(e) = history::maybe_compact(&inner, config.history_retention, u64::MAX) {
+        if let Err(e) = history::maybe_compact(&inner, config.history_retention) {
             tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
         }
     }

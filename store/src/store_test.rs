@@ -441,3 +441,82 @@ async fn replicated_applies_are_read_from_the_tail_then_persisted() {
     check_lists(&s);
     assert_eq!(s.sm_meta("applied").unwrap().unwrap(), b"2");
 }
+
+/// Replicated mode compacts history in the persist's own transaction: never past what the
+/// database holds, keeping the newest `retention` events, and the compaction point survives
+/// a reopen.
+#[tokio::test]
+async fn replicated_history_is_compacted_with_the_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 20);
+    let entry = |index: u64, ops: Vec<WriteOp>| crate::Entry { index, ops };
+    let apply = |s: &Store, index: u64| {
+        let ops = (0..10)
+            .map(|i| put(&format!("k/{i}"), json!({"v": index}), Precondition::None))
+            .collect();
+        let applied = index.to_string().into_bytes();
+        s.apply_entries(&[entry(index, ops)], &[("applied", applied)])
+            .unwrap();
+    };
+    // 50 events (revisions 2..=51) in the tail: nothing is compacted before they persist.
+    for i in 1..=5 {
+        apply(&s, i);
+    }
+    assert_eq!(s.revision(), 51);
+    assert!(crate::history::after(&s.inner, 1).is_ok());
+    s.flush().unwrap();
+    // Persisted, then compacted to the newest 20: revision 31 on.
+    assert_eq!(s.inner.compacted.load(Ordering::Acquire), 31);
+    assert!(matches!(
+        crate::history::after(&s.inner, 30),
+        Err(StoreError::Compacted { compacted: 31, .. })
+    ));
+    let revs: Vec<_> = crate::history::after(&s.inner, 31)
+        .unwrap()
+        .iter()
+        .map(|e| e.revision)
+        .collect();
+    assert_eq!(revs, (32..=51).collect::<Vec<_>>());
+    // 10 more in the tail: compaction waits for their persist, then keeps the newest 20.
+    apply(&s, 6);
+    assert_eq!(s.inner.compacted.load(Ordering::Acquire), 31);
+    s.flush().unwrap();
+    assert_eq!(s.inner.compacted.load(Ordering::Acquire), 41);
+    drop(s);
+    let s = open(&dir, 20);
+    assert_eq!(s.revision(), 61);
+    assert_eq!(s.inner.compacted.load(Ordering::Acquire), 41);
+    assert_eq!(crate::history::after(&s.inner, 41).unwrap().len(), 20);
+}
+
+/// A tail that outgrows its limit is persisted before the period is up.
+#[tokio::test]
+async fn a_large_tail_is_persisted_early() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    s.spawn_flusher(std::time::Duration::from_secs(3600));
+    // The interval's first tick is immediate: let it pass with nothing to persist.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let big = "x".repeat(1 << 20);
+    let ops: Vec<_> = (0..80)
+        .map(|i| put(&format!("big/{i}"), json!({ "v": big }), Precondition::None))
+        .collect();
+    s.apply_entries(
+        &[crate::Entry { index: 1, ops }],
+        &[("applied", b"1".to_vec())],
+    )
+    .unwrap();
+    let persisted = || {
+        let tail = s.inner.tail();
+        tail.active.objects.is_empty() && tail.frozen.is_none()
+    };
+    for _ in 0..200 {
+        if persisted() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(persisted(), "80 MiB applied, still in memory after 10 s");
+    let txn = s.inner.db.begin_read().unwrap();
+    assert_eq!(crate::store::read_revision(&txn).unwrap(), 81);
+}

@@ -31,7 +31,14 @@ pub(crate) struct Layer {
     pub(crate) revision: u64,
     /// Raft metadata after the last applied entry, by name.
     pub(crate) meta: BTreeMap<String, Vec<u8>>,
+    /// About how many bytes of object text the layer holds (its objects and its events'
+    /// previous objects): a persist is due early when it grows past [`PERSIST_BYTES`].
+    pub(crate) bytes: usize,
 }
+
+/// The size of the active layer at which a persist is started before its period is up (a
+/// burst of large objects does not hold the whole period's worth in memory).
+pub(crate) const PERSIST_BYTES: usize = 64 << 20;
 
 impl Layer {
     fn is_empty(&self) -> bool {
