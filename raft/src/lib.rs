@@ -272,7 +272,7 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
             }
         }
         let raft = raft.clone();
-        tokio::spawn(async move {
+        let propose = async move {
             let (ops, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|s| (s.op, s.reply)).unzip();
             let r = raft.client_write(Batch(ops)).await;
@@ -297,7 +297,14 @@ async fn batch_loop(raft: Raft<TypeConfig>, mut rx: mpsc::Receiver<Submit>) {
                     }
                 }
             }
-        });
+        };
+        // With one entry in flight, the loop waits for it anyway: proposing on this task
+        // saves a task switch on every write's path.
+        if IN_FLIGHT == 1 {
+            propose.await;
+        } else {
+            tokio::spawn(propose);
+        }
     }
 }
 
@@ -432,6 +439,11 @@ impl Member {
             }
             None => {
                 tokio::spawn(async move {
+                    use axum::serve::ListenerExt;
+                    // As over TLS: replies leave at once, never held back by Nagle.
+                    let listener = listener.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    });
                     if let Err(e) = axum::serve(listener, app).await {
                         tracing::error!(error = %e, "raft listener stopped");
                     }
