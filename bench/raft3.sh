@@ -6,6 +6,11 @@ set -euo pipefail
 DATA=$1 PORT=${2:-28080}
 BIN=${GROUNDWORK_BIN:-$(dirname "$0")/../target/release/groundwork}
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
+# Start from a disk with nothing left to write back: the harness runs etcd just before, and
+# the writeback of its files (and of their deletion) otherwise competes with our fsyncs
+# (docs/benchmarks.md, "Harness order"). etcd starts after limits.sh, whose writes are
+# O_DSYNC, so both targets start with a clean disk.
+sync
 "$BIN" server --data-dir "$DATA/m1" --listen "127.0.0.1:$PORT" --raft-listen 127.0.0.1:28101 --controllers none --insecure-plain-http 2> "$DATA/m1.log" &
 for _ in $(seq 100); do [ -e "$DATA/m1/kubeconfig" ] && break; sleep 0.1; done
 "$BIN" server --data-dir "$DATA/m2" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:28102 --join 127.0.0.1:28101 --controllers none --insecure-plain-http 2> "$DATA/m2.log" &
