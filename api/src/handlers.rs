@@ -321,9 +321,13 @@ async fn item_request(
                                 }
                             }
                             match objects::create(&store, &t, obj, &p).await {
-                                // Created meanwhile, or this member had not applied it yet.
-                                Err(ApiError::AlreadyExists { .. }) => {
-                                    objects::update(
+                                Ok(w) => w,
+                                // Created meanwhile, or this member had not applied it yet
+                                // (then a partial body, or one with a resourceVersion, fails
+                                // as a create): update it after catching up with the leader;
+                                // if it really does not exist, the create's error stands.
+                                Err(create_err) if !p.dry_run => {
+                                    match objects::update(
                                         &store,
                                         &t,
                                         &name,
@@ -331,9 +335,13 @@ async fn item_request(
                                         part,
                                         &p,
                                     )
-                                    .await?
+                                    .await
+                                    {
+                                        Err(ApiError::NotFound { .. }) => return Err(create_err),
+                                        other => other?,
+                                    }
                                 }
-                                other => other?,
+                                Err(e) => return Err(e),
                             }
                         }
                         other => other?,
@@ -512,6 +520,26 @@ mod tests {
             }
             assert_eq!(created, 1, "{name}: exactly one apply creates it");
         }
+        // A body that cannot create a missing object keeps the create's error (after the
+        // update it falls back to finds nothing either).
+        let body = json!({
+            "apiVersion": "groundwork.dev/v1alpha1", "kind": "Profile",
+            "metadata": {"name": "rv", "resourceVersion": "5"}, "spec": {}
+        });
+        let req = Request::patch(format!("{PROFILES}/rv?fieldManager=t&force=true"))
+            .header("content-type", "application/apply-patch+yaml")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        assert_eq!(resp.status().as_u16(), 422);
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        assert!(
+            String::from_utf8_lossy(&bytes).contains("metadata.resourceVersion"),
+            "{}",
+            String::from_utf8_lossy(&bytes)
+        );
         let (code, body) = apply(&app, "dry", 1, "&dryRun=All").await;
         assert_eq!(code, 201, "{body}");
         let req = Request::get(format!("{PROFILES}/dry"))

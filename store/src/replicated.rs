@@ -202,12 +202,15 @@ impl Store {
         let due = self.inner.persist_due.clone();
         tokio::spawn(async move {
             let mut flushed = None;
+            // After a failed persist, retries wait for the period (an early wake-up from a
+            // tail still over its limit would otherwise retry at the rate of applies).
+            let mut failed = false;
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
-                    _ = due.notified() => tick.reset(),
+                    _ = due.notified(), if !failed => tick.reset(),
                 }
                 let Some(inner) = weak.upgrade() else { return };
                 let index = *inner.applied_index.borrow();
@@ -216,11 +219,18 @@ impl Store {
                 }
                 let store = Store { inner };
                 match tokio::task::spawn_blocking(move || store.flush()).await {
-                    Ok(Ok(())) => flushed = Some(index),
+                    Ok(Ok(())) => {
+                        flushed = Some(index);
+                        failed = false;
+                    }
                     Ok(Err(e)) => {
+                        failed = true;
                         tracing::error!(error = %e, "making applied writes durable failed; retrying")
                     }
-                    Err(e) => tracing::error!(error = %e, "the store's flush task failed"),
+                    Err(e) => {
+                        failed = true;
+                        tracing::error!(error = %e, "the store's flush task failed")
+                    }
                 }
             }
         });
