@@ -454,8 +454,8 @@ pub(crate) enum Change<'a> {
     Merge(&'a Value),
     /// Server-side apply, applied as a merge patch. A missing object is reported without
     /// first catching up with the leader: the caller creates it instead, and the create's
-    /// must-not-exist precondition, checked in log order, is what decides (a member behind
-    /// the leader gets `AlreadyExists` and updates as for [`Change::Merge`]).
+    /// must-not-exist precondition, checked in log order, is what decides (when the create
+    /// fails, the caller updates as for [`Change::Merge`], which catches up first).
     Apply(&'a Value),
     /// RFC 6902 JSON patch.
     Json(&'a json_patch::Patch),

@@ -184,58 +184,65 @@ const COMPACT_STEP: u64 = 1_000;
 /// off over a few persists instead of in one long transaction.
 const PERSIST_COMPACT_MAX: u64 = 100 * COMPACT_STEP;
 
-/// Replicated mode: in the persist's own transaction, drops history older than the newest
-/// `inner.retention` events once it has grown past the limit (10 % of it, or a
-/// [`COMPACT_STEP`], if smaller), never past `persisted` (the revision history in the
-/// database reaches after this transaction). Returns the new compaction point, which the
-/// caller publishes once the transaction has committed.
+/// The history compaction drops next: the newest `inner.retention` events are kept, and
+/// compaction waits until history has grown past that by 10 % of it (or a
+/// [`COMPACT_STEP`], if smaller; so it is not a cost on every write). Counts only up to
+/// `persisted` (the revision the database's history reaches) and takes at most `step`
+/// records. `Some((compacted, upto))`: drop `compacted + 1 ..= upto`.
+fn next_compaction(inner: &Inner, persisted: u64, step: u64) -> Option<(u64, u64)> {
+    let rev = inner.revision.load(Ordering::Acquire).min(persisted);
+    let compacted = inner.compacted.load(Ordering::Acquire);
+    let retention = inner.retention;
+    let slack = (retention / 10).clamp(1, COMPACT_STEP);
+    if rev.saturating_sub(compacted) <= retention + slack {
+        return None;
+    }
+    Some((compacted, (rev - retention).min(compacted + step)))
+}
+
+/// Drops history `compacted + 1 ..= upto` in a write transaction's tables.
+fn drop_history(
+    hist: &mut redb::Table<u64, &[u8]>,
+    meta: &mut redb::Table<&str, u64>,
+    (compacted, upto): (u64, u64),
+) -> Result<(), StoreError> {
+    hist.retain_in((compacted + 1)..=upto, |_, _| false)?;
+    meta.insert("compacted", upto)?;
+    tracing::debug!(compacted = upto, "history compacted");
+    Ok(())
+}
+
+/// Replicated mode, in the persist's own transaction, whose history reaches `persisted`:
+/// compacts up to [`PERSIST_COMPACT_MAX`] records. Returns the new compaction point, which
+/// the caller publishes once the transaction has committed.
 pub(crate) fn compact_in(
     inner: &Inner,
     hist: &mut redb::Table<u64, &[u8]>,
     meta: &mut redb::Table<&str, u64>,
     persisted: u64,
 ) -> Result<Option<u64>, StoreError> {
-    let rev = inner.revision.load(Ordering::Acquire).min(persisted);
-    let compacted = inner.compacted.load(Ordering::Acquire);
-    let retention = inner.retention;
-    let slack = (retention / 10).clamp(1, COMPACT_STEP);
-    if rev.saturating_sub(compacted) <= retention + slack {
+    let Some(range) = next_compaction(inner, persisted, PERSIST_COMPACT_MAX) else {
         return Ok(None);
-    }
-    let upto = (rev - retention).min(compacted + PERSIST_COMPACT_MAX);
-    hist.retain_in((compacted + 1)..=upto, |_, _| false)?;
-    meta.insert("compacted", upto)?;
-    tracing::debug!(compacted = upto, revision = rev, "history compacted");
-    Ok(Some(upto))
+    };
+    drop_history(hist, meta, range)?;
+    Ok(Some(range.1))
 }
 
-/// Drops history older than the newest `retention` events, in steps of [`COMPACT_STEP`],
-/// once it has grown a step (or 10 % of the limit, if smaller) past the limit (so compaction
-/// is not a cost on every write). Single-server mode, on the writer between batches. Not
-/// fsync'd: the next durable commit carries it, and a compaction lost in a crash is done
-/// again. Returns whether it deleted anything.
-pub(crate) fn maybe_compact(inner: &Inner, retention: u64) -> Result<bool, StoreError> {
-    let rev = inner.revision.load(Ordering::Acquire);
-    let compacted = inner.compacted.load(Ordering::Acquire);
-    let slack = (retention / 10).clamp(1, COMPACT_STEP);
-    if rev.saturating_sub(compacted) <= retention + slack {
+/// Single-server mode, on the writer between batches: compacts a [`COMPACT_STEP`] at most,
+/// in a transaction of its own. Not fsync'd: the next durable commit carries it, and a
+/// compaction lost in a crash is done again. Returns whether it deleted anything.
+pub(crate) fn maybe_compact(inner: &Inner) -> Result<bool, StoreError> {
+    let Some(range) = next_compaction(inner, u64::MAX, COMPACT_STEP) else {
         return Ok(false);
-    }
-    let target = rev - retention;
-    let upto = target.min(compacted + COMPACT_STEP);
-    if upto <= compacted {
-        return Ok(false);
-    }
+    };
     let mut txn = inner.db.begin_write()?;
     txn.set_durability(redb::Durability::None)?;
     {
         let mut hist = txn.open_table(HISTORY)?;
         let mut meta = txn.open_table(META)?;
-        hist.retain_in((compacted + 1)..=upto, |_, _| false)?;
-        meta.insert("compacted", upto)?;
+        drop_history(&mut hist, &mut meta, range)?;
     }
     txn.commit()?;
-    inner.compacted.store(upto, Ordering::Release);
-    tracing::debug!(compacted = upto, revision = rev, "history compacted");
+    inner.compacted.store(range.1, Ordering::Release);
     Ok(true)
 }

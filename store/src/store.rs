@@ -406,7 +406,7 @@ fn writer_loop(
                 }
             }
         }
-        if let Err(e) = history::maybe_compact(&inner, config.history_retention) {
+        if let Err(e) = history::maybe_compact(&inner) {
             tracing::warn!(error = %e, "history compaction failed; will retry after the next write");
         }
     }
