@@ -19,13 +19,27 @@ use crate::{EventType, Json, StoreError, WatchEvent};
 ///
 /// Version 1 records (the previous object's text, absent: length `u32::MAX`, after the
 /// object) and JSON records of earlier versions (they start with `{`) are still read.
+///
+/// Replicated mode stores a persist's records in chunks ([`Chunk`]), one database value of
+/// up to [`CHUNK_BYTES`] each, keyed by its first revision: a B-tree insert per record (and a
+/// leaf split every few) was most of what persisting history cost, which was a fifth of each
+/// member's CPU per write at 64 connections (docs/decisions.md, "History in chunks").
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+const CHUNK_V1: u8 = 3;
+
+/// A chunk is closed once its records hold this many bytes.
+pub(crate) const CHUNK_BYTES: usize = 64 << 10;
 
 /// Encodes `e`, whose object's previous version is at `prev_revision` (0: none).
 pub(crate) fn encode(e: &WatchEvent, prev_revision: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + e.key.len() + e.raw.as_str().len());
+    encode_into(&mut out, e, prev_revision);
+    out
+}
+
+fn encode_into(out: &mut Vec<u8>, e: &WatchEvent, prev_revision: u64) {
     let obj = e.raw.as_str().as_bytes();
-    let mut out = Vec::with_capacity(18 + e.key.len() + obj.len());
     out.push(RECORD_V2);
     out.push(match e.type_ {
         EventType::Added => 0,
@@ -37,7 +51,104 @@ pub(crate) fn encode(e: &WatchEvent, prev_revision: u64) -> Vec<u8> {
         out.extend_from_slice(part);
     }
     out.extend_from_slice(&prev_revision.to_le_bytes());
-    out
+}
+
+/// Records of consecutive revisions gathered into one history value: `[3][count u32]`, then
+/// each record's revision (u64) and end offset in the data (u32), ascending, then the
+/// records' bytes (each as [`encode`] writes it). Little-endian.
+#[derive(Default)]
+pub(crate) struct Chunk {
+    revisions: Vec<u64>,
+    ends: Vec<u32>,
+    data: Vec<u8>,
+}
+
+impl Chunk {
+    /// Adds `e`'s record; the chunk's key and value once it is full.
+    pub(crate) fn push(&mut self, e: &WatchEvent, prev_revision: u64) -> Option<(u64, Vec<u8>)> {
+        encode_into(&mut self.data, e, prev_revision);
+        self.revisions.push(e.revision);
+        self.ends.push(self.data.len() as u32);
+        (self.data.len() >= CHUNK_BYTES)
+            .then(|| self.take())
+            .flatten()
+    }
+
+    /// The chunk's key and value, if it has records; it is empty after.
+    pub(crate) fn take(&mut self) -> Option<(u64, Vec<u8>)> {
+        let key = *self.revisions.first()?;
+        let n = self.revisions.len();
+        let mut v = Vec::with_capacity(5 + 12 * n + self.data.len());
+        v.push(CHUNK_V1);
+        v.extend_from_slice(&(n as u32).to_le_bytes());
+        for (r, e) in self.revisions.iter().zip(&self.ends) {
+            v.extend_from_slice(&r.to_le_bytes());
+            v.extend_from_slice(&e.to_le_bytes());
+        }
+        v.extend_from_slice(&self.data);
+        self.revisions.clear();
+        self.ends.clear();
+        self.data.clear();
+        Some((key, v))
+    }
+}
+
+/// The records of the history value at `key`: a chunk's, or the one record (any earlier
+/// format) whose revision is the key.
+fn records(key: u64, v: &[u8]) -> Result<Vec<(u64, &[u8])>, StoreError> {
+    if v.first() != Some(&CHUNK_V1) {
+        return Ok(vec![(key, v)]);
+    }
+    let bad = || StoreError::Storage(format!("history chunk {key} is malformed"));
+    let n = v
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_le_bytes)
+        .ok_or_else(bad)? as usize;
+    let index = v.get(5..5 + 12 * n).ok_or_else(bad)?;
+    let data = &v[5 + 12 * n..];
+    let mut out = Vec::with_capacity(n);
+    let mut start = 0usize;
+    for e in index.chunks_exact(12) {
+        let rev = u64::from_le_bytes(e[..8].try_into().map_err(|_| bad())?);
+        let end = u32::from_le_bytes(e[8..].try_into().map_err(|_| bad())?) as usize;
+        let rec = data.get(start..end).ok_or_else(bad)?;
+        if out.last().is_some_and(|(r, _)| *r >= rev) {
+            return Err(bad());
+        }
+        out.push((rev, rec));
+        start = end;
+    }
+    Ok(out)
+}
+
+/// The key of the history value holding `revision` (or the nearest before it).
+fn value_at(
+    table: &impl redb::ReadableTable<u64, &'static [u8]>,
+    revision: u64,
+) -> Result<Option<u64>, StoreError> {
+    Ok(match table.range(..=revision)?.next_back() {
+        Some(e) => Some(e?.0.value()),
+        None => None,
+    })
+}
+
+/// The object of the record at `revision`, if history still has it.
+fn object_at(
+    table: &impl redb::ReadableTable<u64, &'static [u8]>,
+    revision: u64,
+) -> Result<Option<Json>, StoreError> {
+    let Some(key) = value_at(table, revision)? else {
+        return Ok(None);
+    };
+    let Some(g) = table.get(key)? else {
+        return Ok(None);
+    };
+    let recs = records(key, g.value())?;
+    match recs.binary_search_by_key(&revision, |(r, _)| *r) {
+        Ok(i) => Ok(Some(decode(revision, recs[i].1)?.event.raw)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A record read back: the event, and the revision of the previous object when it is still to
@@ -148,16 +259,36 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
     // Objects replayed so far, by revision: most previous versions are among them.
     let mut seen: HashMap<u64, Json> = HashMap::new();
     let upper = first_layered.unwrap_or(u64::MAX);
-    for entry in table.range((revision + 1)..upper)? {
+    // A chunk that starts before `revision + 1` may hold it.
+    let start = value_at(&table, revision + 1)?.unwrap_or(revision + 1);
+    for entry in table.range(start..upper)? {
         let (k, v) = entry?;
-        let Decoded { mut event, prev_at } = decode(k.value(), v.value())?;
+        for (rev, rec) in records(k.value(), v.value())? {
+            if rev <= revision || rev >= upper {
+                continue;
+            }
+            let event = replay(&table, &mut seen, rev, rec)?;
+            out.push(Arc::new(event));
+        }
+    }
+    out.extend(layered);
+    Ok(out)
+}
+
+/// Decodes the record at `rev`, finding its previous object among those replayed (`seen`)
+/// or in history.
+fn replay(
+    table: &impl redb::ReadableTable<u64, &'static [u8]>,
+    seen: &mut HashMap<u64, Json>,
+    rev: u64,
+    rec: &[u8],
+) -> Result<WatchEvent, StoreError> {
+    {
+        let Decoded { mut event, prev_at } = decode(rev, rec)?;
         if let Some(at) = prev_at {
             let prev = match seen.remove(&at) {
                 Some(p) => Some(p),
-                None => match table.get(at)? {
-                    Some(g) => Some(decode(at, g.value())?.event.raw),
-                    None => None,
-                },
+                None => object_at(table, at)?,
             };
             event = match prev {
                 Some(p) => {
@@ -168,10 +299,8 @@ pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>
             };
         }
         seen.insert(event.revision, event.raw.clone());
-        out.push(Arc::new(event));
+        Ok(event)
     }
-    out.extend(layered);
-    Ok(out)
 }
 
 /// Most history records one compaction deletes. Compaction runs on the writer, between
@@ -200,13 +329,17 @@ fn next_compaction(inner: &Inner, persisted: u64, step: u64) -> Option<(u64, u64
     Some((compacted, (rev - retention).min(compacted + step)))
 }
 
-/// Drops history `compacted + 1 ..= upto` in a write transaction's tables.
+/// Drops history up to `upto` in a write transaction's tables: every value before the one
+/// holding `upto + 1` (a chunk that holds both stays whole; `compacted` refuses watches from
+/// before it all the same).
 fn drop_history(
     hist: &mut redb::Table<u64, &[u8]>,
     meta: &mut redb::Table<&str, u64>,
-    (compacted, upto): (u64, u64),
+    (_, upto): (u64, u64),
 ) -> Result<(), StoreError> {
-    hist.retain_in((compacted + 1)..=upto, |_, _| false)?;
+    if let Some(keep) = value_at(hist, upto + 1)? {
+        hist.retain_in(..keep, |_, _| false)?;
+    }
     meta.insert("compacted", upto)?;
     tracing::debug!(compacted = upto, "history compacted");
     Ok(())

@@ -260,11 +260,14 @@ impl Store {
                         }
                     }
                 }
+                let mut chunk = crate::history::Chunk::default();
                 for (e, prev_revision) in &layer.events {
-                    hist.insert(
-                        e.revision,
-                        crate::history::encode(e, *prev_revision).as_slice(),
-                    )?;
+                    if let Some((k, v)) = chunk.push(e, *prev_revision) {
+                        hist.insert(k, v.as_slice())?;
+                    }
+                }
+                if let Some((k, v)) = chunk.take() {
+                    hist.insert(k, v.as_slice())?;
                 }
                 if layer.revision > 0 {
                     m.insert("revision", layer.revision)?;

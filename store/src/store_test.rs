@@ -520,3 +520,113 @@ async fn a_large_tail_is_persisted_early() {
     let txn = s.inner.db.begin_read().unwrap();
     assert_eq!(crate::store::read_revision(&txn).unwrap(), 81);
 }
+
+/// Replicated mode persists history in chunks: a replay starting inside one, and previous
+/// objects looked up in earlier ones, see every record once; compaction drops only chunks
+/// entirely at or before the compaction point.
+#[tokio::test]
+async fn replicated_history_is_stored_in_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 100);
+    let pad = "x".repeat(2000);
+    let apply = |s: &Store, index: u64| {
+        // Ten keys, each written once per entry: the previous version of an object is ten
+        // revisions back.
+        let ops = (0..10)
+            .map(|i| {
+                put(
+                    &format!("k/{i}"),
+                    json!({"v": index, "pad": pad}),
+                    Precondition::None,
+                )
+            })
+            .collect();
+        s.apply_entries(
+            &[crate::Entry { index, ops }],
+            &[("applied", index.to_string().into_bytes())],
+        )
+        .unwrap();
+    };
+    for i in 1..=10 {
+        apply(&s, i);
+    }
+    s.flush().unwrap();
+    assert_eq!(s.revision(), 101);
+    let keys = |s: &Store| -> Vec<u64> {
+        let txn = s.inner.db.begin_read().unwrap();
+        let t = txn.open_table(HISTORY).unwrap();
+        t.iter().unwrap().map(|e| e.unwrap().0.value()).collect()
+    };
+    let k = keys(&s);
+    assert!(k.len() > 2 && k.len() < 10, "100 records of 2 KB in {k:?}");
+    let check = |s: &Store, from: u64, to: u64| {
+        let events = crate::history::after(&s.inner, from).unwrap();
+        let revs: Vec<u64> = events.iter().map(|e| e.revision).collect();
+        assert_eq!(revs, ((from + 1)..=to).collect::<Vec<_>>());
+        for e in &events {
+            // Revision r is entry (r - 2) / 10 + 1's write; its previous version, one entry
+            // earlier (the first entry's creates have none).
+            let entry = (e.revision - 2) / 10 + 1;
+            assert_eq!(e.object()["v"], entry, "revision {}", e.revision);
+            if entry == 1 {
+                assert_eq!(e.type_, EventType::Added);
+            } else {
+                assert_eq!(e.prev().unwrap()["v"], entry - 1, "revision {}", e.revision);
+            }
+        }
+    };
+    // From the middle of a chunk: revision 51's previous object (41) is in an earlier one.
+    check(&s, 50, 101);
+    check(&s, 1, 101);
+    for i in 11..=16 {
+        apply(&s, i);
+    }
+    s.flush().unwrap();
+    let compacted = s.inner.compacted.load(Ordering::Acquire);
+    assert_eq!(compacted, 61);
+    let k = keys(&s);
+    // The first chunk kept holds revision 62; every earlier one is gone.
+    assert!(k[0] <= 62 && k.get(1).is_some_and(|&n| n > 62), "{k:?}");
+    check(&s, 61, 161);
+    assert!(matches!(
+        crate::history::after(&s.inner, 60),
+        Err(StoreError::Compacted { compacted: 61, .. })
+    ));
+    drop(s);
+    let s = open(&dir, 100);
+    check(&s, 61, 161);
+    check(&s, 120, 161);
+}
+
+#[test]
+fn a_malformed_history_chunk_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let _g = rt.enter();
+    let s = open(&dir, 1000);
+    {
+        let txn = s.database().begin_write().unwrap();
+        // A chunk claiming 5 records with the index of one.
+        let mut v = vec![3u8];
+        v.extend_from_slice(&5u32.to_le_bytes());
+        v.extend_from_slice(&7u64.to_le_bytes());
+        v.extend_from_slice(&4u32.to_le_bytes());
+        txn.open_table(HISTORY)
+            .unwrap()
+            .insert(7u64, v.as_slice())
+            .unwrap();
+        let mut m = txn.open_table(crate::store::META).unwrap();
+        m.insert("revision", 7u64).unwrap();
+        drop(m);
+        txn.commit().unwrap();
+    }
+    let Err(e) = crate::history::after(&s.inner, 1) else {
+        panic!("a malformed chunk was read");
+    };
+    assert!(
+        e.to_string().contains("history chunk 7 is malformed"),
+        "{e}"
+    );
+}
