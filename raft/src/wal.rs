@@ -20,7 +20,9 @@
 //! file system has already written, so an `fdatasync` writes only the data, not also the
 //! conversion of preallocated blocks to written ones in the file system's journal (measured:
 //! +10 % writes/s at 64 connections, docs/benchmarks.md). The old records after the new ones
-//! fail their CRC for the new number, so a scan stops where the new records end.
+//! fail their CRC for the new number, so a scan stops where the new records end. A spare is
+//! only ever reused under a number above its own: truncation deletes the spares numbered above
+//! the segment it cuts, as open deletes those at or above the next segment's.
 //!
 //! Crash safety. Every append and vote is `fdatasync`'d before it is acknowledged; the
 //! committed and purged records ride along with the next one (a stale value is safe, as with
@@ -348,12 +350,14 @@ impl Wal {
         let path = seg_path(&self.dir, seq);
         let mut buf = Vec::new();
         self.state_records(&mut buf, Some(seq));
-        let f = match self.reuse_spare(&path) {
+        let f = match self.reuse_spare(&path, seq) {
             Some((f, was)) => {
                 encode(&mut buf, Some(seq), RECYCLED, was, &[]);
-                f.write_all_at(&buf, 0)
-                    .and_then(|_| f.sync_data())
-                    .map_err(|e| err(&path, e))?;
+                if let Err(e) = f.write_all_at(&buf, 0).and_then(|_| f.sync_data()) {
+                    // The next append starts this segment again, in a new file.
+                    let _ = std::fs::remove_file(&path);
+                    return Err(err(&path, e));
+                }
                 // Appends write part of a page: have the rest of each page read in now, not
                 // by every append (the file was written to recently, so usually a no-op).
                 let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::WillNeed);
@@ -384,11 +388,17 @@ impl Wal {
         Ok(())
     }
 
-    /// Renames the newest spare to `path`; its file and old number. None (a spare that cannot
-    /// be reused is deleted): start a new file.
-    fn reuse_spare(&mut self, path: &Path) -> Option<(File, u64)> {
+    /// Renames the newest spare to `path`, segment `seq`; its file and old number. None (a
+    /// spare that cannot be reused is deleted): start a new file.
+    fn reuse_spare(&mut self, path: &Path, seq: u64) -> Option<(File, u64)> {
         let was = self.spares.pop()?;
         let spare = spare_path(&self.dir, was);
+        if was >= seq {
+            // Its records could be keyed with a number this or a later segment has: never
+            // so (truncation and open drop such spares), but cheap to refuse.
+            let _ = std::fs::remove_file(&spare);
+            return self.reuse_spare(path, seq);
+        }
         let r = std::fs::rename(&spare, path)
             .and_then(|_| OpenOptions::new().read(true).write(true).open(path));
         match r {
@@ -565,6 +575,14 @@ impl Wal {
                 std::fs::remove_file(&path).map_err(|e| err(&path, e))?;
                 self.readers_lock().remove(&s.seq);
             }
+        }
+        // So do spares numbered above it (a purge can spare a segment that held no entries
+        // while an earlier one stays): the segments started next take those numbers, and a
+        // spare's records would pass their CRC under its own.
+        while let Some(&s) = self.spares.last().filter(|&&s| s > loc.segment) {
+            let p = spare_path(&self.dir, s);
+            std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
+            self.spares.pop();
         }
         let path = seg_path(&self.dir, loc.segment);
         let f = OpenOptions::new()
@@ -953,5 +971,38 @@ mod tests {
         let got: Vec<u64> = entries(&w).iter().map(|(i, _)| *i).collect();
         assert_eq!(got, vec![10]);
         assert_eq!(w.vote(), Some(&b"v7"[..]));
+    }
+
+    #[test]
+    fn truncation_drops_spares_whose_numbers_come_again() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Wal::open_with(dir.path(), 1024).expect("open");
+        append(&mut w, 1, 2, "a");
+        drop(w);
+        // Two restarts: segment 2 holds only state records, 3 is active.
+        drop(Wal::open_with(dir.path(), 1024).expect("reopen"));
+        let mut w = Wal::open_with(dir.path(), 1024).expect("reopen");
+        w.save_vote(b"v-old".to_vec()).expect("vote");
+        // Purging nothing spares segment 2 (no entries) and keeps 1.
+        w.purge(0, b"p0".to_vec()).expect("purge");
+        assert_eq!(
+            spare_files(dir.path()),
+            vec![format!("spare-{:020}.wal", 2)]
+        );
+        // Raft replaces entry 2: segment 1 is active again, and the next one will be 2.
+        w.truncate(2).expect("truncate");
+        assert!(
+            spare_files(dir.path()).is_empty(),
+            "{:?}",
+            spare_files(dir.path())
+        );
+        w.save_vote(b"v-new".to_vec()).expect("vote");
+        append(&mut w, 2, 80, "b");
+        assert!(w.segment_count() > 2);
+        drop(w);
+        let w = Wal::open_with(dir.path(), 1024).expect("reopen");
+        assert_eq!(w.vote(), Some(&b"v-new"[..]));
+        let idx: Vec<u64> = entries(&w).iter().map(|(i, _)| *i).collect();
+        assert_eq!(idx, (1..=80).collect::<Vec<_>>());
     }
 }
