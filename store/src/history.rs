@@ -138,13 +138,11 @@ fn object_at(
     table: &impl redb::ReadableTable<u64, &'static [u8]>,
     revision: u64,
 ) -> Result<Option<Json>, StoreError> {
-    let Some(key) = value_at(table, revision)? else {
+    let Some(e) = table.range(..=revision)?.next_back() else {
         return Ok(None);
     };
-    let Some(g) = table.get(key)? else {
-        return Ok(None);
-    };
-    let recs = records(key, g.value())?;
+    let (k, v) = e?;
+    let recs = records(k.value(), v.value())?;
     match recs.binary_search_by_key(&revision, |(r, _)| *r) {
         Ok(i) => Ok(Some(decode(revision, recs[i].1)?.event.raw)),
         Err(_) => Ok(None),
@@ -283,24 +281,20 @@ fn replay(
     rev: u64,
     rec: &[u8],
 ) -> Result<WatchEvent, StoreError> {
-    {
-        let Decoded { mut event, prev_at } = decode(rev, rec)?;
-        if let Some(at) = prev_at {
-            let prev = match seen.remove(&at) {
-                Some(p) => Some(p),
-                None => object_at(table, at)?,
-            };
-            event = match prev {
-                Some(p) => {
-                    WatchEvent::new(event.revision, event.type_, event.key, event.raw, Some(p))
-                }
-                // Compacted away: at or before `revision`, so the watcher had it.
-                None => event.with_prev_unknown(),
-            };
-        }
-        seen.insert(event.revision, event.raw.clone());
-        Ok(event)
+    let Decoded { mut event, prev_at } = decode(rev, rec)?;
+    if let Some(at) = prev_at {
+        let prev = match seen.remove(&at) {
+            Some(p) => Some(p),
+            None => object_at(table, at)?,
+        };
+        event = match prev {
+            Some(p) => WatchEvent::new(event.revision, event.type_, event.key, event.raw, Some(p)),
+            // Compacted away: at or before the replay's start, so the watcher had it.
+            None => event.with_prev_unknown(),
+        };
     }
+    seen.insert(event.revision, event.raw.clone());
+    Ok(event)
 }
 
 /// Most history records one compaction deletes. Compaction runs on the writer, between
