@@ -28,8 +28,11 @@ const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
 const CHUNK_V1: u8 = 3;
 
-/// A chunk is closed once its records hold this many bytes.
-pub(crate) const CHUNK_BYTES: usize = 64 << 10;
+/// Most bytes a chunk's value holds (unless one record alone is larger). redb gives a value
+/// larger than a page a run of pages rounded up to a power of two, so a value just past
+/// 64 KiB would take (and write) 128 KiB: a chunk is closed before a record would take it
+/// past this, which leaves room for the leaf's own header in the 64 KiB.
+pub(crate) const CHUNK_BYTES: usize = (64 << 10) - 256;
 
 /// Encodes `e`, whose object's previous version is at `prev_revision` (0: none).
 pub(crate) fn encode(e: &WatchEvent, prev_revision: u64) -> Vec<u8> {
@@ -64,14 +67,16 @@ pub(crate) struct Chunk {
 }
 
 impl Chunk {
-    /// Adds `e`'s record; the chunk's key and value once it is full.
+    /// Adds `e`'s record; returns the chunk before it (key and value) if the record would
+    /// have taken that past [`CHUNK_BYTES`].
     pub(crate) fn push(&mut self, e: &WatchEvent, prev_revision: u64) -> Option<(u64, Vec<u8>)> {
+        let record = 18 + e.key.len() + e.raw.as_str().len();
+        let full = 5 + 12 * (self.revisions.len() + 1) + self.data.len() + record > CHUNK_BYTES;
+        let closed = if full { self.take() } else { None };
         encode_into(&mut self.data, e, prev_revision);
         self.revisions.push(e.revision);
         self.ends.push(self.data.len() as u32);
-        (self.data.len() >= CHUNK_BYTES)
-            .then(|| self.take())
-            .flatten()
+        closed
     }
 
     /// The chunk's key and value, if it has records; it is empty after.
