@@ -5,7 +5,15 @@
 set -euo pipefail
 DATA=$1 PORT=${2:-28080}
 BIN=${GROUNDWORK_BIN:-$(dirname "$0")/../target/release/groundwork}
-trap 'kill $(jobs -p) 2>/dev/null' EXIT
+# On the way out: each member's last warnings and errors, into the harness's log of this target.
+report() {
+  kill $(jobs -p) 2>/dev/null
+  for m in 1 2 3; do
+    grep -E ' (WARN|ERROR) ' "$DATA/m$m.log" 2>/dev/null | grep -v -e membership_log_id -e insecure-plain-http |
+      tail -20 | sed "s/^/m$m: /" >&2
+  done
+}
+trap report EXIT
 # Start from a disk with nothing left to write back: the harness runs etcd just before, and
 # the writeback of its files (and of their deletion) otherwise competes with our fsyncs
 # (docs/benchmarks.md, "Harness order"). etcd starts after limits.sh, whose writes are

@@ -1127,3 +1127,55 @@ async fn a_new_member_joins_with_a_join_token_and_the_ca_hash_instead_of_copied_
     // Neither member logs the token.
     assert!(!one.log().contains(&token[4..]) && !two.log().contains(&token[4..]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_concurrent_linearizable_reads_all_succeed() {
+    // Each linearizable read once sent every follower a heartbeat of its own: 100 lists at
+    // once (a watch benchmark's start) missed openraft's timeout and failed with 503. Reads
+    // waiting together now share one round, and a round without a quorum is retried.
+    let _serial = SERIAL.lock().await;
+    let c = http();
+    let (servers, addrs) = group_of_three(&c, 9, &[]).await;
+    let leader = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let urls = urls_of(&servers);
+    for i in 0..10 {
+        assert_eq!(create(&c, &urls, &format!("r{i}"), i).await, Outcome::Acked);
+    }
+    let follower = (leader + 1) % 3;
+    let mut reads = tokio::task::JoinSet::new();
+    for i in 0..300usize {
+        let c = c.clone();
+        // Two thirds on the leader, a third through a follower (which asks the leader).
+        let base = servers[if i % 3 == 2 { follower } else { leader }]
+            .url
+            .clone();
+        reads.spawn(async move {
+            let url = if i % 2 == 0 {
+                format!("{base}{NODES}?limit=1")
+            } else {
+                format!("{base}{NODES}/r{}", i % 10)
+            };
+            let r = c
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            match r.status().as_u16() {
+                200 => Ok(()),
+                s => Err(format!("{url}: {s} {}", r.text().await.unwrap_or_default())),
+            }
+        });
+    }
+    let mut failed = Vec::new();
+    while let Some(r) = reads.join_next().await {
+        if let Err(e) = r.unwrap() {
+            failed.push(e);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of 300 reads failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

@@ -189,12 +189,80 @@ pub struct Member {
     opts: Options,
     /// Writes waiting to be proposed together ([`batch_loop`]).
     batcher: mpsc::Sender<Submit>,
-    /// The last log index at start: a lower bound for the read index while this member leads.
-    /// A member that was the leader before a restart resumes as the leader of the same term
-    /// without openraft's no-op entry, so openraft's read index can then be its committed
-    /// index from before the stop, below writes it acknowledged; every entry in the leader's
-    /// log will commit, so waiting for them is safe.
+    /// Linearizable reads waiting for the leader's next read-index round ([`read_rounds`]).
+    reads: mpsc::UnboundedSender<oneshot::Sender<Result<u64, ReadRefused>>>,
+}
+
+/// Why a read-index round on this member gave no index.
+#[derive(Clone, Debug)]
+pub(crate) enum ReadRefused {
+    /// This member is not (or no longer) the leader.
+    NotLeader,
+    /// A majority did not answer the round's heartbeats in time (openraft waits one
+    /// heartbeat interval): a partition, or members too busy to answer. Worth a retry.
+    NoQuorum(String),
+    /// Anything else (openraft stopped).
+    Failed(String),
+}
+
+impl std::fmt::Display for ReadRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadRefused::NotLeader => f.write_str("not the leader"),
+            ReadRefused::NoQuorum(e) | ReadRefused::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Confirms leadership for every linearizable read waiting, one round at a time (etcd's
+/// read-index loop does the same). openraft's `get_read_log_id` sends each member a
+/// heartbeat of its own per call: 100 lists at once sent 200 heartbeats, the followers could
+/// not answer them all within openraft's timeout (the heartbeat interval), and the reads
+/// failed for want of a quorum. Reads that arrive during a round wait for the next one, so
+/// each read's round starts after the read did, as linearizability needs.
+///
+/// `start_floor`, the last log index at start, is a lower bound for the read index while
+/// this member leads. A member that was the leader before a restart resumes as the leader of
+/// the same term without openraft's no-op entry, so openraft's read index can then be its
+/// committed index from before the stop, below writes it acknowledged; every entry in the
+/// leader's log will commit, so waiting for them is safe.
+async fn read_rounds(
+    raft: Raft<TypeConfig>,
     start_floor: u64,
+    mut rx: mpsc::UnboundedReceiver<oneshot::Sender<Result<u64, ReadRefused>>>,
+) {
+    use openraft::error::CheckIsLeaderError;
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(w) = rx.try_recv() {
+            waiting.push(w);
+        }
+        waiting.retain(|w| !w.is_closed());
+        if waiting.is_empty() {
+            continue;
+        }
+        let r = match raft.get_read_log_id().await {
+            Ok((read, _)) => {
+                // The floor, but never beyond this member's log: entries of it a later
+                // leader truncated (it was not a leader of their term then) will not commit.
+                let last = raft.metrics().borrow().last_log_index.unwrap_or(0);
+                Ok(read
+                    .map(|l| l.index)
+                    .unwrap_or(0)
+                    .max(start_floor.min(last)))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => {
+                Err(ReadRefused::NotLeader)
+            }
+            Err(RaftError::APIError(e @ CheckIsLeaderError::QuorumNotEnough(_))) => {
+                Err(ReadRefused::NoQuorum(e.to_string()))
+            }
+            Err(e) => Err(ReadRefused::Failed(e.to_string())),
+        };
+        for w in waiting {
+            let _ = w.send(r.clone());
+        }
+    }
 }
 
 /// A write handed to the batcher, and where its result goes.
@@ -238,6 +306,9 @@ fn op_size(op: &WriteOp) -> usize {
 /// (fewer, larger entries cost less CPU per write than overlapping smaller ones, and the
 /// machine is CPU-bound); 2 and 4 gave 2-15 % fewer writes/s.
 const IN_FLIGHT: usize = 1;
+
+/// The pause before a refused read-index round is tried again.
+const READ_RETRY: Duration = Duration::from_millis(50);
 
 /// Asks openraft for a snapshot once the log has outgrown the last one (checked every
 /// second; openraft ignores the request while a snapshot is being built). Ends with the
@@ -419,6 +490,8 @@ impl Member {
         tokio::spawn(snapshot_by_size(raft.clone(), growth));
         let (batcher, queued) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(batch_loop(raft.clone(), queued));
+        let (reads, read_queue) = mpsc::unbounded_channel();
+        tokio::spawn(read_rounds(raft.clone(), start_floor, read_queue));
         let member = Member {
             id,
             addr: addr.clone(),
@@ -427,7 +500,7 @@ impl Member {
             http,
             opts,
             batcher,
-            start_floor,
+            reads,
         };
         let app = router(member.clone());
         match &member.opts.tls {
@@ -637,46 +710,54 @@ impl Member {
         })?
     }
 
-    /// The commit index a linearizable read must see, from the leader (read index).
+    /// The read index a linearizable read here waits for: the leader's (this member's, or
+    /// asked of it), retried while there is time left: a round without a quorum, or a
+    /// leader that just changed, refuses the read only once the request timeout has passed.
     pub(crate) async fn read_index(&self) -> Result<u64, StoreError> {
-        let (leader, addr) = self.leader().await?;
-        if leader == self.id {
-            let r = tokio::time::timeout(self.opts.request_timeout, self.leader_read_index()).await;
-            return match r {
-                Ok(Ok(i)) => Ok(i),
-                Ok(Err(e)) => Err(unavailable(e)),
-                Err(_) => Err(unavailable(
-                    "the leader could not confirm its leadership in time (no quorum?)",
-                )),
+        let deadline = tokio::time::Instant::now() + self.opts.request_timeout;
+        loop {
+            let (leader, addr) = self.leader().await?;
+            let r = if leader == self.id {
+                match tokio::time::timeout_at(deadline, self.leader_read_index()).await {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err("no round completed in time".into()),
+                }
+            } else {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self
+                    .post::<_, u64>(&addr, "/raft/v2/read-index", &(), left)
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("asking the leader at {addr} failed: {e}")),
+                }
             };
-        }
-        match self
-            .post::<_, u64>(&addr, "/raft/v2/read-index", &(), self.opts.request_timeout)
-            .await
-        {
-            Ok(Ok(i)) => Ok(i),
-            Ok(Err(e)) => Err(unavailable(e)),
-            Err(e) => Err(unavailable(format!(
-                "asking the leader at {addr} for the read index failed: {e}"
-            ))),
+            let error = match r {
+                Ok(i) => return Ok(i),
+                Err(e) => e,
+            };
+            if tokio::time::Instant::now() + READ_RETRY >= deadline {
+                return Err(unavailable(format!(
+                    "the leader could not confirm its leadership with a quorum within {:?} \
+                     (no quorum?): {error}",
+                    self.opts.request_timeout
+                )));
+            }
+            tracing::debug!(error = %error, "read index refused; retrying");
+            tokio::time::sleep(READ_RETRY).await;
         }
     }
 
     /// The read index, asked of this member as the leader: openraft's (the commit index,
-    /// after confirming leadership with a quorum), at least [`Member::start_floor`].
-    pub(crate) async fn leader_read_index(&self) -> Result<u64, String> {
-        let (read, _) = self
-            .raft
-            .get_read_log_id()
-            .await
-            .map_err(|e| e.to_string())?;
-        // The floor, but never beyond this member's log: entries of it a later leader
-        // truncated (it was not a leader of their term then) will not commit.
-        let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
-        Ok(read
-            .map(|l| l.index)
-            .unwrap_or(0)
-            .max(self.start_floor.min(last)))
+    /// after confirming leadership with a quorum), at least the log's last index at start. Reads
+    /// waiting at once share one round ([`read_rounds`]).
+    pub(crate) async fn leader_read_index(&self) -> Result<u64, ReadRefused> {
+        let (tx, rx) = oneshot::channel();
+        self.reads
+            .send(tx)
+            .map_err(|_| ReadRefused::Failed("the member is stopping".into()))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ReadRefused::Failed("the member is stopping".into())))
     }
 
     /// Adds a member: learner first (it catches up), then voter.

@@ -534,9 +534,24 @@ impl StateMachine {
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SError> {
-        self.build()
+        let me = self.clone();
+        off_runtime(move || me.build())
+            .await
             .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
     }
+}
+
+/// Runs `f`, which blocks (a snapshot's persist, dump and encoding: hundreds of
+/// milliseconds at 10,000 objects), on tokio's blocking pool. On a runtime worker it held
+/// up every task queued there: raft RPCs among them, whose replies then missed openraft's
+/// timeout (the heartbeat interval), so the leader resent appends and failed read-index
+/// rounds.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
 }
 
 fn rejected(e: StoreError) -> Result<Rejected, StoreError> {
@@ -644,17 +659,25 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), SError> {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
-        let mut dump: Dump = serde_json::from_slice(&data)
-            .map_err(|e| StorageIOError::read_snapshot(sig.clone(), any(e)))?;
-        // The meta the leader sent is the authority for what the snapshot covers.
-        dump.meta
-            .retain(|(k, _)| k != "applied" && k != "membership");
-        dump.meta.push(("applied".into(), enc(&meta.last_log_id)));
-        dump.meta
-            .push(("membership".into(), enc(&meta.last_membership)));
-        self.store
-            .restore(&dump, meta.last_log_id.map(|l| l.index).unwrap_or(0))
-            .map_err(|e| StorageIOError::write_snapshot(sig, any(e)))?;
+        let (store, m) = (self.store.clone(), meta.clone());
+        // Decoding and restoring block for as long as a build: off the runtime (off_runtime).
+        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Box<SError>> {
+            let mut dump: Dump = serde_json::from_slice(&data)
+                .map_err(|e| Box::new(StorageIOError::read_snapshot(sig.clone(), any(e)).into()))?;
+            // The meta the leader sent is the authority for what the snapshot covers.
+            dump.meta
+                .retain(|(k, _)| k != "applied" && k != "membership");
+            dump.meta.push(("applied".into(), enc(&m.last_log_id)));
+            dump.meta
+                .push(("membership".into(), enc(&m.last_membership)));
+            store
+                .restore(&dump, m.last_log_id.map(|l| l.index).unwrap_or(0))
+                .map_err(|e| Box::new(StorageIOError::write_snapshot(sig, any(e)).into()))?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), any(e)))?
+        .map_err(|e| *e)?;
         // openraft purges the log the snapshot covers.
         let seen = self.growth.since_snapshot.load(Ordering::Relaxed);
         self.growth.snapshot_taken(seen, data.len());
@@ -681,7 +704,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 if applied.is_none() {
                     return Ok(None);
                 }
-                self.build()
+                let me = self.clone();
+                off_runtime(move || me.build())
+                    .await
                     .map(Some)
                     .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
             }
