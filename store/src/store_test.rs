@@ -524,29 +524,33 @@ async fn a_large_tail_is_persisted_early() {
 /// Replicated mode persists history in chunks: a replay starting inside one, and previous
 /// objects looked up in earlier ones, see every record once; compaction drops only chunks
 /// entirely at or before the compaction point.
+/// Applies raft entry `index` (replicated mode): a put of `{"v": index, "pad": pad}` to each
+/// of `k/0` .. `k/{keys - 1}`.
+fn apply_puts(s: &Store, index: u64, keys: usize, pad: &str) {
+    let ops = (0..keys)
+        .map(|i| {
+            put(
+                &format!("k/{i}"),
+                json!({"v": index, "pad": pad}),
+                Precondition::None,
+            )
+        })
+        .collect();
+    s.apply_entries(
+        &[crate::Entry { index, ops }],
+        &[("applied", index.to_string().into_bytes())],
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn replicated_history_is_stored_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 100);
     let pad = "x".repeat(2000);
-    let apply = |s: &Store, index: u64| {
-        // Ten keys, each written once per entry: the previous version of an object is ten
-        // revisions back.
-        let ops = (0..10)
-            .map(|i| {
-                put(
-                    &format!("k/{i}"),
-                    json!({"v": index, "pad": pad}),
-                    Precondition::None,
-                )
-            })
-            .collect();
-        s.apply_entries(
-            &[crate::Entry { index, ops }],
-            &[("applied", index.to_string().into_bytes())],
-        )
-        .unwrap();
-    };
+    // Ten keys, each written once per entry: the previous version of an object is ten
+    // revisions back.
+    let apply = |s: &Store, index: u64| apply_puts(s, index, 10, &pad);
     for i in 1..=10 {
         apply(&s, i);
     }
@@ -645,20 +649,7 @@ async fn history_chunks_fit_a_64_kib_page() {
         } else {
             1000 + (index as usize * 37) % 500
         });
-        let ops = (0..5)
-            .map(|i| {
-                put(
-                    &format!("k/{i}"),
-                    json!({"v": index, "pad": pad}),
-                    Precondition::None,
-                )
-            })
-            .collect();
-        s.apply_entries(
-            &[crate::Entry { index, ops }],
-            &[("applied", index.to_string().into_bytes())],
-        )
-        .unwrap();
+        apply_puts(&s, index, 5, &pad);
     }
     s.flush().unwrap();
     let txn = s.inner.db.begin_read().unwrap();
