@@ -537,21 +537,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let me = self.clone();
         off_runtime(move || me.build())
             .await
+            .and_then(|built| built)
             .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
     }
 }
 
-/// Runs `f`, which blocks (a snapshot's persist, dump and encoding: hundreds of
-/// milliseconds at 10,000 objects), on tokio's blocking pool. On a runtime worker it held
-/// up every task queued there: raft RPCs among them, whose replies then missed openraft's
-/// timeout (the heartbeat interval), so the leader resent appends and failed read-index
-/// rounds.
+/// Runs `f`, which blocks (building or installing a snapshot: a persist, a dump and its
+/// encoding, or a decode and a restore; hundreds of milliseconds at 10,000 objects), on
+/// tokio's blocking pool. On a runtime worker it held up every task queued there: raft RPCs
+/// among them, whose replies then missed openraft's timeout (the heartbeat interval), so the
+/// leader resent appends and failed read-index rounds.
 async fn off_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+    f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(format!("snapshot task failed: {e}")))
+        .map_err(|e| format!("snapshot task failed: {e}"))
 }
 
 fn rejected(e: StoreError) -> Result<Rejected, StoreError> {
@@ -660,8 +661,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let sig = Some(meta.signature());
         let (store, m) = (self.store.clone(), meta.clone());
-        // Decoding and restoring block for as long as a build: off the runtime (off_runtime).
-        let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Box<SError>> {
+        // Decoding and restoring block for as long as a build.
+        let data = off_runtime(move || -> Result<Vec<u8>, Box<SError>> {
             let mut dump: Dump = serde_json::from_slice(&data)
                 .map_err(|e| Box::new(StorageIOError::read_snapshot(sig.clone(), any(e)).into()))?;
             // The meta the leader sent is the authority for what the snapshot covers.
@@ -707,6 +708,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let me = self.clone();
                 off_runtime(move || me.build())
                     .await
+                    .and_then(|built| built)
                     .map(Some)
                     .map_err(|e| StorageIOError::read_state_machine(any(e)).into())
             }

@@ -34,9 +34,14 @@ const CHUNK_V1: u8 = 3;
 /// past this, which leaves room for the leaf's own header in the 64 KiB.
 pub(crate) const CHUNK_BYTES: usize = (64 << 10) - 256;
 
+/// The bytes of `e`'s record as [`encode`] writes it.
+fn record_len(e: &WatchEvent) -> usize {
+    18 + e.key.len() + e.raw.as_str().len()
+}
+
 /// Encodes `e`, whose object's previous version is at `prev_revision` (0: none).
 pub(crate) fn encode(e: &WatchEvent, prev_revision: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(18 + e.key.len() + e.raw.as_str().len());
+    let mut out = Vec::with_capacity(record_len(e));
     encode_into(&mut out, e, prev_revision);
     out
 }
@@ -70,8 +75,8 @@ impl Chunk {
     /// Adds `e`'s record; returns the chunk before it (key and value) if the record would
     /// have taken that past [`CHUNK_BYTES`].
     pub(crate) fn push(&mut self, e: &WatchEvent, prev_revision: u64) -> Option<(u64, Vec<u8>)> {
-        let record = 18 + e.key.len() + e.raw.as_str().len();
-        let full = 5 + 12 * (self.revisions.len() + 1) + self.data.len() + record > CHUNK_BYTES;
+        let full =
+            5 + 12 * (self.revisions.len() + 1) + self.data.len() + record_len(e) > CHUNK_BYTES;
         let closed = if full { self.take() } else { None };
         encode_into(&mut self.data, e, prev_revision);
         self.revisions.push(e.revision);
