@@ -46,6 +46,10 @@ pub(crate) struct ServerArgs {
     /// connections (docs/benchmarks.md).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     raft_persist_every_ms: u64,
+    /// Raft: persist applied writes once no write has been applied for this many milliseconds
+    /// (a burst is made durable as it ends; the period above bounds a steady load).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    raft_persist_idle_ms: u64,
     /// The cluster CA and the certificates it issued (default: DATA_DIR/pki). A new directory
     /// gets a new CA; members of one raft group share it (copy ca.crt and ca.key in first).
     #[arg(long)]
@@ -491,6 +495,7 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                 snapshot_every: args.raft_snapshot_every,
                 logs_to_keep: args.raft_logs_to_keep,
                 persist_every: std::time::Duration::from_millis(args.raft_persist_every_ms),
+                persist_idle: std::time::Duration::from_millis(args.raft_persist_idle_ms),
                 tls: raft_tls.clone(),
                 certificates: cert_expiries.clone(),
                 ..Default::default()

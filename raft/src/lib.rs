@@ -128,8 +128,12 @@ pub struct Options {
     pub logs_to_keep: u64,
     /// How long a write or a linearizable read may wait for the leader and a quorum.
     pub request_timeout: Duration,
-    /// How often applied writes are persisted to the store's file ([`storage::FLUSH_EVERY`]).
+    /// How often applied writes are persisted to the store's file under a steady load
+    /// ([`storage::FLUSH_EVERY`]).
     pub persist_every: Duration,
+    /// How long the applies pause before what they applied is persisted
+    /// ([`storage::FLUSH_IDLE`]).
+    pub persist_idle: Duration,
     /// Mutual TLS between members (None: plain HTTP, for a trusted network only).
     pub tls: Option<RaftTls>,
     /// This member's certificates and when they expire (name, RFC 3339), for `cluster status`.
@@ -171,6 +175,7 @@ impl Default for Options {
             logs_to_keep: 1000,
             request_timeout: Duration::from_secs(10),
             persist_every: storage::FLUSH_EVERY,
+            persist_idle: storage::FLUSH_IDLE,
             tls: None,
             certificates: Vec::new(),
         }
@@ -486,7 +491,7 @@ impl Member {
         )
         .await
         .map_err(|e| format!("raft: {e}"))?;
-        store.spawn_flusher(opts.persist_every);
+        store.spawn_flusher(opts.persist_every, opts.persist_idle);
         tokio::spawn(snapshot_by_size(raft.clone(), growth));
         let (batcher, queued) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(batch_loop(raft.clone(), queued));

@@ -5,7 +5,8 @@
 //!
 //! The log is the durable record: every append is one write and one `fdatasync` (per batch
 //! of entries). Applying goes to the store's in-memory tail (`store/src/tail.rs`), persisted
-//! in one fsync'd transaction every [`FLUSH_EVERY`] and before a snapshot is built (which
+//! in one fsync'd transaction when the applies pause ([`FLUSH_IDLE`]), at least every
+//! [`FLUSH_EVERY`], and before a snapshot is built (which
 //! lets openraft purge the log behind it). A crash loses at most the applies since the last
 //! persist, which openraft applies again
 //! from the log at start (up to the committed log id saved with the log, then as the leader
@@ -50,6 +51,10 @@ fn any(e: impl std::fmt::Display) -> AnyError {
 /// number of writes, and 1 s instead of 100 ms measured 8-10 % more writes/s at 64
 /// connections (docs/benchmarks.md).
 pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long the applies pause before the tail is persisted without waiting for the period:
+/// a burst's writes are made durable as it ends, not on the next writes' time.
+pub const FLUSH_IDLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The newest log entries, as appended, so replication to followers that keep up reads them
 /// from memory rather than from the file (and does not parse them again for each follower).

@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use redb::ReadableDatabase;
-
 use crate::store::{HISTORY, Inner, META};
 use crate::{EventType, Json, StoreError, WatchEvent};
 
@@ -247,9 +245,9 @@ fn decode_json(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
 pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>, StoreError> {
     // Replicated mode: the newest events are in the in-memory tail (tail.rs); the database's
     // history is read below its first one, in a read transaction begun under its lock.
-    let tail = inner.tail();
+    let mut tail = inner.tail();
     let (layered, first_layered) = tail.events_after(revision);
-    let txn = inner.db.begin_read()?;
+    let txn = tail.snapshot(&inner.db)?;
     drop(tail);
     let compacted = txn
         .open_table(META)?
@@ -340,9 +338,15 @@ fn drop_history(
     hist: &mut redb::Table<u64, &[u8]>,
     meta: &mut redb::Table<&str, u64>,
     (_, upto): (u64, u64),
+    mut pace: Option<&mut crate::pace::Yielder>,
 ) -> Result<(), StoreError> {
     if let Some(keep) = value_at(hist, upto + 1)? {
-        hist.retain_in(..keep, |_, _| false)?;
+        hist.retain_in(..keep, |_, _| {
+            if let Some(p) = pace.as_deref_mut() {
+                p.step();
+            }
+            false
+        })?;
     }
     meta.insert("compacted", upto)?;
     tracing::debug!(compacted = upto, "history compacted");
@@ -357,11 +361,12 @@ pub(crate) fn compact_in(
     hist: &mut redb::Table<u64, &[u8]>,
     meta: &mut redb::Table<&str, u64>,
     persisted: u64,
+    pace: &mut crate::pace::Yielder,
 ) -> Result<Option<u64>, StoreError> {
     let Some(range) = next_compaction(inner, persisted, PERSIST_COMPACT_MAX) else {
         return Ok(None);
     };
-    drop_history(hist, meta, range)?;
+    drop_history(hist, meta, range, Some(pace))?;
     Ok(Some(range.1))
 }
 
@@ -377,9 +382,10 @@ pub(crate) fn maybe_compact(inner: &Inner) -> Result<bool, StoreError> {
     {
         let mut hist = txn.open_table(HISTORY)?;
         let mut meta = txn.open_table(META)?;
-        drop_history(&mut hist, &mut meta, range)?;
+        drop_history(&mut hist, &mut meta, range, None)?;
     }
     txn.commit()?;
+    inner.tail().snapshot = None;
     inner.compacted.store(range.1, Ordering::Release);
     Ok(true)
 }

@@ -9,6 +9,7 @@
 mod error;
 mod history;
 mod ops;
+mod pace;
 mod replicated;
 mod store;
 mod tail;

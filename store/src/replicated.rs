@@ -84,11 +84,11 @@ impl Store {
 
     /// Raft metadata stored with the objects.
     pub fn sm_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let tail = self.inner.tail();
+        let mut tail = self.inner.tail();
         if let Some(v) = tail.meta(name) {
             return Ok(Some(v.clone()));
         }
-        let txn = self.inner.db.begin_read()?;
+        let txn = tail.snapshot(&self.inner.db)?;
         drop(tail);
         let t = match txn.open_table(RAFT_SM) {
             Ok(t) => t,
@@ -118,8 +118,8 @@ impl Store {
         let mut index = *inner.applied_index.borrow();
         {
             let mut tail = inner.tail();
-            // Begun under the lock: a persist of what the layers held is in it (tail.rs).
-            let txn = inner.db.begin_read()?;
+            // Taken under the lock: a persist of what the layers held is in it (tail.rs).
+            let txn = tail.snapshot(&inner.db)?;
             let objects = txn.open_table(OBJECTS)?;
             // openraft hands each entry to the state machine once (it resumes from the applied
             // log id stored with the objects), so nothing is skipped here.
@@ -194,9 +194,16 @@ impl Store {
         wait_reached(&self.inner.applied_index, index, timeout, "log index").await
     }
 
-    /// Makes applied state durable every `every` while the store is open (replicated mode,
-    /// where applies are not fsync'd: see [`Store::apply_entries`]).
-    pub fn spawn_flusher(&self, every: std::time::Duration) {
+    /// Makes applied state durable while the store is open (replicated mode, where applies
+    /// are not fsync'd: see [`Store::apply_entries`]): once no entry has been applied for
+    /// `idle`, and at least every `every` under a steady load (sooner when the tail outgrows
+    /// its limit).
+    ///
+    /// Persisting when the writes pause leaves a burst's tail durable while nothing waits on
+    /// the CPU and the disk; a tail persisted on the period after a burst ran into the next
+    /// writes and was the slowest of them (docs/benchmarks.md).
+    pub fn spawn_flusher(&self, every: std::time::Duration, idle: std::time::Duration) {
+        use std::time::Instant;
         let weak = Arc::downgrade(&self.inner);
         // Its own handle: the task holds no strong reference to the store while it waits.
         let due = self.inner.persist_due.clone();
@@ -205,18 +212,32 @@ impl Store {
             // After a failed persist, retries wait for the period (an early wake-up from a
             // tail still over its limit would otherwise retry at the rate of applies).
             let mut failed = false;
-            let mut tick = tokio::time::interval(every);
+            let mut tick =
+                tokio::time::interval((idle / 2).clamp(std::time::Duration::from_millis(1), every));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut attempted = Instant::now();
+            // The last index seen applied, and when it was first seen.
+            let mut seen = (0, Instant::now());
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = due.notified(), if !failed => tick.reset(),
-                }
+                let urgent = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = due.notified(), if !failed => true,
+                };
                 let Some(inner) = weak.upgrade() else { return };
                 let index = *inner.applied_index.borrow();
+                let now = Instant::now();
+                if index != seen.0 {
+                    seen = (index, now);
+                }
                 if flushed == Some(index) {
                     continue;
                 }
+                let period_up = now.duration_since(attempted) >= every;
+                let quiet = now.duration_since(seen.1) >= idle;
+                if !(period_up || (!failed && (urgent || quiet))) {
+                    continue;
+                }
+                attempted = now;
                 let store = Store { inner };
                 match tokio::task::spawn_blocking(move || store.flush()).await {
                     Ok(Ok(())) => {
@@ -243,14 +264,17 @@ impl Store {
         let inner = &self.inner;
         let _persist = inner.persist.lock().unwrap_or_else(|e| e.into_inner());
         let layer = inner.tail().freeze();
+        let started = std::time::Instant::now();
         let txn = inner.db.begin_write()?;
         let compacted = {
             let mut objects = txn.open_table(OBJECTS)?;
             let mut hist = txn.open_table(HISTORY)?;
             let mut m = txn.open_table(META)?;
             let mut sm = txn.open_table(RAFT_SM)?;
+            let mut pace = crate::pace::Yielder::new();
             if let Some(layer) = &layer {
                 for (k, (rev, v)) in &layer.objects {
+                    pace.step();
                     match v {
                         Some(j) => {
                             objects.insert(k.as_str(), (*rev, j.as_str().as_bytes()))?;
@@ -263,6 +287,7 @@ impl Store {
                 let mut chunk = crate::history::Chunk::default();
                 for (e, prev_revision) in &layer.events {
                     if let Some((k, v)) = chunk.push(e, *prev_revision) {
+                        pace.step();
                         hist.insert(k, v.as_slice())?;
                     }
                 }
@@ -279,10 +304,22 @@ impl Store {
             // History this transaction leaves in the database reaches its revision:
             // compaction, in the same commit, never passes it.
             let persisted = m.get("revision")?.map(|g| g.value()).unwrap_or(1);
-            crate::history::compact_in(inner, &mut hist, &mut m, persisted)?
+            crate::history::compact_in(inner, &mut hist, &mut m, persisted, &mut pace)?
         };
+        let written = started.elapsed();
         txn.commit()?;
-        inner.tail().frozen = None;
+        {
+            let mut tail = inner.tail();
+            tail.frozen = None;
+            tail.snapshot = None;
+        }
+        tracing::debug!(
+            objects = layer.as_ref().map_or(0, |l| l.objects.len()),
+            events = layer.as_ref().map_or(0, |l| l.events.len()),
+            write_us = written.as_micros() as u64,
+            commit_us = (started.elapsed() - written).as_micros() as u64,
+            "persisted"
+        );
         if let Some(upto) = compacted {
             inner.compacted.store(upto, Ordering::Release);
         }

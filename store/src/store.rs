@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -207,7 +207,7 @@ impl Store {
 
     /// Reads one object.
     pub fn get(&self, key: &str) -> Result<Option<StoredObject>, StoreError> {
-        let tail = self.inner.tail();
+        let mut tail = self.inner.tail();
         if let Some((revision, v)) = tail.lookup(key) {
             let (revision, v) = (*revision, v.clone());
             drop(tail);
@@ -219,8 +219,8 @@ impl Store {
                 None => Ok(None),
             };
         }
-        // Begun under the lock: a persist of what the layers held is in it (tail.rs).
-        let txn = self.inner.db.begin_read()?;
+        // Taken under the lock: a persist of what the layers held is in it (tail.rs).
+        let txn = tail.snapshot(&self.inner.db)?;
         drop(tail);
         let table = txn.open_table(OBJECTS)?;
         match table.get(key)? {
@@ -249,11 +249,11 @@ impl Store {
             Some(k) if k >= prefix => Bound::Excluded(k),
             _ => Bound::Included(prefix),
         };
-        let tail = self.inner.tail();
+        let mut tail = self.inner.tail();
         let layered = tail.range(prefix, lower);
         let layered_rev = tail.revision();
-        // Begun under the lock: a persist of what the layers held is in it (tail.rs).
-        let txn = self.inner.db.begin_read()?;
+        // Taken under the lock: a persist of what the layers held is in it (tail.rs).
+        let txn = tail.snapshot(&self.inner.db)?;
         drop(tail);
         let revision = read_revision(&txn)?.max(layered_rev);
         let table = txn.open_table(OBJECTS)?;
@@ -389,6 +389,8 @@ fn writer_loop(
         let start = inner.revision.load(Ordering::Acquire);
         match apply_batch(&inner.db, &batch, start) {
             Ok((results, events, last)) => {
+                // Readers from now on see the commit (tail.rs, `Tail::snapshot`).
+                inner.tail().snapshot = None;
                 inner.revision.store(last, Ordering::Release);
                 inner.applied.send_replace(last);
                 for e in events {

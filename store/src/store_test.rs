@@ -2,6 +2,7 @@ use serde_json::json;
 
 use super::*;
 use crate::EventType;
+use redb::ReadableDatabase;
 
 fn open(dir: &tempfile::TempDir, retention: u64) -> Store {
     let mut c = StoreConfig::new(dir.path().join("db.redb"));
@@ -494,7 +495,8 @@ async fn replicated_history_is_compacted_with_the_persist() {
 async fn a_large_tail_is_persisted_early() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 1000);
-    s.spawn_flusher(std::time::Duration::from_secs(3600));
+    let hour = std::time::Duration::from_secs(3600);
+    s.spawn_flusher(hour, hour);
     // The interval's first tick is immediate: let it pass with nothing to persist.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     let big = "x".repeat(1 << 20);
@@ -519,6 +521,56 @@ async fn a_large_tail_is_persisted_early() {
     assert!(persisted(), "80 MiB applied, still in memory after 10 s");
     let txn = s.inner.db.begin_read().unwrap();
     assert_eq!(crate::store::read_revision(&txn).unwrap(), 81);
+}
+
+/// The tail is persisted once the applies pause, not while they go on, and not only on the
+/// period.
+#[tokio::test]
+async fn a_tail_is_persisted_when_the_applies_pause() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    let idle = std::time::Duration::from_millis(1000);
+    s.spawn_flusher(std::time::Duration::from_secs(3600), idle);
+    // The first tick, at once, finds nothing applied.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let in_memory = || !s.inner.tail().active.objects.is_empty();
+    let started = std::time::Instant::now();
+    let mut index = 0;
+    // Applies every 10 ms for 0.5 s, well under `idle` apart: the tail stays in memory.
+    while started.elapsed() < std::time::Duration::from_millis(500) {
+        index += 1;
+        s.apply_entries(
+            &[crate::Entry {
+                index,
+                ops: vec![put(
+                    &format!("k/{index}"),
+                    json!({ "v": index }),
+                    Precondition::None,
+                )],
+            }],
+            &[("applied", index.to_string().into_bytes())],
+        )
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert!(
+            in_memory(),
+            "persisted while entries were still being applied"
+        );
+    }
+    let paused = std::time::Instant::now();
+    for _ in 0..200 {
+        if !in_memory() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(!in_memory(), "still in memory 5 s after the applies paused");
+    assert!(
+        paused.elapsed() >= idle - std::time::Duration::from_millis(100),
+        "persisted before the pause was `idle` long"
+    );
+    let txn = s.inner.db.begin_read().unwrap();
+    assert_eq!(crate::store::read_revision(&txn).unwrap(), index + 1);
 }
 
 /// Replicated mode persists history in chunks: a replay starting inside one, and previous
@@ -690,4 +742,46 @@ async fn history_chunks_fit_a_64_kib_page() {
     let events = crate::history::after(&s.inner, 0).unwrap();
     assert_eq!(events.len(), 1000);
     assert!(events.iter().zip(1..).all(|(e, r)| e.revision == r + 1));
+}
+
+/// Readers share one database snapshot until the next commit (`Tail::snapshot`): a read
+/// after a write, in either mode, finds it, whether a snapshot was taken before it or not.
+#[tokio::test]
+async fn reads_after_a_commit_see_it() {
+    // Single server: every write is a commit.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    assert!(s.get("k/a").unwrap().is_none());
+    s.write(put("k/a", json!({ "v": 1 }), Precondition::None))
+        .await
+        .unwrap();
+    assert!(
+        s.get("k/a").unwrap().is_some(),
+        "a write missing from the next read"
+    );
+    assert_eq!(s.list("k/", None, 0, None).unwrap().items.len(), 1);
+    drop(s);
+
+    // Replicated: the apply goes to the tail, and the persist moves it to the database.
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, 1000);
+    assert!(s.get("k/a").unwrap().is_none());
+    s.apply_entries(
+        &[crate::Entry {
+            index: 1,
+            ops: vec![put("k/a", json!({ "v": 1 }), Precondition::None)],
+        }],
+        &[("applied", b"1".to_vec())],
+    )
+    .unwrap();
+    assert!(s.get("k/a").unwrap().is_some());
+    s.flush().unwrap();
+    assert!(s.inner.tail().active.objects.is_empty());
+    let got = s
+        .get("k/a")
+        .unwrap()
+        .expect("a persisted write missing from the next read");
+    assert_eq!(got.object["v"], 1);
+    assert_eq!(s.list("k/", None, 0, None).unwrap().items.len(), 1);
+    assert_eq!(s.sm_meta("applied").unwrap().as_deref(), Some(&b"1"[..]));
 }

@@ -2,8 +2,9 @@
 //! the database.
 //!
 //! A raft member applies every committed entry at once (the leader answers its writers after
-//! the apply) but writes redb only every `spawn_flusher` period: one fsync'd transaction per
-//! period instead of one copy-on-write transaction per entry, which was half a follower's CPU
+//! the apply) but writes redb only when `spawn_flusher` persists (once the applies pause, or
+//! every period under a steady load): one fsync'd transaction then instead of one
+//! copy-on-write transaction per entry, which was half a follower's CPU
 //! (docs/benchmarks.md). Until a persist has committed them, the applied writes live here:
 //! the objects they changed (or deleted), their events with their previous objects, the last
 //! revision, and the raft metadata of the last applied entry.
@@ -46,14 +47,40 @@ impl Layer {
     }
 }
 
-/// The layer applies go to, and the one being persisted.
+/// The layer applies go to, the one being persisted, and the database snapshot that goes
+/// with them.
 #[derive(Default)]
 pub(crate) struct Tail {
     pub(crate) active: Layer,
     pub(crate) frozen: Option<Arc<Layer>>,
+    /// A read transaction begun after the database's last commit, shared by the readers
+    /// until the next one ([`Tail::snapshot`]).
+    pub(crate) snapshot: Option<Arc<redb::ReadTransaction>>,
 }
 
 impl Tail {
+    /// The database as of its last commit, for a reader holding the lock: with the layers,
+    /// everything applied. Every commit ends the shared snapshot (under the lock, with the
+    /// layer it persisted), so the first reader after it begins the next.
+    ///
+    /// Shared because beginning a read transaction waits for the header lock a commit holds
+    /// through its `fsync`: one per reader stalled every apply and read that began during a
+    /// persist, by up to the persist's commit (1-8 ms; the slowest 1 % of sequential writes,
+    /// docs/benchmarks.md). Readers after a commit share one snapshot instead, begun once the
+    /// commit is done.
+    pub(crate) fn snapshot(
+        &mut self,
+        db: &redb::Database,
+    ) -> Result<Arc<redb::ReadTransaction>, redb::TransactionError> {
+        use redb::ReadableDatabase;
+        if let Some(s) = &self.snapshot {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(db.begin_read()?);
+        self.snapshot = Some(s.clone());
+        Ok(s)
+    }
+
     /// The newest layers' entry for `key`, if a layer has one.
     pub(crate) fn lookup(&self, key: &str) -> Option<&(u64, Option<Json>)> {
         self.active
