@@ -244,7 +244,7 @@ fn decode_json(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
 /// reaches back that far (so a concurrent compaction cannot open a silent gap).
 pub(crate) fn after(inner: &Inner, revision: u64) -> Result<Vec<Arc<WatchEvent>>, StoreError> {
     // Replicated mode: the newest events are in the in-memory tail (tail.rs); the database's
-    // history is read below its first one, in a read transaction begun under its lock.
+    // history is read below its first one, in the snapshot taken under its lock.
     let mut tail = inner.tail();
     let (layered, first_layered) = tail.events_after(revision);
     let txn = tail.snapshot(&inner.db)?;

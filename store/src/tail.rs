@@ -9,10 +9,10 @@
 //! the objects they changed (or deleted), their events with their previous objects, the last
 //! revision, and the raft metadata of the last applied entry.
 //!
-//! Consistency with the database: a reader looks here first and, holding the lock, begins its
-//! redb read transaction; a persist commits the layer it froze, then (under the lock) drops
-//! it. So a reader either finds a write in a layer or its read transaction already contains
-//! the commit that persisted it. A crash loses the layers; the raft log holds their entries,
+//! Consistency with the database: a reader looks here first and, holding the lock, takes the
+//! shared read snapshot ([`Tail::snapshot`]); a persist commits the layer it froze, then
+//! (under the lock) drops it and the snapshot. So a reader either finds a write in a layer or
+//! its snapshot already contains the commit that persisted it. A crash loses the layers; the raft log holds their entries,
 //! and openraft applies them again after the last applied log id the database records.
 
 use std::collections::BTreeMap;
