@@ -12,11 +12,19 @@
 #  - undionly.kpxe (BIOS) and ipxe.efi (UEFI): iPXE's first stages from Debian's ipxe, for TFTP.
 # Usage: bootimages/build.sh OUT [GROUNDWORK_BINARY]
 #   (root; installs cpio busybox-static ipxe syslinux syslinux-common mtools dosfstools fdisk)
+#        bootimages/build.sh --kernel-only
+#   only downloads the kernel into the cache (tests/run does this while it installs packages,
+#   so a mirror outage later in the run does not fail the boot tests).
 # Reproducible inputs: package versions are printed and kept in OUT/versions.txt.
 set -euo pipefail
-OUT=${1:?usage: bootimages/build.sh OUT [GROUNDWORK_BINARY]}
-BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/target/release/groundwork}
-[ -x "$BIN" ] || { echo "build.sh: no groundwork binary at $BIN (cargo build --release)" >&2; exit 1; }
+KERNEL_ONLY=false
+if [ "${1:-}" = --kernel-only ]; then
+  KERNEL_ONLY=true
+else
+  OUT=${1:?usage: bootimages/build.sh OUT [GROUNDWORK_BINARY] | --kernel-only}
+  BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/target/release/groundwork}
+  [ -x "$BIN" ] || { echo "build.sh: no groundwork binary at $BIN (cargo build --release)" >&2; exit 1; }
+fi
 CACHE=${BOOTIMAGE_CACHE:-/var/tmp/groundwork-bootimage-cache}
 MODS="e1000 virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net virtio_blk"
 need() { command -v "$1" >/dev/null 2>&1 || [ -e "$1" ]; }
@@ -29,32 +37,40 @@ need /usr/lib/syslinux/mbr/mbr.bin || missing+=(syslinux-common)
 need mcopy || missing+=(mtools)
 need mkfs.vfat || missing+=(dosfstools)
 need sfdisk || missing+=(fdisk)
-if [ ${#missing[@]} -gt 0 ]; then
+if [ ${#missing[@]} -gt 0 ] && ! $KERNEL_ONLY; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
     || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
 fi
-mkdir -p "$OUT" "$CACHE"
+mkdir -p "$CACHE"
+$KERNEL_ONLY || mkdir -p "$OUT"
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2; exit}')
 [ -n "$kpkg" ] || { apt-get update -q; kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}'); }
 cached() { [ -s "$CACHE/$1/vmlinuz" ] && [ -s "$CACHE/$1/mod/virtio_blk.ko" ]; }
 if ! cached "$kpkg"; then
   d=$(mktemp -d /tmp/gw-kernel.XXXXXX)
-  # The mirror is a network away: a transient failure (DNS, a dropped connection) is retried.
-  # If the index names a kernel the mirror cannot serve, a kernel cached by an earlier build
-  # is used instead (the ramdisk needs a kernel and its drivers, not the newest one).
-  for attempt in 1 2 3; do
-    (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null) && break
-    if [ "$attempt" = 3 ]; then
-      prev=$(ls -1 "$CACHE" 2>/dev/null | sort -V | while read -r k; do cached "$k" && echo "$k"; done | tail -1)
-      [ -n "$prev" ] || { echo "build.sh: cannot download $kpkg (3 attempts), and no kernel is cached in $CACHE" >&2; exit 1; }
-      echo "build.sh: cannot download $kpkg (3 attempts); using the cached $prev" >&2
-      kpkg=$prev
-      rm -rf "$d"
-      break
-    fi
-    echo "build.sh: downloading $kpkg failed (attempt $attempt of 3); retrying" >&2
-    sleep $((attempt * 5))
-  done
+  # The mirror is a network away: a transient failure (DNS, a dropped connection) is retried
+  # for about three minutes (CI once lost DNS for the whole of a shorter window). A .deb
+  # apt already holds in its archive cache is used as is. If the index names a kernel the
+  # mirror cannot serve, a kernel cached by an earlier build is used instead (the ramdisk
+  # needs a kernel and its drivers, not the newest one).
+  if ls /var/cache/apt/archives/"$kpkg"_*.deb >/dev/null 2>&1; then
+    cp /var/cache/apt/archives/"$kpkg"_*.deb "$d/"
+  else
+    delays=(5 10 20 40 60 60)
+    for attempt in 1 2 3 4 5 6 7; do
+      (cd "$d" && chmod 777 . && apt-get download -q "$kpkg" >/dev/null) && break
+      if [ "$attempt" = 7 ]; then
+        prev=$(ls -1 "$CACHE" 2>/dev/null | sort -V | while read -r k; do cached "$k" && echo "$k"; done | tail -1)
+        [ -n "$prev" ] || { echo "build.sh: cannot download $kpkg (7 attempts over ~3 min), and no kernel is cached in $CACHE" >&2; exit 1; }
+        echo "build.sh: cannot download $kpkg (7 attempts); using the cached $prev" >&2
+        kpkg=$prev
+        rm -rf "$d"
+        break
+      fi
+      echo "build.sh: downloading $kpkg failed (attempt $attempt of 7); retrying in ${delays[$((attempt - 1))]} s" >&2
+      sleep "${delays[$((attempt - 1))]}"
+    done
+  fi
 fi
 if ! cached "$kpkg"; then
   dpkg-deb --fsys-tarfile "$d"/*.deb | tar -x -C "$d" --wildcards './boot/vmlinuz-*' \
@@ -65,6 +81,7 @@ if ! cached "$kpkg"; then
   for m in $MODS; do cp "$(find "$d" -name "$m.ko" | head -1)" "$CACHE/$kpkg/mod/"; done
   rm -rf "$d"
 fi
+if $KERNEL_ONLY; then echo "bootimages: kernel $kpkg cached in $CACHE"; exit 0; fi
 cp "$CACHE/$kpkg/vmlinuz" "$OUT/vmlinuz"
 cp /usr/lib/ipxe/undionly.kpxe /usr/lib/ipxe/ipxe.efi "$OUT/"
 
