@@ -2,6 +2,7 @@
 # Starts a 3-member Groundwork group on 127.0.0.1 for the store benchmark: member 1 (API on
 # $1_PORT, default 28080) bootstraps and is the leader the load goes to; 2 and 3 join.
 # Usage: bench/raft3.sh DATA_DIR [API_PORT]    (runs in the foreground until killed)
+#   GW_ARGS: more `groundwork server` arguments for every member (e.g. to A/B a setting).
 set -euo pipefail
 DATA=$1 PORT=${2:-28080}
 BIN=${GROUNDWORK_BIN:-$(dirname "$0")/../target/release/groundwork}
@@ -19,8 +20,8 @@ trap report EXIT
 # (docs/benchmarks.md, "Harness order"). etcd starts after limits.sh, whose writes are
 # O_DSYNC, so both targets start with a clean disk.
 sync
-"$BIN" server --data-dir "$DATA/m1" --listen "127.0.0.1:$PORT" --raft-listen 127.0.0.1:28101 --controllers none --insecure-plain-http 2> "$DATA/m1.log" &
+"$BIN" server --data-dir "$DATA/m1" --listen "127.0.0.1:$PORT" --raft-listen 127.0.0.1:28101 --controllers none --insecure-plain-http ${GW_ARGS:-} 2> "$DATA/m1.log" &
 for _ in $(seq 100); do [ -e "$DATA/m1/kubeconfig" ] && break; sleep 0.1; done
-"$BIN" server --data-dir "$DATA/m2" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:28102 --join 127.0.0.1:28101 --controllers none --insecure-plain-http 2> "$DATA/m2.log" &
-"$BIN" server --data-dir "$DATA/m3" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:28103 --join 127.0.0.1:28101 --controllers none --insecure-plain-http 2> "$DATA/m3.log" &
+"$BIN" server --data-dir "$DATA/m2" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:28102 --join 127.0.0.1:28101 --controllers none --insecure-plain-http ${GW_ARGS:-} 2> "$DATA/m2.log" &
+"$BIN" server --data-dir "$DATA/m3" --listen 127.0.0.1:0 --raft-listen 127.0.0.1:28103 --join 127.0.0.1:28101 --controllers none --insecure-plain-http ${GW_ARGS:-} 2> "$DATA/m3.log" &
 wait

@@ -39,12 +39,12 @@ pub(crate) struct ServerArgs {
     /// Raft: log entries kept behind a snapshot (followers further behind get the snapshot).
     #[arg(long, default_value_t = 1000)]
     raft_logs_to_keep: u64,
-    /// Raft: persist applied writes to the store's file every this many milliseconds (the
-    /// raft log is the durable record; this bounds what is applied again after a crash).
-    /// Shorter trades write throughput for a lower tail latency under heavy load: 250 ms
-    /// measured 8-9 % fewer writes/s and a p99 of 19-21 instead of 28-30 ms at 64
-    /// connections (docs/benchmarks.md).
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    /// Raft: persist applied writes to the store's file at least every this many
+    /// milliseconds (also once the applies pause, see below, and whenever 64 MiB of them are
+    /// in memory). The raft log is the durable record; this bounds what is applied again
+    /// after a crash. Shorter trades write throughput for a lower tail latency under heavy
+    /// load (docs/benchmarks.md).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
     raft_persist_every_ms: u64,
     /// Raft: persist applied writes once no write has been applied for this many milliseconds
     /// (a burst is made durable as it ends; the period above bounds a steady load).

@@ -44,13 +44,16 @@ fn any(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
 }
 
-/// How often the state machine's applies are made durable (sooner when the store's tail
-/// outgrows its limit). The log is the durable record, so this only bounds how much is
-/// applied again after a crash and how often redb rewrites the pages writes touched: with
-/// writes spread over many objects, most pages are written once a period whatever their
-/// number of writes, and 1 s instead of 100 ms measured 8-10 % more writes/s at 64
-/// connections (docs/benchmarks.md).
-pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest the state machine's applies stay in memory under a steady load: they are
+/// made durable once the applies pause ([`FLUSH_IDLE`]) or the store's tail holds 64 MiB,
+/// and at least this often. The log is the durable record, so this only bounds how much is
+/// applied again after a crash (at most the 64 MiB) and how often redb rewrites the pages
+/// writes touched. 10 s rather than 1 s (thirteenth session): under a trickle of writes
+/// (controllers' status updates) every period's persist writes and fsyncs a few hundred KiB
+/// of copied pages, and the log's fsyncs that wait behind it were the slowest watch
+/// deliveries; under a heavy load the 64 MiB bound starts persists about as often as before
+/// (docs/benchmarks.md).
+pub const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the applies pause before the tail is persisted without waiting for the period:
 /// a burst's writes are made durable as it ends, not on the next writes' time.
