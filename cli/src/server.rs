@@ -44,11 +44,13 @@ pub(crate) struct ServerArgs {
     /// in memory). The raft log is the durable record; this bounds what is applied again
     /// after a crash. Shorter trades write throughput for a lower tail latency under heavy
     /// load (docs/benchmarks.md).
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, default_value_t = groundwork_raft::FLUSH_EVERY.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
     raft_persist_every_ms: u64,
     /// Raft: persist applied writes once no write has been applied for this many milliseconds
     /// (a burst is made durable as it ends; the period above bounds a steady load).
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    #[arg(long, default_value_t = groundwork_raft::FLUSH_IDLE.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
     raft_persist_idle_ms: u64,
     /// The cluster CA and the certificates it issued (default: DATA_DIR/pki). A new directory
     /// gets a new CA; members of one raft group share it (copy ca.crt and ca.key in first).

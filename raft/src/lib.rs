@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use server::router;
+pub use storage::{FLUSH_EVERY, FLUSH_IDLE};
 
 pub type NodeId = u64;
 
