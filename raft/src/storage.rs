@@ -161,6 +161,46 @@ pub struct LogStore {
     /// value is safe: it only bounds what is applied again at start).
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     growth: Arc<LogGrowth>,
+    /// The flusher thread's queue, started on the first leader append (see [`Flusher`]).
+    flusher: Arc<std::sync::OnceLock<Flusher>>,
+}
+
+/// The thread that flushes the leader's appends, so the leader replicates its entries while
+/// its own log makes them durable (vendor/openraft/PATCHES.md). Each callback is sent after
+/// its entries are written; the thread takes what has queued, then a
+/// [`Wal::sync_handle`], so one `fdatasync` covers every write in the batch, and reports each
+/// in order. It ends when the last [`LogStore`] clone is dropped.
+struct Flusher {
+    tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+impl Flusher {
+    fn start(wal: std::sync::Weak<Mutex<Wal>>) -> std::io::Result<Flusher> {
+        let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let synced = match wal.upgrade() {
+                        Some(wal) => {
+                            let handle =
+                                wal.lock().unwrap_or_else(|e| e.into_inner()).sync_handle();
+                            handle.and_then(|(f, path)| {
+                                f.sync_data()
+                                    .map_err(|e| format!("{}: fdatasync: {e}", path.display()))
+                            })
+                        }
+                        None => Err("the raft log was closed before it was flushed".to_string()),
+                    };
+                    for callback in batch {
+                        callback.log_io_completed(synced.clone().map_err(std::io::Error::other));
+                    }
+                }
+            })?;
+        Ok(Flusher { tx })
+    }
 }
 
 impl LogStore {
@@ -195,6 +235,7 @@ impl LogStore {
             recent: Default::default(),
             committed: Default::default(),
             growth: Default::default(),
+            flusher: Default::default(),
         })
     }
 
@@ -207,24 +248,47 @@ impl LogStore {
         self.wal.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes `entries` and the last committed log id with one `fdatasync`, counting their
-    /// encoded size in [`LogGrowth`].
-    fn write_entries(&self, entries: &[Entry]) -> Result<(), String> {
+    /// Writes `entries` and the last committed log id, with one `fdatasync` if `sync`,
+    /// counting their encoded size in [`LogGrowth`].
+    fn write_entries(&self, entries: &[Entry], sync: bool) -> Result<(), String> {
         let committed = *self.committed.lock().unwrap_or_else(|e| e.into_inner());
         let committed = committed
             .map(|c| serde_json::to_vec(&c).map_err(|e| e.to_string()))
             .transpose()?;
-        let bytes = self.wal().append_with(
-            entries.iter().map(|e| {
-                (e.log_id.index, move |out: &mut Vec<u8>| {
-                    out.reserve(crate::entry_size_hint(e));
-                    serde_json::to_writer(out, e).map_err(|e| e.to_string())
-                })
-            }),
-            committed,
-        )?;
+        let records = entries.iter().map(|e| {
+            (e.log_id.index, move |out: &mut Vec<u8>| {
+                out.reserve(crate::entry_size_hint(e));
+                serde_json::to_writer(out, e).map_err(|e| e.to_string())
+            })
+        });
+        let mut wal = self.wal();
+        let bytes = if sync {
+            wal.append_with(records, committed)?
+        } else {
+            wal.append_unsynced_with(records, committed)?
+        };
+        drop(wal);
         self.growth.appended(bytes);
         Ok(())
+    }
+
+    /// Hands `callback` to the flusher thread (started on first use); flushes inline if the
+    /// thread cannot be started or has stopped.
+    fn flush_later(&self, callback: LogFlushed<TypeConfig>) {
+        let flusher = self.flusher.get_or_init(|| {
+            Flusher::start(Arc::downgrade(&self.wal)).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot start the raft log's flusher thread; flushing inline");
+                // A sender whose receiver is gone: every send fails, and flushes inline.
+                Flusher { tx: std::sync::mpsc::channel().0 }
+            })
+        });
+        if let Err(std::sync::mpsc::SendError(callback)) = flusher.tx.send(callback) {
+            let synced = self.wal().sync_handle().and_then(|(f, path)| {
+                f.sync_data()
+                    .map_err(|e| format!("{}: fdatasync: {e}", path.display()))
+            });
+            callback.log_io_completed(synced.map_err(std::io::Error::other));
+        }
     }
 
     fn meta<T: serde::de::DeserializeOwned>(
@@ -415,7 +479,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
-        let written = self.write_entries(&entries);
+        // The leader's own append: openraft replicates the entries while the flusher thread
+        // makes them durable. A follower's is flushed here: its answer waits for it anyway.
+        let later = callback.flush_may_lag();
+        let written = self.write_entries(&entries, !later);
         match written {
             Ok(()) => {
                 let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
@@ -423,7 +490,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     recent.push(e);
                 }
                 drop(recent);
-                callback.log_io_completed(Ok(()));
+                if later {
+                    self.flush_later(callback);
+                } else {
+                    callback.log_io_completed(Ok(()));
+                }
                 Ok(())
             }
             Err(e) => {
@@ -785,7 +856,8 @@ mod suite {
                 log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
                 payload: EntryPayload::Blank,
             };
-            log.write_entries(&[entry(1), entry(2)]).expect("append");
+            log.write_entries(&[entry(1), entry(2)], true)
+                .expect("append");
             let appended = growth.since_snapshot.load(Ordering::Relaxed);
             assert!(appended > 20, "two encoded entries counted: {appended}");
             sm.apply(vec![entry(1), entry(2)]).await.expect("apply");

@@ -466,6 +466,40 @@ impl Wal {
     where
         W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
     {
+        self.append_records(entries, committed, true)
+    }
+
+    /// [`Wal::append_with`] without the `fdatasync`: the entries are readable on return, and
+    /// durable once `sync_data` on a [`Wal::sync_handle`] taken after this call returns.
+    pub fn append_unsynced_with<W>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, W)>,
+        committed: Option<Vec<u8>>,
+    ) -> Result<usize, String>
+    where
+        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
+        self.append_records(entries, committed, false)
+    }
+
+    /// A handle on the segment being appended to, and its path. `sync_data` on it makes every
+    /// write made before it was taken durable: writes to earlier segments already are, as a
+    /// segment is synced when it is closed and when a truncation cuts it.
+    pub fn sync_handle(&self) -> Result<(File, PathBuf), String> {
+        let path = seg_path(&self.dir, self.active_seq());
+        let f = self.active.try_clone().map_err(|e| err(&path, e))?;
+        Ok((f, path))
+    }
+
+    fn append_records<W>(
+        &mut self,
+        entries: impl IntoIterator<Item = (u64, W)>,
+        committed: Option<Vec<u8>>,
+        sync: bool,
+    ) -> Result<usize, String>
+    where
+        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
+    {
         if self.active_len >= self.segment_bytes {
             // The segment closed is trimmed to its records first, durably: `scan` refuses
             // anything but zeros after the records of a closed segment, and a reused file
@@ -501,7 +535,7 @@ impl Wal {
         if let Some(c) = &committed {
             encode(&mut buf, key, COMMITTED, 0, c);
         }
-        let written = self.write_synced(&buf);
+        let written = self.write_end(&buf, sync);
         if buf.capacity() <= SCRATCH_KEEP {
             self.scratch = buf;
         }
@@ -533,11 +567,22 @@ impl Wal {
     }
 
     fn write_synced(&mut self, buf: &[u8]) -> Result<(), String> {
+        self.write_end(buf, true)
+    }
+
+    /// Writes `buf` at the end of the active segment, and `fdatasync`s it if `sync`.
+    fn write_end(&mut self, buf: &[u8], sync: bool) -> Result<(), String> {
         let path = seg_path(&self.dir, self.active_seq());
         let r = self
             .active
             .write_all_at(buf, self.active_len)
-            .and_then(|_| self.active.sync_data());
+            .and_then(|_| {
+                if sync {
+                    self.active.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
         match r {
             Ok(()) => {
                 self.active_len += buf.len() as u64;
@@ -830,6 +875,35 @@ mod tests {
         assert_eq!(got, (31..=40).collect::<Vec<_>>());
         assert_eq!(w.vote(), Some(&b"v3"[..]));
         assert_eq!(w.purged(), Some(&b"p30"[..]));
+    }
+
+    /// The leader's appends (written now, synced by the flusher thread): readable at once,
+    /// and the sync handle is always the segment being appended to.
+    #[test]
+    fn unsynced_appends_are_readable_and_the_sync_handle_follows_the_active_segment() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut w = Wal::open_with(dir.path(), 128).expect("open");
+        for i in 1..=12u64 {
+            let body = format!("{{\"i\":{i}}}");
+            let record = |out: &mut Vec<u8>| {
+                out.extend_from_slice(body.as_bytes());
+                Ok(())
+            };
+            w.append_unsynced_with([(i, record)], None).expect("append");
+            assert_eq!(w.last().expect("last").map(|(i, _)| i), Some(i));
+            let (f, path) = w.sync_handle().expect("handle");
+            assert_eq!(
+                path,
+                seg_path(dir.path(), w.active_seq()),
+                "after entry {i}"
+            );
+            f.sync_data().expect("sync");
+        }
+        assert!(w.segment_count() > 1, "the appends crossed segments");
+        drop(w);
+        let w = Wal::open_with(dir.path(), 128).expect("reopen");
+        let got: Vec<u64> = entries(&w).iter().map(|(i, _)| *i).collect();
+        assert_eq!(got, (1..=12).collect::<Vec<_>>());
     }
 
     #[test]
