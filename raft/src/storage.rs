@@ -174,6 +174,16 @@ struct Flusher {
     tx: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
+/// Makes every write to `wal` so far durable; the `fdatasync` runs without the lock held.
+fn sync_wal(wal: &Mutex<Wal>) -> Result<(), String> {
+    let (f, path) = wal
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .sync_handle()?;
+    f.sync_data()
+        .map_err(|e| format!("{}: fdatasync: {e}", path.display()))
+}
+
 impl Flusher {
     fn start(wal: std::sync::Weak<Mutex<Wal>>) -> std::io::Result<Flusher> {
         let (tx, rx) = std::sync::mpsc::channel::<LogFlushed<TypeConfig>>();
@@ -184,14 +194,7 @@ impl Flusher {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
                     let synced = match wal.upgrade() {
-                        Some(wal) => {
-                            let handle =
-                                wal.lock().unwrap_or_else(|e| e.into_inner()).sync_handle();
-                            handle.and_then(|(f, path)| {
-                                f.sync_data()
-                                    .map_err(|e| format!("{}: fdatasync: {e}", path.display()))
-                            })
-                        }
+                        Some(wal) => sync_wal(&wal),
                         None => Err("the raft log was closed before it was flushed".to_string()),
                     };
                     for callback in batch {
@@ -261,13 +264,7 @@ impl LogStore {
                 serde_json::to_writer(out, e).map_err(|e| e.to_string())
             })
         });
-        let mut wal = self.wal();
-        let bytes = if sync {
-            wal.append_with(records, committed)?
-        } else {
-            wal.append_unsynced_with(records, committed)?
-        };
-        drop(wal);
+        let bytes = self.wal().append_with(records, committed, sync)?;
         self.growth.appended(bytes);
         Ok(())
     }
@@ -283,11 +280,7 @@ impl LogStore {
             })
         });
         if let Err(std::sync::mpsc::SendError(callback)) = flusher.tx.send(callback) {
-            let synced = self.wal().sync_handle().and_then(|(f, path)| {
-                f.sync_data()
-                    .map_err(|e| format!("{}: fdatasync: {e}", path.display()))
-            });
-            callback.log_io_completed(synced.map_err(std::io::Error::other));
+            callback.log_io_completed(sync_wal(&self.wal).map_err(std::io::Error::other));
         }
     }
 

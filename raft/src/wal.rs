@@ -223,6 +223,17 @@ impl Wal {
         if let Some((p, _)) = wal.purged {
             wal.index = wal.index.split_off(&(p + 1));
         }
+        // What was read may be only in the page cache: the leader's appends are synced by its
+        // flusher thread, and a killed process leaves them unsynced. Sync the last segment
+        // before anything counts them as durable (earlier segments were synced when closed).
+        if let Some(&seq) = seqs.last() {
+            let path = seg_path(&wal.dir, seq);
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| err(&path, e))?;
+        }
         // Appends go to a new segment that starts with the state just read: a segment whose
         // creation a crash interrupted (before its state records) is then never the only
         // holder of the vote once older ones are purged.
@@ -452,34 +463,9 @@ impl Wal {
                 })
             }),
             committed,
+            true,
         )
         .map(|_| ())
-    }
-
-    /// [`Wal::append`] with each entry's JSON written by a function straight into the record
-    /// buffer (no copy of its own); the bytes of entries appended.
-    pub fn append_with<W>(
-        &mut self,
-        entries: impl IntoIterator<Item = (u64, W)>,
-        committed: Option<Vec<u8>>,
-    ) -> Result<usize, String>
-    where
-        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    {
-        self.append_records(entries, committed, true)
-    }
-
-    /// [`Wal::append_with`] without the `fdatasync`: the entries are readable on return, and
-    /// durable once `sync_data` on a [`Wal::sync_handle`] taken after this call returns.
-    pub fn append_unsynced_with<W>(
-        &mut self,
-        entries: impl IntoIterator<Item = (u64, W)>,
-        committed: Option<Vec<u8>>,
-    ) -> Result<usize, String>
-    where
-        W: FnOnce(&mut Vec<u8>) -> Result<(), String>,
-    {
-        self.append_records(entries, committed, false)
     }
 
     /// A handle on the segment being appended to, and its path. `sync_data` on it makes every
@@ -491,7 +477,11 @@ impl Wal {
         Ok((f, path))
     }
 
-    fn append_records<W>(
+    /// [`Wal::append`] with each entry's JSON written by a function straight into the record
+    /// buffer (no copy of its own); the bytes of entries appended. Without `sync`, the
+    /// entries are readable on return and durable once `sync_data` on a [`Wal::sync_handle`]
+    /// taken after this call returns (the leader's appends, synced by the flusher thread).
+    pub fn append_with<W>(
         &mut self,
         entries: impl IntoIterator<Item = (u64, W)>,
         committed: Option<Vec<u8>>,
@@ -889,7 +879,7 @@ mod tests {
                 out.extend_from_slice(body.as_bytes());
                 Ok(())
             };
-            w.append_unsynced_with([(i, record)], None).expect("append");
+            w.append_with([(i, record)], None, false).expect("append");
             assert_eq!(w.last().expect("last").map(|(i, _)| i), Some(i));
             let (f, path) = w.sync_handle().expect("handle");
             assert_eq!(
