@@ -1289,8 +1289,7 @@ where
                 };
                 // Only the leader that appended counts the flush: a later leader's log may differ.
                 if let Ok(mut lh) = self.engine.leader_handler() {
-                    let now = LogIOId::new(lh.leader.vote.clone(), None);
-                    if now.committed_leader_id == io_id.committed_leader_id {
+                    if lh.leader.vote.is_same_leader(&io_id.committed_leader_id) {
                         lh.replication_handler().update_local_progress(io_id.log_id);
                     }
                 }
