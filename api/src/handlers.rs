@@ -35,6 +35,7 @@ fn accept(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())
 }
 
+/// The request's media type, lower case, without parameters; `""` when the header is absent.
 fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
@@ -47,6 +48,18 @@ fn content_type(headers: &HeaderMap) -> String {
                 .to_ascii_lowercase()
         })
         .unwrap_or_default()
+}
+
+/// The media type of a create or replace body. As kube-apiserver does, a request without a
+/// Content-Type is taken as its first supported type, JSON (the official Python client sends
+/// none); a PATCH has no such default, since its type says which kind of patch it is.
+fn body_type(headers: &HeaderMap) -> String {
+    let ctype = content_type(headers);
+    if ctype.is_empty() && headers.get(header::CONTENT_TYPE).is_none() {
+        "application/json".into()
+    } else {
+        ctype
+    }
 }
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
@@ -201,7 +214,7 @@ async fn collection_request(store: Store, t: Target, req: Req) -> Result<Respons
                     "create namespaced objects under /api/v1/namespaces/NAMESPACE/".into(),
                 ));
             }
-            let obj = parse_body(&body, &content_type(&headers))?;
+            let obj = parse_body(&body, &body_type(&headers))?;
             Ok(written(
                 objects::create(&store, &t, obj, &p).await?,
                 t.kind,
@@ -276,7 +289,7 @@ async fn item_request(
             ))
         }
         Method::PUT => {
-            let obj = parse_body(&body, &content_type(&headers))?;
+            let obj = parse_body(&body, &body_type(&headers))?;
             Ok(written(
                 objects::update(&store, &t, &name, Change::Replace(&obj), part, &p).await?,
                 kind,

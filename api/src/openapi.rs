@@ -37,26 +37,48 @@ fn kind_schema(k: &KindInfo) -> Value {
     schema
 }
 
+/// Query parameters (all strings, optional).
 fn params(names: &[&str]) -> Value {
-    Value::Array(names.iter().map(|n| json!({"name": n, "in": "query", "schema": {"type": "string"}, "uniqueItems": true})).collect())
+    Value::Array(
+        names
+            .iter()
+            .map(|n| json!({"name": n, "in": "query", "schema": {"type": "string"}}))
+            .collect(),
+    )
+}
+
+/// The path parameters of a path item, declared once on the item as Kubernetes does, so every
+/// operation under `.../{name}` has its `name` (and `namespace`) defined.
+fn path_params(namespaced: bool, item: bool) -> Value {
+    let mut out = Vec::new();
+    if item {
+        out.push(json!({"name": "name", "in": "path", "required": true, "description": "name of the object", "schema": {"type": "string"}}));
+    }
+    if namespaced {
+        out.push(json!({"name": "namespace", "in": "path", "required": true, "description": "object name and auth scope", "schema": {"type": "string"}}));
+    }
+    Value::Array(out)
 }
 
 fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
     let gvk = json!({"group": k.group, "version": k.version, "kind": k.kind});
     let reference = json!({"$ref": format!("#/components/schemas/{}", schema_name(k))});
-    let body = json!({"content": {"application/json": {"schema": reference}}});
+    let body = json!({"required": true, "content": {"application/json": {"schema": reference}}});
     let ok = json!({"200": {"description": "OK", "content": {"application/json": {"schema": reference}}}});
     let write_params = params(&["dryRun", "fieldManager", "fieldValidation"]);
-    let patch_body = json!({"content": {
+    let patch_body = json!({"required": true, "content": {
         "application/merge-patch+json": {"schema": {"type": "object"}},
         "application/json-patch+json": {"schema": {"type": "object"}},
         "application/apply-patch+yaml": {"schema": {"type": "object"}},
     }});
+    // Operation IDs are unique in a document, named as Kubernetes names them:
+    // VERB[Namespaced]KIND[Status], e.g. `patchNodeStatus`, `listNamespacedEvent`.
+    let scope = if k.namespaced { "Namespaced" } else { "" };
     // No strategic-merge-patch here, as for real custom resources: kubectl then computes a
     // JSON merge patch (from the last-applied annotation) instead of a strategic one.
-    let op = |verb: &str, action: &str, extra: Value| {
+    let op = |verb: &str, suffix: &str, action: &str, extra: Value| {
         let mut o = json!({
-            "operationId": format!("{verb}{}", k.kind), "x-kubernetes-action": action,
+            "operationId": format!("{verb}{scope}{}{suffix}", k.kind), "x-kubernetes-action": action,
             "x-kubernetes-group-version-kind": gvk, "responses": ok,
         });
         if let (Some(o), Some(e)) = (o.as_object_mut(), extra.as_object()) {
@@ -75,17 +97,19 @@ fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
         (
             collection,
             json!({
-                "get": op("list", "list", json!({"parameters": params(&["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "allowWatchBookmarks", "timeoutSeconds"])})),
-                "post": op("create", "post", json!({"parameters": write_params, "requestBody": body})),
+                "parameters": path_params(k.namespaced, false),
+                "get": op("list", "", "list", json!({"parameters": params(&["labelSelector", "fieldSelector", "limit", "continue", "resourceVersion", "watch", "allowWatchBookmarks", "timeoutSeconds"])})),
+                "post": op("create", "", "post", json!({"parameters": write_params, "requestBody": body})),
             }),
         ),
         (
             item.clone(),
             json!({
-                "get": op("read", "get", json!({})),
-                "put": op("replace", "put", json!({"parameters": write_params, "requestBody": body})),
-                "patch": op("patch", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
-                "delete": op("delete", "delete", json!({"parameters": params(&["dryRun"])})),
+                "parameters": path_params(k.namespaced, true),
+                "get": op("read", "", "get", json!({})),
+                "put": op("replace", "", "put", json!({"parameters": write_params, "requestBody": body})),
+                "patch": op("patch", "", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
+                "delete": op("delete", "", "delete", json!({"parameters": params(&["dryRun"])})),
             }),
         ),
     ];
@@ -93,9 +117,10 @@ fn operations(k: &KindInfo, prefix: &str) -> Vec<(String, Value)> {
         out.push((
             format!("{item}/status"),
             json!({
-                "get": op("read", "get", json!({})),
-                "put": op("replace", "put", json!({"parameters": write_params, "requestBody": body})),
-                "patch": op("patch", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
+                "parameters": path_params(k.namespaced, true),
+                "get": op("read", "Status", "get", json!({})),
+                "put": op("replace", "Status", "put", json!({"parameters": write_params, "requestBody": body})),
+                "patch": op("patch", "Status", "patch", json!({"parameters": params(&["dryRun", "fieldManager", "fieldValidation", "force"]), "requestBody": patch_body})),
             }),
         ));
     }
