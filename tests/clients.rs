@@ -114,3 +114,67 @@ async fn every_openapi_v3_document_is_valid() {
         "the validator passed an undeclared parameter"
     );
 }
+
+/// kubectl's imperative commands for built-in kinds send protobuf (client-go's typed clients
+/// prefer it and do not fall back to JSON): the server takes it and the objects work.
+#[test]
+fn kubectl_create_for_built_in_kinds_sends_protobuf_and_is_served() {
+    let s = Server::start();
+    let out = ok(s.kubectl(&[
+        "create",
+        "clusterrole",
+        "node-reader",
+        "--verb=get,list,watch",
+        "--resource=nodes.groundwork.dev",
+    ]));
+    assert!(out.contains("created"), "{out}");
+    let o = s.kubectl(&[
+        "create",
+        "clusterrolebinding",
+        "ops-reads-nodes",
+        "--clusterrole=node-reader",
+        "--user=ops",
+        "--group=operators",
+        "-v=8",
+    ]);
+    let (out, log) = (stdout(&o), text(&o));
+    assert!(o.status.success() && out.contains("created"), "{log}");
+    // What makes this test mean something: kubectl did send protobuf.
+    assert!(
+        log.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "kubectl sent no protobuf:\n{log}"
+    );
+    let b: Value = serde_json::from_str(&ok(s.kubectl(&[
+        "get",
+        "clusterrolebinding",
+        "ops-reads-nodes",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(b["roleRef"]["name"], "node-reader");
+    let subjects: Vec<(&str, &str)> = b["subjects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["kind"].as_str().unwrap(), x["name"].as_str().unwrap()))
+        .collect();
+    assert_eq!(subjects, [("User", "ops"), ("Group", "operators")]);
+    let r: Value = serde_json::from_str(&ok(s.kubectl(&[
+        "get",
+        "clusterrole",
+        "node-reader",
+        "-o",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        r["rules"][0]["resources"],
+        serde_json::json!(["nodes"]),
+        "{r}"
+    );
+    assert_eq!(
+        r["rules"][0]["apiGroups"],
+        serde_json::json!(["groundwork.dev"])
+    );
+}

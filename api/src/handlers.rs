@@ -63,15 +63,14 @@ fn body_type(headers: &HeaderMap) -> String {
 }
 
 fn parse_body(body: &Bytes, ctype: &str) -> Result<Value> {
-    if !(ctype.contains("json") || ctype.contains("yaml")) {
-        return Err(ApiError::UnsupportedMediaType(format!(
-            "content type {ctype:?}: send application/json or YAML"
-        )));
+    if ctype == crate::protobuf::PROTOBUF {
+        // client-go's typed clients send built-in kinds as protobuf and do not retry as JSON.
+        return crate::protobuf::to_json(body).map_err(|e| ApiError::BadRequest(e.to_string()));
     }
-    if ctype.contains("protobuf") || ctype.contains("cbor") {
-        // kubectl sends built-in kinds (RBAC) as protobuf first; on 415 it sends JSON.
+    if !(ctype.contains("json") || ctype.contains("yaml")) || ctype.contains("cbor") {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "{ctype}: send application/json or YAML"
+            "content type {ctype:?}: send application/json, YAML, or (for built-in kinds) {}",
+            crate::protobuf::PROTOBUF
         )));
     }
     if body.is_empty() {
@@ -374,7 +373,7 @@ async fn item_request(
             let opts: DeleteOptions = if body.is_empty() {
                 DeleteOptions::default()
             } else {
-                serde_json::from_slice(&body)
+                serde_json::from_value(parse_body(&body, &body_type(&headers))?)
                     .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
             };
             Ok(written(

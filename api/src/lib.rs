@@ -11,6 +11,7 @@ mod logs;
 mod objects;
 mod openapi;
 pub mod pki;
+mod protobuf;
 mod query;
 mod rbac;
 mod secrets;
