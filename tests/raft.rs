@@ -1179,3 +1179,117 @@ async fn hundreds_of_concurrent_linearizable_reads_all_succeed() {
         &failed[..failed.len().min(3)]
     );
 }
+
+/// A leader killed under a stream of `kubectl create`s through a surviving member: the member
+/// holds the writes it could not forward (the leader refused the connection, so they were
+/// never sent) until the new leader is elected, so the client sees no error, only a slower
+/// answer, as with kube-apiserver over an etcd election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_creates_through_a_survivor_see_no_error_when_the_leader_is_killed() {
+    let _serial = SERIAL.lock().await;
+    let c = http();
+    let (mut servers, addrs) = group_of_three(&c, 10, &[]).await;
+    let leader = wait_leader(&c, &addrs, 3, Duration::from_secs(30)).await;
+    let survivor = (leader + 1) % 3;
+    let kubeconfig = servers[survivor].kubeconfig.clone();
+    let dir = servers[survivor].dir.path().to_path_buf();
+
+    // One client creating Nodes back to back through the survivor, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut results = Vec::new();
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let name = format!("kc-{i}");
+                let f = support::write(
+                    &dir,
+                    "kc.yaml",
+                    &format!(
+                        "apiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {{name: {name}}}\n"
+                    ),
+                );
+                let t0 = Instant::now();
+                let o = Command::new("timeout")
+                    .args(["60", "kubectl", "create", "-f"])
+                    .arg(&f)
+                    .env("KUBECONFIG", &kubeconfig)
+                    .env("HOME", &dir)
+                    .output()
+                    .expect("run kubectl");
+                results.push((name, o.status.success(), support::text(&o), t0.elapsed()));
+                i += 1;
+            }
+            results
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    servers[leader].kill();
+    let killed = Instant::now();
+    // A new leader, then a few more creates through it.
+    let others: Vec<String> = addrs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader)
+        .map(|(_, a)| a.clone())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut found = false;
+        for a in &others {
+            if let Some(s) = status(&c, a).await
+                && let Some(l) = s["leader"].as_u64()
+                && s["members"].as_array().into_iter().flatten().any(|m| {
+                    m["id"].as_u64() == Some(l) && m["addr"].as_str() != Some(&addrs[leader])
+                })
+            {
+                found = true;
+            }
+        }
+        if found {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader in 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elected = killed.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results = tokio::task::spawn_blocking(move || writer.join().unwrap())
+        .await
+        .unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.1).collect();
+    let slowest = results.iter().map(|r| r.3).max().unwrap_or_default();
+    eprintln!(
+        "{} kubectl creates, {} failed; new leader {elected:?} after the kill; slowest create {slowest:?}",
+        results.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "creates failed across the election: {failed:?}"
+    );
+    assert!(results.len() > 10, "too few creates to mean anything");
+    // Every create that was acknowledged is there, once.
+    let survivor_url = servers[survivor].url.clone();
+    let stored = local_nodes_linearized(&c, &survivor_url).await;
+    for (name, ..) in &results {
+        assert!(
+            stored.contains(name),
+            "acknowledged create {name} is missing"
+        );
+    }
+    servers[leader].restart();
+}
+
+/// Node names through a linearizable list on `url`.
+async fn local_nodes_linearized(c: &reqwest::Client, url: &str) -> BTreeSet<String> {
+    let v = get_json(c, format!("{url}{NODES}")).await;
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}

@@ -277,6 +277,25 @@ struct Submit {
     reply: oneshot::Sender<Result<Outcome, Refused>>,
 }
 
+/// A request to another member that failed.
+enum PostError {
+    /// It never reached the member: nothing was sent.
+    NotSent(String),
+    /// It may have reached the member and been acted on.
+    Unknown(String),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostError::NotSent(e) | PostError::Unknown(e) => f.write_str(e),
+        }
+    }
+}
+
+/// How often a write waiting out an election looks for the new leader.
+const LEADER_RETRY: Duration = Duration::from_millis(100);
+
 /// Why the leader did not take a write.
 pub(crate) enum Refused {
     /// This member is not (or no longer) the leader: nothing was written.
@@ -598,6 +617,20 @@ impl Member {
         body: &Req,
         timeout: Duration,
     ) -> Result<Result<Resp, String>, String> {
+        self.post_to(addr, path, body, timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// As [`Member::post`], telling a request that never reached the member (no connection,
+    /// no TLS session: it was not sent) from one whose fate is unknown.
+    async fn post_to<Req: Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+        body: &Req,
+        timeout: Duration,
+    ) -> Result<Result<Resp, String>, PostError> {
         let r = self
             .http
             .post(format!("{}://{addr}{path}", self.scheme()))
@@ -605,10 +638,16 @@ impl Member {
             .json(body)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_connect() {
+                    PostError::NotSent(e.to_string())
+                } else {
+                    PostError::Unknown(e.to_string())
+                }
+            })?;
         r.json::<Result<Resp, String>>()
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| PostError::Unknown(e.to_string()))
     }
 
     /// The current leader's raft address, waiting up to the request timeout for one.
@@ -669,10 +708,10 @@ impl Member {
                         .await;
                 };
                 let forwarded = tokio::select! {
-                    r = self.post::<_, Outcome>(&addr, "/raft/v2/write", &op, left) => r,
-                    _ = deposed => Err(format!(
+                    r = self.post_to::<_, Outcome>(&addr, "/raft/v2/write", &op, left) => r,
+                    _ = deposed => Err(PostError::Unknown(format!(
                         "the leader at {addr} was replaced while the write was pending; it may or may not have been applied"
-                    )),
+                    ))),
                 };
                 match forwarded {
                     Ok(Ok(a)) => a,
@@ -682,7 +721,25 @@ impl Member {
                         continue;
                     }
                     Ok(Err(e)) => return Err(unavailable(e)),
-                    Err(e) => {
+                    Err(PostError::NotSent(e)) => {
+                        // The leader is gone (killed, restarting, cut off) and the write never
+                        // left this member: wait for the election, as kube-apiserver hides
+                        // etcd's from its clients, within the request's deadline.
+                        if tokio::time::Instant::now() + LEADER_RETRY >= deadline {
+                            return Err(unavailable(format!(
+                                "no leader reachable within {:?}; the last one known, at \
+                                 {addr}, refused the connection: {e}",
+                                self.opts.request_timeout
+                            )));
+                        }
+                        tracing::debug!(leader = %addr, error = %e, "leader unreachable; waiting for the next");
+                        tokio::time::sleep(LEADER_RETRY).await;
+                        continue;
+                    }
+                    Err(PostError::Unknown(e)) => {
+                        if let Some(done) = self.created_meanwhile(&op).await {
+                            return Ok(done);
+                        }
                         return Err(unavailable(format!(
                             "forwarding the write to the leader at {addr} failed: {e}"
                         )));
@@ -700,6 +757,33 @@ impl Member {
                 Outcome::Rejected(r) => Err(r.into()),
             };
         }
+    }
+
+    /// A create whose forwarding ended without an answer: whether it was applied. The
+    /// object carries the uid the API server gave it, so once this member has caught up with
+    /// the new leader, an object under the key with that uid is this very write (a retry
+    /// could only answer AlreadyExists). Anything else stays "unknown" to the caller.
+    async fn created_meanwhile(&self, op: &WriteOp) -> Option<Committed> {
+        let WriteOp::Put {
+            key,
+            value,
+            precondition: groundwork_store::Precondition::MustNotExist,
+        } = op
+        else {
+            return None;
+        };
+        let uid = |v: &serde_json::Value| v["metadata"]["uid"].as_str().map(String::from);
+        let ours = uid(&serde_json::from_str(value.as_str()).ok()?)?;
+        let index = self.read_index().await.ok()?;
+        self.store
+            .wait_applied_index(index, self.opts.request_timeout)
+            .await
+            .ok()?;
+        let stored = self.store.get(key).ok()??;
+        (uid(&stored.object).as_deref() == Some(ours.as_str())).then(|| Committed {
+            revision: stored.revision,
+            object: value.clone(),
+        })
     }
 
     /// Hands `op` to the batcher and waits for its outcome (this member must be the leader).
