@@ -26,12 +26,9 @@ pub struct UserInfo {
     pub groups: Vec<String>,
 }
 
-/// The group whose members may do everything (as in Kubernetes).
-pub const MASTERS: &str = "system:masters";
+pub use groundwork_pki::{MASTERS, NODES_GROUP};
 /// The audience of signed tokens the API accepts.
 pub const API_AUDIENCE: &str = "api";
-/// Machine identities: user `system:node:NAME`, group `system:nodes`.
-pub const NODES_GROUP: &str = "system:nodes";
 
 /// What a request asks to do, in RBAC's terms.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -339,7 +336,7 @@ fn is_write(verb: &str) -> bool {
 
 impl Auth {
     fn machine_certificate_listed(&self, node: &str, der: &[u8]) -> bool {
-        let Some(serial) = crate::pki::serial(der) else {
+        let Some(serial) = groundwork_pki::serial(der) else {
             return false;
         };
         self.store
@@ -357,7 +354,7 @@ impl Auth {
 
     fn authenticate(&self, req: &Request) -> Result<Option<UserInfo>, &'static str> {
         if let Some(PeerCert(der)) = req.extensions().get::<PeerCert>()
-            && let Some((name, groups)) = crate::pki::subject(der)
+            && let Some((name, groups)) = groundwork_pki::subject(der)
         {
             // A machine's certificate is good only while its Node lists it (revocation).
             if let Some(node) = name.strip_prefix("system:node:")

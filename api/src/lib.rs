@@ -10,7 +10,6 @@ mod handlers;
 mod logs;
 mod objects;
 mod openapi;
-pub mod pki;
 mod protobuf;
 mod query;
 mod rbac;

@@ -34,36 +34,7 @@ pub struct AgentIdentity {
     pub stale_issuer: bool,
 }
 
-/// A machine's request for its certificate (`POST /agent/join?mac=..`).
-#[derive(Clone, serde::Deserialize, serde::Serialize)]
-pub struct JoinRequest {
-    /// The one-time join token from the kernel command line.
-    pub token: String,
-    /// The machine's serial number (DMI), checked against what the Node already knows.
-    #[serde(default)]
-    pub serial: Option<String>,
-    /// A PKCS#10 certificate request (PEM); the machine keeps its key.
-    pub csr: String,
-}
-
-impl std::fmt::Debug for JoinRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JoinRequest")
-            .field("token", &"<redacted>")
-            .field("serial", &self.serial)
-            .finish()
-    }
-}
-
-/// The machine's certificate (`POST /agent/join` and `POST /agent/renew`).
-#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
-pub struct JoinReply {
-    pub node: String,
-    pub certificate: String,
-    /// The cluster's CA bundle now (it changes during a CA rotation).
-    #[serde(default)]
-    pub ca: String,
-}
+pub use groundwork_types::agent::{JoinReply, JoinRequest};
 
 type Answer<T> = futures_lite::future::Boxed<Result<T, (u16, String)>>;
 

@@ -102,7 +102,7 @@ pub(crate) async fn fetch_bundle(
         .map_err(|e| anyhow::anyhow!("fetching the CA from {addr}: {}", e.without_url()))?
         .text()
         .await?;
-    let got = groundwork_api::pki::ca_hash(&ca).context("the CA from --join does not parse")?;
+    let got = groundwork_pki::ca_hash(&ca).context("the CA from --join does not parse")?;
     if got != ca_hash {
         anyhow::bail!(
             "the CA served by {addr} has hash {got}, not --ca-cert-hash {ca_hash}: refusing to join"
@@ -110,7 +110,7 @@ pub(crate) async fn fetch_bundle(
     }
     // Step 2: the token, only to a server with a certificate from that CA: the pinned
     // certificate alone (anything appended to it was not pinned).
-    let pinned = groundwork_api::pki::pem_certs(&ca)
+    let pinned = groundwork_pki::pem_certs(&ca)
         .into_iter()
         .next()
         .context("the CA from --join does not parse")?;
@@ -139,16 +139,16 @@ pub(crate) async fn fetch_bundle(
         );
     }
     let b: Bundle = resp.json().await.context("the join answer")?;
-    if groundwork_api::pki::ca_hash(&b.ca_crt).as_deref() != Some(ca_hash) {
+    if groundwork_pki::ca_hash(&b.ca_crt).as_deref() != Some(ca_hash) {
         anyhow::bail!("the CA in {addr}'s join answer is not the pinned one: refusing it");
     }
     std::fs::create_dir_all(pki_dir).with_context(|| format!("{}", pki_dir.display()))?;
-    groundwork_api::pki::write_private(&pki_dir.join("ca.key"), &b.ca_key)
+    groundwork_pki::write_private(&pki_dir.join("ca.key"), &b.ca_key)
         .map_err(anyhow::Error::msg)?;
     std::fs::write(pki_dir.join("ca.crt"), &b.ca_crt)
         .with_context(|| format!("{}", pki_dir.display()))?;
     SecretKey::decode(&b.secret_key).context("the secret key from the join answer")?;
-    groundwork_api::pki::write_private(secret_key_path, &format!("{}\n", b.secret_key))
+    groundwork_pki::write_private(secret_key_path, &format!("{}\n", b.secret_key))
         .map_err(anyhow::Error::msg)?;
     tracing::info!(%addr, "fetched the cluster CA and secret key with the join token");
     Ok(())
@@ -171,7 +171,7 @@ pub(crate) fn print_token(
         .unwrap_or_else(|| data_dir.join("pki"));
     let ca = std::fs::read_to_string(pki.join("ca.crt"))
         .with_context(|| format!("reading {}", pki.join("ca.crt").display()))?;
-    let hash = groundwork_api::pki::ca_hash(&ca).context("the CA does not parse")?;
+    let hash = groundwork_pki::ca_hash(&ca).context("the CA does not parse")?;
     let token = key.issue_token(MEMBER_JOIN_AUDIENCE, "member", &[], ttl_seconds);
     let expires = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(ttl_seconds);
     println!("{token}");

@@ -1,6 +1,5 @@
 //! The `groundwork` command: the server, and kubectl-like commands for operators.
 
-mod agent;
 mod apply;
 mod bmc;
 mod boot;
@@ -8,11 +7,9 @@ mod client;
 mod cluster;
 mod commands;
 mod dhcp;
-mod install;
 mod join;
 mod lab;
 mod manifests;
-mod nodeagent;
 mod output;
 mod pki;
 mod schema;
@@ -45,9 +42,9 @@ enum Command {
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
     /// The ramdisk agent: report this machine's inventory, then install or wipe on request.
-    Agent(agent::AgentArgs),
+    Agent(groundwork_agent::ramdisk::AgentArgs),
     /// The installed system's agent: apply the machine config from disk, then heartbeat.
-    NodeAgent(nodeagent::NodeAgentArgs),
+    NodeAgent(groundwork_agent::node::NodeAgentArgs),
     /// A whole lab on this machine: QEMU machines behind IPMI BMCs, provisioned to Ready.
     Lab(lab::LabArgs),
     /// The cluster CA and client certificates: init, issue.
@@ -169,8 +166,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dhcp(args) => dhcp::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,
         Command::Boot(args) => boot::run(args).await,
-        Command::Agent(args) => agent::run(args).await,
-        Command::NodeAgent(args) => nodeagent::run(args).await,
+        Command::Agent(args) => groundwork_agent::ramdisk::run(args).await,
+        Command::NodeAgent(args) => groundwork_agent::node::run(args).await,
         Command::Lab(args) => lab::run(args).await,
         Command::Pki(args) => pki::run(args),
         Command::Secrets(args) => secrets::run(args, kc).await,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use groundwork_api::pki::{Pki, Usage};
+use groundwork_pki::{Pki, Usage};
 
 #[derive(clap::Args, Debug)]
 pub(crate) struct PkiArgs {
@@ -73,13 +73,13 @@ enum Step {
 pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
     match a.cmd {
         PkiCmd::RotateCa { dir, step } => {
-            use groundwork_api::pki::Rotation;
+            use groundwork_pki::Rotation;
             let step = match step {
                 Step::Begin => Rotation::Begin,
                 Step::Promote => Rotation::Promote,
                 Step::Finish => Rotation::Finish,
             };
-            let msg = groundwork_api::pki::rotate(&dir, step).map_err(anyhow::Error::msg)?;
+            let msg = groundwork_pki::rotate(&dir, step).map_err(anyhow::Error::msg)?;
             println!("{}: {msg}", dir.display());
             Ok(())
         }
@@ -108,12 +108,12 @@ pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
         }
         PkiCmd::Init { dir } => {
             let pki = Pki::load_or_create(&dir).map_err(anyhow::Error::msg)?;
-            pki.client("admin", "admin", Some(groundwork_api::auth::MASTERS))
+            pki.client("admin", "admin", Some(groundwork_pki::MASTERS))
                 .map_err(anyhow::Error::msg)?;
             pki.client(
                 "controllers",
                 "groundwork:controllers",
-                Some(groundwork_api::auth::MASTERS),
+                Some(groundwork_pki::MASTERS),
             )
             .map_err(anyhow::Error::msg)?;
             println!("CA ready in {}", dir.display());

@@ -46,8 +46,7 @@ fn read_key(path: &Path) -> anyhow::Result<SecretKey> {
 }
 
 fn write_key(path: &Path, key: &SecretKey) -> anyhow::Result<()> {
-    groundwork_api::pki::write_private(path, &format!("{}\n", key.encode()))
-        .map_err(anyhow::Error::msg)
+    groundwork_pki::write_private(path, &format!("{}\n", key.encode())).map_err(anyhow::Error::msg)
 }
 
 pub(crate) async fn run(a: SecretsArgs, kubeconfig: Option<PathBuf>) -> anyhow::Result<()> {

@@ -254,8 +254,7 @@ fn init_logging(format: &str, hub: Option<&LogHub>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The name in the agent API's certificate; agents connect under it, whatever the address.
-pub(crate) const AGENT_SERVER_NAME: &str = "groundwork-boot";
+use groundwork_types::agent::AGENT_SERVER_NAME;
 
 /// Turns a verified client certificate from the cluster CA into the machine it names: only
 /// `system:node:NAME` in group `system:nodes`; anything else is not a machine.
@@ -268,7 +267,7 @@ async fn machine_identity(
         .extensions()
         .get::<groundwork_api::tls::PeerCert>()
         .and_then(|c| {
-            let (cn, groups) = groundwork_api::pki::subject(&c.0)?;
+            let (cn, groups) = groundwork_pki::subject(&c.0)?;
             let node = cn.strip_prefix("system:node:")?.to_string();
             if !groups
                 .iter()
@@ -278,8 +277,8 @@ async fn machine_identity(
             }
             Some(groundwork_boot::http::AgentIdentity {
                 node,
-                serial: groundwork_api::pki::serial(&c.0)?,
-                stale_issuer: !groundwork_api::pki::issued_by_first(&c.0, &ca),
+                serial: groundwork_pki::serial(&c.0)?,
+                stale_issuer: !groundwork_pki::issued_by_first(&c.0, &ca),
             })
         });
     if let Some(id) = id {
@@ -315,10 +314,7 @@ fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_types::secrets
 }
 
 /// A kubeconfig for `server`; over TLS with the CA and a client certificate.
-pub(crate) fn kubeconfig(
-    server: &str,
-    tls: Option<(&str, &groundwork_api::pki::CertKey)>,
-) -> String {
+pub(crate) fn kubeconfig(server: &str, tls: Option<(&str, &groundwork_pki::CertKey)>) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let (ca, user) = match tls {
@@ -342,15 +338,15 @@ const MEMBERS_GROUP: &str = "groundwork:members";
 
 /// Who may talk to the raft port: members, and the operator's tools (system:masters).
 fn raft_peer_allowed(der: &[u8]) -> bool {
-    groundwork_api::pki::subject(der).is_some_and(|(cn, groups)| {
+    groundwork_pki::subject(der).is_some_and(|(cn, groups)| {
         (cn.starts_with("system:member:") && groups.iter().any(|g| g == MEMBERS_GROUP))
-            || groups.iter().any(|g| g == groundwork_api::auth::MASTERS)
+            || groups.iter().any(|g| g == groundwork_pki::MASTERS)
     })
 }
 
 /// Writes a file readable by its owner only.
 pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    groundwork_api::pki::write_private(path, text).map_err(std::io::Error::other)
+    groundwork_pki::write_private(path, text).map_err(std::io::Error::other)
 }
 
 /// The names and addresses the server certificate is valid for.
@@ -411,29 +407,29 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
             .pki_dir
             .clone()
             .unwrap_or_else(|| args.data_dir.join("pki"));
-        let pki = groundwork_api::pki::Pki::load_or_create(&dir)
+        let pki = groundwork_pki::Pki::load_or_create(&dir)
             .map_err(|e| anyhow::anyhow!("--pki-dir {}: {e}", dir.display()))?;
         let server = pki
             .server(&server_sans(args.listen, &args.tls_sans))
             .map_err(|e| anyhow::anyhow!("server certificate: {e}"))?;
         let admin = pki
-            .client("admin", "admin", Some(groundwork_api::auth::MASTERS))
+            .client("admin", "admin", Some(groundwork_pki::MASTERS))
             .map_err(|e| anyhow::anyhow!("admin certificate: {e}"))?;
         let ctrl = pki
             .client(
                 "controllers",
                 "groundwork:controllers",
-                Some(groundwork_api::auth::MASTERS),
+                Some(groundwork_pki::MASTERS),
             )
             .map_err(|e| anyhow::anyhow!("controllers' certificate: {e}"))?;
         let rustls =
-            groundwork_api::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
+            groundwork_pki::tls::server_config(&server.cert_pem, &server.key_pem, pki.ca_pem())
                 .map_err(|e| anyhow::anyhow!("TLS: {e}"))?;
         Some((pki, admin, ctrl, rustls, server))
     };
     // When each certificate this server uses expires (shown by `groundwork cluster status`).
     let expiry = |pem: &str| {
-        groundwork_api::pki::not_after(pem)
+        groundwork_pki::not_after(pem)
             .and_then(|t| jiff::Timestamp::from_second(t).ok())
             .map(|t| t.to_string())
             .unwrap_or_else(|| "?".into())
@@ -456,12 +452,12 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                     &cn,
                     Some(MEMBERS_GROUP),
                     &[raft.ip().to_string()],
-                    groundwork_api::pki::Usage::Member,
+                    groundwork_pki::Usage::Member,
                     365,
                 )
                 .map_err(|e| anyhow::anyhow!("raft member certificate: {e}"))?;
             // A caller without a certificate reaches only the join routes (RaftTls::public).
-            let server = groundwork_api::tls::server_config_with(
+            let server = groundwork_pki::tls::server_config_with(
                 &ck.cert_pem,
                 &ck.key_pem,
                 pki.ca_pem(),
@@ -566,33 +562,33 @@ pub(crate) async fn run(args: ServerArgs) -> anyhow::Result<()> {
                         "groundwork-boot",
                         None,
                         &[AGENT_SERVER_NAME.to_string()],
-                        groundwork_api::pki::Usage::Server,
+                        groundwork_pki::Usage::Server,
                         365,
                     )
                     .map_err(|e| anyhow::anyhow!("agent API certificate: {e}"))?;
                 let cfg =
-                    groundwork_api::tls::server_config(&ck.cert_pem, &ck.key_pem, pki.ca_pem())
+                    groundwork_pki::tls::server_config(&ck.cert_pem, &ck.key_pem, pki.ca_pem())
                         .map_err(|e| anyhow::anyhow!("agent API TLS: {e}"))?;
                 let ca_pem = pki.ca_pem().to_string();
                 // The CA as loaded at start (a rotation step takes a restart).
                 let ca_for_signing = std::sync::Arc::new(
-                    groundwork_api::pki::Pki::load_or_create(pki.dir())
+                    groundwork_pki::Pki::load_or_create(pki.dir())
                         .map_err(|e| anyhow::anyhow!("{e}"))?,
                 );
                 let hours = args.machine_cert_hours;
                 let signer: groundwork_controller::bootscripts::MachineSigner =
                     std::sync::Arc::new(move |csr: &str, node: &str| {
                         let pem = ca_for_signing.sign_machine(csr, node, hours)?;
-                        let der = groundwork_api::pki::pem_der(&pem)
+                        let der = groundwork_pki::pem_der(&pem)
                             .ok_or("the issued certificate does not parse")?;
-                        let serial = groundwork_api::pki::serial(&der)
+                        let serial = groundwork_pki::serial(&der)
                             .ok_or("the issued certificate has no serial")?;
                         Ok((pem, serial))
                     });
                 let joining = groundwork_controller::bootscripts::Joining {
                     key: key.clone(),
                     signer,
-                    ca_hash: groundwork_api::pki::ca_hash(&ca_pem)
+                    ca_hash: groundwork_pki::ca_hash(&ca_pem)
                         .context("the cluster CA does not parse")?,
                     ca_pem: ca_pem.clone(),
                     agent_port: listener.local_addr()?.port(),

@@ -142,21 +142,6 @@ fn elapsed(since: Option<Timestamp>) -> Duration {
         .unwrap_or(Duration::MAX)
 }
 
-/// `scheme://host/path` of a URL: no user, password or query (which may carry credentials).
-pub fn redact_url(u: &str) -> String {
-    let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
-    let rest = rest.split(['?', '#']).next().unwrap_or("");
-    let rest = match rest.split_once('/') {
-        Some((auth, path)) => format!("{}/{path}", auth.rsplit('@').next().unwrap_or(auth)),
-        None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
-    };
-    if scheme.is_empty() {
-        rest
-    } else {
-        format!("{scheme}://{rest}")
-    }
-}
-
 fn cond_reason(n: &Node) -> Option<String> {
     n.status
         .as_ref()?
@@ -311,7 +296,10 @@ impl Reconciler for ProvisionController {
                     };
                     let extra =
                         json!({"profileGeneration": prof.and_then(|p| p.metadata.generation)});
-                    let msg = format!("installing Profile {profile} ({})", redact_url(&os.url));
+                    let msg = format!(
+                        "installing Profile {profile} ({})",
+                        groundwork_types::agent::redact_url(&os.url)
+                    );
                     self.enter(ctx, &node, NodePhase::Provisioning, 1, None, extra, &msg)
                         .await?;
                     Ok(Action::Requeue(t.agent_grace))
@@ -1057,7 +1045,7 @@ impl ProvisionController {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use groundwork_types::agent::redact_url;
 
     #[test]
     fn urls_lose_credentials_and_queries() {

@@ -135,3 +135,53 @@ pub struct HeartbeatReply {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca: Option<String>,
 }
+
+/// The name the agent API's certificate carries: agents pin the cluster CA and connect under
+/// this name, whatever address they reached the server at.
+pub const AGENT_SERVER_NAME: &str = "groundwork-boot";
+
+/// A machine's request for its certificate (`POST /agent/join?mac=..`).
+#[derive(Clone, Deserialize, Serialize)]
+pub struct JoinRequest {
+    /// The one-time join token from the kernel command line.
+    pub token: String,
+    /// The machine's serial number (DMI), checked against what the Node already knows.
+    #[serde(default)]
+    pub serial: Option<String>,
+    /// A PKCS#10 certificate request (PEM); the machine keeps its key.
+    pub csr: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token", &"<redacted>")
+            .field("serial", &self.serial)
+            .finish()
+    }
+}
+
+/// The machine's certificate (`POST /agent/join` and `POST /agent/renew`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JoinReply {
+    pub node: String,
+    pub certificate: String,
+    /// The cluster's CA bundle now (it changes during a CA rotation).
+    #[serde(default)]
+    pub ca: String,
+}
+
+/// `scheme://host/path` of a URL: no user, password or query (which may carry credentials).
+pub fn redact_url(u: &str) -> String {
+    let (scheme, rest) = u.split_once("://").unwrap_or(("", u));
+    let rest = rest.split(['?', '#']).next().unwrap_or("");
+    let rest = match rest.split_once('/') {
+        Some((auth, path)) => format!("{}/{path}", auth.rsplit('@').next().unwrap_or(auth)),
+        None => rest.rsplit('@').next().unwrap_or(rest).to_string(),
+    };
+    if scheme.is_empty() {
+        rest
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}

@@ -185,7 +185,7 @@ impl Pki {
         p.distinguished_name
             .push(DnType::CommonName, format!("system:node:{node}"));
         p.distinguished_name
-            .push(DnType::OrganizationName, crate::auth::NODES_GROUP);
+            .push(DnType::OrganizationName, crate::NODES_GROUP);
         p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         p.use_authority_key_identifier_extension = true;
@@ -459,14 +459,14 @@ mod tests {
         let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, "admin");
         p.distinguished_name
-            .push(DnType::OrganizationName, crate::auth::MASTERS);
+            .push(DnType::OrganizationName, crate::MASTERS);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let csr = p.serialize_request(&kp).unwrap().pem().unwrap();
         let pem = pki.sign_machine(&csr, "n1", 24).unwrap();
         let der = pem_der(&pem).unwrap();
         let (cn, groups) = subject(&der).unwrap();
         assert_eq!(cn, "system:node:n1");
-        assert_eq!(groups, vec![crate::auth::NODES_GROUP.to_string()]);
+        assert_eq!(groups, vec![crate::NODES_GROUP.to_string()]);
         let (_, c) = x509_parser::parse_x509_certificate(&der).unwrap();
         assert!(!c.is_ca(), "never a CA");
         assert!(c.subject_alternative_name().unwrap().is_none(), "no names");

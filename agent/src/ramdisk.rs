@@ -16,7 +16,7 @@ use anyhow::Context;
 use groundwork_types::{Cpu, Disk, Inventory, Nic, SystemInfo};
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct AgentArgs {
+pub struct AgentArgs {
     /// Boot server base URL (default: groundwork.url= on the kernel command line).
     #[arg(long)]
     url: Option<String>,
@@ -170,7 +170,7 @@ fn cmdline_arg(root: &Path, key: &str) -> Option<String> {
         .find_map(|w| w.strip_prefix(&format!("{key}=")).map(String::from))
 }
 
-pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
+pub async fn run(a: AgentArgs) -> anyhow::Result<()> {
     let inv = collect(&a.sysroot);
     if a.print {
         println!("{}", serde_json::to_string_pretty(&inv)?);
@@ -245,7 +245,10 @@ pub(crate) async fn run(a: AgentArgs) -> anyhow::Result<()> {
 /// `https://groundwork-boot:PORT`: the agent API under the name its certificate carries.
 pub(crate) fn agent_base(agent: &str) -> String {
     let port = agent.rsplit_once(':').map(|(_, p)| p).unwrap_or("8443");
-    format!("https://{}:{port}", crate::server::AGENT_SERVER_NAME)
+    format!(
+        "https://{}:{port}",
+        groundwork_types::agent::AGENT_SERVER_NAME
+    )
 }
 
 /// A client for the agent API: TLS trusting only the cluster CA, the server known as
@@ -275,7 +278,7 @@ fn base_client(agent: &str, ca_pem: &str) -> anyhow::Result<reqwest::ClientBuild
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .https_only(true)
-        .resolve(crate::server::AGENT_SERVER_NAME, addr);
+        .resolve(groundwork_types::agent::AGENT_SERVER_NAME, addr);
     // Every CA of the bundle (two during a CA rotation).
     for c in reqwest::Certificate::from_pem_bundle(ca_pem.as_bytes()).context("the cluster CA")? {
         b = b.add_root_certificate(c);
@@ -297,7 +300,7 @@ async fn join(
     let plain = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let (key, csr) = groundwork_api::pki::key_and_request(&format!("system:node:{mac}"))
+    let (key, csr) = groundwork_pki::key_and_request(&format!("system:node:{mac}"))
         .map_err(anyhow::Error::msg)?;
     let mut delay = Duration::from_millis(500);
     let mut ca: Option<String> = None;
@@ -313,20 +316,20 @@ async fn join(
                     return Err(anyhow::anyhow!("fetching the CA: {}", resp.status()));
                 }
                 let pem = resp.text().await?;
-                let got = groundwork_api::pki::ca_hash(&pem);
+                let got = groundwork_pki::ca_hash(&pem);
                 if got.as_deref() != Some(ca_hash) {
                     // Not retried: someone else answers for the boot server.
                     return Ok(None);
                 }
                 // Only the pinned certificate is trusted for the join; the bundle comes
                 // with the answer, over that connection.
-                ca = groundwork_api::pki::pem_certs(&pem).into_iter().next();
+                ca = groundwork_pki::pem_certs(&pem).into_iter().next();
             }
             let ca_pem = ca.clone().expect("set above");
             let client = base_client(agent, &ca_pem)?
                 .timeout(Duration::from_secs(10))
                 .build()?;
-            let req = groundwork_boot::http::JoinRequest {
+            let req = groundwork_types::agent::JoinRequest {
                 token: token.to_string(),
                 serial: serial.clone(),
                 csr: csr.clone(),
@@ -340,7 +343,7 @@ async fn join(
                 .map_err(|e| anyhow::anyhow!("join: {}", e.without_url()))?;
             let code = resp.status();
             if code.is_success() {
-                let r: groundwork_boot::http::JoinReply = resp.json().await?;
+                let r: groundwork_types::agent::JoinReply = resp.json().await?;
                 eprintln!("groundwork agent: joined as node {}", r.node);
                 return Ok(Some(groundwork_types::agent::MachineCredentials {
                     agent: agent.to_string(),
@@ -492,7 +495,7 @@ async fn tasks(
                 }
                 eprintln!(
                     "groundwork agent: installing {} (attempt {attempt})",
-                    groundwork_controller::provision::redact_url(&image_url)
+                    groundwork_types::agent::redact_url(&image_url)
                 );
                 report(started("install", attempt, &task_id)).await;
                 let inv = collect(&a.sysroot);

@@ -10,7 +10,7 @@ use anyhow::Context;
 use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineCredentials, MachineFile};
 
 #[derive(clap::Args, Debug)]
-pub(crate) struct NodeAgentArgs {
+pub struct NodeAgentArgs {
     /// The disk holding the machine config (default: the first disk that has one).
     #[arg(long)]
     disk: Option<PathBuf>,
@@ -37,7 +37,7 @@ fn find_config(a: &NodeAgentArgs) -> anyhow::Result<(PathBuf, MachineFile)> {
         let m = crate::install::read_machine_file(d).map_err(anyhow::Error::msg)?;
         return Ok((d.clone(), m));
     }
-    let inv = crate::agent::collect(&a.sysroot);
+    let inv = crate::ramdisk::collect(&a.sysroot);
     let mut errors = Vec::new();
     for d in &inv.disks {
         let dev = crate::install::device(&a.dev_root, &d.name);
@@ -224,7 +224,7 @@ fn credentials_path(root: &Path) -> PathBuf {
 /// When a third or less of the certificate's life is left (or it does not parse).
 fn renewal_due(cert_pem: &str) -> bool {
     let now = jiff::Timestamp::now().as_second();
-    match groundwork_api::pki::validity_of(cert_pem) {
+    match groundwork_pki::validity_of(cert_pem) {
         Some((from, to)) => to - now < (to - from) / 3,
         None => true,
     }
@@ -237,7 +237,7 @@ async fn renew(
     mac: &str,
     creds: &MachineCredentials,
 ) -> anyhow::Result<MachineCredentials> {
-    let (key, csr) = groundwork_api::pki::key_and_request(&format!("system:node:{mac}"))
+    let (key, csr) = groundwork_pki::key_and_request(&format!("system:node:{mac}"))
         .map_err(anyhow::Error::msg)?;
     let resp = client
         .post(format!("{base}/agent/renew"))
@@ -250,7 +250,7 @@ async fn renew(
     if !code.is_success() {
         anyhow::bail!("{code}: {}", resp.text().await.unwrap_or_default().trim());
     }
-    let r: groundwork_boot::http::JoinReply = resp.json().await?;
+    let r: groundwork_types::agent::JoinReply = resp.json().await?;
     Ok(MachineCredentials {
         certificate: r.certificate,
         key,
@@ -263,7 +263,7 @@ async fn renew(
     })
 }
 
-pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
+pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
     let (disk, m) = find_config(&a)?;
     eprintln!(
         "groundwork node-agent: machine config for {} from {}",
@@ -288,7 +288,7 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             "the machine config has no credentials (installed before machine certificates): reinstall the machine",
         )?,
     };
-    let mut client = crate::agent::agent_client(&creds, Duration::from_secs(10))?;
+    let mut client = crate::ramdisk::agent_client(&creds, Duration::from_secs(10))?;
     // The installer's key sits on a FAT partition (no permissions): replaced at once by one
     // kept 0600 on the root file system; the server retires the old one when the new is used.
     let mut force_renewal = a.renew || !saved.exists();
@@ -296,9 +296,9 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         if let Some(dir) = saved.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        groundwork_api::pki::write_private(&saved, &serde_json::to_string(c).unwrap_or_default())
+        groundwork_pki::write_private(&saved, &serde_json::to_string(c).unwrap_or_default())
     };
-    let base = crate::agent::agent_base(&creds.agent);
+    let base = crate::ramdisk::agent_base(&creds.agent);
     let mut accepted = 0u32;
     let mut interval = Duration::from_secs(15);
     let mut failures = 0u32;
@@ -325,7 +325,7 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                     match save(&c) {
                         Ok(()) => {
                             eprintln!("groundwork node-agent: certificate renewed");
-                            client = crate::agent::agent_client(&c, Duration::from_secs(10))?;
+                            client = crate::ramdisk::agent_client(&c, Duration::from_secs(10))?;
                             creds = c;
                         }
                         Err(e) => eprintln!(
@@ -351,7 +351,7 @@ pub(crate) async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                         let mut c = creds.clone();
                         c.ca = ca;
                         match save(&c).and_then(|()| {
-                            crate::agent::agent_client(&c, Duration::from_secs(10))
+                            crate::ramdisk::agent_client(&c, Duration::from_secs(10))
                                 .map_err(|e| e.to_string())
                         }) {
                             Ok(cl) => {

@@ -69,7 +69,7 @@ pub(crate) async fn write_image(
     checksum: &str,
     dev: &Path,
 ) -> Result<u64, Failure> {
-    let shown = groundwork_controller::provision::redact_url(url);
+    let shown = groundwork_types::agent::redact_url(url);
     let want = checksum
         .strip_prefix("sha256:")
         .ok_or_else(|| {
