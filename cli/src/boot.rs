@@ -32,7 +32,7 @@ pub(crate) struct BootArgs {
 }
 
 pub(crate) async fn run(a: BootArgs) -> anyhow::Result<()> {
-    crate::server::init_logging_plain(&a.log_format)?;
+    groundwork_server::init_logging_plain(&a.log_format)?;
     let stats = Arc::new(groundwork_boot::tftp::TftpStats::default());
     let (tftp_addr, _t) = groundwork_boot::tftp::spawn(a.tftp, &a.root, stats)
         .with_context(|| format!("TFTP on {} from {}", a.tftp, a.root.display()))?;
@@ -50,7 +50,7 @@ pub(crate) async fn run(a: BootArgs) -> anyhow::Result<()> {
         &a.root,
         scripts,
         None,
-        crate::server::shutdown_signal(),
+        groundwork_server::shutdown_signal(),
     )
     .await?;
     Ok(())

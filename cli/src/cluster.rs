@@ -45,7 +45,7 @@ pub(crate) async fn run(a: ClusterArgs) -> anyhow::Result<()> {
         ttl_seconds,
     } = &a.cmd
     {
-        return crate::join::print_token(data_dir, Some(&a.pki_dir), *ttl_seconds);
+        return groundwork_server::join::print_token(data_dir, Some(&a.pki_dir), *ttl_seconds);
     }
     let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
     let read = |f: &str| std::fs::read(a.pki_dir.join(f));

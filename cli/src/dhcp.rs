@@ -62,7 +62,7 @@ pub(crate) struct DhcpArgs {
 }
 
 pub(crate) async fn run(a: DhcpArgs) -> anyhow::Result<()> {
-    crate::server::init_logging_plain(&a.log_format)?;
+    groundwork_server::init_logging_plain(&a.log_format)?;
     let mut reservations = HashMap::new();
     for r in &a.reservations {
         let (m, ip) = r
@@ -115,7 +115,7 @@ pub(crate) async fn run(a: DhcpArgs) -> anyhow::Result<()> {
     let server = tokio::spawn(dhcp::serve(cfg, opts, stats, rx));
     tokio::select! {
         r = server => r??,
-        _ = crate::server::shutdown_signal() => { let _ = tx.send(true); }
+        _ = groundwork_server::shutdown_signal() => { let _ = tx.send(true); }
     }
     Ok(())
 }

@@ -7,14 +7,12 @@ mod client;
 mod cluster;
 mod commands;
 mod dhcp;
-mod join;
 mod lab;
 mod manifests;
 mod output;
 mod pki;
 mod schema;
 mod secrets;
-mod server;
 
 pub use apply::three_way_merge_patch;
 pub use manifests::{Manifest, parse_documents, read_manifests};
@@ -38,7 +36,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the API server on an embedded store, with the controllers.
-    Server(Box<server::ServerArgs>),
+    Server(Box<groundwork_server::ServerArgs>),
     /// Talk to one BMC directly (IPMI or Redfish): power, boot device, info.
     Bmc(bmc::BmcArgs),
     /// The ramdisk agent: report this machine's inventory, then install or wipe on request.
@@ -68,7 +66,7 @@ enum Command {
     /// Run the DHCP server alone, configured by flags.
     Dhcp(dhcp::DhcpArgs),
     /// Run controllers only, against the API server of the kubeconfig.
-    Controller(server::ControllerOnlyArgs),
+    Controller(groundwork_server::ControllerOnlyArgs),
     /// Show and change the raft group: status, add, remove.
     Cluster(cluster::ClusterArgs),
     /// Show the controllers' log lines about one object (KIND/NAME), and follow them (-f).
@@ -160,8 +158,11 @@ pub fn main() -> i32 {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let kc = cli.kubeconfig;
     match cli.command {
-        Command::Server(args) => server::run(*args).await,
-        Command::Controller(args) => server::run_controllers(args, kc).await,
+        Command::Server(args) => groundwork_server::run(*args).await,
+        Command::Controller(args) => {
+            let api = client::connect(kc).await?;
+            groundwork_server::run_controllers(args, api.client).await
+        }
         Command::Bmc(args) => bmc::run(args).await,
         Command::Dhcp(args) => dhcp::run(args).await,
         Command::Cluster(args) => cluster::run(args).await,

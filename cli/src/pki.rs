@@ -131,8 +131,8 @@ pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
             let ck = pki
                 .issue(&user, group.as_deref(), &[], Usage::Client, days)
                 .map_err(anyhow::Error::msg)?;
-            let text = crate::server::kubeconfig(&server, Some((pki.ca_pem(), &ck)));
-            crate::server::write_private(&out, &text)
+            let text = groundwork_server::kubeconfig(&server, Some((pki.ca_pem(), &ck)));
+            groundwork_server::write_private(&out, &text)
                 .with_context(|| format!("writing {}", out.display()))?;
             println!("kubeconfig for {user} written to {}", out.display());
             Ok(())

@@ -7,8 +7,6 @@
 //! (docs/decisions.md). Each controller holds a Lease while it acts ([`lease`]), so any number
 //! of processes may run it and exactly one acts.
 
-pub mod bootnet;
-pub mod bootscripts;
 pub mod caches;
 pub mod events;
 pub mod lease;
@@ -145,12 +143,17 @@ fn start<R: Reconciler>(
     (e, c)
 }
 
-/// Runs the chosen controllers until `stop` turns true, then releases their Leases.
-pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>) {
+/// Runs the chosen controllers on the process' shared `caches` until `stop` turns true, then
+/// releases their Leases.
+pub async fn run(
+    client: Client,
+    caches: caches::Caches,
+    opts: Options,
+    mut stop: watch::Receiver<bool>,
+) {
     if opts.controllers.is_empty() {
         return;
     }
-    let (caches, cache_tasks) = caches::Caches::start(&client);
     let mut tasks = Vec::new();
     for name in &opts.controllers {
         let t = match name.as_str() {
@@ -217,9 +220,6 @@ pub async fn run(client: Client, opts: Options, mut stop: watch::Receiver<bool>)
     for (elector, controller) in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
         controller.abort();
-    }
-    for t in cache_tasks {
-        t.abort();
     }
     tracing::info!("controllers stopped");
 }

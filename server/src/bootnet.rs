@@ -10,7 +10,7 @@ use groundwork_boot::dhcp::{BootFiles, Config, Mode};
 use groundwork_types::{BootNetwork, DhcpMode, Node};
 use tokio::sync::watch;
 
-use crate::caches::{Caches, ChangedObject};
+use groundwork_controller::caches::{Caches, ChangedObject};
 
 /// Where boot files are, for the DHCP boot options.
 #[derive(Clone, Debug)]

@@ -155,7 +155,7 @@ pub(crate) async fn fetch_bundle(
 }
 
 /// `groundwork cluster join-token`: a member join token and the command to use it.
-pub(crate) fn print_token(
+pub fn print_token(
     data_dir: &Path,
     pki_dir: Option<&Path>,
     ttl_seconds: i64,

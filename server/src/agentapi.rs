@@ -33,7 +33,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use crate::caches::Caches;
+use groundwork_controller::caches::Caches;
 
 /// Signs a machine's certificate request for a Node: `(csr_pem, node) -> (certificate PEM,
 /// its serial number as the TLS layer reports it)`.
