@@ -34,12 +34,58 @@ pub struct AgentIdentity {
     pub stale_issuer: bool,
 }
 
+use groundwork_types::agent::{Heartbeat, HeartbeatReply, Task};
 pub use groundwork_types::agent::{JoinReply, JoinRequest};
+use groundwork_types::{Inventory, TaskReport};
 
-type Answer<T> = futures_lite::future::Boxed<Result<T, (u16, String)>>;
+/// Why the agent API refused a call: each variant is one HTTP status, its text the body.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AgentError {
+    /// 400: the request does not parse or cannot be acted on as sent.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 401: no valid certificate or token: join (again).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// 403: authenticated, but for another machine.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: no Node boots from this MAC, or the call is not served here.
+    #[error("{0}")]
+    NotFound(String),
+    /// 409: the Node is not in the phase (or task) the call is for.
+    #[error("{0}")]
+    Conflict(String),
+    /// 503: the API could not be read or written; try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
 
-/// The agent API behind [`agent_router`]: joining, inventory, tasks, heartbeats. Every call
-/// but `join` comes from an authenticated machine (`who`).
+impl AgentError {
+    pub fn status(&self) -> u16 {
+        match self {
+            AgentError::BadRequest(_) => 400,
+            AgentError::Unauthenticated(_) => 401,
+            AgentError::Forbidden(_) => 403,
+            AgentError::NotFound(_) => 404,
+            AgentError::Conflict(_) => 409,
+            AgentError::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let code = self.status();
+        status_response(code, self.to_string())
+    }
+}
+
+type Answer<T> = futures_lite::future::Boxed<Result<T, AgentError>>;
+
+/// The agent API behind [`agent_router`]: joining, inventory, tasks, heartbeats, with the
+/// request and answer types of `groundwork_types::agent`. Every call but `join` comes from an
+/// authenticated machine (`who`).
 pub trait InventorySink: Send + Sync {
     /// Exchanges a one-time join token and a certificate request for the machine's
     /// certificate.
@@ -47,20 +93,15 @@ pub trait InventorySink: Send + Sync {
 
     /// A new certificate for a new key, before the current one expires.
     fn renew(&self, _mac: String, _who: AgentIdentity, _csr: String) -> Answer<JoinReply> {
-        Box::pin(async { Err((404, "no renewals here\n".to_string())) })
+        Box::pin(async { Err(AgentError::NotFound("no renewals here\n".into())) })
     }
 
     /// The ramdisk's inventory (`POST /inventory`). Returns a short text for the agent.
-    fn report(
-        &self,
-        mac: String,
-        who: AgentIdentity,
-        inventory: serde_json::Value,
-    ) -> Answer<String>;
+    fn report(&self, mac: String, who: AgentIdentity, inventory: Inventory) -> Answer<String>;
 
-    /// The ramdisk agent's next task (`GET /agent/next`), as JSON.
-    fn next_task(&self, _mac: String, _who: AgentIdentity) -> Answer<serde_json::Value> {
-        Box::pin(async { Err((404, "no tasks here\n".to_string())) })
+    /// The ramdisk agent's next task (`GET /agent/next`).
+    fn next_task(&self, _mac: String, _who: AgentIdentity) -> Answer<Task> {
+        Box::pin(async { Err(AgentError::NotFound("no tasks here\n".into())) })
     }
 
     /// A report on a task (`POST /agent/report`).
@@ -68,19 +109,19 @@ pub trait InventorySink: Send + Sync {
         &self,
         _mac: String,
         _who: AgentIdentity,
-        _report: serde_json::Value,
+        _report: TaskReport,
     ) -> Answer<String> {
-        Box::pin(async { Err((404, "no tasks here\n".to_string())) })
+        Box::pin(async { Err(AgentError::NotFound("no tasks here\n".into())) })
     }
 
-    /// The installed system's heartbeat (`POST /agent/heartbeat`); answers JSON.
+    /// The installed system's heartbeat (`POST /agent/heartbeat`).
     fn heartbeat(
         &self,
         _mac: String,
         _who: AgentIdentity,
-        _beat: serde_json::Value,
-    ) -> Answer<serde_json::Value> {
-        Box::pin(async { Err((404, "no heartbeats here\n".to_string())) })
+        _beat: Heartbeat,
+    ) -> Answer<HeartbeatReply> {
+        Box::pin(async { Err(AgentError::NotFound("no heartbeats here\n".into())) })
     }
 }
 
@@ -215,34 +256,34 @@ struct AgentQuery {
 fn agent_call(
     q: &AgentQuery,
     who: Option<&AgentIdentity>,
-) -> Result<(String, AgentIdentity), (u16, String)> {
+) -> Result<(String, AgentIdentity), AgentError> {
     if !valid_mac(&q.mac) {
-        return Err((400, "mac: not a MAC address\n".into()));
+        return Err(AgentError::BadRequest("mac: not a MAC address\n".into()));
     }
     let Some(who) = who else {
-        return Err((
-            401,
+        return Err(AgentError::Unauthenticated(
             "no machine certificate: join first (POST /agent/join with the join token)\n".into(),
         ));
     };
     Ok((q.mac.to_ascii_lowercase(), who.clone()))
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, (u16, String)> {
-    serde_json::from_slice(body).map_err(|e| (400, format!("{what}: {e}\n")))
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, AgentError> {
+    serde_json::from_slice(body)
+        .map_err(|e| AgentError::BadRequest(format!("{what} does not decode: {e}\n")))
 }
 
-fn reply<T: serde::Serialize>(r: Result<T, (u16, String)>) -> Response {
+fn reply<T: serde::Serialize>(r: Result<T, AgentError>) -> Response {
     match r {
         Ok(v) => axum::Json(v).into_response(),
-        Err((code, msg)) => status_response(code, msg),
+        Err(e) => e.into_response(),
     }
 }
 
-fn text(r: Result<String, (u16, String)>) -> Response {
+fn text(r: Result<String, AgentError>) -> Response {
     match r {
         Ok(t) => (axum::http::StatusCode::OK, t).into_response(),
-        Err((code, msg)) => status_response(code, msg),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -255,7 +296,7 @@ fn checked<B: serde::de::DeserializeOwned>(
     who: &Who,
     body: &[u8],
     what: &str,
-) -> Result<(String, AgentIdentity, B), (u16, String)> {
+) -> Result<(String, AgentIdentity, B), AgentError> {
     let (mac, who) = agent_call(q, who.as_deref())?;
     Ok((mac, who, json_body(body, what)?))
 }
@@ -273,11 +314,12 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
             post(
                 |State(sink): Sink, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     if !valid_mac(&q.mac) {
-                        return status_response(400, "mac: not a MAC address\n".into());
+                        return AgentError::BadRequest("mac: not a MAC address\n".into())
+                            .into_response();
                     }
                     match json_body::<JoinRequest>(&body, "join request") {
                         Ok(req) => reply(sink.join(q.mac.to_ascii_lowercase(), req).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),
@@ -287,10 +329,10 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
             post(
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     let csr = String::from_utf8(body.to_vec())
-                        .map_err(|_| (400, "csr: not text\n".to_string()));
+                        .map_err(|_| AgentError::BadRequest("csr: not text\n".into()));
                     match agent_call(&q, who.as_deref()).and_then(|(m, w)| Ok((m, w, csr?))) {
                         Ok((mac, who, csr)) => reply(sink.renew(mac, who, csr).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),
@@ -301,7 +343,7 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     match checked(&q, &who, &body, "inventory") {
                         Ok((mac, who, inv)) => text(sink.report(mac, who, inv).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),
@@ -312,7 +354,7 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>| async move {
                     match agent_call(&q, who.as_deref()) {
                         Ok((mac, who)) => reply(sink.next_task(mac, who).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),
@@ -323,7 +365,7 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     match checked(&q, &who, &body, "report") {
                         Ok((mac, who, r)) => text(sink.task_report(mac, who, r).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),
@@ -334,7 +376,7 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     match checked(&q, &who, &body, "heartbeat") {
                         Ok((mac, who, b)) => reply(sink.heartbeat(mac, who, b).await),
-                        Err((c, m)) => status_response(c, m),
+                        Err(e) => e.into_response(),
                     }
                 },
             ),

@@ -20,7 +20,7 @@
 use std::sync::Arc;
 
 use groundwork_boot::http::{
-    AgentIdentity, InventorySink, JoinParams, JoinReply, JoinRequest, ScriptSource,
+    AgentError, AgentIdentity, InventorySink, JoinParams, JoinReply, JoinRequest, ScriptSource,
     discovery_script_with_token, local_disk_script,
 };
 use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile, Task};
@@ -277,7 +277,7 @@ impl ScriptSource for NodeScripts {
 }
 
 /// `Err` as the agent API answers it.
-type Refusal = (u16, String);
+type Refusal = AgentError;
 
 impl NodeScripts {
     /// The Node a certificate may act for, from the cache, or from the API when the cache
@@ -295,13 +295,14 @@ impl NodeScripts {
                 .and_then(|p| p.agent.as_ref())
                 .is_some_and(|a| a.certificates.contains(&who.serial))
         };
-        let node = node_for_mac(caches, mac).ok_or((404, format!("no Node boots from {mac}\n")))?;
+        let node = node_for_mac(caches, mac)
+            .ok_or(AgentError::NotFound(format!("no Node boots from {mac}\n")))?;
         if node.name_any() != who.node {
             tracing::warn!(%mac, node = %who.node, "a machine certificate for another Node refused");
-            return Err((
-                403,
-                format!("the certificate is for Node {}, not for {mac}\n", who.node),
-            ));
+            return Err(AgentError::Forbidden(format!(
+                "the certificate is for Node {}, not for {mac}\n",
+                who.node
+            )));
         }
         if listed(&node) {
             return Ok((*node).clone());
@@ -309,18 +310,17 @@ impl NodeScripts {
         let fresh = Api::<Node>::all(client.clone())
             .get(&who.node)
             .await
-            .map_err(|e| (503, format!("cannot read Node {}: {e}\n", who.node)))?;
+            .map_err(|e| {
+                AgentError::Unavailable(format!("cannot read Node {}: {e}\n", who.node))
+            })?;
         if listed(&fresh) {
             return Ok(fresh);
         }
         tracing::warn!(%mac, node = %who.node, serial = %who.serial, "a revoked or replaced machine certificate refused");
-        Err((
-            401,
-            format!(
-                "certificate {} is no longer valid for Node {}: join again\n",
-                who.serial, who.node
-            ),
-        ))
+        Err(AgentError::Unauthenticated(format!(
+            "certificate {} is no longer valid for Node {}: join again\n",
+            who.serial, who.node
+        )))
     }
 }
 
@@ -371,11 +371,10 @@ async fn record_certificate(
         )
         .await
         .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 409 => (
-                409,
-                "the Node changed while joining: try again\n".to_string(),
-            ),
-            e => (503, format!("cannot record the certificate: {e}\n")),
+            kube::Error::Api(s) if s.code == 409 => {
+                AgentError::Conflict("the Node changed while joining: try again\n".to_string())
+            }
+            e => AgentError::Unavailable(format!("cannot record the certificate: {e}\n")),
         })?;
     Ok(())
 }
@@ -401,24 +400,25 @@ impl InventorySink for NodeScripts {
             .unwrap_or_default();
         Box::pin(async move {
             let Some((claims, signer)) = checked else {
-                return Err((
-                    503,
+                return Err(AgentError::Unavailable(
                     "this server does not let machines join (no cluster CA or secret key)\n".into(),
                 ));
             };
             let claims = claims.map_err(|e| {
                 tracing::warn!(%mac, error = %e, "join refused: bad token");
-                (401, format!("token: {e}\n"))
+                AgentError::Unauthenticated(format!("token: {e}\n"))
             })?;
             if claims.sub != mac {
                 tracing::warn!(%mac, "join refused: the token is for another MAC");
-                return Err((403, format!("token: issued for another MAC, not {mac}\n")));
+                return Err(AgentError::Forbidden(format!(
+                    "token: issued for another MAC, not {mac}\n"
+                )));
             }
             let node = match known {
                 Some(n) => (*n).clone(),
                 None => enlist(client.clone(), mac.clone())
                     .await
-                    .map_err(|e| (503, format!("cannot enlist: {e}\n")))?,
+                    .map_err(|e| AgentError::Unavailable(format!("cannot enlist: {e}\n")))?,
             };
             let name = node.name_any();
             // The serial the Node knows: the operator's, or the first join's.
@@ -433,13 +433,10 @@ impl InventorySink for NodeScripts {
                 && req.serial.as_deref() != Some(want.as_str())
             {
                 tracing::warn!(node = %name, %mac, reported = ?req.serial, known = %want, "join refused: serial number mismatch");
-                return Err((
-                    403,
-                    format!(
-                        "serial: the machine reports {:?}, Node {name} has {want:?}\n",
-                        req.serial.unwrap_or_default()
-                    ),
-                ));
+                return Err(AgentError::Forbidden(format!(
+                    "serial: the machine reports {:?}, Node {name} has {want:?}\n",
+                    req.serial.unwrap_or_default()
+                )));
             }
             let prev = node
                 .status
@@ -450,13 +447,12 @@ impl InventorySink for NodeScripts {
                 && (p.join_token_id == claims.jti || claims.iat < p.join_token_issued)
             {
                 tracing::warn!(node = %name, %mac, "join refused: token already used or superseded");
-                return Err((
-                    401,
-                    "token: already used, or a newer one was: boot the machine again for a new one\n"
+                return Err(AgentError::Unauthenticated("token: already used, or a newer one was: boot the machine again for a new one\n"
                         .into(),
                 ));
             }
-            let (cert, serial) = signer(&req.csr, &name).map_err(|e| (400, format!("{e}\n")))?;
+            let (cert, serial) =
+                signer(&req.csr, &name).map_err(|e| AgentError::BadRequest(format!("{e}\n")))?;
             let joined = Joined {
                 token_id: &claims.jti,
                 token_issued: claims.iat,
@@ -487,8 +483,10 @@ impl InventorySink for NodeScripts {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
-            let signer = signer.ok_or((503, "no cluster CA here\n".to_string()))?;
-            let (cert, serial) = signer(&csr, &who.node).map_err(|e| (400, format!("{e}\n")))?;
+            let signer =
+                signer.ok_or(AgentError::Unavailable("no cluster CA here\n".to_string()))?;
+            let (cert, serial) =
+                signer(&csr, &who.node).map_err(|e| AgentError::BadRequest(format!("{e}\n")))?;
             record_certificate(&client, &node, None, serial).await?;
             tracing::info!(node = %who.node, %mac, "machine certificate renewed");
             Ok(JoinReply {
@@ -503,13 +501,11 @@ impl InventorySink for NodeScripts {
         &self,
         mac: String,
         who: AgentIdentity,
-        inventory: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
+        inv: Inventory,
+    ) -> futures::future::BoxFuture<'static, Result<String, Refusal>> {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
-            let inv: Inventory = serde_json::from_value(inventory)
-                .map_err(|e| (400, format!("inventory does not decode: {e}\n")))?;
             let name = node.name_any();
             let phase = node.status.as_ref().and_then(|s| s.phase);
             let mut status = json!({"inventory": inv});
@@ -540,7 +536,9 @@ impl InventorySink for NodeScripts {
                     &Patch::Merge(json!({ "status": status })),
                 )
                 .await
-                .map_err(|e| (503, format!("cannot record the inventory: {e}\n")))?;
+                .map_err(|e| {
+                    AgentError::Unavailable(format!("cannot record the inventory: {e}\n"))
+                })?;
             tracing::info!(node = %name, %mac, cpus = inv.cpus.len(), disks = inv.disks.len(), nics = inv.nics.len(), "inventory recorded");
             Ok(format!("{name}\n"))
         })
@@ -550,11 +548,11 @@ impl InventorySink for NodeScripts {
         &self,
         mac: String,
         who: AgentIdentity,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
+    ) -> futures::future::BoxFuture<'static, Result<Task, Refusal>> {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
-            Self::next_task_for(&caches, node, &mac)
+            Ok(Self::next_task_for(&caches, node, &mac))
         })
     }
 
@@ -562,8 +560,8 @@ impl InventorySink for NodeScripts {
         &self,
         mac: String,
         who: AgentIdentity,
-        report: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<String, (u16, String)>> {
+        report: TaskReport,
+    ) -> futures::future::BoxFuture<'static, Result<String, Refusal>> {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
@@ -575,8 +573,8 @@ impl InventorySink for NodeScripts {
         &self,
         mac: String,
         who: AgentIdentity,
-        beat: serde_json::Value,
-    ) -> futures::future::BoxFuture<'static, Result<serde_json::Value, (u16, String)>> {
+        beat: Heartbeat,
+    ) -> futures::future::BoxFuture<'static, Result<HeartbeatReply, Refusal>> {
         let (caches, client) = (self.caches.clone(), self.client.clone());
         let interval = self.heartbeat_interval;
         let ca = self
@@ -592,7 +590,7 @@ impl InventorySink for NodeScripts {
 }
 
 impl NodeScripts {
-    fn next_task_for(caches: &Caches, node: Node, mac: &str) -> Result<serde_json::Value, Refusal> {
+    fn next_task_for(caches: &Caches, node: Node, mac: &str) -> Task {
         let node = Some(node);
         let task = node.as_ref().and_then(|node| {
             let st = node.status.clone().unwrap_or_default();
@@ -632,8 +630,7 @@ impl NodeScripts {
                 };
                 tracing::info!(node = %n.name_any(), %mac, task = what, "task handed to the agent");
             }
-            let task = task.unwrap_or(Task::Wait { seconds: 2 });
-            serde_json::to_value(task).map_err(|e| (500, format!("{e}\n")))
+            task.unwrap_or(Task::Wait { seconds: 2 })
         }
     }
 
@@ -641,11 +638,9 @@ impl NodeScripts {
         client: Client,
         node: Node,
         mac: String,
-        report: serde_json::Value,
+        mut r: TaskReport,
     ) -> Result<String, Refusal> {
         {
-            let mut r: TaskReport = serde_json::from_value(report)
-                .map_err(|e| (400, format!("report does not decode: {e}\n")))?;
             let name = node.name_any();
             let st = node.status.clone().unwrap_or_default();
             let attempt = st
@@ -656,23 +651,24 @@ impl NodeScripts {
             let expected = match r.task.as_str() {
                 "install" => NodePhase::Provisioning,
                 "wipe" => NodePhase::Deprovisioning,
-                other => return Err((400, format!("task: {other:?} is not install or wipe\n"))),
+                other => {
+                    return Err(AgentError::BadRequest(format!(
+                        "task: {other:?} is not install or wipe\n"
+                    )));
+                }
             };
             let task_id = st.provisioning.as_ref().and_then(|p| p.task_id.clone());
             if st.phase != Some(expected) || r.task_id.is_none() || r.task_id != task_id {
-                return Err((
-                    409,
-                    format!(
-                        "stale report: {} {:?} (attempt {}) for Node {name}, which is in phase {:?} with task {task_id:?} (attempt {attempt})\n",
-                        r.task, r.task_id, r.attempt, st.phase
-                    ),
-                ));
+                return Err(AgentError::Conflict(format!(
+                    "stale report: {} {:?} (attempt {}) for Node {name}, which is in phase {:?} with task {task_id:?} (attempt {attempt})\n",
+                    r.task, r.task_id, r.attempt, st.phase
+                )));
             }
             r.at = Some(now());
             tracing::info!(node = %name, %mac, task = %r.task, attempt = r.attempt, state = ?r.state, reason = ?r.reason, message = ?r.message, "agent report");
             status_patch(client, name.clone(), json!({"provisioning": {"report": r}}))
                 .await
-                .map_err(|e| (503, format!("cannot record the report: {e}\n")))?;
+                .map_err(|e| AgentError::Unavailable(format!("cannot record the report: {e}\n")))?;
             Ok(format!("{name}\n"))
         }
     }
@@ -682,29 +678,25 @@ impl NodeScripts {
         node: Node,
         mac: String,
         who: AgentIdentity,
-        beat: serde_json::Value,
+        b: Heartbeat,
         interval: u32,
         ca: String,
-    ) -> Result<serde_json::Value, Refusal> {
+    ) -> Result<HeartbeatReply, Refusal> {
         {
-            let b: Heartbeat = serde_json::from_value(beat)
-                .map_err(|e| (400, format!("heartbeat does not decode: {e}\n")))?;
             let name = node.name_any();
             let phase = node.status.as_ref().and_then(|s| s.phase);
             if phase == Some(NodePhase::Deprovisioning) && node.spec.bmc.is_none() {
                 // Nobody else can take it back to the ramdisk.
-                return serde_json::to_value(HeartbeatReply {
+                return Ok(HeartbeatReply {
                     interval_seconds: interval,
                     reboot: true,
                     ..Default::default()
-                })
-                .map_err(|e| (500, format!("{e}\n")));
+                });
             }
             if !matches!(phase, Some(NodePhase::Provisioned | NodePhase::Ready)) {
-                return Err((
-                    409,
-                    format!("Node {name} is in phase {phase:?}, not installed\n"),
-                ));
+                return Err(AgentError::Conflict(format!(
+                    "Node {name} is in phase {phase:?}, not installed\n"
+                )));
             }
             let first = node
                 .status
@@ -736,17 +728,18 @@ impl NodeScripts {
             Api::<Node>::all(client)
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
                 .await
-                .map_err(|e| (503, format!("cannot record the heartbeat: {e}\n")))?;
+                .map_err(|e| {
+                    AgentError::Unavailable(format!("cannot record the heartbeat: {e}\n"))
+                })?;
             let stale_bundle = !ca.is_empty()
                 && b.ca_bundle.as_deref()
                     != Some(groundwork_types::agent::bundle_digest(&ca).as_str());
-            serde_json::to_value(HeartbeatReply {
+            Ok(HeartbeatReply {
                 interval_seconds: interval,
                 reboot: false,
                 renew: who.stale_issuer,
                 ca: stale_bundle.then_some(ca),
             })
-            .map_err(|e| (500, format!("{e}\n")))
         }
     }
 }

@@ -215,4 +215,3 @@ pub struct ControllerOnlyArgs {
     #[command(flatten)]
     pub(crate) controllers: ControllerArgs,
 }
-

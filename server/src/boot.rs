@@ -112,8 +112,9 @@ async fn agent_api(
     let cfg = groundwork_pki::tls::server_config(&ck.cert_pem, &ck.key_pem, pki.ca_pem())
         .map_err(|e| anyhow::anyhow!("agent API TLS: {e}"))?;
     let ca_pem = pki.ca_pem().to_string();
-    let ca_for_signing =
-        Arc::new(groundwork_pki::Pki::load_or_create(pki.dir()).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ca_for_signing = Arc::new(
+        groundwork_pki::Pki::load_or_create(pki.dir()).map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let hours = args.machine_cert_hours;
     let signer: MachineSigner = Arc::new(move |csr: &str, node: &str| {
         let pem = ca_for_signing.sign_machine(csr, node, hours)?;
@@ -199,4 +200,3 @@ async fn machine_identity(
     }
     next.run(req).await
 }
-

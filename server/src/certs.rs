@@ -115,10 +115,11 @@ fn raft_peer_allowed(der: &[u8]) -> bool {
     })
 }
 
-
 /// The key that seals Credentials at rest: `DATA_DIR/secret.key`, created (mode 0600) on
 /// first start. Every member of a cluster needs the same key; back it up with the data.
-pub(crate) fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_types::secrets::SecretKey> {
+pub(crate) fn secret_key(
+    dir: &std::path::Path,
+) -> anyhow::Result<groundwork_types::secrets::SecretKey> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join("secret.key");
@@ -141,7 +142,6 @@ pub(crate) fn secret_key(dir: &std::path::Path) -> anyhow::Result<groundwork_typ
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
     }
 }
-
 
 /// The names and addresses the server certificate is valid for.
 fn server_sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
@@ -167,4 +167,3 @@ fn server_sans(listen: SocketAddr, extra: &[String]) -> Vec<String> {
     sans.retain(|s| !s.is_empty());
     sans
 }
-

@@ -21,9 +21,7 @@ pub fn kubeconfig(server: &str, tls: Option<(&str, &groundwork_pki::CertKey)>) -
     )
 }
 
-
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     groundwork_pki::write_private(path, text).map_err(std::io::Error::other)
 }
-

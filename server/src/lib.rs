@@ -64,7 +64,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(8), controllers).await;
     };
-    serve_api(&args, listener, store, certs, with_controllers.then_some(hub), shutdown).await?;
+    serve_api(
+        &args,
+        listener,
+        store,
+        certs,
+        with_controllers.then_some(hub),
+        shutdown,
+    )
+    .await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -36,7 +36,6 @@ pub(crate) fn init_logging(format: &str, hub: Option<&LogHub>) -> anyhow::Result
     Ok(())
 }
 
-
 /// Logging for the standalone services (stderr only).
 pub fn init_logging_plain(format: &str) -> anyhow::Result<()> {
     init_logging(format, None)
