@@ -12,7 +12,7 @@ use groundwork_types::{Credential, Event, Node};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
-use support::{Server, eventually, ok, write};
+use support::{Controllers, Server, eventually, ok, write};
 
 const WAIT: Duration = Duration::from_secs(30);
 const PASSWORD: &str = "Sup3r-s3cret-Pw";
@@ -200,4 +200,101 @@ async fn power_converges_survives_a_hung_bmc_and_keeps_the_password_secret() {
         !log.contains(PASSWORD) && !log.contains("wrong-one"),
         "password in the server log"
     );
+}
+
+/// Two controller processes against the same BMCs, one running provisioning and the other
+/// power, while Nodes go through discovery attempts (PXE power-ons and resets, recorded by
+/// provisioning) and power polls every second. Each simulated BMC, slowed to 30 ms per
+/// command, records the most sessions it had open at once: never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_controller_processes_never_talk_to_one_bmc_at_once() {
+    let mut sims = Vec::new();
+    for _ in 0..4 {
+        let sim = SimBmc::start("127.0.0.1:0".parse().unwrap(), "admin", PASSWORD)
+            .await
+            .unwrap();
+        sim.set_latency(Duration::from_millis(30));
+        sims.push(sim);
+    }
+    let s = Server::start();
+    let c = s.client().await;
+    let mut yaml = format!(
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: bmc1}}\nspec: {{username: admin, password: {PASSWORD}}}\n"
+    );
+    for (i, sim) in sims.iter().enumerate() {
+        yaml.push_str(&format!(
+            "---\napiVersion: groundwork.dev/v1alpha1\nkind: Node\nmetadata: {{name: m{i}}}\nspec:\n  online: true\n  provisioning: Provisioned\n  bmc: {{address: 127.0.0.1, port: {}, protocol: ipmi, credentialsRef: bmc1}}\n",
+            sim.addr.port()
+        ));
+    }
+    let f = write(s.dir.path(), "nodes.yaml", &yaml);
+    ok(s.groundwork(&["apply", "-f", f.to_str().unwrap()]));
+    let key = s.dir.path().join("secret.key");
+    let key = key.to_str().unwrap();
+    let common = ["--secret-key-file", key, "--bmc-timeout-seconds", "5"];
+    let _a = Controllers::start(
+        &s,
+        "a",
+        &[
+            &["--controllers", "provisioning"][..],
+            &common,
+            &[
+                "--discover-timeout-seconds",
+                "2",
+                "--provision-attempts",
+                "3",
+            ],
+        ]
+        .concat(),
+    );
+    let _b = Controllers::start(
+        &s,
+        "b",
+        &[
+            &["--controllers", "power"][..],
+            &common,
+            &["--power-poll-seconds", "1"],
+        ]
+        .concat(),
+    );
+    // Three discovery attempts each (a PXE power-on, then two resets), then Failed: NoPxeBoot.
+    eventually(
+        Duration::from_secs(90),
+        "every Node Failed after three PXE attempts",
+        || async {
+            let nodes = Api::<Node>::all(c.clone())
+                .list(&Default::default())
+                .await
+                .ok()?;
+            nodes
+                .items
+                .iter()
+                .all(|n| {
+                    n.status.as_ref().and_then(|s| s.phase)
+                        == Some(groundwork_types::NodePhase::Failed)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    // A few more polls while Failed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for (i, sim) in sims.iter().enumerate() {
+        let st = sim.state();
+        assert!(
+            st.sessions_opened >= 8,
+            "m{i}: too few sessions to mean anything ({})",
+            st.sessions_opened
+        );
+        assert_eq!(st.boot_flags.1 & 0x3c, 0x04, "m{i}: PXE was never set");
+        assert!(
+            st.commands.get("chassis-control").copied().unwrap_or(0) >= 3,
+            "m{i}: fewer than three power actions: {:?}",
+            st.commands
+        );
+        assert_eq!(
+            st.most_sessions_at_once, 1,
+            "m{i}: two clients talked to one BMC at once"
+        );
+    }
 }

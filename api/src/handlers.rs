@@ -299,8 +299,11 @@ async fn item_request(
             let ctype = content_type(&headers);
             let patch = parse_body(&body, &ctype)?;
             let w = match ctype.as_str() {
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                "application/merge-patch+json" => {
                     objects::update(&store, &t, &name, Change::Merge(&patch), part, &p).await?
+                }
+                "application/strategic-merge-patch+json" => {
+                    objects::update(&store, &t, &name, Change::Strategic(&patch), part, &p).await?
                 }
                 "application/json-patch+json" => {
                     let ops: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
@@ -363,7 +366,7 @@ async fn item_request(
                     return Err(ApiError::UnsupportedMediaType(format!(
                         "the body of the request was in an unknown format ({other:?}) - accepted media types include: \
                          application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, \
-                         application/strategic-merge-patch+json (treated as a merge patch)"
+                         application/strategic-merge-patch+json (a merge patch with conditions merged by type)"
                     )));
                 }
             };

@@ -16,6 +16,7 @@ mod rbac;
 mod secrets;
 mod selector;
 mod server;
+mod strategic;
 mod table;
 pub mod tls;
 mod watch;

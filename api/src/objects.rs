@@ -450,8 +450,12 @@ pub(crate) async fn create(
 pub(crate) enum Change<'a> {
     /// PUT: the whole object.
     Replace(&'a Value),
-    /// RFC 7386 merge patch (also used for strategic-merge patches).
+    /// RFC 7386 merge patch.
     Merge(&'a Value),
+    /// Strategic merge patch: a merge patch in which `conditions` lists are merged by
+    /// `type` ([`crate::strategic`]), so that a controller writes its own conditions and
+    /// leaves the others' alone.
+    Strategic(&'a Value),
     /// Server-side apply, applied as a merge patch. A missing object is reported without
     /// first catching up with the leader: the caller creates it instead, and the create's
     /// must-not-exist precondition, checked in log order, is what decides (when the create
@@ -468,6 +472,11 @@ impl Change<'_> {
             Change::Merge(p) | Change::Apply(p) => {
                 let mut v = current.clone();
                 json_patch::merge(&mut v, p);
+                Ok(v)
+            }
+            Change::Strategic(p) => {
+                let mut v = current.clone();
+                crate::strategic::merge(&mut v, p);
                 Ok(v)
             }
             Change::Json(p) => {
@@ -602,7 +611,10 @@ pub(crate) async fn update(
                 if explicit.is_none()
                     || matches!(
                         change,
-                        Change::Merge(_) | Change::Apply(_) | Change::Json(_)
+                        Change::Merge(_)
+                            | Change::Strategic(_)
+                            | Change::Apply(_)
+                            | Change::Json(_)
                     ) =>
             {
                 // Someone wrote in between (or this member is behind): catch up, read again

@@ -7,6 +7,7 @@
 //! (docs/decisions.md). Each controller holds a Lease while it acts ([`lease`]), so any number
 //! of processes may run it and exactly one acts.
 
+pub mod bmcpool;
 pub mod caches;
 pub mod events;
 pub mod lease;
@@ -72,9 +73,9 @@ pub struct Options {
     /// Opens Credentials (the API server's secret key).
     pub secret_key: Option<groundwork_types::secrets::SecretKey>,
     pub bmc: Arc<dyn groundwork_bmc::Connector>,
-    /// Power controller: BMC calls in flight at once, across all Nodes.
+    /// BMC calls in flight at once, across all Nodes (the pool's limit).
     pub bmc_global_limit: usize,
-    /// Power controller: bound on each BMC call.
+    /// Bound on each BMC call.
     pub bmc_timeout: Duration,
     /// Power controller: how often a synced Node's power is read again.
     pub power_poll: Duration,
@@ -121,6 +122,7 @@ fn start<R: Reconciler>(
     r: R,
     client: &Client,
     caches: &caches::Caches,
+    bmc: &Arc<bmcpool::BmcPool>,
     opts: &Options,
     stop: &watch::Receiver<bool>,
 ) -> (JoinHandle<()>, JoinHandle<()>) {
@@ -129,7 +131,7 @@ fn start<R: Reconciler>(
         caches: caches.clone(),
         recorder: events::Recorder::new(client.clone(), R::NAME, &opts.identity),
         secret_key: opts.secret_key.clone(),
-        bmc: opts.bmc.clone(),
+        bmc: bmc.clone(),
     });
     let (lead_tx, lead_rx) = watch::channel(false);
     let elector = lease::Elector::new(client.clone(), R::NAME, &opts.identity, opts.lease.clone());
@@ -154,6 +156,12 @@ pub async fn run(
     if opts.controllers.is_empty() {
         return;
     }
+    // One pool for the process: the per-BMC locks, the global limit, the deadline.
+    let bmc = Arc::new(bmcpool::BmcPool::new(
+        opts.bmc.clone(),
+        opts.bmc_global_limit,
+        opts.bmc_timeout,
+    ));
     let mut tasks = Vec::new();
     for name in &opts.controllers {
         let t = match name.as_str() {
@@ -161,6 +169,7 @@ pub async fn run(
                 topology::DatacenterController,
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),
@@ -168,6 +177,7 @@ pub async fn run(
                 topology::RackController::default(),
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),
@@ -175,35 +185,41 @@ pub async fn run(
                 topology::PlacementController::default(),
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),
-            "profile" => start(profile::ProfileController, &client, &caches, &opts, &stop),
+            "profile" => start(
+                profile::ProfileController,
+                &client,
+                &caches,
+                &bmc,
+                &opts,
+                &stop,
+            ),
             "profile-status" => start(
                 profile::ProfileStatusController,
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),
             "power" => start(
-                power::PowerController::new(
-                    opts.bmc_global_limit,
-                    opts.bmc_timeout,
-                    opts.power_poll,
-                ),
+                power::PowerController {
+                    poll: opts.power_poll,
+                },
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),
             "provisioning" => start(
-                provision::ProvisionController::new(provision::Timing {
-                    bmc_timeout: opts.bmc_timeout,
-                    ..opts.provisioning.clone()
-                }),
+                provision::ProvisionController::new(opts.provisioning.clone()),
                 &client,
                 &caches,
+                &bmc,
                 &opts,
                 &stop,
             ),

@@ -1,64 +1,138 @@
-//! `power`: makes each Node's observed power match `spec.online` through its BMC (IPMI or
-//! Redfish), setting `spec.nextBoot` (for the next boot only) right before powering on.
+//! `power`: the only controller that talks to BMCs (IPMI or Redfish), through the process'
+//! [`BmcPool`](crate::bmcpool::BmcPool). It takes the power actions the provisioning
+//! controller records (`status.provisioning.powerPending`: PXE once and power on or reset,
+//! disk and reset, off), acknowledging each by clearing it and setting `powerDoneAt`, and
+//! otherwise makes each Node's observed power match `spec.online`, setting `spec.nextBoot`
+//! (for the next boot only) right before powering on. Only the holder of its Lease acts, so
+//! across processes, too, a BMC is asked one thing at a time.
 //!
-//! BMCs are fragile: every call is bounded by a timeout; a BMC is never asked two things at
-//! once (one lock per BMC address) and at most `global_limit` BMC calls run at a time across
-//! all Nodes, so a burst of Nodes never floods the management network; failures are retried
-//! by the runtime with per-Node exponential backoff. Status carries the observed power, the
-//! last BMC error and the conditions `BmcReachable` and `PowerSynced`; Events record every
-//! power action and every change of reachability. Powered machines are polled again every
-//! `poll` to notice power changed behind our back.
+//! The decision is pure ([`plan`], [`steps`]); [`PowerController::reconcile`] carries it out.
+//! BMCs are fragile: every call is bounded by the pool's deadline; failures are retried by the
+//! runtime with per-Node exponential backoff. Status carries the observed power, the last BMC
+//! error and the conditions `BmcReachable` and `PowerSynced`; Events record every power
+//! action and every change of reachability. Powered machines are polled again every `poll`
+//! to notice power changed behind our back.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use groundwork_bmc::{BmcError, BootTarget, Endpoint, Power, PowerAction, Protocol};
-use groundwork_types::{BmcProtocol, BootDevice, Node};
+use groundwork_bmc::{BootTarget, Endpoint, Power, PowerAction, Protocol};
+use groundwork_types::{BmcProtocol, BootDevice, Node, PowerIntent};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
+use crate::bmcpool::{BmcFailure, Session};
 use crate::caches::{Caches, Change, ChangedObject};
 use crate::events::EventType;
-use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event, patch_status};
+use crate::runtime::{
+    Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_own_status, patch_status,
+};
+
+/// The conditions this controller owns on a Node.
+const CONDITIONS: &[&str] = &["BmcReachable", "PowerSynced"];
 
 pub struct PowerController {
-    global: Arc<Semaphore>,
-    /// Bound on each BMC call.
-    pub call_timeout: Duration,
     /// How often a synced Node's power is read again.
     pub poll: Duration,
 }
 
 impl Default for PowerController {
     fn default() -> Self {
-        PowerController::new(32, Duration::from_secs(10), Duration::from_secs(60))
+        PowerController {
+            poll: Duration::from_secs(60),
+        }
     }
 }
 
-impl PowerController {
-    pub fn new(global_limit: usize, call_timeout: Duration, poll: Duration) -> Self {
-        PowerController {
-            global: Arc::new(Semaphore::new(global_limit.max(1))),
-            call_timeout,
-            poll,
-        }
-    }
+/// What the power controller is to do about a Node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// Take the power action provisioning recorded.
+    Pending(PowerIntent),
+    /// Power as `spec.online` says (unset: leave it), booting `next_boot` once if powering
+    /// on.
+    Online {
+        online: Option<bool>,
+        next_boot: Option<BootDevice>,
+    },
+}
 
-    async fn call<T>(
-        &self,
-        what: &str,
-        f: futures::future::BoxFuture<'_, Result<T, BmcError>>,
-    ) -> Result<T, BmcError> {
-        match tokio::time::timeout(self.call_timeout, f).await {
-            Ok(r) => r,
-            Err(_) => Err(BmcError::Timeout(format!(
-                "{what}: no result in {:?}",
-                self.call_timeout
-            ))),
+/// The decision for a Node: `None` when its power is not ours to touch (no BMC, in
+/// maintenance).
+pub fn plan(node: &Node) -> Option<Want> {
+    if node.spec.maintenance || node.spec.bmc.is_none() {
+        return None;
+    }
+    let pending = node
+        .status
+        .as_ref()
+        .and_then(|s| s.provisioning.as_ref())
+        .and_then(|p| p.power_pending);
+    match pending {
+        // The operator wants it off: a step that powers on waits (provisioning says so).
+        Some(i) if i == PowerIntent::Off || node.spec.online != Some(false) => {
+            Some(Want::Pending(i))
         }
+        _ => Some(Want::Online {
+            online: node.spec.online,
+            next_boot: node.spec.next_boot,
+        }),
+    }
+}
+
+/// One BMC command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Boot device, for the next boot only (`true`) or persistently.
+    Boot(BootTarget, bool),
+    Power(PowerAction),
+}
+
+/// The BMC commands that take a machine whose power is `observed` to what is wanted.
+pub fn steps(want: Want, observed: Power) -> Vec<Step> {
+    let on_or_reset = if observed == Power::On {
+        PowerAction::Reset
+    } else {
+        PowerAction::On
+    };
+    match want {
+        Want::Pending(PowerIntent::Off)
+        | Want::Online {
+            online: Some(false),
+            ..
+        } => {
+            if observed == Power::On {
+                vec![Step::Power(PowerAction::Off)]
+            } else {
+                vec![]
+            }
+        }
+        Want::Pending(PowerIntent::Pxe) => {
+            vec![Step::Boot(BootTarget::Pxe, true), Step::Power(on_or_reset)]
+        }
+        Want::Pending(PowerIntent::Disk) => vec![
+            Step::Boot(BootTarget::Disk, false),
+            Step::Power(on_or_reset),
+        ],
+        Want::Online {
+            online: Some(true),
+            next_boot,
+        } if observed == Power::Off => {
+            let mut s: Vec<Step> = next_boot
+                .map(|d| {
+                    let t = match d {
+                        BootDevice::Pxe => BootTarget::Pxe,
+                        BootDevice::Disk => BootTarget::Disk,
+                    };
+                    Step::Boot(t, true)
+                })
+                .into_iter()
+                .collect();
+            s.push(Step::Power(PowerAction::On));
+            s
+        }
+        Want::Online { .. } => vec![],
     }
 }
 
@@ -77,43 +151,30 @@ pub(crate) fn nodes_with_credential(c: &Caches, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// One lock per BMC address, shared by every controller in the process: a BMC is never asked
-/// two things at once.
-pub(crate) fn bmc_lock(address: &str) -> Arc<tokio::sync::Mutex<()>> {
-    static LOCKS: std::sync::OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
-        std::sync::OnceLock::new();
-    LOCKS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(address.to_string())
-        .or_default()
-        .clone()
-}
-
-/// The Node's BMC endpoint with its password opened, and its `host:port`; or a condition
-/// reason and message saying why it cannot be used.
+/// The Node's BMC endpoint with its password opened; or why it cannot be used.
 pub(crate) fn bmc_endpoint(
     ctx: &Ctx,
     bmc: &groundwork_types::Bmc,
     timeout: Duration,
-) -> Result<(Endpoint, String), (&'static str, String)> {
+) -> Result<Endpoint, BmcFailure> {
     let cred = ctx
         .caches
         .credentials
         .get(&ObjectRef::new(&bmc.credentials_ref))
         .ok_or_else(|| {
-            (
+            BmcFailure::new(
                 "CredentialsNotFound",
                 format!("Credential {:?} does not exist", bmc.credentials_ref),
             )
         })?;
-    let key = ctx.secret_key.as_ref().ok_or((
-        "NoSecretKey",
-        "this controller has no secret key to open credentials (--secret-key-file)".to_string(),
-    ))?;
+    let key = ctx.secret_key.as_ref().ok_or_else(|| {
+        BmcFailure::new(
+            "NoSecretKey",
+            "this controller has no secret key to open credentials (--secret-key-file)",
+        )
+    })?;
     let sealed = cred.spec.encrypted_password.as_deref().ok_or_else(|| {
-        (
+        BmcFailure::new(
             "CredentialsUnreadable",
             format!("Credential {:?} has no password", bmc.credentials_ref),
         )
@@ -121,7 +182,7 @@ pub(crate) fn bmc_endpoint(
     let password = key
         .open(&format!("credentials/{}", bmc.credentials_ref), sealed)
         .map_err(|e| {
-            (
+            BmcFailure::new(
                 "CredentialsUnreadable",
                 format!("Credential {:?}: {e}", bmc.credentials_ref),
             )
@@ -133,30 +194,25 @@ pub(crate) fn bmc_endpoint(
         Some(p) => format!("{}:{p}", bmc.address),
         None => bmc.address.clone(),
     };
-    let ep = Endpoint {
+    Ok(Endpoint {
         protocol: match bmc.protocol {
             BmcProtocol::Ipmi => Protocol::Ipmi,
             BmcProtocol::Redfish => Protocol::Redfish,
         },
-        address: address.clone(),
+        address,
         username: cred.spec.username.clone(),
         password,
         cipher_suite: bmc.cipher_suite.unwrap_or(3),
         insecure_tls: bmc.insecure_tls,
         timeout,
-    };
-    Ok((ep, address))
+    })
 }
 
-/// Why the BMC could not be used, as a condition reason.
-pub(crate) fn reason_of(e: &BmcError) -> &'static str {
-    match e {
-        BmcError::Auth(_) => "AuthenticationFailed",
-        BmcError::Timeout(_) => "Timeout",
-        BmcError::Unsupported(_) => "Unsupported",
-        BmcError::Config(_) => "BadConfiguration",
-        _ => "BmcError",
-    }
+fn pending_of(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.provisioning.as_ref())
+        .is_some_and(|p| p.power_pending.is_some())
 }
 
 impl Reconciler for PowerController {
@@ -169,7 +225,8 @@ impl Reconciler for PowerController {
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
         match &change.object {
-            ChangedObject::Node(n) if change.spec_changed => vec![n.name_any()],
+            // Specs, and provisioning's recorded power actions.
+            ChangedObject::Node(n) if change.spec_changed || pending_of(n) => vec![n.name_any()],
             ChangedObject::Credential(cr) if change.spec_changed => {
                 nodes_with_credential(c, &cr.name_any())
             }
@@ -178,47 +235,34 @@ impl Reconciler for PowerController {
     }
 
     async fn reconcile(&self, node: Arc<Node>, ctx: &Ctx) -> Result<Action, Error> {
-        if node.spec.maintenance {
-            tracing::debug!("in maintenance; leaving power alone");
-            return Ok(Action::AwaitChange);
-        }
-        let Some(bmc) = &node.spec.bmc else {
+        let (Some(want), Some(bmc)) = (plan(&node), &node.spec.bmc) else {
             return Ok(Action::AwaitChange);
         };
-        let status = node.status.clone().unwrap_or_default();
-        let mut conds = status.conditions.clone();
-
-        let (ep, address) = match bmc_endpoint(ctx, bmc, self.call_timeout) {
-            Ok(v) => v,
-            Err((reason, msg)) => {
-                condition_with_event(
-                    ctx,
-                    node.as_ref(),
-                    &mut conds,
-                    "BmcReachable",
-                    false,
-                    reason,
-                    &msg,
-                )
-                .await;
-                patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds})).await?;
+        let mut conds = node
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        let ep = match bmc_endpoint(ctx, bmc, ctx.bmc.timeout()) {
+            Ok(ep) => ep,
+            Err(f) => {
                 // A Credential change maps back to this Node.
+                self.unreachable(ctx, &node, &mut conds, &f).await?;
                 return Ok(Action::AwaitChange);
             }
         };
-
-        let lock = bmc_lock(&address);
-        let _one_at_a_time = lock.lock().await;
-        let _permit = self
-            .global
-            .acquire()
-            .await
-            .map_err(|e| Error::Other(e.to_string()))?;
-        let outcome = self.converge(ctx, &node, &ep).await;
-        drop(_permit);
-
+        let outcome = async {
+            let session = ctx.bmc.session(&ep).await?;
+            self.converge(ctx, &node, &session, want).await
+        }
+        .await;
         match outcome {
             Ok((observed, acted, inv)) => {
+                let address = &ep.address;
+                let proto = match ep.protocol {
+                    Protocol::Ipmi => "IPMI",
+                    Protocol::Redfish => "Redfish",
+                };
                 condition_with_event(
                     ctx,
                     node.as_ref(),
@@ -226,23 +270,23 @@ impl Reconciler for PowerController {
                     "BmcReachable",
                     true,
                     "Reachable",
-                    &format!("{} BMC at {address} answers", ep_proto(&ep)),
+                    &format!("{proto} BMC at {address} answers"),
                 )
                 .await;
-                let want = node
-                    .spec
-                    .online
-                    .map(|o| if o { Power::On } else { Power::Off });
-                let synced = want.is_none_or(|w| w == observed);
-                let (reason, msg) = match (want, synced) {
+                let online = node.spec.online;
+                let synced = online.is_none_or(|o| o == (observed == Power::On));
+                let (reason, msg) = match (online, synced) {
                     (None, _) => (
                         "NoDesiredPower",
                         "spec.online is not set; power is left as it is".to_string(),
                     ),
                     (Some(_), true) => ("Synced", format!("power is {observed:?}, as desired")),
-                    (Some(w), false) => (
+                    (Some(o), false) => (
                         "Transitioning",
-                        format!("power is {observed:?}, turning {w:?}"),
+                        format!(
+                            "power is {observed:?}, turning {}",
+                            if o { "On" } else { "Off" }
+                        ),
                     ),
                 };
                 groundwork_types::set_condition(
@@ -258,144 +302,231 @@ impl Reconciler for PowerController {
                     Power::On => "On",
                     Power::Off => "Off",
                 };
-                let mut patch =
+                let mut status =
                     json!({"power": power, "lastBmcError": Value::Null, "conditions": conds});
                 if let Some(system) = inv {
-                    patch["inventory"] = json!({ "system": system });
+                    status["inventory"] = json!({ "system": system });
                 }
-                patch_status(&ctx.client, node.as_ref(), patch).await?;
+                if let Want::Pending(_) = want {
+                    // The acknowledgement, against the version the action was read from:
+                    // if provisioning recorded a newer action meanwhile, this fails (409)
+                    // and that one is taken next, never cleared unseen.
+                    status["provisioning"] = json!({
+                        "powerPending": null,
+                        "powerDoneAt": jiff::Timestamp::now().to_string(),
+                    });
+                    patch_status(
+                        &ctx.client,
+                        node.as_ref(),
+                        status,
+                        Owns::Conditions(CONDITIONS),
+                    )
+                    .await?;
+                } else {
+                    patch_own_status(
+                        &ctx.client,
+                        node.as_ref(),
+                        status,
+                        Owns::Conditions(CONDITIONS),
+                    )
+                    .await?;
+                }
                 Ok(if acted || !synced {
                     Action::Requeue(Duration::from_secs(2))
                 } else {
                     Action::Requeue(self.poll)
                 })
             }
-            Err(e) => {
-                let msg = e.to_string();
-                condition_with_event(
-                    ctx,
-                    node.as_ref(),
-                    &mut conds,
-                    "BmcReachable",
-                    false,
-                    reason_of(&e),
-                    &msg,
-                )
-                .await;
-                groundwork_types::set_condition(
-                    &mut conds,
-                    "PowerSynced",
-                    false,
-                    "BmcUnreachable",
-                    "the BMC did not answer; power state unknown",
-                    node.metadata.generation,
-                    jiff::Timestamp::now(),
-                );
-                patch_status(
-                    &ctx.client,
-                    node.as_ref(),
-                    json!({"lastBmcError": msg, "conditions": conds}),
-                )
-                .await?;
+            Err(f) => {
+                self.unreachable(ctx, &node, &mut conds, &f).await?;
                 // The runtime retries with backoff.
-                Err(Error::Other(msg))
+                Err(Error::Bmc(f))
             }
         }
     }
 }
 
-pub(crate) fn ep_proto(ep: &Endpoint) -> &'static str {
-    match ep.protocol {
-        Protocol::Ipmi => "IPMI",
-        Protocol::Redfish => "Redfish",
-    }
-}
-
 impl PowerController {
-    /// Reads power, acts if it differs from the desired state, and returns (observed power
+    /// Shows why the BMC could not be used (conditions and `lastBmcError`).
+    async fn unreachable(
+        &self,
+        ctx: &Ctx,
+        node: &Arc<Node>,
+        conds: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+        f: &BmcFailure,
+    ) -> Result<(), Error> {
+        condition_with_event(
+            ctx,
+            node.as_ref(),
+            conds,
+            "BmcReachable",
+            false,
+            f.reason,
+            &f.message,
+        )
+        .await;
+        groundwork_types::set_condition(
+            conds,
+            "PowerSynced",
+            false,
+            "BmcUnreachable",
+            "the BMC did not answer; power state unknown",
+            node.metadata.generation,
+            jiff::Timestamp::now(),
+        );
+        patch_own_status(
+            &ctx.client,
+            node.as_ref(),
+            json!({"lastBmcError": f.message, "conditions": conds}),
+            Owns::Conditions(CONDITIONS),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Reads power, runs the steps the decision gives, and returns (observed power
     /// afterwards, whether it acted, system identity fields to fill in).
     async fn converge(
         &self,
         ctx: &Ctx,
         node: &Node,
-        ep: &Endpoint,
-    ) -> Result<(Power, bool, Option<Value>), BmcError> {
-        let bmc = ctx.bmc.connect(ep)?;
-        let observed = self.call("power status", bmc.power_status()).await?;
-        // The BMC's view of the machine's identity fills what in-band inventory has not
-        // reported yet; it never overwrites what the agent reported.
+        s: &Session,
+        want: Want,
+    ) -> Result<(Power, bool, Option<Value>), BmcFailure> {
+        let observed = s.call("power status", s.bmc().power_status()).await?;
+        let inv = self.identity(node, s).await;
+        let steps = steps(want, observed);
+        if steps.is_empty() {
+            return Ok((observed, false, inv));
+        }
+        let obj = node.object_ref(&());
+        for step in &steps {
+            match *step {
+                Step::Boot(t, once) => {
+                    s.call("set boot device", s.bmc().set_boot(t, once, false))
+                        .await?;
+                    tracing::info!(device = ?t, once, "boot device set");
+                }
+                Step::Power(a) => {
+                    let what = match a {
+                        PowerAction::On => "power on",
+                        PowerAction::Off => "power off",
+                        PowerAction::Reset => "power reset",
+                        _ => "power",
+                    };
+                    s.call(what, s.bmc().set_power(a)).await?;
+                    let why = match want {
+                        Want::Pending(i) => format!("{i:?} step of provisioning"),
+                        Want::Online { online, .. } => format!("spec.online: {online:?}"),
+                    };
+                    tracing::info!(action = what, "{what} ({why})");
+                    let reason = match a {
+                        PowerAction::Off => "PowerOff",
+                        PowerAction::Reset => "PowerReset",
+                        _ => "PowerOn",
+                    };
+                    ctx.recorder
+                        .publish(
+                            &obj,
+                            EventType::Normal,
+                            reason,
+                            &format!("{what} through {} ({why})", s.proto),
+                        )
+                        .await;
+                }
+            }
+        }
+        let now = s.call("power status", s.bmc().power_status()).await?;
+        Ok((now, true, inv))
+    }
+
+    /// The BMC's view of the machine's identity fills what in-band inventory has not
+    /// reported yet; it never overwrites what the agent reported.
+    async fn identity(&self, node: &Node, s: &Session) -> Option<Value> {
         let have = node
             .status
             .as_ref()
             .and_then(|s| s.inventory.as_ref())
             .and_then(|i| i.system.clone())
             .unwrap_or_default();
-        let mut inv = None;
-        if have.vendor.is_none() || have.model.is_none() || have.serial.is_none() {
-            match self.call("inventory", bmc.inventory()).await {
-                Ok(i) => {
-                    let mut sys = serde_json::Map::new();
-                    let mut put = |k: &str, mine: &Option<String>, theirs: Option<String>| {
-                        if mine.is_none()
-                            && let Some(v) = theirs
-                        {
-                            sys.insert(k.into(), v.into());
-                        }
-                    };
-                    put("vendor", &have.vendor, i.manufacturer);
-                    put("model", &have.model, i.model);
-                    put("serial", &have.serial, i.serial);
-                    put("uuid", &have.uuid, i.uuid);
-                    if !sys.is_empty() {
-                        inv = Some(Value::Object(sys));
+        if have.vendor.is_some() && have.model.is_some() && have.serial.is_some() {
+            return None;
+        }
+        match s.call("inventory", s.bmc().inventory()).await {
+            Ok(i) => {
+                let mut sys = serde_json::Map::new();
+                let mut put = |k: &str, mine: &Option<String>, theirs: Option<String>| {
+                    if mine.is_none()
+                        && let Some(v) = theirs
+                    {
+                        sys.insert(k.into(), v.into());
                     }
-                }
-                // Not every BMC has a FRU; power management does not depend on it.
-                Err(e) => tracing::debug!(error = %e, "BMC inventory unavailable"),
+                };
+                put("vendor", &have.vendor, i.manufacturer);
+                put("model", &have.model, i.model);
+                put("serial", &have.serial, i.serial);
+                put("uuid", &have.uuid, i.uuid);
+                (!sys.is_empty()).then_some(Value::Object(sys))
+            }
+            // Not every BMC has a FRU; power management does not depend on it.
+            Err(e) => {
+                tracing::debug!(error = %e, "BMC inventory unavailable");
+                None
             }
         }
-        let obj = node.object_ref(&());
-        match (node.spec.online, observed) {
-            (Some(true), Power::Off) => {
-                if let Some(dev) = node.spec.next_boot {
-                    let t = match dev {
-                        BootDevice::Pxe => BootTarget::Pxe,
-                        BootDevice::Disk => BootTarget::Disk,
-                    };
-                    self.call("set boot device", bmc.set_boot(t, true, false))
-                        .await?;
-                    tracing::info!(device = ?dev, "next boot device set (once)");
-                }
-                self.call("power on", bmc.set_power(PowerAction::On))
-                    .await?;
-                tracing::info!("powered on (spec.online: true)");
-                ctx.recorder
-                    .publish(
-                        &obj,
-                        EventType::Normal,
-                        "PowerOn",
-                        &format!("powered on through {} at {}", ep_proto(ep), ep.address),
-                    )
-                    .await;
-                let now = self.call("power status", bmc.power_status()).await?;
-                Ok((now, true, inv))
-            }
-            (Some(false), Power::On) => {
-                self.call("power off", bmc.set_power(PowerAction::Off))
-                    .await?;
-                tracing::info!("powered off (spec.online: false)");
-                ctx.recorder
-                    .publish(
-                        &obj,
-                        EventType::Normal,
-                        "PowerOff",
-                        &format!("powered off through {} at {}", ep_proto(ep), ep.address),
-                    )
-                    .await;
-                let now = self.call("power status", bmc.power_status()).await?;
-                Ok((now, true, inv))
-            }
-            _ => Ok((observed, false, inv)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(spec: Value, pending: Option<&str>) -> Node {
+        serde_json::from_value(json!({
+            "apiVersion": "groundwork.dev/v1alpha1", "kind": "Node",
+            "metadata": {"name": "n"},
+            "spec": spec,
+            "status": {"provisioning": {"powerPending": pending}},
+        }))
+        .unwrap()
+    }
+
+    /// name, spec, pending action, observed power, steps (None: not ours to touch).
+    type Row = (
+        &'static str,
+        Value,
+        Option<&'static str>,
+        Power,
+        Option<Vec<Step>>,
+    );
+
+    #[test]
+    fn the_decision_and_its_steps_as_a_table() {
+        let bmc = json!({"address": "10.0.0.9", "protocol": "ipmi", "credentialsRef": "c"});
+        use BootTarget::{Disk as D, Pxe as P};
+        use PowerAction::{Off, On, Reset};
+        use Step::{Boot, Power as Act};
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            ("no BMC", json!({"online": true}), None, Power::Off, None),
+            ("maintenance", json!({"bmc": bmc, "online": true, "maintenance": true}), Some("Pxe"), Power::Off, None),
+            ("online, off", json!({"bmc": bmc, "online": true}), None, Power::Off, Some(vec![Act(On)])),
+            ("online, on", json!({"bmc": bmc, "online": true}), None, Power::On, Some(vec![])),
+            ("online, next boot PXE", json!({"bmc": bmc, "online": true, "nextBoot": "Pxe"}), None, Power::Off, Some(vec![Boot(P, true), Act(On)])),
+            ("offline, on", json!({"bmc": bmc, "online": false}), None, Power::On, Some(vec![Act(Off)])),
+            ("offline, off", json!({"bmc": bmc, "online": false}), None, Power::Off, Some(vec![])),
+            ("unset: left alone", json!({"bmc": bmc}), None, Power::On, Some(vec![])),
+            ("pending PXE, off", json!({"bmc": bmc}), Some("Pxe"), Power::Off, Some(vec![Boot(P, true), Act(On)])),
+            ("pending PXE, on", json!({"bmc": bmc, "online": true}), Some("Pxe"), Power::On, Some(vec![Boot(P, true), Act(Reset)])),
+            ("pending disk, on", json!({"bmc": bmc}), Some("Disk"), Power::On, Some(vec![Boot(D, false), Act(Reset)])),
+            ("pending off", json!({"bmc": bmc, "online": true}), Some("Off"), Power::On, Some(vec![Act(Off)])),
+            ("pending PXE, online false: not powered on", json!({"bmc": bmc, "online": false}), Some("Pxe"), Power::Off, Some(vec![])),
+            ("pending off, online false", json!({"bmc": bmc, "online": false}), Some("Off"), Power::On, Some(vec![Act(Off)])),
+        ];
+        for (name, spec, pending, observed, want) in rows {
+            let got = plan(&node(spec, pending)).map(|w| steps(w, observed));
+            assert_eq!(got, want, "{name}");
         }
     }
 }

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use crate::caches::{Caches, Change, ChangedObject};
 use crate::events::EventType;
-use crate::runtime::{Action, Ctx, Error, Reconciler, patch_status};
+use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, patch_status};
 
 /// Prefix of the labels inventory facts are matched under.
 pub const FACT_PREFIX: &str = "inventory.groundwork.dev/";
@@ -317,7 +317,14 @@ impl Reconciler for ProfileController {
             "phase": phase,
             "conditions": conds,
         });
-        if patch_status(&ctx.client, node.as_ref(), patch).await? {
+        if patch_status(
+            &ctx.client,
+            node.as_ref(),
+            patch,
+            Owns::Conditions(&["ProfileAssigned"]),
+        )
+        .await?
+        {
             let obj = node.object_ref(&());
             if want != current {
                 match &want {
@@ -428,7 +435,7 @@ impl Reconciler for ProfileStatusController {
             "assignedNodes": assigned,
             "conditions": conds,
         });
-        if patch_status(&ctx.client, profile.as_ref(), patch).await? {
+        if patch_status(&ctx.client, profile.as_ref(), patch, Owns::AllConditions).await? {
             tracing::info!(assigned, ties = ties.len(), "profile status updated");
         }
         Ok(Action::AwaitChange)

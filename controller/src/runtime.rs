@@ -39,12 +39,17 @@ pub enum Action {
     AwaitChange,
 }
 
+/// Why a reconcile failed; the runtime retries it with backoff (a 409 sooner).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Other(String),
+    /// A BMC did not do what was asked (the reason is in the object's conditions).
+    #[error(transparent)]
+    Bmc(#[from] crate::bmcpool::BmcFailure),
+    /// An object could not be encoded or a patch built (a bug, not the environment).
+    #[error("encoding: {0}")]
+    Encode(String),
 }
 
 impl Error {
@@ -61,8 +66,8 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Opens Credentials' sealed passwords (the API server's secret key).
     pub secret_key: Option<groundwork_types::secrets::SecretKey>,
-    /// Reaches BMCs (the network in production, a simulator in tests).
-    pub bmc: Arc<dyn groundwork_bmc::Connector>,
+    /// The one way to BMCs (the network in production, a simulator in tests).
+    pub bmc: Arc<crate::bmcpool::BmcPool>,
 }
 
 /// One controller: its object kind, how changes map to its objects, and the reconcile.
@@ -108,35 +113,110 @@ pub fn object_key<K: Resource<DynamicType = ()>>(name: &str) -> String {
     format!("{}/{name}", K::kind(&()).to_ascii_lowercase())
 }
 
-/// Writes `status` (a merge patch of the status) if it changes anything, with the cached
-/// object's resourceVersion as precondition (409 if the cache was stale). Returns whether it
-/// wrote.
-pub async fn patch_status<K>(client: &Client, obj: &K, status: Value) -> Result<bool, Error>
+/// Which of an object's conditions a status write carries: each controller writes its own
+/// and never another's (docs/ARCHITECTURE.md, "Node.status ownership").
+#[derive(Clone, Copy, Debug)]
+pub enum Owns<'a> {
+    /// The object's status is this controller's alone (Racks, Datacenters, Profiles).
+    AllConditions,
+    /// These condition types (a Node's status is shared by several controllers).
+    Conditions(&'a [&'a str]),
+}
+
+/// Writes `status` (a strategic merge patch of the status: conditions are merged by type on
+/// the server) if it changes anything, with the cached object's resourceVersion as
+/// precondition (409 if the cache was stale). Only the conditions `owns` names are sent.
+/// Returns whether it wrote.
+pub async fn patch_status<K>(
+    client: &Client,
+    obj: &K,
+    status: Value,
+    owns: Owns<'_>,
+) -> Result<bool, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
 {
+    write_status(client, obj, status, owns, true).await
+}
+
+/// As [`patch_status`], without the precondition: for fields only this controller writes,
+/// whose new values do not depend on anyone else's (a 409 there would only be churn).
+pub async fn patch_own_status<K>(
+    client: &Client,
+    obj: &K,
+    status: Value,
+    owns: Owns<'_>,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    write_status(client, obj, status, owns, false).await
+}
+
+async fn write_status<K>(
+    client: &Client,
+    obj: &K,
+    mut status: Value,
+    owns: Owns<'_>,
+    precondition: bool,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + serde::Serialize,
+{
+    if let (Owns::Conditions(types), Some(conds)) = (
+        owns,
+        status.get_mut("conditions").and_then(Value::as_array_mut),
+    ) {
+        conds.retain(|c| {
+            c.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| types.contains(&t))
+        });
+    }
     let current = serde_json::to_value(obj)
-        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::Encode(e.to_string()))?
         .get("status")
         .cloned()
         .unwrap_or(Value::Null);
-    let mut merged = current.clone();
-    json_patch::merge(&mut merged, &status);
-    if merged == current {
+    if unchanged(&current, &status) {
         return Ok(false);
     }
+    let mut patch = serde_json::json!({ "status": status });
+    if precondition {
+        patch["metadata"] = serde_json::json!({"resourceVersion": obj.resource_version()});
+    }
     let api: kube::Api<K> = kube::Api::all(client.clone());
-    let patch = serde_json::json!({
-        "metadata": {"resourceVersion": obj.resource_version()},
-        "status": status,
-    });
     api.patch_status(
         &obj.name_any(),
         &kube::api::PatchParams::default(),
-        &kube::api::Patch::Merge(&patch),
+        &kube::api::Patch::Strategic(&patch),
     )
     .await?;
     Ok(true)
+}
+
+/// Whether applying the status patch (conditions merged by type) would change nothing.
+fn unchanged(current: &Value, patch: &Value) -> bool {
+    let Some(fields) = patch.as_object() else {
+        return false;
+    };
+    fields.iter().all(|(k, v)| {
+        let cur = current.get(k).unwrap_or(&Value::Null);
+        if k == "conditions" {
+            let Some(items) = v.as_array() else {
+                return cur.is_null() && v.is_null();
+            };
+            return items.iter().all(|c| {
+                cur.as_array().is_some_and(|have| {
+                    have.iter()
+                        .any(|h| h.get("type") == c.get("type") && h == c)
+                })
+            });
+        }
+        let mut merged = serde_json::json!({ k.clone(): cur.clone() });
+        json_patch::merge(&mut merged, &serde_json::json!({ k.clone(): v.clone() }));
+        merged.get(k).unwrap_or(&Value::Null) == cur
+    })
 }
 
 /// Runs controller `r` whenever `leading` is true, until `leading`'s sender is dropped.
@@ -407,7 +487,7 @@ where
             vec![serde_json::json!({"op": "add", "path": "/metadata/finalizers/-", "value": name})],
         );
         let patch: json_patch::Patch =
-            serde_json::from_value(patch).map_err(|e| Error::Other(e.to_string()))?;
+            serde_json::from_value(patch).map_err(|e| Error::Encode(e.to_string()))?;
         kube::Api::<K>::all(client.clone())
             .patch(
                 &obj.name_any(),
@@ -432,7 +512,7 @@ where
         vec![serde_json::json!({"op": "remove", "path": format!("/metadata/finalizers/{i}")})],
     );
     let patch: json_patch::Patch =
-        serde_json::from_value(patch).map_err(|e| Error::Other(e.to_string()))?;
+        serde_json::from_value(patch).map_err(|e| Error::Encode(e.to_string()))?;
     match kube::Api::<K>::all(client.clone())
         .patch(
             &obj.name_any(),

@@ -16,7 +16,7 @@ use kube::runtime::reflector::Store;
 use serde_json::json;
 
 use crate::caches::{Caches, Change, ChangedObject};
-use crate::runtime::{Action, Ctx, Error, Reconciler, condition_with_event, patch_status};
+use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_status};
 
 /// The units a node occupies: `[position, position + height - 1]`.
 fn span_of(n: &Node) -> Option<(String, u32, u32)> {
@@ -342,7 +342,7 @@ impl Reconciler for RackController {
             "elevation": rep.elevation,
             "conditions": conds,
         });
-        if patch_status(&ctx.client, rack.as_ref(), status).await? {
+        if patch_status(&ctx.client, rack.as_ref(), status, Owns::AllConditions).await? {
             tracing::info!(
                 units_used = rep.units_used,
                 nodes = rep.nodes,
@@ -490,7 +490,7 @@ impl Reconciler for DatacenterController {
             "powerFreeKw": dc.spec.power_budget_kw.map(|b| kw(b - power)),
             "conditions": conds,
         });
-        if patch_status(&ctx.client, dc.as_ref(), status).await? {
+        if patch_status(&ctx.client, dc.as_ref(), status, Owns::AllConditions).await? {
             tracing::info!(
                 racks = racks.len(),
                 nodes = node_count,
@@ -624,7 +624,14 @@ impl Reconciler for PlacementController {
             &msg,
         )
         .await;
-        if patch_status(&ctx.client, node.as_ref(), json!({"conditions": conds})).await? {
+        if patch_status(
+            &ctx.client,
+            node.as_ref(),
+            json!({"conditions": conds}),
+            Owns::Conditions(&["RackPlacement"]),
+        )
+        .await?
+        {
             tracing::info!(reason, "placement: {msg}");
         }
         Ok(Action::AwaitChange)

@@ -41,9 +41,18 @@ impl Reconciler for Flaky {
             .unwrap()
             .push((rack.name_any(), Instant::now()));
         if rack.labels().get("fail").is_some_and(|v| v == "true") {
-            return Err(Error::Other("told to fail".into()));
+            return Err(Error::Bmc(groundwork_controller::bmcpool::BmcFailure::new(
+                "Timeout",
+                "told to fail",
+            )));
         }
-        patch_status(&ctx.client, rack.as_ref(), json!({"unitsUsed": 7})).await?;
+        patch_status(
+            &ctx.client,
+            rack.as_ref(),
+            json!({"unitsUsed": 7}),
+            groundwork_controller::runtime::Owns::AllConditions,
+        )
+        .await?;
         Ok(Action::AwaitChange)
     }
 }
@@ -92,7 +101,11 @@ fn start(client: &Client, settings: Settings) -> (Arc<Flaky>, tokio::sync::watch
         caches,
         recorder: Recorder::new(client.clone(), "flaky", "test"),
         secret_key: None,
-        bmc: Arc::new(groundwork_bmc::NetConnector),
+        bmc: Arc::new(groundwork_controller::bmcpool::BmcPool::new(
+            Arc::new(groundwork_bmc::NetConnector),
+            4,
+            Duration::from_secs(1),
+        )),
     });
     let flaky = Arc::new(Flaky {
         attempts: Mutex::new(Vec::new()),

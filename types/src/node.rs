@@ -213,6 +213,10 @@ pub struct ProvisioningStatus {
     /// it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_pending: Option<PowerIntent>,
+    /// When the power controller took the pending power action (it clears `powerPending` in
+    /// the same write). The phase's time limits count from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_done_at: Option<String>,
     /// Value of the `groundwork.dev/retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_observed: Option<String>,

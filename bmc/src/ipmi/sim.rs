@@ -27,7 +27,12 @@ pub struct SimState {
     /// Commands handled (after session setup), by name.
     pub commands: HashMap<&'static str, u64>,
     pub sessions_opened: u64,
+    /// The most sessions open at once (in setup or established, until closed): above 1,
+    /// two clients talked to this BMC at the same time.
+    pub most_sessions_at_once: usize,
     pub unresponsive: bool,
+    /// Added before every command's answer (a slow BMC).
+    pub latency: std::time::Duration,
 }
 
 struct Pending {
@@ -158,6 +163,15 @@ impl SimBmc {
             .power_on = on;
     }
 
+    /// Makes every command take `d` longer.
+    pub fn set_latency(&self, d: std::time::Duration) {
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .latency = d;
+    }
+
     /// A hung BMC: every packet is dropped while set.
     pub fn set_unresponsive(&self, v: bool) {
         self.inner
@@ -206,7 +220,10 @@ async fn serve(sock: UdpSocket, inner: Arc<Inner>) {
             } => match payload_type {
                 wire::PAYLOAD_OPEN_REQUEST => {
                     next_sid = next_sid.wrapping_add(1);
-                    open_session(&payload, next_sid, &mut sessions)
+                    let r = open_session(&payload, next_sid, &mut sessions);
+                    let mut st = inner.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.most_sessions_at_once = st.most_sessions_at_once.max(sessions.len());
+                    r
                 }
                 wire::PAYLOAD_RAKP1 => rakp1(&inner, &payload, &mut sessions),
                 wire::PAYLOAD_RAKP3 => rakp3(&inner, &payload, &mut sessions),
@@ -215,6 +232,14 @@ async fn serve(sock: UdpSocket, inner: Arc<Inner>) {
                         let Ok(m) = wire::parse_message(&payload) else {
                             continue;
                         };
+                        let latency = inner
+                            .state
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .latency;
+                        if !latency.is_zero() {
+                            tokio::time::sleep(latency).await;
+                        }
                         let (close, rsp) = command(&inner, &m);
                         out_seq = out_seq.wrapping_add(1).max(1);
                         let pkt = wire::encode_v2(
