@@ -366,7 +366,7 @@ async fn all_held_by(c: &Client, id: &str) -> bool {
 }
 
 fn groundwork_controller_names() -> Vec<&'static str> {
-    groundwork_controller::ALL.to_vec()
+    groundwork_controller::all()
 }
 
 /// Waits until nothing has been written for `quiet` (the controllers have settled).
@@ -413,7 +413,7 @@ async fn restarts_are_idempotent_and_resume_without_missing_changes() {
     })
     .await;
     eventually(WAIT, "two synced", || async {
-        (two.log().matches("caches synced").count() == groundwork_controller::ALL.len())
+        (two.log().matches("caches synced").count() == groundwork_controller::all().len())
             .then_some(())
     })
     .await;
@@ -462,7 +462,7 @@ async fn exactly_one_instance_acts_and_another_takes_over_when_it_dies() {
     ok(s.groundwork(&["apply", "-f", support::manifests().to_str().unwrap()]));
     let held = eventually(WAIT, "every lease held", || async {
         let h = holders(&c).await;
-        (h.len() == groundwork_controller::ALL.len() && h.values().all(|v| v == "a" || v == "b"))
+        (h.len() == groundwork_controller::all().len() && h.values().all(|v| v == "a" || v == "b"))
             .then_some(h)
     })
     .await;

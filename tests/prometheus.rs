@@ -129,7 +129,7 @@ fn prometheus_scrapes_api_and_controller_metrics() {
     );
     assert_eq!(
         leaders[0]["value"][1],
-        groundwork_controller::ALL.len().to_string(),
+        groundwork_controller::all().len().to_string(),
         "one leader per controller: {leaders}"
     );
     query_until(

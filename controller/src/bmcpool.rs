@@ -221,7 +221,10 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.reason, "Timeout");
-        assert!(e.message.contains("power on: timed out (no answer in"), "{e}");
+        assert!(
+            e.message.contains("power on: timed out (no answer in"),
+            "{e}"
+        );
         let e = s
             .call(
                 "set boot device",

@@ -29,32 +29,26 @@ use tokio::task::JoinHandle;
 pub use lease::{LEASE_NAMESPACE, LeaseTiming};
 pub use runtime::{Action, Ctx, Error, Reconciler, Settings};
 
-/// Every controller, in the order they are started.
-pub const ALL: &[&str] = &[
-    "datacenter",
-    "rack",
-    "node-placement",
-    "profile",
-    "profile-status",
-    "power",
-    "provisioning",
-];
+/// Every controller's name, in the order they are started.
+pub fn all() -> Vec<&'static str> {
+    registry().iter().map(|r| r.name).collect()
+}
 
 /// Parses `all`, `none` or a comma-separated list of controller names.
 pub fn parse_controllers(s: &str) -> Result<Vec<String>, String> {
     match s.trim() {
-        "all" => Ok(ALL.iter().map(|s| s.to_string()).collect()),
+        "all" => Ok(all().iter().map(|s| s.to_string()).collect()),
         "none" | "" => Ok(Vec::new()),
         list => list
             .split(',')
             .map(str::trim)
             .map(|n| {
-                if ALL.contains(&n) {
+                if all().contains(&n) {
                     Ok(n.to_string())
                 } else {
                     Err(format!(
                         "unknown controller {n:?}; known: {}, or all, or none",
-                        ALL.join(", ")
+                        all().join(", ")
                     ))
                 }
             })
@@ -118,35 +112,82 @@ pub fn default_identity() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-fn start<R: Reconciler>(
-    r: R,
-    client: &Client,
-    caches: &caches::Caches,
-    bmc: &Arc<bmcpool::BmcPool>,
-    opts: &Options,
-    stop: &watch::Receiver<bool>,
-) -> (JoinHandle<()>, JoinHandle<()>) {
+/// What starting a controller needs.
+struct Env<'a> {
+    client: &'a Client,
+    caches: &'a caches::Caches,
+    bmc: &'a Arc<bmcpool::BmcPool>,
+    opts: &'a Options,
+    stop: &'a watch::Receiver<bool>,
+}
+
+type Started = (JoinHandle<()>, JoinHandle<()>);
+
+/// A controller the process can run: its name, the kinds it reads, how to start it.
+struct Registration {
+    name: &'static str,
+    watches: fn(caches::Kinds) -> caches::Kinds,
+    start: Box<dyn Fn(&Env) -> Started + Send + Sync>,
+}
+
+fn register<R: Reconciler>(make: impl Fn(&Options) -> R + Send + Sync + 'static) -> Registration {
+    Registration {
+        name: R::NAME,
+        watches: |k| R::watches(k.watch::<R::K>()),
+        start: Box::new(move |env| start(make(env.opts), env)),
+    }
+}
+
+/// Every controller, in the order they are started: adding one is one line here.
+fn registry() -> Vec<Registration> {
+    vec![
+        register(|_| topology::DatacenterController),
+        register(|_| topology::RackController::default()),
+        register(|_| topology::PlacementController::default()),
+        register(|_| profile::ProfileController),
+        register(|_| profile::ProfileStatusController),
+        register(|o| power::PowerController { poll: o.power_poll }),
+        register(|o| provision::ProvisionController::new(o.provisioning.clone())),
+    ]
+}
+
+/// The kinds the named controllers read: declare them to the process' caches.
+pub fn watches(controllers: &[String], mut kinds: caches::Kinds) -> caches::Kinds {
+    for r in registry() {
+        if controllers.iter().any(|c| c == r.name) {
+            kinds = (r.watches)(kinds);
+        }
+    }
+    kinds
+}
+
+fn start<R: Reconciler>(r: R, env: &Env) -> Started {
     let ctx = Arc::new(Ctx {
-        client: client.clone(),
-        caches: caches.clone(),
-        recorder: events::Recorder::new(client.clone(), R::NAME, &opts.identity),
-        secret_key: opts.secret_key.clone(),
-        bmc: bmc.clone(),
+        client: env.client.clone(),
+        caches: env.caches.clone(),
+        recorder: events::Recorder::new(env.client.clone(), R::NAME, &env.opts.identity),
+        secret_key: env.opts.secret_key.clone(),
+        bmc: env.bmc.clone(),
     });
     let (lead_tx, lead_rx) = watch::channel(false);
-    let elector = lease::Elector::new(client.clone(), R::NAME, &opts.identity, opts.lease.clone());
-    let e = tokio::spawn(elector.run(lead_tx, stop.clone()));
+    let elector = lease::Elector::new(
+        env.client.clone(),
+        R::NAME,
+        &env.opts.identity,
+        env.opts.lease.clone(),
+    );
+    let e = tokio::spawn(elector.run(lead_tx, env.stop.clone()));
     let c = tokio::spawn(runtime::run(
         Arc::new(r),
         ctx,
-        opts.settings.clone(),
+        env.opts.settings.clone(),
         lead_rx,
     ));
     (e, c)
 }
 
-/// Runs the chosen controllers on the process' shared `caches` until `stop` turns true, then
-/// releases their Leases.
+/// Runs the chosen controllers on the process' shared `caches` (which must watch what
+/// [`watches`] declares for them) until `stop` turns true, then releases their Leases.
 pub async fn run(
     client: Client,
     caches: caches::Caches,
@@ -162,73 +203,18 @@ pub async fn run(
         opts.bmc_global_limit,
         opts.bmc_timeout,
     ));
+    let env = Env {
+        client: &client,
+        caches: &caches,
+        bmc: &bmc,
+        opts: &opts,
+        stop: &stop,
+    };
     let mut tasks = Vec::new();
-    for name in &opts.controllers {
-        let t = match name.as_str() {
-            "datacenter" => start(
-                topology::DatacenterController,
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "rack" => start(
-                topology::RackController::default(),
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "node-placement" => start(
-                topology::PlacementController::default(),
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "profile" => start(
-                profile::ProfileController,
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "profile-status" => start(
-                profile::ProfileStatusController,
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "power" => start(
-                power::PowerController {
-                    poll: opts.power_poll,
-                },
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            "provisioning" => start(
-                provision::ProvisionController::new(opts.provisioning.clone()),
-                &client,
-                &caches,
-                &bmc,
-                &opts,
-                &stop,
-            ),
-            other => {
-                tracing::error!(controller = other, "unknown controller; skipped");
-                continue;
-            }
-        };
-        tasks.push(t);
+    for r in registry() {
+        if opts.controllers.iter().any(|c| c == r.name) {
+            tasks.push((r.start)(&env));
+        }
     }
     tracing::info!(controllers = ?opts.controllers, identity = %opts.identity, "controllers started");
     let _ = stop.wait_for(|s| *s).await;

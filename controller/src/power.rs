@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use groundwork_bmc::{BootTarget, Endpoint, Power, PowerAction, Protocol};
-use groundwork_types::{BmcProtocol, BootDevice, Node, PowerIntent};
-use kube::runtime::reflector::{ObjectRef, Store};
+use groundwork_types::{BmcProtocol, BootDevice, Credential, Node, PowerIntent};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::bmcpool::{BmcFailure, Session};
-use crate::caches::{Caches, Change, ChangedObject};
+use crate::caches::{Caches, Change, Kinds};
 use crate::events::EventType;
 use crate::runtime::{
     Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_own_status, patch_status,
@@ -138,7 +138,7 @@ pub fn steps(want: Want, observed: Power) -> Vec<Step> {
 
 /// The Nodes whose BMC logs in with Credential `name`.
 pub(crate) fn nodes_with_credential(c: &Caches, name: &str) -> Vec<String> {
-    c.nodes
+    c.store::<Node>()
         .state()
         .iter()
         .filter(|n| {
@@ -159,7 +159,7 @@ pub(crate) fn bmc_endpoint(
 ) -> Result<Endpoint, BmcFailure> {
     let cred = ctx
         .caches
-        .credentials
+        .store::<Credential>()
         .get(&ObjectRef::new(&bmc.credentials_ref))
         .ok_or_else(|| {
             BmcFailure::new(
@@ -219,19 +219,20 @@ impl Reconciler for PowerController {
     type K = Node;
     const NAME: &'static str = "power";
 
-    fn store(c: &Caches) -> &Store<Node> {
-        &c.nodes
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Credential>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
+        if let Some(n) = change.get::<Node>() {
             // Specs, and provisioning's recorded power actions.
-            ChangedObject::Node(n) if change.spec_changed || pending_of(n) => vec![n.name_any()],
-            ChangedObject::Credential(cr) if change.spec_changed => {
-                nodes_with_credential(c, &cr.name_any())
+            if change.spec_changed || pending_of(&n) {
+                return vec![n.name_any()];
             }
-            _ => vec![],
+        } else if change.is::<Credential>() && change.spec_changed {
+            return nodes_with_credential(c, change.name());
         }
+        vec![]
     }
 
     async fn reconcile(&self, node: Arc<Node>, ctx: &Ctx) -> Result<Action, Error> {

@@ -12,11 +12,10 @@ use std::sync::Arc;
 
 use groundwork_types::{Node, NodePhase, Profile, set_condition};
 use kube::core::{Selector, SelectorExt};
-use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::caches::{Caches, Change, ChangedObject};
+use crate::caches::{Caches, Change, Kinds};
 use crate::events::EventType;
 use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, patch_status};
 
@@ -209,18 +208,22 @@ impl Reconciler for ProfileController {
     type K = Node;
     const NAME: &'static str = "profile";
 
-    fn store(c: &Caches) -> &Store<Node> {
-        &c.nodes
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Profile>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
+        if change.is::<Node>() {
             // Its labels, spec or inventory (status) may have changed.
-            ChangedObject::Node(n) => vec![n.name_any()],
-            ChangedObject::Profile(_) if change.spec_changed => {
-                c.nodes.state().iter().map(|n| n.name_any()).collect()
-            }
-            _ => vec![],
+            vec![change.name().to_string()]
+        } else if change.is::<Profile>() && change.spec_changed {
+            c.store::<Node>()
+                .state()
+                .iter()
+                .map(|n| n.name_any())
+                .collect()
+        } else {
+            vec![]
         }
     }
 
@@ -229,7 +232,7 @@ impl Reconciler for ProfileController {
             tracing::debug!("in maintenance; leaving the profile alone");
             return Ok(Action::AwaitChange);
         }
-        let profiles = ctx.caches.profiles.state();
+        let profiles = ctx.caches.store::<Profile>().state();
         let a = assign(&node, &profiles);
         let status = node.status.clone().unwrap_or_default();
         let current = status.profile.clone();
@@ -367,26 +370,34 @@ impl Reconciler for ProfileStatusController {
     type K = Profile;
     const NAME: &'static str = "profile-status";
 
-    fn store(c: &Caches) -> &Store<Profile> {
-        &c.profiles
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Node>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
+        let all = || {
+            c.store::<Profile>()
+                .state()
+                .iter()
+                .map(|p| p.name_any())
+                .collect()
+        };
+        if change.is::<Node>() {
             // Nodes' status.profile is what is counted.
-            ChangedObject::Node(_) => c.profiles.state().iter().map(|p| p.name_any()).collect(),
-            ChangedObject::Profile(_) if change.spec_changed => {
-                c.profiles.state().iter().map(|p| p.name_any()).collect()
-            }
-            ChangedObject::Profile(p) => vec![p.name_any()],
-            _ => vec![],
+            all()
+        } else if change.is::<Profile>() && change.spec_changed {
+            all()
+        } else if change.is::<Profile>() {
+            vec![change.name().to_string()]
+        } else {
+            vec![]
         }
     }
 
     async fn reconcile(&self, profile: Arc<Profile>, ctx: &Ctx) -> Result<Action, Error> {
         let name = profile.name_any();
-        let nodes = ctx.caches.nodes.state();
-        let profiles = ctx.caches.profiles.state();
+        let nodes = ctx.caches.store::<Node>().state();
+        let profiles = ctx.caches.store::<Profile>().state();
         let assigned = nodes
             .iter()
             .filter(|n| n.status.as_ref().and_then(|s| s.profile.as_deref()) == Some(name.as_str()))

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use groundwork_observe::{ControllerLabels, ReconcileLabels, metrics};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::caches::{Caches, Change};
+use crate::caches::{Caches, Change, Kinds};
 use crate::events::Recorder;
 use crate::queue::WorkQueue;
 use crate::retry::{Backoff, TokenBucket};
@@ -75,8 +75,11 @@ pub trait Reconciler: Send + Sync + 'static {
     type K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static;
     /// Controller name: Lease name, metric label, log field.
     const NAME: &'static str;
-    /// The cache of the objects this controller reconciles.
-    fn store(caches: &Caches) -> &Store<Self::K>;
+    /// The kinds this controller reads or maps from, besides its own `K` (declared to the
+    /// process' caches).
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds
+    }
     /// Names of the objects to reconcile because `change` happened.
     fn map(&self, change: &Change, caches: &Caches) -> Vec<String>;
     fn reconcile(
@@ -253,7 +256,7 @@ pub async fn run<R: Reconciler>(
                         Err(tokio::sync::broadcast::error::TryRecvError::Closed) => return,
                     }
                 }
-                for o in R::store(&ctx.caches).state() {
+                for o in ctx.caches.store::<R::K>().state() {
                     queue.add(&o.name_any());
                 }
                 tracing::info!(
@@ -274,7 +277,7 @@ pub async fn run<R: Reconciler>(
                                 missed = n,
                                 "fell behind the watch; resyncing all objects"
                             );
-                            for o in R::store(&ctx.caches).state() {
+                            for o in ctx.caches.store::<R::K>().state() {
                                 queue.add(&o.name_any());
                             }
                         }
@@ -330,7 +333,7 @@ async fn worker<R: Reconciler>(
     };
     while let Some(key) = queue.next().await {
         m.queue_depth.get_or_create(&labels).set(queue.len() as i64);
-        let Some(obj) = R::store(&ctx.caches).get(&ObjectRef::new(&key)) else {
+        let Some(obj) = ctx.caches.store::<R::K>().get(&ObjectRef::new(&key)) else {
             // Deleted: nothing of it is left to reconcile.
             failures
                 .lock()

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use serde_json::json;
 
-use crate::caches::{Caches, Change, ChangedObject};
+use crate::caches::{Caches, Change, Kinds};
 use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_status};
 
 /// The units a node occupies: `[position, position + height - 1]`.
@@ -159,27 +159,32 @@ impl Reconciler for RackController {
     type K = Rack;
     const NAME: &'static str = "rack";
 
-    fn store(c: &Caches) -> &Store<Rack> {
-        &c.racks
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Node>().watch::<Datacenter>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
-            ChangedObject::Rack(r) => vec![r.name_any()],
-            // Only specs count here: the node's rack now, and the one it left.
-            ChangedObject::Node(n) if change.spec_changed => {
-                let (now, before) = self.moves.record(n);
-                now.into_iter().chain(before).collect()
-            }
-            // Zones and the datacenter's existence feed every rack's ZoneKnown.
-            ChangedObject::Datacenter(_) if change.spec_changed => all_names(&c.racks),
-            _ => vec![],
+        if change.is::<Rack>() {
+            return vec![change.name().to_string()];
         }
+        if !change.spec_changed {
+            return vec![];
+        }
+        if let Some(n) = change.get::<Node>() {
+            // Only specs count here: the node's rack now, and the one it left.
+            let (now, before) = self.moves.record(&n);
+            return now.into_iter().chain(before).collect();
+        }
+        if change.is::<Datacenter>() {
+            // Zones and the datacenter's existence feed every rack's ZoneKnown.
+            return all_names(c.store::<Rack>());
+        }
+        vec![]
     }
 
     async fn reconcile(&self, rack: Arc<Rack>, ctx: &Ctx) -> Result<Action, Error> {
         let name = rack.name_any();
-        let nodes = ctx.caches.nodes.state();
+        let nodes = ctx.caches.store::<Node>().state();
         let rep = rack_report(&name, rack.spec.height_u, &nodes);
         let spans: HashMap<String, (u32, u32)> = nodes
             .iter()
@@ -254,7 +259,7 @@ impl Reconciler for RackController {
 
         let dc = ctx
             .caches
-            .datacenters
+            .store::<Datacenter>()
             .get(&kube::runtime::reflector::ObjectRef::new(
                 &rack.spec.datacenter,
             ));
@@ -362,17 +367,17 @@ impl Reconciler for DatacenterController {
     type K = Datacenter;
     const NAME: &'static str = "datacenter";
 
-    fn store(c: &Caches) -> &Store<Datacenter> {
-        &c.datacenters
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Rack>().watch::<Node>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
-            ChangedObject::Datacenter(d) => vec![d.name_any()],
-            ChangedObject::Rack(_) | ChangedObject::Node(_) if change.spec_changed => {
-                all_names(&c.datacenters)
-            }
-            _ => vec![],
+        if change.is::<Datacenter>() {
+            vec![change.name().to_string()]
+        } else if change.spec_changed && (change.is::<Rack>() || change.is::<Node>()) {
+            all_names(c.store::<Datacenter>())
+        } else {
+            vec![]
         }
     }
 
@@ -380,12 +385,12 @@ impl Reconciler for DatacenterController {
         let name = dc.name_any();
         let racks: Vec<Arc<Rack>> = ctx
             .caches
-            .racks
+            .store::<Rack>()
             .state()
             .into_iter()
             .filter(|r| r.spec.datacenter == name)
             .collect();
-        let nodes = ctx.caches.nodes.state();
+        let nodes = ctx.caches.store::<Node>().state();
         let zones: Vec<&str> = dc
             .spec
             .availability_zones
@@ -517,32 +522,34 @@ impl Reconciler for PlacementController {
     type K = Node;
     const NAME: &'static str = "node-placement";
 
-    fn store(c: &Caches) -> &Store<Node> {
-        &c.nodes
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Rack>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
         let in_rack = |rack: &str| -> Vec<String> {
-            c.nodes
+            c.store::<Node>()
                 .state()
                 .iter()
                 .filter(|n| n.spec.rack.as_ref().is_some_and(|p| p.name == rack))
                 .map(|n| n.name_any())
                 .collect()
         };
-        match &change.object {
-            ChangedObject::Node(n) if !change.spec_changed => vec![n.name_any()],
-            ChangedObject::Node(n) => {
-                let (now_rack, before) = self.moves.record(n);
-                let mut keys = vec![n.name_any()];
-                for r in now_rack.iter().chain(before.iter()) {
-                    keys.extend(in_rack(r));
-                }
-                keys
+        if let Some(n) = change.get::<Node>() {
+            if !change.spec_changed {
+                return vec![n.name_any()];
             }
-            ChangedObject::Rack(r) if change.spec_changed => in_rack(&r.name_any()),
-            _ => vec![],
+            let (now_rack, before) = self.moves.record(&n);
+            let mut keys = vec![n.name_any()];
+            for r in now_rack.iter().chain(before.iter()) {
+                keys.extend(in_rack(r));
+            }
+            return keys;
         }
+        if change.is::<Rack>() && change.spec_changed {
+            return in_rack(change.name());
+        }
+        vec![]
     }
 
     async fn reconcile(&self, node: Arc<Node>, ctx: &Ctx) -> Result<Action, Error> {
@@ -557,7 +564,7 @@ impl Reconciler for PlacementController {
             Some(p) => {
                 match ctx
                     .caches
-                    .racks
+                    .store::<Rack>()
                     .get(&kube::runtime::reflector::ObjectRef::new(&p.name))
                 {
                     None => (
@@ -566,7 +573,7 @@ impl Reconciler for PlacementController {
                         format!("rack {:?} does not exist", p.name),
                     ),
                     Some(rack) => {
-                        let nodes = ctx.caches.nodes.state();
+                        let nodes = ctx.caches.store::<Node>().state();
                         let rep = rack_report(&p.name, rack.spec.height_u, &nodes);
                         let mine: Vec<&crate::topology::Overlap> = rep
                             .overlaps

@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groundwork_controller::caches::{Caches, Change, ChangedObject};
+use groundwork_controller::caches::{Caches, Change, Kinds};
 use groundwork_controller::events::Recorder;
 use groundwork_controller::retry::Backoff;
 use groundwork_controller::runtime::{
@@ -14,7 +14,6 @@ use groundwork_controller::runtime::{
 use groundwork_store::{Store, StoreConfig};
 use groundwork_types::{Rack, RackSpec};
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::Store as Cache;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::time::Instant;
@@ -26,14 +25,11 @@ struct Flaky {
 impl Reconciler for Flaky {
     type K = Rack;
     const NAME: &'static str = "flaky";
-    fn store(c: &Caches) -> &Cache<Rack> {
-        &c.racks
-    }
     fn map(&self, change: &Change, _: &Caches) -> Vec<String> {
-        match &change.object {
-            ChangedObject::Rack(r) => vec![r.name_any()],
-            _ => vec![],
-        }
+        change
+            .get::<Rack>()
+            .map(|r| vec![r.name_any()])
+            .unwrap_or_default()
     }
     async fn reconcile(&self, rack: Arc<Rack>, ctx: &Ctx) -> Result<Action, Error> {
         self.attempts
@@ -95,7 +91,7 @@ async fn rack(client: &Client, name: &str, fail: bool) {
 }
 
 fn start(client: &Client, settings: Settings) -> (Arc<Flaky>, tokio::sync::watch::Sender<bool>) {
-    let (caches, _tasks) = Caches::start(client);
+    let (caches, _tasks) = Caches::start(client, Kinds::new().watch::<Rack>());
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         caches,

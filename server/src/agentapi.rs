@@ -26,14 +26,14 @@ use groundwork_boot::http::{
 use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineFile, Task};
 use groundwork_types::secrets::SecretKey;
 use groundwork_types::{
-    Inventory, Node, NodePhase, NodeSpec, ProvisioningState, TaskReport, normalize_mac,
+    Inventory, Node, NodePhase, NodeSpec, Profile, ProvisioningState, TaskReport, normalize_mac,
 };
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use groundwork_controller::caches::Caches;
+use groundwork_controller::caches::{Caches, Kinds};
 
 /// Signs a machine's certificate request for a Node: `(csr_pem, node) -> (certificate PEM,
 /// its serial number as the TLS layer reports it)`.
@@ -55,6 +55,11 @@ pub struct Joining {
     pub agent_port: u16,
     /// How long a join token is good for.
     pub token_ttl_seconds: i64,
+}
+
+/// The kinds the agent API and the boot scripts read.
+pub(crate) fn watches(kinds: Kinds) -> Kinds {
+    kinds.watch::<Node>().watch::<Profile>()
 }
 
 pub struct NodeScripts {
@@ -100,7 +105,9 @@ fn install_task(
     task_id: String,
 ) -> Option<Task> {
     let profile_name = node.status.as_ref()?.profile.clone()?;
-    let profile = caches.profiles.get(&ObjectRef::new(&profile_name))?;
+    let profile = caches
+        .store::<Profile>()
+        .get(&ObjectRef::new(&profile_name))?;
     let os = profile.spec.os.clone()?;
     let mc = profile.spec.machine_config.clone().unwrap_or_default();
     let name = node.name_any();
@@ -130,7 +137,7 @@ fn install_task(
 }
 
 fn node_for_mac(caches: &Caches, mac: &str) -> Option<Arc<Node>> {
-    caches.nodes.find(|n| {
+    caches.store::<Node>().find(|n| {
         n.spec
             .boot_macs
             .iter()
@@ -252,7 +259,7 @@ impl ScriptSource for NodeScripts {
                     .status
                     .as_ref()
                     .and_then(|s| s.profile.clone())
-                    .and_then(|p| self.caches.profiles.get(&ObjectRef::new(&p)));
+                    .and_then(|p| self.caches.store::<Profile>().get(&ObjectRef::new(&p)));
                 let boot = profile
                     .as_ref()
                     .and_then(|p| p.spec.boot.clone())

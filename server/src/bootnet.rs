@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use groundwork_boot::dhcp::leases::{Mac, parse_mac};
 use groundwork_boot::dhcp::{BootFiles, Config, Mode};
-use groundwork_types::{BootNetwork, DhcpMode, Node};
+use groundwork_types::{BootNetwork, Datacenter, DhcpMode, Node};
 use tokio::sync::watch;
 
-use groundwork_controller::caches::{Caches, ChangedObject};
+use groundwork_controller::caches::{Caches, Kinds};
 
 /// Where boot files are, for the DHCP boot options.
 #[derive(Clone, Debug)]
@@ -92,8 +92,13 @@ pub fn dhcp_config(net: &BootNetwork, srv: &BootServer) -> Result<Config, String
     Ok(cfg)
 }
 
+/// The kinds the DHCP configuration is built from.
+pub(crate) fn watches(kinds: Kinds) -> Kinds {
+    kinds.watch::<Datacenter>().watch::<Node>()
+}
+
 fn find(caches: &Caches, name: &str) -> Option<BootNetwork> {
-    caches.datacenters.state().iter().find_map(|dc| {
+    caches.store::<Datacenter>().state().iter().find_map(|dc| {
         dc.spec
             .boot_networks
             .iter()
@@ -140,7 +145,7 @@ pub fn reservations(nodes: &[Arc<Node>], subnet: ipnet::Ipv4Net) -> HashMap<Mac,
 fn current(caches: &Caches, name: &str, srv: &BootServer) -> Option<Result<Config, String>> {
     let net = find(caches, name)?;
     Some(dhcp_config(&net, srv).map(|mut c| {
-        c.reservations = reservations(&caches.nodes.state(), c.subnet);
+        c.reservations = reservations(&caches.store::<Node>().state(), c.subnet);
         c
     }))
 }
@@ -171,8 +176,8 @@ pub async fn follow(
         let mut last = first;
         loop {
             match changes.recv().await {
-                Ok(c) if matches!(c.object, ChangedObject::Datacenter(_)) => {}
-                Ok(c) if matches!(c.object, ChangedObject::Node(_)) && c.spec_changed => {}
+                Ok(c) if c.is::<Datacenter>() => {}
+                Ok(c) if c.is::<Node>() && c.spec_changed => {}
                 Ok(_) => continue,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => return,

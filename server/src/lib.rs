@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use groundwork_controller::caches::Caches;
+use groundwork_controller::caches::{Caches, Kinds};
 use groundwork_observe::LogHub;
 use groundwork_store::{Store, StoreConfig};
 
@@ -215,9 +215,14 @@ fn shared_caches(
     opts: &groundwork_controller::Options,
     client: &kube::Client,
 ) -> Option<Caches> {
-    let needed =
-        !opts.controllers.is_empty() || args.boot_root.is_some() || args.dhcp_network.is_some();
-    needed.then(|| Caches::start(client).0)
+    let mut kinds = groundwork_controller::watches(&opts.controllers, Kinds::new());
+    if args.boot_root.is_some() {
+        kinds = agentapi::watches(kinds);
+    }
+    if args.dhcp_network.is_some() {
+        kinds = bootnet::watches(kinds);
+    }
+    (!kinds.is_empty()).then(|| Caches::start(client, kinds).0)
 }
 
 /// `DATA_DIR/kubeconfig`, the admin's: it carries the admin's key, readable by its owner only.
@@ -287,7 +292,8 @@ pub async fn run_controllers(args: ControllerOnlyArgs, client: kube::Client) -> 
     if opts.controllers.is_empty() {
         anyhow::bail!("--controllers none: nothing to run");
     }
-    let (caches, _tasks) = Caches::start(&client);
+    let kinds = groundwork_controller::watches(&opts.controllers, Kinds::new());
+    let (caches, _tasks) = Caches::start(&client, kinds);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(groundwork_controller::run(client, caches, opts, stop_rx));
     shutdown_signal().await;

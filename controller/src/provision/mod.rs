@@ -39,13 +39,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use groundwork_types::{Node, NodePhase, PhaseEntry};
+use groundwork_types::{Node, NodePhase, PhaseEntry, Profile};
 use jiff::Timestamp;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use crate::caches::{Caches, Change, ChangedObject};
+use crate::caches::{Caches, Change, Kinds};
 use crate::events::EventType;
 use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_status};
 use decide::{Observed, Plan, Transition};
@@ -133,28 +133,27 @@ impl Reconciler for ProvisionController {
     type K = Node;
     const NAME: &'static str = "provisioning";
 
-    fn store(c: &Caches) -> &Store<Node> {
-        &c.nodes
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds.watch::<Profile>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        match &change.object {
+        if change.is::<Node>() {
             // Status too: agents' reports, heartbeats and the power controller's
             // acknowledgements arrive there.
-            ChangedObject::Node(n) => vec![n.name_any()],
-            ChangedObject::Profile(p) if change.spec_changed => {
-                let name = p.name_any();
-                c.nodes
-                    .state()
-                    .iter()
-                    .filter(|n| {
-                        n.status.as_ref().and_then(|s| s.profile.as_deref()) == Some(name.as_str())
-                    })
-                    .map(|n| n.name_any())
-                    .collect()
-            }
-            _ => vec![],
+            return vec![change.name().to_string()];
         }
+        if change.is::<Profile>() && change.spec_changed {
+            let name = change.name();
+            return c
+                .store::<Node>()
+                .state()
+                .iter()
+                .filter(|n| n.status.as_ref().and_then(|s| s.profile.as_deref()) == Some(name))
+                .map(|n| n.name_any())
+                .collect();
+        }
+        vec![]
     }
 
     async fn reconcile(&self, node: Arc<Node>, ctx: &Ctx) -> Result<Action, Error> {
@@ -165,7 +164,7 @@ impl Reconciler for ProvisionController {
             .status
             .as_ref()
             .and_then(|s| s.profile.as_ref())
-            .and_then(|p| ctx.caches.profiles.get(&ObjectRef::new(p)));
+            .and_then(|p| ctx.caches.store::<Profile>().get(&ObjectRef::new(p)));
         let plan = decide::decide(&Observed {
             node: &node,
             profile: profile.as_deref(),
