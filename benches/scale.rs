@@ -302,13 +302,17 @@ fn agent_write(node: &Node, running: Running, i: usize) -> Option<Value> {
     }
     let now = jiff::Timestamp::now().to_string();
     match (running, st.phase?) {
-        (Running::Ramdisk, NodePhase::Discovering) if st.inventory.is_none() => Some(json!({
+        (Running::Ramdisk, NodePhase::Discovering)
+            if st.inventory.as_ref().is_none_or(|i| i.nics.is_empty()) =>
+        {
+            Some(json!({
             "phase": "Inventoried",
             "inventory": {"system": {"vendor": "Sim", "model": "S1", "serial": format!("SN{i}")},
                           "cpus": [{"model": "x", "cores": 8, "threads": 16}], "memoryBytes": 34359738368u64,
                           "disks": [{"name": "sda", "sizeBytes": 480000000000u64}],
                           "nics": [{"name": "eth0", "mac": format!("52:54:{:02x}:{:02x}:{:02x}:01", i / 65536, (i / 256) % 256, i % 256)}]},
-        })),
+            }))
+        }
         (Running::Ramdisk, NodePhase::Provisioning) => {
             let id = p.task_id.clone()?;
             let done = p

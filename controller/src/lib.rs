@@ -144,7 +144,7 @@ fn registry() -> Vec<Registration> {
         register(|_| topology::DatacenterController),
         register(|_| topology::RackController::default()),
         register(|_| topology::PlacementController::default()),
-        register(|_| profile::ProfileController),
+        register(|_| profile::ProfileController::default()),
         register(|_| profile::ProfileStatusController),
         register(|o| power::PowerController { poll: o.power_poll }),
         register(|o| provision::ProvisionController::new(o.provisioning.clone())),

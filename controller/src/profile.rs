@@ -202,7 +202,34 @@ fn installing_or_installed(n: &Node) -> bool {
     )
 }
 
-pub struct ProfileController;
+/// What the assignment reads of a Node besides its spec and labels: its phase, inventory
+/// and current profile (a fingerprint per Node, so that other controllers' status writes do
+/// not wake this one).
+#[derive(Default)]
+pub struct ProfileController {
+    seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
+
+fn fingerprint(n: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let st = n.status.as_ref();
+    st.and_then(|s| s.phase)
+        .map(|p| format!("{p:?}"))
+        .hash(&mut h);
+    st.and_then(|s| s.profile.clone()).hash(&mut h);
+    st.and_then(|s| s.inventory.as_ref())
+        .map(|i| serde_json::to_string(i).unwrap_or_default())
+        .hash(&mut h);
+    st.map(|s| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "ProfileAssigned")
+            .map(|c| c.message.clone())
+    })
+    .hash(&mut h);
+    h.finish()
+}
 
 impl Reconciler for ProfileController {
     type K = Node;
@@ -213,9 +240,19 @@ impl Reconciler for ProfileController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        if change.is::<Node>() {
-            // Its labels, spec or inventory (status) may have changed.
-            vec![change.name().to_string()]
+        if let Some(n) = change.get::<Node>() {
+            // Its labels, spec, phase or inventory may have changed.
+            let now = fingerprint(&n);
+            let before = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(n.name_any(), now);
+            if change.spec_changed || before != Some(now) {
+                vec![n.name_any()]
+            } else {
+                vec![]
+            }
         } else if change.is::<Profile>() && change.spec_changed {
             c.store::<Node>()
                 .state()

@@ -16,7 +16,9 @@ use kube::runtime::reflector::Store;
 use serde_json::json;
 
 use crate::caches::{Caches, Change, Kinds};
-use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_status};
+use crate::runtime::{
+    Action, Ctx, Error, Owns, Reconciler, condition_with_event, patch_own_status, patch_status,
+};
 
 /// The units a node occupies: `[position, position + height - 1]`.
 fn span_of(n: &Node) -> Option<(String, u32, u32)> {
@@ -536,8 +538,9 @@ impl Reconciler for PlacementController {
                 .collect()
         };
         if let Some(n) = change.get::<Node>() {
+            // Others' status writes leave RackPlacement alone (conditions merge by type).
             if !change.spec_changed {
-                return vec![n.name_any()];
+                return vec![];
             }
             let (now_rack, before) = self.moves.record(&n);
             let mut keys = vec![n.name_any()];
@@ -631,7 +634,9 @@ impl Reconciler for PlacementController {
             &msg,
         )
         .await;
-        if patch_status(
+        // Decided from specs only and written by this controller alone: no precondition
+        // (another controller's status write in between is no reason to decide again).
+        if patch_own_status(
             &ctx.client,
             node.as_ref(),
             json!({"conditions": conds}),
