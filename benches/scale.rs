@@ -213,6 +213,16 @@ fn start_server() -> Server {
     }
 }
 
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which ends with ')'): utime is the 12th, stime the 13th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Peak resident memory of a process, from /proc (KiB).
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -530,6 +540,8 @@ async fn run(n: usize, workers: usize, timeout: Duration, spans: SpanCounter) {
         }
     };
     let rss = peak_rss_kib(server.child.id());
+    let server_cpu = cpu_seconds(&server.child.id().to_string());
+    let own_cpu = cpu_seconds("self");
     let m = groundwork_observe::metrics();
     let counts = spans.0.lock().unwrap().clone();
     let mut per: BTreeMap<String, (u64, u32)> = BTreeMap::new();
@@ -544,6 +556,9 @@ async fn run(n: usize, workers: usize, timeout: Duration, spans: SpanCounter) {
     println!("apply (create every object): {applied:.1?}");
     println!("controllers started → all Ready: {:.1?}", ready_at);
     println!("server peak RSS: {} MiB", rss / 1024);
+    println!(
+        "CPU: server {server_cpu:.1} s, controllers and simulated fleet {own_cpu:.1} s (2 cores)"
+    );
     println!(
         "agent status writes: {}",
         agent_writes.load(Ordering::Relaxed)

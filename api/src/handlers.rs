@@ -376,7 +376,14 @@ async fn item_request(
             let opts: DeleteOptions = if body.is_empty() {
                 DeleteOptions::default()
             } else {
-                serde_json::from_value(parse_body(&body, &body_type(&headers))?)
+                // JSON whatever the Content-Type says (curl -d sends a form type), or protobuf.
+                let v = if content_type(&headers) == crate::protobuf::PROTOBUF {
+                    parse_body(&body, crate::protobuf::PROTOBUF)?
+                } else {
+                    serde_json::from_slice(&body)
+                        .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
+                };
+                serde_json::from_value(v)
                     .map_err(|e| ApiError::BadRequest(format!("DeleteOptions: {e}")))?
             };
             Ok(written(

@@ -49,8 +49,8 @@ pub(crate) fn merge(target: &mut Value, patch: &Value) {
 fn merge_list(current: &mut Vec<Value>, items: &[Value], key: &str) {
     for item in items {
         let Some(id) = item.get(key).cloned() else {
-            // No key: cannot be matched; kept as sent.
-            current.push(item.clone());
+            // No key: nothing to merge it with (a condition always has a type; admission
+            // names the field): left out, so repeating a patch converges.
             continue;
         };
         let at = current.iter().position(|c| c.get(key) == Some(&id));

@@ -27,11 +27,30 @@ pub enum EventType {
 }
 
 /// Writes Events on behalf of one controller.
+/// Records Events without holding up the reconcile that asks: each is queued to one of a few
+/// writer tasks, chosen by the object's name, so an object's Events keep their order and a
+/// slow write never delays a phase change. A full queue drops the Event with a warning.
 pub struct Recorder {
+    shards: Vec<tokio::sync::mpsc::Sender<Job>>,
+}
+
+/// Events queued per writer task before new ones are dropped.
+const QUEUE: usize = 4096;
+/// Writer tasks per recorder.
+const SHARDS: usize = 4;
+
+struct Job {
+    obj: ObjectReference,
+    type_: EventType,
+    reason: String,
+    message: String,
+}
+
+/// One writer task's state: the Events it wrote and their counts.
+struct Writer {
     api: Api<Event>,
     component: String,
     instance: String,
-    /// Event name → count last written by this process.
     counts: Mutex<HashMap<String, i32>>,
 }
 
@@ -54,17 +73,33 @@ fn event_name(obj: &ObjectReference, type_: EventType, reason: &str, message: &s
 }
 
 impl Recorder {
+    /// Starts the writer tasks (on the current tokio runtime); they end when the recorder is
+    /// dropped, after writing what was queued.
     pub fn new(client: Client, component: &str, instance: &str) -> Self {
-        Recorder {
-            api: Api::namespaced(client, EVENT_NAMESPACE),
-            component: component.to_string(),
-            instance: instance.to_string(),
-            counts: Mutex::new(HashMap::new()),
-        }
+        let shards = (0..SHARDS)
+            .map(|_| {
+                let (tx, mut rx) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+                let w = Writer {
+                    api: Api::namespaced(client.clone(), EVENT_NAMESPACE),
+                    component: component.to_string(),
+                    instance: instance.to_string(),
+                    counts: Mutex::new(HashMap::new()),
+                };
+                tokio::spawn(async move {
+                    while let Some(j) = rx.recv().await {
+                        if let Err(e) = w.try_publish(&j.obj, j.type_, &j.reason, &j.message).await
+                        {
+                            tracing::warn!(reason = %j.reason, error = %e, "could not record the Event");
+                        }
+                    }
+                });
+                tx
+            })
+            .collect();
+        Recorder { shards }
     }
 
-    /// Records an event about `obj`. Failures are logged, not returned: an Event is a report,
-    /// and losing one must not fail the reconcile that caused it.
+    /// Queues an Event about `obj` (returns at once).
     pub async fn publish(
         &self,
         obj: &ObjectReference,
@@ -72,11 +107,22 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        if let Err(e) = self.try_publish(obj, type_, reason, message).await {
-            tracing::warn!(reason, error = %e, "could not record the Event");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        obj.name.hash(&mut h);
+        let shard = &self.shards[h.finish() as usize % self.shards.len()];
+        let job = Job {
+            obj: obj.clone(),
+            type_,
+            reason: reason.to_string(),
+            message: message.to_string(),
+        };
+        if shard.try_send(job).is_err() {
+            tracing::warn!(reason, "the Event queue is full; Event dropped");
         }
     }
+}
 
+impl Writer {
     async fn try_publish(
         &self,
         obj: &ObjectReference,

@@ -145,8 +145,8 @@ fn registry() -> Vec<Registration> {
         register(|_| topology::RackController::default()),
         register(|_| topology::PlacementController::default()),
         register(|_| profile::ProfileController::default()),
-        register(|_| profile::ProfileStatusController),
-        register(|o| power::PowerController { poll: o.power_poll }),
+        register(|_| profile::ProfileStatusController::default()),
+        register(|o| power::PowerController::new(o.power_poll)),
         register(|o| provision::ProvisionController::new(o.provisioning.clone())),
     ]
 }

@@ -13,7 +13,8 @@
 //! action and every change of reachability. Powered machines are polled again every `poll`
 //! to notice power changed behind our back.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use groundwork_bmc::{BootTarget, Endpoint, Power, PowerAction, Protocol};
@@ -35,13 +36,25 @@ const CONDITIONS: &[&str] = &["BmcReachable", "PowerSynced"];
 pub struct PowerController {
     /// How often a synced Node's power is read again.
     pub poll: Duration,
+    /// Per Node, the pending action (task ID) last seen by `map`, and the one last taken and
+    /// acknowledged: a cache that has not seen the acknowledgement yet must not take it again.
+    seen: Mutex<HashMap<String, Option<String>>>,
+    taken: Mutex<HashMap<String, String>>,
+}
+
+impl PowerController {
+    pub fn new(poll: Duration) -> Self {
+        PowerController {
+            poll,
+            seen: Mutex::default(),
+            taken: Mutex::default(),
+        }
+    }
 }
 
 impl Default for PowerController {
     fn default() -> Self {
-        PowerController {
-            poll: Duration::from_secs(60),
-        }
+        PowerController::new(Duration::from_secs(60))
     }
 }
 
@@ -208,11 +221,11 @@ pub(crate) fn bmc_endpoint(
     })
 }
 
-fn pending_of(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.provisioning.as_ref())
-        .is_some_and(|p| p.power_pending.is_some())
+/// The task ID of the Node's pending power action, if one is pending.
+fn pending_task(node: &Node) -> Option<String> {
+    let p = node.status.as_ref()?.provisioning.as_ref()?;
+    p.power_pending?;
+    Some(p.task_id.clone().unwrap_or_default())
 }
 
 impl Reconciler for PowerController {
@@ -225,8 +238,15 @@ impl Reconciler for PowerController {
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
         if let Some(n) = change.get::<Node>() {
-            // Specs, and provisioning's recorded power actions.
-            if change.spec_changed || pending_of(&n) {
+            // Specs, and provisioning's recorded power actions: a new one, not every write
+            // while one waits (that would defeat the retry backoff of a failing BMC).
+            let pending = pending_task(&n);
+            let before = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(n.name_any(), pending.clone());
+            if change.spec_changed || (pending.is_some() && before != Some(pending)) {
                 return vec![n.name_any()];
             }
         } else if change.is::<Credential>() && change.spec_changed {
@@ -239,6 +259,18 @@ impl Reconciler for PowerController {
         let (Some(want), Some(bmc)) = (plan(&node), &node.spec.bmc) else {
             return Ok(Action::AwaitChange);
         };
+        let task = pending_task(&node);
+        if let (Want::Pending(_), Some(t)) = (want, &task)
+            && self
+                .taken
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&node.name_any())
+                == Some(t)
+        {
+            // Taken and acknowledged; the cache has not seen the acknowledgement yet.
+            return Ok(Action::Requeue(Duration::from_secs(1)));
+        }
         let mut conds = node
             .status
             .as_ref()
@@ -308,21 +340,8 @@ impl Reconciler for PowerController {
                 if let Some(system) = inv {
                     status["inventory"] = json!({ "system": system });
                 }
-                if let Want::Pending(_) = want {
-                    // The acknowledgement, against the version the action was read from:
-                    // if provisioning recorded a newer action meanwhile, this fails (409)
-                    // and that one is taken next, never cleared unseen.
-                    status["provisioning"] = json!({
-                        "powerPending": null,
-                        "powerDoneAt": jiff::Timestamp::now().to_string(),
-                    });
-                    patch_status(
-                        &ctx.client,
-                        node.as_ref(),
-                        status,
-                        Owns::Conditions(CONDITIONS),
-                    )
-                    .await?;
+                if let (Want::Pending(intent), Some(task)) = (want, task) {
+                    self.acknowledge(ctx, &node, status, intent, &task).await?;
                 } else {
                     patch_own_status(
                         &ctx.client,
@@ -348,6 +367,62 @@ impl Reconciler for PowerController {
 }
 
 impl PowerController {
+    /// Clears the pending action just taken (with the power controller's own status
+    /// fields), as long as it is still the one recorded: the same task ID and intent. A write
+    /// by anyone else in between (a heartbeat, a condition) is no reason to take the action
+    /// again: on a conflict the Node is read afresh and the acknowledgement sent again; a
+    /// different action recorded meanwhile is left for the next reconcile.
+    async fn acknowledge(
+        &self,
+        ctx: &Ctx,
+        node: &Arc<Node>,
+        mut status: Value,
+        intent: PowerIntent,
+        task: &str,
+    ) -> Result<(), Error> {
+        status["provisioning"] = json!({
+            "powerPending": null,
+            "powerDoneAt": jiff::Timestamp::now().to_string(),
+        });
+        let api = kube::Api::<Node>::all(ctx.client.clone());
+        let name = node.name_any();
+        let mut current = node.clone();
+        for _ in 0..5 {
+            let still = current
+                .status
+                .as_ref()
+                .and_then(|s| s.provisioning.as_ref())
+                .is_some_and(|p| {
+                    p.power_pending == Some(intent) && p.task_id.as_deref().unwrap_or("") == task
+                });
+            if !still {
+                return Ok(());
+            }
+            match patch_status(
+                &ctx.client,
+                current.as_ref(),
+                status.clone(),
+                Owns::Conditions(CONDITIONS),
+            )
+            .await
+            {
+                Ok(_) => {
+                    self.taken
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name, task.to_string());
+                    return Ok(());
+                }
+                Err(e) if e.is_conflict() => current = Arc::new(api.get(&name).await?),
+                Err(e) => return Err(e),
+            }
+        }
+        // Still contended: the runtime retries, and the action (not yet acknowledged) with it.
+        Err(Error::Conflict(format!(
+            "the acknowledgement of the {intent:?} step kept conflicting"
+        )))
+    }
+
     /// Shows why the BMC could not be used (conditions and `lastBmcError`).
     async fn unreachable(
         &self,

@@ -401,11 +401,17 @@ impl Reconciler for ProfileController {
 
 /// Keeps `status.assignedNodes` of each Profile, and `Ready=False` while it ties with
 /// another Profile on some Node.
-pub struct ProfileStatusController;
+#[derive(Default)]
+pub struct ProfileStatusController {
+    /// Per Node, a fingerprint of what the status reads of it.
+    seen: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+}
 
 impl Reconciler for ProfileStatusController {
     type K = Profile;
     const NAME: &'static str = "profile-status";
+    // Each pass reads every Node: at most one per second under a stream of changes.
+    const COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 
     fn watches(kinds: Kinds) -> Kinds {
         kinds.watch::<Node>()
@@ -419,9 +425,29 @@ impl Reconciler for ProfileStatusController {
                 .map(|p| p.name_any())
                 .collect()
         };
-        if change.is::<Node>() {
-            // Nodes' status.profile is what is counted.
-            all()
+        if let Some(n) = change.get::<Node>() {
+            // What is counted: the Nodes' status.profile, and the ties among the Profiles
+            // their labels and inventory match.
+            let now = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                n.status
+                    .as_ref()
+                    .and_then(|s| s.profile.clone())
+                    .hash(&mut h);
+                match_labels(&n).hash(&mut h);
+                h.finish()
+            };
+            let before = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(n.name_any(), now);
+            if before != Some(now) || n.metadata.deletion_timestamp.is_some() {
+                all()
+            } else {
+                vec![]
+            }
         } else if change.is::<Profile>() && change.spec_changed {
             all()
         } else if change.is::<Profile>() {

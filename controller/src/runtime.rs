@@ -47,6 +47,9 @@ pub enum Error {
     /// A BMC did not do what was asked (the reason is in the object's conditions).
     #[error(transparent)]
     Bmc(#[from] crate::bmcpool::BmcFailure),
+    /// Writes kept losing optimistic-concurrency races (as a 409 from the API).
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// An object could not be encoded or a patch built (a bug, not the environment).
     #[error("encoding: {0}")]
     Encode(String),
@@ -56,6 +59,7 @@ impl Error {
     /// A write lost an optimistic-concurrency race (409): retry, nothing is wrong.
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+            || matches!(self, Error::Conflict(_))
     }
 }
 
@@ -75,6 +79,10 @@ pub trait Reconciler: Send + Sync + 'static {
     type K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static;
     /// Controller name: Lease name, metric label, log field.
     const NAME: &'static str;
+    /// Changes mapped to an object within this long of the first are reconciled once, after
+    /// it: for roll-ups whose reconcile reads every object, so that a stream of changes costs
+    /// one pass per period, not one per change.
+    const COALESCE: Duration = Duration::ZERO;
     /// The kinds this controller reads or maps from, besides its own `K` (declared to the
     /// process' caches).
     fn watches(kinds: Kinds) -> Kinds {
@@ -267,8 +275,9 @@ pub async fn run<R: Reconciler>(
                 loop {
                     match changes.recv().await {
                         Ok(c) => {
+                            let at = Instant::now() + R::COALESCE;
                             for k in r.map(&c, &ctx.caches) {
-                                queue.add(&k);
+                                queue.add_at(&k, at);
                             }
                         }
                         Err(RecvError::Lagged(n)) => {

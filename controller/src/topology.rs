@@ -368,6 +368,8 @@ pub struct DatacenterController;
 impl Reconciler for DatacenterController {
     type K = Datacenter;
     const NAME: &'static str = "datacenter";
+    // Each pass totals every Rack and Node: at most one per second under a stream of changes.
+    const COALESCE: std::time::Duration = std::time::Duration::from_secs(1);
 
     fn watches(kinds: Kinds) -> Kinds {
         kinds.watch::<Rack>().watch::<Node>()

@@ -488,7 +488,7 @@ impl Member {
         }
         let scheme = if opts.tls.is_some() { "https" } else { "http" };
         let http = http.build().map_err(|e| e.to_string())?;
-        let mut log = storage::LogStore::open(log_path, &store)?;
+        let mut log = storage::LogStore::open(log_path)?;
         let growth = log.growth();
         let start_floor = {
             use openraft::storage::RaftLogStorage;
@@ -780,9 +780,10 @@ impl Member {
             .await
             .ok()?;
         let stored = self.store.get(key).ok()??;
+        // The object as stored now, at its revision (it may have changed since the create).
         (uid(&stored.object).as_deref() == Some(ours.as_str())).then(|| Committed {
             revision: stored.revision,
-            object: value.clone(),
+            object: groundwork_store::Json::encode(&stored.object),
         })
     }
 

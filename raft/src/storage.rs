@@ -23,7 +23,6 @@ use openraft::{
     AnyError, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
     StorageError, StorageIOError, StoredMembership, Vote,
 };
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::wal::Wal;
 use crate::{Applied, NodeId, Outcome, Rejected, TypeConfig};
@@ -34,11 +33,6 @@ type Membership = StoredMembership<NodeId, openraft::BasicNode>;
 type Meta = SnapshotMeta<NodeId, openraft::BasicNode>;
 /// The last snapshot built or installed, with its data.
 type Current = Arc<Mutex<Option<(Meta, Vec<u8>)>>>;
-
-/// Log entries by index (JSON).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// "vote", "purged" (JSON).
-const LOG_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_log_meta");
 
 fn any(e: impl std::fmt::Display) -> AnyError {
     AnyError::error(e.to_string())
@@ -207,31 +201,8 @@ impl Flusher {
 }
 
 impl LogStore {
-    /// Opens (or creates) the write-ahead log in the directory `path`. A log kept by the
-    /// previous version in `raft-log.redb` beside it is moved into it first (that file is
-    /// then renamed `raft-log.redb.migrated`). Refuses a store whose raft log was kept inside
-    /// the object store's file (Groundwork before the batched log format): its entries cannot
-    /// be read by this version.
-    pub fn open(path: &std::path::Path, store: &Store) -> Result<LogStore, String> {
-        let legacy = {
-            let txn = store.database().begin_read().map_err(|e| e.to_string())?;
-            // Its log, or its vote (a log purged to nothing still has the vote, which must
-            // not be forgotten).
-            has_rows(&txn, LOG)? || has_rows(&txn, LOG_META)?
-        };
-        let redb_log = path.with_file_name("raft-log.redb");
-        if legacy && !path.exists() && !redb_log.exists() {
-            return Err(format!(
-                "this data directory holds a raft log in the format of an earlier Groundwork \
-                 (inside the object store's file), which this version cannot read; export the \
-                 objects with the earlier version (`kubectl get ... -o yaml`) and apply them to a \
-                 new cluster (CHANGELOG.md, \"Raft log format\"); {} was not created",
-                path.display()
-            ));
-        }
-        if redb_log.exists() && !path.exists() {
-            migrate_redb_log(&redb_log, path)?;
-        }
+    /// Opens (or creates) the write-ahead log in the directory `path`.
+    pub fn open(path: &std::path::Path) -> Result<LogStore, String> {
         let wal = Wal::open(path)?;
         Ok(LogStore {
             wal: Arc::new(Mutex::new(wal)),
@@ -293,85 +264,6 @@ impl LogStore {
 
     fn last_entry(&self) -> Result<Option<Entry>, String> {
         self.wal().last()?.map(|(_, b)| decode(&b)).transpose()
-    }
-}
-
-/// Moves the log of the previous format (a redb file) into a new write-ahead log at `to`,
-/// built beside it and renamed into place, so a crash midway leaves the old log in charge.
-fn migrate_redb_log(from: &std::path::Path, to: &std::path::Path) -> Result<(), String> {
-    let fail = |e: String| format!("moving the raft log from {}: {e}", from.display());
-    let db = redb::Database::open(from).map_err(|e| fail(e.to_string()))?;
-    let txn = db.begin_read().map_err(|e| fail(e.to_string()))?;
-    let tmp = to.with_extension("migrating");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(|e| fail(e.to_string()))?;
-    }
-    let mut wal = Wal::open(&tmp)?;
-    let meta = |k: &str| -> Result<Option<Vec<u8>>, String> {
-        match txn.open_table(LOG_META) {
-            Ok(t) => Ok(t
-                .get(k)
-                .map_err(|e| e.to_string())?
-                .map(|v| v.value().to_vec())),
-            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    if let Some(v) = meta("vote").map_err(fail)? {
-        wal.save_vote(v)?;
-    }
-    if let Some(p) = meta("purged").map_err(fail)? {
-        let id: LogId<NodeId> = decode(&p).map_err(fail)?;
-        wal.purge(id.index, p)?;
-    }
-    let mut entries = 0usize;
-    match txn.open_table(LOG) {
-        Ok(t) => {
-            let mut batch: Vec<(u64, Vec<u8>)> = Vec::new();
-            let mut iter = t.iter().map_err(|e| fail(e.to_string()))?.peekable();
-            while let Some(e) = iter.next() {
-                let (k, v) = e.map_err(|e| fail(e.to_string()))?;
-                batch.push((k.value(), v.value().to_vec()));
-                if batch.len() == 1024 || iter.peek().is_none() {
-                    entries += batch.len();
-                    wal.append(batch.iter().map(|(i, b)| (*i, b.as_slice())), None)?;
-                    batch.clear();
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
-        Err(e) => return Err(fail(e.to_string())),
-    }
-    let committed = meta("committed").map_err(fail)?;
-    wal.append(std::iter::empty(), committed)?;
-    drop(wal);
-    std::fs::rename(&tmp, to).map_err(|e| fail(e.to_string()))?;
-    let done = from.with_extension("redb.migrated");
-    std::fs::rename(from, &done).map_err(|e| fail(e.to_string()))?;
-    if let Some(dir) = to.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| fail(e.to_string()))?;
-    }
-    tracing::info!(
-        entries,
-        from = %from.display(),
-        to = %to.display(),
-        "raft log moved to the write-ahead log format; the old file is kept as {}",
-        done.display()
-    );
-    Ok(())
-}
-
-/// Whether the table exists and holds a row.
-fn has_rows<K: redb::Key + 'static>(
-    txn: &redb::ReadTransaction,
-    def: TableDefinition<K, &'static [u8]>,
-) -> Result<bool, String> {
-    match txn.open_table(def) {
-        Ok(t) => Ok(t.first().map_err(|e| e.to_string())?.is_some()),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -806,7 +698,7 @@ mod suite {
             let dir = tempfile::tempdir().expect("temp dir");
             let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
                 .expect("store opens");
-            let log = LogStore::open(&dir.path().join("wal"), &store).expect("log opens");
+            let log = LogStore::open(&dir.path().join("wal")).expect("log opens");
             let growth = log.growth();
             Ok((dir, log, StateMachine::new(store, growth)))
         }
@@ -861,61 +753,6 @@ mod suite {
                 snap.snapshot.get_ref().len()
             );
         });
-    }
-
-    /// A log kept in `raft-log.redb` by the previous version is moved into the write-ahead
-    /// log at first start: entries, vote, committed and purge point.
-    #[test]
-    fn a_redb_log_is_migrated() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let dir = tempfile::tempdir().expect("dir");
-        let store = Store::open(groundwork_store::StoreConfig::new(dir.path().join("db")))
-            .expect("store opens");
-        let old = dir.path().join("raft-log.redb");
-        let entry = |index| Entry {
-            log_id: LogId::new(openraft::CommittedLeaderId::new(3, 1), index),
-            payload: EntryPayload::Blank,
-        };
-        {
-            let db = redb::Database::create(&old).expect("old log");
-            let txn = db.begin_write().expect("txn");
-            {
-                let mut t = txn.open_table(LOG).expect("log");
-                for i in 5..=9 {
-                    t.insert(i, enc(&entry(i)).as_slice()).expect("insert");
-                }
-                let mut m = txn.open_table(LOG_META).expect("meta");
-                m.insert("vote", enc(&Vote::new_committed(3, 1)).as_slice())
-                    .expect("vote");
-                m.insert("purged", enc(&entry(4).log_id).as_slice())
-                    .expect("purged");
-                m.insert("committed", enc(&entry(8).log_id).as_slice())
-                    .expect("committed");
-            }
-            txn.commit().expect("commit");
-        }
-        rt.block_on(async {
-            let mut log = LogStore::open(&dir.path().join("raft-wal"), &store).expect("migrates");
-            let state = log.get_log_state().await.expect("state");
-            assert_eq!(state.last_purged_log_id, Some(entry(4).log_id));
-            assert_eq!(state.last_log_id, Some(entry(9).log_id));
-            assert_eq!(
-                log.read_vote().await.expect("vote"),
-                Some(Vote::new_committed(3, 1))
-            );
-            assert_eq!(
-                log.read_committed().await.expect("committed"),
-                Some(entry(8).log_id)
-            );
-            let got = log.try_get_log_entries(5..10).await.expect("entries");
-            assert_eq!(got.len(), 5);
-            assert_eq!(got[4].log_id, entry(9).log_id);
-        });
-        assert!(!old.exists());
-        assert!(dir.path().join("raft-log.redb.migrated").exists());
     }
 
     /// openraft's own conformance suite for log and state-machine storage.

@@ -25,8 +25,8 @@
 //! the segment it cuts, as open deletes those at or above the next segment's.
 //!
 //! Crash safety. Every append and vote is `fdatasync`'d before it is acknowledged; the
-//! committed and purged records ride along with the next one (a stale value is safe, as with
-//! the earlier format). A crash can only tear the newest, unacknowledged write: at open, the
+//! committed and purged records ride along with the next one (a stale value is safe: the
+//! committed index only ever lags). A crash can only tear the newest, unacknowledged write: at open, the
 //! last segment is cut at its first record that is short or fails its CRC. A bad record in
 //! an older segment is corruption, and opening fails naming the file and offset. Truncation
 //! (raft replacing a follower's conflicting tail) cuts the file at the entry and deletes
@@ -59,8 +59,6 @@ struct Loc {
     /// Offset of the record (its header) in the segment.
     record: u64,
     len: u32,
-    /// In a segment written before segments were reused (CRC of the body alone).
-    legacy: bool,
 }
 
 #[derive(Debug)]
@@ -68,8 +66,6 @@ struct Segment {
     seq: u64,
     /// Highest entry index in it (0: none).
     last_index: u64,
-    /// Written before segments were reused (CRC of the body alone); never reused.
-    legacy: bool,
 }
 
 /// An open write-ahead log.
@@ -100,18 +96,15 @@ fn spare_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("spare-{seq:020}.wal"))
 }
 
-/// A record's CRC: of the segment's number and the body, or (`None`: a segment written
-/// before segments were reused) of the body alone.
-fn record_crc(key: Option<u64>, body: &[u8]) -> u32 {
+/// A record's CRC: of its segment's number and the body.
+fn record_crc(key: u64, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
-    if let Some(seq) = key {
-        h.update(&seq.to_le_bytes());
-    }
+    h.update(&key.to_le_bytes());
     h.update(body);
     h.finalize()
 }
 
-fn encode(out: &mut Vec<u8>, key: Option<u64>, kind: u8, index: u64, payload: &[u8]) {
+fn encode(out: &mut Vec<u8>, key: u64, kind: u8, index: u64, payload: &[u8]) {
     let _ = encode_with(out, key, kind, index, |o| {
         o.extend_from_slice(payload);
         Ok(())
@@ -122,7 +115,7 @@ fn encode(out: &mut Vec<u8>, key: Option<u64>, kind: u8, index: u64, payload: &[
 /// On an error `out` is as it was.
 fn encode_with(
     out: &mut Vec<u8>,
-    key: Option<u64>,
+    key: u64,
     kind: u8,
     index: u64,
     write: impl FnOnce(&mut Vec<u8>) -> Result<(), String>,
@@ -249,14 +242,7 @@ impl Wal {
             .and_then(|mut f| f.read_to_end(&mut data))
             .map_err(|e| err(&path, e))?;
         let mut off = 0usize;
-        let mut seg = Segment {
-            seq,
-            last_index: 0,
-            legacy: false,
-        };
-        // The first record tells the format: CRCs keyed by the segment's number, or (written
-        // before segments were reused) not.
-        let mut format: Option<Option<u64>> = None;
+        let mut seg = Segment { seq, last_index: 0 };
         let mut recycled = None;
         let good_end = loop {
             if off == data.len() {
@@ -273,15 +259,9 @@ impl Wal {
             if len < BODY_HEADER {
                 break off;
             }
-            let valid = |key| record_crc(key, body) == crc;
-            let key = match format {
-                Some(key) if valid(key) => key,
-                Some(_) => break off,
-                None if valid(Some(seq)) => *format.insert(Some(seq)),
-                None if valid(None) => *format.insert(None),
-                None => break off,
-            };
-            seg.legacy = key.is_none();
+            if record_crc(seq, body) != crc {
+                break off;
+            }
             let kind = body[0];
             let index = u64::from_le_bytes(body[1..9].try_into().unwrap_or_default());
             let payload = &body[BODY_HEADER..];
@@ -293,7 +273,6 @@ impl Wal {
                             segment: seq,
                             record: off as u64,
                             len: (HEADER + len) as u32,
-                            legacy: seg.legacy,
                         },
                     );
                     seg.last_index = index;
@@ -359,10 +338,10 @@ impl Wal {
     fn start_segment(&mut self, seq: u64) -> Result<(), String> {
         let path = seg_path(&self.dir, seq);
         let mut buf = Vec::new();
-        self.state_records(&mut buf, Some(seq));
+        self.state_records(&mut buf, seq);
         let f = match self.reuse_spare(&path, seq) {
             Some((f, was)) => {
-                encode(&mut buf, Some(seq), RECYCLED, was, &[]);
+                encode(&mut buf, seq, RECYCLED, was, &[]);
                 if let Err(e) = f.write_all_at(&buf, 0).and_then(|_| f.sync_data()) {
                     // The next append starts this segment again, in a new file.
                     let _ = std::fs::remove_file(&path);
@@ -390,11 +369,7 @@ impl Wal {
         sync_dir(&self.dir).map_err(|e| err(&self.dir, e))?;
         self.active = f;
         self.active_len = buf.len() as u64;
-        self.segments.push(Segment {
-            seq,
-            last_index: 0,
-            legacy: false,
-        });
+        self.segments.push(Segment { seq, last_index: 0 });
         Ok(())
     }
 
@@ -423,7 +398,7 @@ impl Wal {
         }
     }
 
-    fn state_records(&self, buf: &mut Vec<u8>, key: Option<u64>) {
+    fn state_records(&self, buf: &mut Vec<u8>, key: u64) {
         if let Some(v) = &self.vote {
             encode(buf, key, VOTE, 0, v);
         }
@@ -436,12 +411,8 @@ impl Wal {
     }
 
     /// The active segment's CRC key (see [`record_crc`]).
-    fn active_key(&self) -> Option<u64> {
-        match self.segments.last() {
-            Some(s) if s.legacy => None,
-            Some(s) => Some(s.seq),
-            None => Some(1),
-        }
+    fn active_key(&self) -> u64 {
+        self.active_seq()
     }
 
     fn active_seq(&self) -> u64 {
@@ -518,7 +489,6 @@ impl Wal {
                     segment: seq,
                     record: at,
                     len: len as u32,
-                    legacy: key.is_none(),
                 },
             ));
         }
@@ -673,14 +643,9 @@ impl Wal {
         self.active.sync_data().map_err(|e| err(&path, e))?;
         for seq in &deletable {
             let p = seg_path(&self.dir, *seq);
-            let legacy = self.segments.iter().any(|s| s.seq == *seq && s.legacy);
-            if legacy {
-                std::fs::remove_file(&p).map_err(|e| err(&p, e))?;
-            } else {
-                let to = spare_path(&self.dir, *seq);
-                std::fs::rename(&p, &to).map_err(|e| err(&p, e))?;
-                self.spares.push(*seq);
-            }
+            let to = spare_path(&self.dir, *seq);
+            std::fs::rename(&p, &to).map_err(|e| err(&p, e))?;
+            self.spares.push(*seq);
             self.readers_lock().remove(seq);
         }
         // The newest spares are kept: their pages are the likeliest still cached.
@@ -715,8 +680,7 @@ impl Wal {
                 f.read_exact_at(&mut rec, loc.record)
             }
             .map_err(|e| err(&path, e))?;
-            let key = (!loc.legacy).then_some(loc.segment);
-            if record_crc(key, &rec[HEADER..])
+            if record_crc(loc.segment, &rec[HEADER..])
                 != u32::from_le_bytes(rec[4..8].try_into().unwrap_or_default())
             {
                 return Err(err(&path, format!("entry {index} fails its checksum")));
@@ -797,7 +761,7 @@ mod tests {
         drop(w);
         // A crash in the middle of the next append: half a record.
         let mut rec = Vec::new();
-        encode(&mut rec, Some(1), ENTRY, 4, b"{\"i\":4}");
+        encode(&mut rec, 1, ENTRY, 4, b"{\"i\":4}");
         let f = OpenOptions::new().write(true).open(&path).expect("seg");
         f.write_all_at(&rec[..rec.len() / 2], end).expect("torn");
         drop(f);
@@ -979,55 +943,16 @@ mod tests {
     }
 
     #[test]
-    fn segments_written_before_keyed_checksums_are_read_and_not_reused() {
-        let dir = tempfile::tempdir().expect("dir");
-        // Segment 1 as earlier builds wrote it: CRCs of the body alone.
-        let mut buf = Vec::new();
-        encode(&mut buf, None, VOTE, 0, b"v0");
-        for i in 1..=5u64 {
-            encode(
-                &mut buf,
-                None,
-                ENTRY,
-                i,
-                format!("{{\"i\":{i}}}").as_bytes(),
-            );
-        }
-        std::fs::write(seg_path(dir.path(), 1), &buf).expect("legacy segment");
-        let mut w = Wal::open_with(dir.path(), 200).expect("open");
-        assert_eq!(w.vote(), Some(&b"v0"[..]));
-        assert_eq!(entries(&w).len(), 5);
-        append(&mut w, 6, 8, "new");
-        drop(w);
-        let mut w = Wal::open_with(dir.path(), 200).expect("reopen");
-        let idx: Vec<u64> = entries(&w).iter().map(|(i, _)| *i).collect();
-        assert_eq!(idx, (1..=8).collect::<Vec<_>>());
-        w.purge(5, b"p5".to_vec()).expect("purge");
-        assert!(
-            !seg_path(dir.path(), 1).exists(),
-            "the old segment is deleted"
-        );
-        assert!(
-            spare_files(dir.path()).is_empty(),
-            "and not kept to be reused"
-        );
-        drop(w);
-        let w = Wal::open_with(dir.path(), 200).expect("reopen");
-        let idx: Vec<u64> = entries(&w).iter().map(|(i, _)| *i).collect();
-        assert_eq!(idx, vec![6, 7, 8]);
-    }
-
-    #[test]
     fn a_record_is_valid_only_in_the_segment_it_was_written_to() {
         let dir = tempfile::tempdir().expect("dir");
         // Segment 7, a reused file: its own records, then (at a record boundary) records the
         // file held as segment 3.
         let mut buf = Vec::new();
-        encode(&mut buf, Some(7), VOTE, 0, b"v7");
-        encode(&mut buf, Some(7), RECYCLED, 3, &[]);
-        encode(&mut buf, Some(7), ENTRY, 10, b"{\"t\":\"new\"}");
+        encode(&mut buf, 7, VOTE, 0, b"v7");
+        encode(&mut buf, 7, RECYCLED, 3, &[]);
+        encode(&mut buf, 7, ENTRY, 10, b"{\"t\":\"new\"}");
         for i in 4..=6u64 {
-            encode(&mut buf, Some(3), ENTRY, i, b"{\"t\":\"old\"}");
+            encode(&mut buf, 3, ENTRY, i, b"{\"t\":\"old\"}");
         }
         std::fs::write(seg_path(dir.path(), 7), &buf).expect("segment");
         let w = Wal::open(dir.path()).expect("open");

@@ -12,17 +12,13 @@ use crate::{EventType, Json, StoreError, WatchEvent};
 /// previous version (u64 little-endian, 0 for none). The revision is the record's key. The
 /// previous object is read from its own record when a watch replays history (for a delete,
 /// it is the record's object), so each write stores its object once: keeping its text here
-/// too (version 1) doubled the bytes each write adds to history, and measured 8-22 % fewer
-/// writes/s at 64 connections on three members.
-///
-/// Version 1 records (the previous object's text, absent: length `u32::MAX`, after the
-/// object) and JSON records of earlier versions (they start with `{`) are still read.
+/// too doubled the bytes each write adds to history, and measured 8-22 % fewer writes/s at 64
+/// connections on three members.
 ///
 /// Replicated mode stores a persist's records in chunks ([`Chunk`]), one database value of
 /// up to [`CHUNK_BYTES`] each, keyed by its first revision: a B-tree insert per record (and a
 /// leaf split every few) was most of what persisting history cost, which was a fifth of each
 /// member's CPU per write at 64 connections (docs/decisions.md, "History in chunks").
-const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
 const CHUNK_V1: u8 = 3;
 
@@ -166,14 +162,7 @@ struct Decoded {
 
 fn decode(revision: u64, b: &[u8]) -> Result<Decoded, StoreError> {
     let bad = || StoreError::Storage(format!("history record {revision} is malformed"));
-    if b.first() == Some(&b'{') {
-        return Ok(Decoded {
-            event: decode_json(revision, b)?,
-            prev_at: None,
-        });
-    }
-    let version = b.first().copied();
-    if !matches!(version, Some(RECORD_V1 | RECORD_V2)) || b.len() < 2 {
+    if b.first() != Some(&RECORD_V2) || b.len() < 2 {
         return Err(bad());
     }
     let type_ = match b[1] {
@@ -183,31 +172,18 @@ fn decode(revision: u64, b: &[u8]) -> Result<Decoded, StoreError> {
         _ => return Err(bad()),
     };
     let mut rest = &b[2..];
-    let mut take = || -> Result<Option<&[u8]>, StoreError> {
+    let mut take = || -> Result<&[u8], StoreError> {
         let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(bad)?;
-        let len = u32::from_le_bytes(*len);
-        if len == u32::MAX {
-            rest = tail;
-            return Ok(None);
-        }
-        let len = len as usize;
+        let len = u32::from_le_bytes(*len) as usize;
         if tail.len() < len {
             return Err(bad());
         }
         let (part, tail) = tail.split_at(len);
         rest = tail;
-        Ok(Some(part))
+        Ok(part)
     };
-    let key = take()?.ok_or_else(bad)?;
-    let key = std::str::from_utf8(key).map_err(|_| bad())?.to_string();
-    let object = Json::from_stored(take()?.ok_or_else(bad)?)?;
-    if version == Some(RECORD_V1) {
-        let prev = take()?.map(Json::from_stored).transpose()?;
-        return Ok(Decoded {
-            event: WatchEvent::new(revision, type_, key, object, prev),
-            prev_at: None,
-        });
-    }
+    let key = std::str::from_utf8(take()?).map_err(|_| bad())?.to_string();
+    let object = Json::from_stored(take()?)?;
     let prev_at = match rest {
         [a, b, c, d, e, f, g, h] => u64::from_le_bytes([*a, *b, *c, *d, *e, *f, *g, *h]),
         _ => return Err(bad()),
@@ -223,21 +199,6 @@ fn decode(revision: u64, b: &[u8]) -> Result<Decoded, StoreError> {
             prev_at: (prev_at != 0).then_some(prev_at),
         },
     })
-}
-
-/// A record written before the binary format: a JSON event.
-fn decode_json(revision: u64, b: &[u8]) -> Result<WatchEvent, StoreError> {
-    #[derive(serde::Deserialize)]
-    struct Old {
-        #[serde(rename = "type")]
-        type_: EventType,
-        key: String,
-        object: Json,
-        #[serde(default)]
-        prev: Option<Json>,
-    }
-    let o: Old = serde_json::from_slice(b)?;
-    Ok(WatchEvent::new(revision, o.type_, o.key, o.object, o.prev))
 }
 
 /// Every event after `revision`, read in one snapshot that also checks that history still

@@ -180,40 +180,6 @@ async fn watch_replays_then_streams_without_gaps() {
 }
 
 #[tokio::test]
-async fn history_written_as_json_by_earlier_versions_is_still_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir, 1000);
-    s.write(put("k/a", json!({"v": 1}), Precondition::None))
-        .await
-        .unwrap();
-    // Revision 3, as an earlier version recorded it (a JSON event with its object inline).
-    {
-        let txn = s.database().begin_write().unwrap();
-        txn.open_table(HISTORY)
-            .unwrap()
-            .insert(
-                3u64,
-                br#"{"revision":3,"type":"MODIFIED","key":"k/a","object":{"v":2,"metadata":{"resourceVersion":"3"}},"prev":{"v":1}}"#
-                    .as_slice(),
-            )
-            .unwrap();
-        txn.commit().unwrap();
-    }
-    let mut w = s.watch(1).unwrap();
-    let first = w.recv().await.unwrap();
-    assert_eq!((first.revision, first.type_), (2, EventType::Added));
-    assert_eq!(first.object()["v"], 1);
-    assert!(first.prev().is_none());
-    let old = w.recv().await.unwrap();
-    assert_eq!((old.revision, old.type_), (3, EventType::Modified));
-    assert_eq!(old.object()["v"], 2);
-    assert_eq!(old.prev().unwrap()["v"], 1);
-}
-
-/// A history record keeps its object once: the previous object is read from its own record
-/// when replayed (a delete's is the record's object), and a previous version compacted away
-/// is reported as unknown rather than as absent.
-#[tokio::test]
 async fn history_names_the_previous_version_instead_of_copying_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, 10);
@@ -275,37 +241,6 @@ async fn history_names_the_previous_version_instead_of_copying_it() {
     assert_eq!(
         (c.type_, c.prev().unwrap()["i"].clone()),
         (EventType::Deleted, json!(29))
-    );
-}
-
-/// Records of the first binary format, which copied the previous object, are still read.
-#[tokio::test]
-async fn history_records_with_the_previous_object_inline_are_still_read() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = open(&dir, 1000);
-    s.write(put("k/a", json!({"v": 1}), Precondition::None))
-        .await
-        .unwrap();
-    // Revision 3 in version 1: type 1 (modified), key, object, previous object.
-    let mut rec = vec![1u8, 1];
-    for part in [&b"k/a"[..], br#"{"v":2}"#, br#"{"v":1}"#] {
-        rec.extend_from_slice(&(part.len() as u32).to_le_bytes());
-        rec.extend_from_slice(part);
-    }
-    {
-        let txn = s.database().begin_write().unwrap();
-        txn.open_table(HISTORY)
-            .unwrap()
-            .insert(3u64, rec.as_slice())
-            .unwrap();
-        txn.commit().unwrap();
-    }
-    let mut w = s.watch(2).unwrap();
-    let old = w.recv().await.unwrap();
-    assert_eq!((old.revision, old.type_), (3, EventType::Modified));
-    assert_eq!(
-        (old.object()["v"].clone(), old.prev().unwrap()["v"].clone()),
-        (json!(2), json!(1))
     );
 }
 

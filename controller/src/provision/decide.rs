@@ -66,7 +66,11 @@ pub fn decide(o: &Observed) -> Plan {
         return Plan::Wait(Action::AwaitChange);
     }
     let p = provisioning(node);
-    if let Some(intent) = p.power_pending {
+    // Without a BMC (removed meanwhile) nobody takes a recorded action: the phase goes on,
+    // and its next transition clears the mark.
+    if let Some(intent) = p.power_pending
+        && node.spec.bmc.is_some()
+    {
         return pending(o, intent);
     }
     match node.status.as_ref().and_then(|s| s.phase) {

@@ -110,6 +110,10 @@ fn every_phase_decides_as_its_table_says() {
         ("registered, online false", node(json!({"bmc": bmc, "online": false}), json!({"phase": "Registered"})), None,
          "cond PoweredOffBySpec false await"),
         ("maintenance", node(json!({"bmc": bmc, "maintenance": true}), json!({})), None, "wait await"),
+        ("pending, BMC removed: the phase goes on", node(json!({"provisioning": "Provisioned"}), prov("Discovering", json!({"powerPending": "Pxe"}))), None,
+         "wait await"),
+        ("pending, BMC removed, inventoried", node(json!({"provisioning": "Provisioned"}), prov("Inventoried", json!({"powerPending": "Pxe"}))), Some(profile(true)),
+         "enter Provisioning#1 - Provisioning ok 20s"),
         ("pending, BMC fine", node(want.clone(), prov("Discovering", json!({"powerPending": "Pxe"}))), None, "wait await"),
         ("pending, BMC down", node(want.clone(), {
             let mut s = prov("Discovering", json!({"powerPending": "Pxe"}));
