@@ -160,6 +160,29 @@ pub struct RaftTls {
     pub public: Option<axum::Router>,
 }
 
+impl RaftTls {
+    /// A member's TLS from PEM: its certificate and key (server and client), the cluster CA,
+    /// who may call it, and what a caller without a certificate may reach.
+    pub fn from_pem(
+        cert_pem: String,
+        key_pem: String,
+        ca_pem: String,
+        allow: fn(&[u8]) -> bool,
+        public: Option<axum::Router>,
+    ) -> Result<RaftTls, String> {
+        // Callers without a certificate are accepted by TLS and reach only `public`.
+        let server = groundwork_pki::tls::server_config_with(&cert_pem, &key_pem, &ca_pem, false)?;
+        Ok(RaftTls {
+            cert_pem,
+            key_pem,
+            ca_pem,
+            server,
+            allow,
+            public,
+        })
+    }
+}
+
 impl std::fmt::Debug for RaftTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RaftTls { key: <redacted> }")

@@ -91,17 +91,14 @@ pub(crate) fn member_tls(
         )
         .map_err(|e| anyhow::anyhow!("raft member certificate: {e}"))?;
     // A caller without a certificate reaches only the join routes (RaftTls::public).
-    let server =
-        groundwork_pki::tls::server_config_with(&ck.cert_pem, &ck.key_pem, pki.ca_pem(), false)
-            .map_err(|e| anyhow::anyhow!("raft TLS: {e}"))?;
-    Ok(groundwork_raft::RaftTls {
-        cert_pem: ck.cert_pem,
-        key_pem: ck.key_pem,
-        ca_pem: pki.ca_pem().to_string(),
-        server,
-        allow: raft_peer_allowed,
-        public: Some(crate::join::public_router(pki.dir(), key.clone())),
-    })
+    groundwork_raft::RaftTls::from_pem(
+        ck.cert_pem,
+        ck.key_pem,
+        pki.ca_pem().to_string(),
+        raft_peer_allowed,
+        Some(crate::join::public_router(pki.dir(), key.clone())),
+    )
+    .map_err(|e| anyhow::anyhow!("raft TLS: {e}"))
 }
 
 /// The group of raft members' certificates.
