@@ -99,9 +99,18 @@ async fn overlapping_nodes_mark_the_rack_and_both_nodes() {
         eventually(WAIT, "c placed", || node_cond(&c, "c", "RackPlacement")).await;
     assert_eq!((st.as_str(), reason.as_str()), ("True", "Placed"));
 
+    // The rack's totals follow once its controller has seen all three Nodes (the overlap
+    // may be reported before c reached its cache).
     let racks: Api<Rack> = Api::all(c.clone());
-    let r = racks.get("r1").await.unwrap();
-    let st = r.status.unwrap();
+    let st = eventually(WAIT, "rack totals of three nodes", || async {
+        racks
+            .get("r1")
+            .await
+            .ok()?
+            .status
+            .filter(|s| s.elevation.len() == 3)
+    })
+    .await;
     assert_eq!(st.units_used, Some(3), "U10, U11 (shared), U20");
     assert_eq!(st.units_free, Some(39));
     assert_eq!(st.power_drawn_kw, Some(1.5));

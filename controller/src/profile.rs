@@ -568,6 +568,69 @@ mod tests {
         n
     }
 
+    /// The profile choice as a table: (case, node role, CPU threads if inventoried, spec.profile,
+    /// profiles as (name, priority, role selector, min threads), the choice).
+    #[test]
+    fn the_profile_choice_as_a_table() {
+        type P = (&'static str, i32, Option<&'static str>, Option<u32>);
+        type Row = (
+            &'static str,
+            &'static str,
+            Option<u32>,
+            Option<&'static str>,
+            Vec<P>,
+            Assignment,
+        );
+        let m = |p: &str, priority| Assignment::Matched {
+            profile: p.into(),
+            priority,
+        };
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            ("no profiles", "worker", None, None, vec![], Assignment::NoMatch { awaiting_inventory: vec![] }),
+            ("catch-all", "db", None, None, vec![("any", 0, None, None)], m("any", 0)),
+            ("selector beats catch-all by priority", "worker", None, None,
+             vec![("any", 0, None, None), ("w", 10, Some("worker"), None)], m("w", 10)),
+            ("a higher catch-all wins", "worker", None, None,
+             vec![("any", 20, None, None), ("w", 10, Some("worker"), None)], m("any", 20)),
+            ("selector does not match", "db", None, None, vec![("w", 10, Some("worker"), None)],
+             Assignment::NoMatch { awaiting_inventory: vec![] }),
+            ("tie at the top", "worker", None, None,
+             vec![("b", 5, Some("worker"), None), ("a", 5, None, None)],
+             Assignment::Ambiguous { priority: 5, profiles: vec!["a".into(), "b".into()] }),
+            ("a tie below the top does not matter", "worker", None, None,
+             vec![("top", 9, None, None), ("b", 5, Some("worker"), None), ("a", 5, None, None)], m("top", 9)),
+            ("requirements wait for inventory", "worker", None, None,
+             vec![("big", 1, Some("worker"), Some(8))],
+             Assignment::NoMatch { awaiting_inventory: vec!["big".into()] }),
+            ("requirements met", "worker", Some(16), None, vec![("big", 1, Some("worker"), Some(8))], m("big", 1)),
+            ("requirements not met: the next one", "worker", Some(4), None,
+             vec![("big", 9, Some("worker"), Some(8)), ("small", 1, Some("worker"), None)], m("small", 1)),
+            ("explicit", "db", None, Some("w"), vec![("w", 10, Some("worker"), None)], Assignment::Explicit("w".into())),
+            ("explicit, missing", "worker", None, Some("x"), vec![("w", 10, Some("worker"), None)],
+             Assignment::ExplicitMissing("x".into())),
+        ];
+        for (case, role, threads, explicit, ps, want) in rows {
+            let ps: Vec<Arc<Profile>> = ps
+                .into_iter()
+                .map(|(name, priority, sel, min)| {
+                    profile(
+                        name,
+                        priority,
+                        sel,
+                        min.map(|t| HardwareRequirements {
+                            min_cpu_threads: Some(t),
+                            ..Default::default()
+                        }),
+                    )
+                })
+                .collect();
+            let mut n = node(role, threads);
+            n.spec.profile = explicit.map(String::from);
+            assert_eq!(assign(&n, &ps), want, "{case}");
+        }
+    }
+
     #[test]
     fn highest_priority_match_wins() {
         let ps = vec![

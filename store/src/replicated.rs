@@ -2,10 +2,12 @@
 //! and every operation that passes its precondition gets the next revision
 //! (`resourceVersion`), as in etcd. Every member applies the same entries in the same order
 //! from the same state, so every member assigns the same revisions; the revision is in the
-//! snapshot with the objects. The raft layer
-//! (crate `groundwork-raft`) keeps its log in the same redb file ([`Store::database`]) and its
-//! state-machine metadata (last applied log id, membership) next to the objects, written in
-//! the same transaction as the operations it describes.
+//! snapshot with the objects. The raft layer (crate `groundwork-raft`) keeps its log in a
+//! write-ahead log of its own (`raft-wal/`); the state-machine metadata (last applied log id,
+//! membership) travels with the applied objects in the in-memory tail (`tail.rs`) and is
+//! persisted with them, in one transaction, when the applies pause, at least every
+//! `--raft-persist-every-ms`, and before a snapshot. A crash loses only the tail, which the
+//! log applies again.
 //!
 //! In replicated mode [`Store::write`] goes to the installed [`Proposer`] (the raft leader,
 //! directly or forwarded) and returns once the entry is applied here; reads wait for
