@@ -366,14 +366,21 @@ fn provisioning_phase(o: &Observed) -> Plan {
     task_phase(o, NodePhase::Provisioning, "install")
 }
 
-fn provisioned(o: &Observed) -> Plan {
-    let t = o.timing;
+/// An installed Node no longer wanted installed: wipe it.
+fn no_longer_wanted(o: &Observed) -> Option<Plan> {
     let want = o.node.spec.provisioning;
-    if want != ProvisioningState::Provisioned {
-        return deprovision(
+    (want != ProvisioningState::Provisioned).then(|| {
+        deprovision(
             o,
             &format!("spec.provisioning is {want:?}: wiping the disks"),
-        );
+        )
+    })
+}
+
+fn provisioned(o: &Observed) -> Plan {
+    let t = o.timing;
+    if let Some(wipe) = no_longer_wanted(o) {
+        return wipe;
     }
     let p = provisioning(o.node);
     let beat = parse_ts(p.last_heartbeat.as_deref());
@@ -406,12 +413,8 @@ fn provisioned(o: &Observed) -> Plan {
 
 fn ready(o: &Observed) -> Plan {
     let t = o.timing;
-    let want = o.node.spec.provisioning;
-    if want != ProvisioningState::Provisioned {
-        return deprovision(
-            o,
-            &format!("spec.provisioning is {want:?}: wiping the disks"),
-        );
+    if let Some(wipe) = no_longer_wanted(o) {
+        return wipe;
     }
     let p = provisioning(o.node);
     let age = elapsed(o.now, parse_ts(p.last_heartbeat.as_deref()));
