@@ -39,7 +39,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     start_raft_member(&args, &store, certs.as_ref(), &key).await?;
     let (listener, addr) = bind_api(&args, certs.is_some()).await?;
     let client = loopback_client(addr, certs.as_ref()).await?;
-    let mut opts = controller_options(&args, key.clone());
+    let opts = controller_options(&args, key.clone());
     let caches = shared_caches(&args, &opts, &client);
     if let Some(caches) = &caches {
         boot::start(&args, certs.as_ref(), &key, &client, caches).await?;
@@ -52,10 +52,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let with_controllers = !opts.controllers.is_empty();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let controllers = match caches {
-        Some(c) => {
-            let opts = std::mem::replace(&mut opts, groundwork_controller::Options::new(vec![]));
-            tokio::spawn(groundwork_controller::run(client, c, opts, stop_rx))
-        }
+        Some(c) => tokio::spawn(groundwork_controller::run(client, c, opts, stop_rx)),
         None => tokio::spawn(async {}),
     };
     let shutdown = async move {

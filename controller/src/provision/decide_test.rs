@@ -13,17 +13,9 @@ fn ago(secs: i64) -> String {
     (now - jiff::SignedDuration::from_secs(secs)).to_string()
 }
 
+/// The defaults: the rows' times (600 s to discover, 20 s of grace, ...) are theirs.
 fn timing() -> Timing {
-    Timing {
-        discover: Duration::from_secs(600),
-        task_start: Duration::from_secs(600),
-        agent_grace: Duration::from_secs(20),
-        task: Duration::from_secs(3600),
-        boot: Duration::from_secs(600),
-        attempts: 3,
-        failed_retry: Duration::from_secs(1800),
-        heartbeat_grace: Duration::from_secs(90),
-    }
+    Timing::default()
 }
 
 const BMC: &str = r#"{"address": "10.0.0.9", "protocol": "ipmi", "credentialsRef": "c"}"#;
