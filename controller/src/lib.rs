@@ -17,6 +17,7 @@ pub mod provision;
 pub mod queue;
 pub mod retry;
 pub mod runtime;
+pub mod stack;
 pub mod topology;
 
 use std::sync::Arc;

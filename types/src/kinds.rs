@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validate::{FieldError, Validate, check_name};
-use crate::{Credential, Datacenter, Node, Profile, Rack, ServiceStack};
+use crate::{Credential, Datacenter, Node, Profile, Rack, ServiceInstance, ServiceStack};
 
 pub const GROUP: &str = "groundwork.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -273,15 +273,81 @@ const PROFILE_COLUMNS: &[Column] = &[
 ];
 const STACK_COLUMNS: &[Column] = &[
     Column {
+        name: "Phase",
+        json_path: ".status.phase",
+        type_: "string",
+        priority: 0,
+        description: "The least advanced layer's phase",
+    },
+    Column {
+        name: "Layers-Ready",
+        json_path: ".status.layersReady",
+        type_: "string",
+        priority: 0,
+        description: "Ready layers of all",
+    },
+    Column {
         name: "Layers",
         json_path: ".spec.layers[*].name",
         type_: "string",
-        priority: 0,
+        priority: 1,
         description: "",
     },
     Column {
         name: "Datacenter",
         json_path: ".spec.datacenter",
+        type_: "string",
+        priority: 1,
+        description: "",
+    },
+    AGE,
+];
+const INSTANCE_COLUMNS: &[Column] = &[
+    Column {
+        name: "Layer",
+        json_path: ".spec.layer",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Service",
+        json_path: ".spec.service",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Node",
+        json_path: ".spec.node",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Phase",
+        json_path: ".status.phase",
+        type_: "string",
+        priority: 0,
+        description: "As the node agent reports it",
+    },
+    Column {
+        name: "Ready",
+        json_path: ".status.ready",
+        type_: "boolean",
+        priority: 0,
+        description: "Running the current config and healthy",
+    },
+    Column {
+        name: "Address",
+        json_path: ".spec.address",
+        type_: "string",
+        priority: 1,
+        description: "",
+    },
+    Column {
+        name: "Message",
+        json_path: ".status.message",
         type_: "string",
         priority: 1,
         description: "",
@@ -395,6 +461,14 @@ static KINDS: &[KindInfo] = &[
         "servicestack",
         ["stack"],
         STACK_COLUMNS
+    ),
+    crd_kind!(
+        ServiceInstance,
+        "ServiceInstance",
+        "serviceinstances",
+        "serviceinstance",
+        ["si"],
+        INSTANCE_COLUMNS
     ),
     KindInfo {
         has_status: false,
@@ -686,7 +760,7 @@ mod tests {
     #[test]
     fn crds_have_schema_and_columns() {
         let docs = crd_yaml_documents();
-        assert_eq!(docs.len(), 6);
+        assert_eq!(docs.len(), 7);
         for (_, crd) in docs {
             let v = &crd["spec"]["versions"][0];
             assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());

@@ -12,6 +12,7 @@ mod node;
 mod profile;
 mod rack;
 pub mod secrets;
+mod serviceinstance;
 mod servicestack;
 mod validate;
 
@@ -26,6 +27,7 @@ pub use kinds::{
 pub use node::*;
 pub use profile::*;
 pub use rack::*;
+pub use serviceinstance::*;
 pub use servicestack::*;
 pub use validate::{FieldError, FieldErrorKind, Validate, normalize_mac, validate_node_in_rack};
 

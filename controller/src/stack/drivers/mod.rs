@@ -1,0 +1,132 @@
+//! Service drivers: for each service Groundwork runs, a pure renderer from the layer's typed
+//! configuration and its placed members to what the node agent converges (a
+//! [`ServiceInstanceSpec`] without its identity fields): the artifact, the native config
+//! files, the service's own checker, the command, the health check, the one-time setup.
+//!
+//! Paths use the agent's placeholders (`{dir}`, `{conf}`, `{data}`, `{artifact}`) and secrets
+//! the `{secret:CREDENTIAL}` ones (see `groundwork_types::serviceinstance`).
+
+mod metrics;
+pub mod mysql;
+mod openldap;
+
+use std::collections::BTreeMap;
+
+use groundwork_types::{Layer, ServiceInstanceSpec, ServiceType};
+
+/// A machine a service of the layer is placed on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub node: String,
+    pub address: String,
+    /// Stable within the layer's service: the lowest free one when the member was placed.
+    pub ordinal: u32,
+}
+
+/// A metrics endpoint Prometheus scrapes: `job` is the service's name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ScrapeTarget {
+    pub job: String,
+    pub target: String,
+    pub path: String,
+    /// The member's node, as the `node` label.
+    pub node: String,
+}
+
+/// What a renderer reads.
+pub struct RenderCtx<'a> {
+    pub stack: &'a str,
+    pub layer: &'a Layer,
+    /// The layer's index in `spec.layers`, for field paths in messages.
+    pub layer_index: usize,
+    pub service: ServiceType,
+    /// The member being rendered.
+    pub me: &'a Member,
+    /// The placed members of each of the layer's services, by ordinal.
+    pub peers: &'a BTreeMap<ServiceType, Vec<Member>>,
+    /// Every metrics endpoint of the stack's placed members.
+    pub scrape: &'a [ScrapeTarget],
+    /// Groundwork's own metrics endpoint (`host:port`, plain HTTP), when it serves one.
+    pub groundwork_metrics: Option<&'a str>,
+}
+
+/// Whether Groundwork can run `service` yet.
+pub fn supported(service: ServiceType) -> bool {
+    matches!(
+        service,
+        ServiceType::Prometheus
+            | ServiceType::Alertmanager
+            | ServiceType::NodeExporter
+            | ServiceType::Openldap
+            | ServiceType::Mysql
+            | ServiceType::Haproxy
+    )
+}
+
+/// Services that run on every machine of the layer's placement, whatever its `count`.
+pub fn on_every_node(service: ServiceType) -> bool {
+    service == ServiceType::NodeExporter
+}
+
+/// The port clients use, for the layer's endpoints.
+pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
+    let c = &layer.config;
+    Some(match service {
+        ServiceType::Prometheus => c.prometheus.clone().unwrap_or_default().port,
+        ServiceType::Alertmanager => c.alertmanager.clone().unwrap_or_default().port,
+        ServiceType::NodeExporter => c.node_exporter.clone().unwrap_or_default().port,
+        ServiceType::Openldap => c.openldap.as_ref()?.port,
+        ServiceType::Mysql => c.mysql.as_ref()?.port,
+        ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
+        _ => return None,
+    })
+}
+
+/// Where the service exports Prometheus metrics: `(port, path)`.
+pub fn metrics_endpoint(service: ServiceType, layer: &Layer) -> Option<(u16, &'static str)> {
+    let c = &layer.config;
+    match service {
+        ServiceType::Prometheus => Some((c.prometheus.clone().unwrap_or_default().port, "/metrics")),
+        ServiceType::Alertmanager => {
+            Some((c.alertmanager.clone().unwrap_or_default().port, "/metrics"))
+        }
+        ServiceType::NodeExporter => Some((
+            c.node_exporter.clone().unwrap_or_default().port,
+            "/metrics",
+        )),
+        ServiceType::Haproxy => Some((c.haproxy.clone().unwrap_or_default().stats_port, "/metrics")),
+        _ => None,
+    }
+}
+
+/// The rendered instance (identity fields and digest left empty), or why it cannot be.
+pub fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
+    match ctx.service {
+        ServiceType::Prometheus => Ok(metrics::prometheus(ctx)),
+        ServiceType::Alertmanager => Ok(metrics::alertmanager(ctx)),
+        ServiceType::NodeExporter => Ok(metrics::node_exporter(ctx)),
+        ServiceType::Openldap => openldap::render(ctx),
+        ServiceType::Mysql => mysql::render_mysql(ctx),
+        ServiceType::Haproxy => mysql::render_haproxy(ctx),
+        other => Err(format!(
+            "Groundwork has no driver for {other} yet: the layer is stored, not run"
+        )),
+    }
+}
+
+/// YAML for a config file from a JSON value (JSON is YAML; Prometheus and Alertmanager read
+/// either).
+pub(crate) fn yaml(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
+}
+
+pub(crate) fn argv(parts: &[&str]) -> Vec<String> {
+    parts.iter().map(|s| s.to_string()).collect()
+}
+
+impl RenderCtx<'_> {
+    /// `spec.layers[i]`: where the layer's fields are.
+    pub fn field(&self) -> String {
+        format!("spec.layers[{}]", self.layer_index)
+    }
+}
