@@ -34,7 +34,7 @@ pub struct AgentIdentity {
     pub stale_issuer: bool,
 }
 
-use groundwork_types::agent::{Heartbeat, HeartbeatReply, Task};
+use groundwork_types::agent::{Heartbeat, HeartbeatReply, InstanceReports, InstanceSet, SecretValue, Task};
 pub use groundwork_types::agent::{JoinReply, JoinRequest};
 use groundwork_types::{Inventory, TaskReport};
 
@@ -122,6 +122,39 @@ pub trait InventorySink: Send + Sync {
         _beat: Heartbeat,
     ) -> Answer<HeartbeatReply> {
         Box::pin(async { Err(AgentError::NotFound("no heartbeats here\n".into())) })
+    }
+
+    /// The machine's ServiceInstances (`GET /agent/instances`): at once when `known` is not
+    /// the current version, else when they change or after `wait` seconds.
+    fn instances(
+        &self,
+        _mac: String,
+        _who: AgentIdentity,
+        _known: Option<String>,
+        _wait: u32,
+    ) -> Answer<InstanceSet> {
+        Box::pin(async { Err(AgentError::NotFound("no instances here\n".into())) })
+    }
+
+    /// The node agent's reports on its instances (`POST /agent/instances`).
+    fn instance_reports(
+        &self,
+        _mac: String,
+        _who: AgentIdentity,
+        _reports: InstanceReports,
+    ) -> Answer<String> {
+        Box::pin(async { Err(AgentError::NotFound("no instances here\n".into())) })
+    }
+
+    /// A Credential one of the machine's instances lists (`GET /agent/secret`).
+    fn secret(
+        &self,
+        _mac: String,
+        _who: AgentIdentity,
+        _instance: String,
+        _credential: String,
+    ) -> Answer<SecretValue> {
+        Box::pin(async { Err(AgentError::NotFound("no secrets here\n".into())) })
     }
 }
 
@@ -252,6 +285,18 @@ struct AgentQuery {
     mac: String,
 }
 
+#[derive(serde::Deserialize)]
+struct InstancesQuery {
+    known: Option<String>,
+    wait: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct SecretQuery {
+    instance: String,
+    credential: String,
+}
+
 /// A checked MAC and the authenticated machine, or the response that refuses the call.
 fn agent_call(
     q: &AgentQuery,
@@ -376,6 +421,38 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
                     match checked(&q, &who, &body, "heartbeat") {
                         Ok((mac, who, b)) => reply(sink.heartbeat(mac, who, b).await),
+                        Err(e) => e.into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/agent/instances",
+            get(
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, Query(i): Query<InstancesQuery>| async move {
+                    match agent_call(&q, who.as_deref()) {
+                        Ok((mac, who)) => {
+                            reply(sink.instances(mac, who, i.known, i.wait.unwrap_or(0).min(60)).await)
+                        }
+                        Err(e) => e.into_response(),
+                    }
+                },
+            )
+            .post(
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, body: Bytes| async move {
+                    match checked(&q, &who, &body, "instance reports") {
+                        Ok((mac, who, r)) => text(sink.instance_reports(mac, who, r).await),
+                        Err(e) => e.into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/agent/secret",
+            get(
+                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, Query(s): Query<SecretQuery>| async move {
+                    match agent_call(&q, who.as_deref()) {
+                        Ok((mac, who)) => reply(sink.secret(mac, who, s.instance, s.credential).await),
                         Err(e) => e.into_response(),
                     }
                 },

@@ -59,7 +59,11 @@ pub struct Joining {
 
 /// The kinds the agent API and the boot scripts read.
 pub(crate) fn watches(kinds: Kinds) -> Kinds {
-    kinds.watch::<Node>().watch::<Profile>()
+    kinds
+        .watch::<Node>()
+        .watch::<Profile>()
+        .watch::<groundwork_types::ServiceInstance>()
+        .watch::<groundwork_types::Credential>()
 }
 
 pub struct NodeScripts {
@@ -594,9 +598,67 @@ impl InventorySink for NodeScripts {
             Self::heartbeat_for(client, node, mac, who, beat, interval, ca).await
         })
     }
+
+    fn instances(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        known: Option<String>,
+        wait: u32,
+    ) -> futures::future::BoxFuture<'static, Result<groundwork_types::agent::InstanceSet, Refusal>>
+    {
+        NodeScripts::instances(self, mac, who, known, wait)
+    }
+
+    fn instance_reports(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        reports: groundwork_types::agent::InstanceReports,
+    ) -> futures::future::BoxFuture<'static, Result<String, Refusal>> {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            crate::instances::reports(caches, client, node.name_any(), reports).await
+        })
+    }
+
+    fn secret(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        instance: String,
+        credential: String,
+    ) -> futures::future::BoxFuture<'static, Result<groundwork_types::agent::SecretValue, Refusal>>
+    {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        let key = self.joining.as_ref().map(|j| j.key.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            let key = key.ok_or_else(|| {
+                AgentError::Unavailable("this server has no secret key\n".into())
+            })?;
+            crate::instances::secret(&caches, &key, &node.name_any(), &instance, &credential)
+        })
+    }
 }
 
 impl NodeScripts {
+    fn instances(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        known: Option<String>,
+        wait: u32,
+    ) -> futures::future::BoxFuture<'static, Result<groundwork_types::agent::InstanceSet, Refusal>>
+    {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            crate::instances::instances(caches, node.name_any(), known, wait).await
+        })
+    }
+
     fn next_task_for(caches: &Caches, node: Node, mac: &str) -> Task {
         let node = Some(node);
         let task = node.as_ref().and_then(|node| {

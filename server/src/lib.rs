@@ -8,6 +8,7 @@ mod args;
 mod boot;
 mod bootnet;
 mod certs;
+mod instances;
 pub mod join;
 mod kubeconfig;
 mod logging;

@@ -185,3 +185,54 @@ pub fn redact_url(u: &str) -> String {
         format!("{scheme}://{rest}")
     }
 }
+
+/// The ServiceInstances of one machine (`GET /agent/instances`), with a version that changes
+/// whenever any of them does: the agent passes it back as `known` and the call waits (up to
+/// `wait` seconds) until there is something new.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSet {
+    pub version: String,
+    pub instances: Vec<AssignedInstance>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignedInstance {
+    pub name: String,
+    pub spec: crate::ServiceInstanceSpec,
+}
+
+/// The node agent's report on its instances (`POST /agent/instances`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReports {
+    pub reports: Vec<InstanceReport>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceReport {
+    pub name: String,
+    /// The spec digest the report is about (a report on an older spec is still recorded).
+    pub config_digest: String,
+    pub status: crate::ServiceInstanceStatus,
+}
+
+/// A Credential's values for one of the machine's instances (`GET /agent/secret`): sent
+/// only over the machine's own TLS channel, for a credential its instance lists.
+#[derive(Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretValue {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
