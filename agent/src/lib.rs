@@ -7,3 +7,4 @@
 pub mod install;
 pub mod node;
 pub mod ramdisk;
+pub mod services;

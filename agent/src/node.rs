@@ -30,6 +30,75 @@ pub struct NodeAgentArgs {
     /// Stop after this many accepted heartbeats (tests; default: never).
     #[arg(long, hide = true)]
     beats: Option<u32>,
+    /// Join a machine that Groundwork did not install (`spec.provisioning: External`): the
+    /// boot HTTP server's URL, e.g. `http://10.0.0.1:8080`. With --token, --ca-cert-hash,
+    /// --mac and --agent-api; the machine config is then kept in
+    /// `ROOT/var/lib/groundwork/machine.json` and later starts need none of them.
+    #[arg(long, requires_all = ["token", "ca_cert_hash", "mac", "agent_api"])]
+    join: Option<String>,
+    /// A join token for this machine's MAC (`groundwork node join-token NODE`); good once.
+    #[arg(long, env = "GROUNDWORK_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// `sha256:HEX` of the cluster CA, as `groundwork node join-token` prints it.
+    #[arg(long)]
+    ca_cert_hash: Option<String>,
+    /// The MAC the Node knows this machine by (its first `spec.bootMACs`).
+    #[arg(long)]
+    mac: Option<String>,
+    /// The agent API, `HOST:PORT`.
+    #[arg(long)]
+    agent_api: Option<String>,
+    /// Do not run the machine's ServiceInstances (heartbeats only).
+    #[arg(long)]
+    no_services: bool,
+}
+
+/// Where a joined machine keeps its config (mode 0600: it holds the machine's key).
+fn joined_path(root: &Path) -> PathBuf {
+    root.join("var/lib/groundwork/machine.json")
+}
+
+/// Joins with the token unless this machine has joined before.
+async fn join_once(a: &NodeAgentArgs) -> anyhow::Result<Option<(PathBuf, MachineFile)>> {
+    let path = joined_path(&a.root);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let m: MachineFile =
+            serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+        return Ok(Some((path, m)));
+    }
+    let (Some(url), Some(token), Some(hash), Some(mac), Some(agent)) = (
+        &a.join,
+        &a.token,
+        &a.ca_cert_hash,
+        &a.mac,
+        &a.agent_api,
+    ) else {
+        return Ok(None);
+    };
+    let mac = groundwork_types::normalize_mac(mac)
+        .with_context(|| format!("--mac {mac:?}: not a MAC address"))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let creds = crate::ramdisk::join(url, &mac, token, agent, hash, None, deadline).await?;
+    let node = node_of(&creds.certificate).unwrap_or_default();
+    let m = MachineFile {
+        node,
+        url: url.clone(),
+        mac,
+        credentials: Some(creds),
+        ..Default::default()
+    };
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).with_context(|| d.display().to_string())?;
+    }
+    groundwork_pki::write_private(&path, &serde_json::to_string(&m)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some((path, m)))
+}
+
+/// The Node a machine certificate is for (`system:node:NAME`).
+fn node_of(cert_pem: &str) -> Option<String> {
+    let (cn, _) = groundwork_pki::subject(&groundwork_pki::pem_der(cert_pem)?)?;
+    cn.strip_prefix("system:node:").map(str::to_string)
 }
 
 fn find_config(a: &NodeAgentArgs) -> anyhow::Result<(PathBuf, MachineFile)> {
@@ -264,7 +333,10 @@ async fn renew(
 }
 
 pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
-    let (disk, m) = find_config(&a)?;
+    let (disk, m) = match join_once(&a).await? {
+        Some(found) => found,
+        None => find_config(&a)?,
+    };
     eprintln!(
         "groundwork node-agent: machine config for {} from {}",
         m.node,
@@ -299,6 +371,17 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         groundwork_pki::write_private(&saved, &serde_json::to_string(c).unwrap_or_default())
     };
     let base = crate::ramdisk::agent_base(&creds.agent);
+    let (client_tx, client_rx) = tokio::sync::watch::channel(client.clone());
+    if !a.no_services {
+        tokio::spawn(crate::services::run(
+            crate::services::Api {
+                client: client_rx,
+                base: base.clone(),
+                mac: m.mac.clone(),
+            },
+            a.root.clone(),
+        ));
+    }
     let mut accepted = 0u32;
     let mut interval = Duration::from_secs(15);
     let mut failures = 0u32;
@@ -326,6 +409,7 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                         Ok(()) => {
                             eprintln!("groundwork node-agent: certificate renewed");
                             client = crate::ramdisk::agent_client(&c, Duration::from_secs(10))?;
+                            let _ = client_tx.send(client.clone());
                             creds = c;
                         }
                         Err(e) => eprintln!(
@@ -358,6 +442,7 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                                 eprintln!(
                                     "groundwork node-agent: the cluster's CA bundle changed: updated"
                                 );
+                                let _ = client_tx.send(cl.clone());
                                 client = cl;
                                 creds = c;
                             }

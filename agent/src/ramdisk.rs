@@ -288,7 +288,7 @@ fn base_client(agent: &str, ca_pem: &str) -> anyhow::Result<reqwest::ClientBuild
 
 /// Joins: fetches and checks the CA, then trades the join token and a certificate request
 /// for the machine's certificate. Retries what may pass later; a refusal ends it.
-async fn join(
+pub(crate) async fn join(
     url: &str,
     mac: &str,
     token: &str,

@@ -116,20 +116,23 @@ pub(crate) async fn reports(
             let _g = span.enter();
             tracing::info!(node = %node, phase = ?rep.status.phase, ready = rep.status.ready, message = ?rep.status.message, "instance report");
         }
-        api.patch_status(
-            &rep.name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({ "status": status })),
-        )
-        .await
-        .map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => AgentError::NotFound(format!(
-                "ServiceInstance {} no longer exists\n",
-                rep.name
-            )),
-            e => AgentError::Unavailable(format!("cannot record the report: {e}\n")),
-        })?;
-        recorded += 1;
+        match api
+            .patch_status(
+                &rep.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+        {
+            Ok(_) => recorded += 1,
+            // Deleted meanwhile.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(AgentError::Unavailable(format!(
+                    "cannot record the report: {e}\n"
+                )));
+            }
+        }
     }
     Ok(format!("{recorded} recorded\n"))
 }

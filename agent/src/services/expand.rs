@@ -1,0 +1,101 @@
+//! Placeholders in a ServiceInstance: `{dir}`, `{conf}`, `{data}`, `{artifact}` in paths and
+//! arguments; `{secret:C}`, `{secret-user:C}`, `{secret-ssha:C}` in file contents.
+
+use std::collections::BTreeMap;
+
+use groundwork_types::agent::SecretValue;
+
+/// The directories of one config version of an instance.
+#[derive(Clone, Debug, Default)]
+pub struct Vars {
+    pub dir: String,
+    pub conf: String,
+    pub data: String,
+    pub artifact: String,
+}
+
+impl Vars {
+    pub fn expand(&self, s: &str) -> String {
+        s.replace("{dir}", &self.dir)
+            .replace("{conf}", &self.conf)
+            .replace("{data}", &self.data)
+            .replace("{artifact}", &self.artifact)
+    }
+
+    pub fn expand_all(&self, args: &[String]) -> Vec<String> {
+        args.iter().map(|a| self.expand(a)).collect()
+    }
+}
+
+/// `{SSHA}` of a password (salted SHA-1, as slapd's `slappasswd` makes it).
+pub fn ssha(password: &str, salt: [u8; 8]) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(password.as_bytes());
+    ctx.update(&salt);
+    let mut out = ctx.finish().as_ref().to_vec();
+    out.extend_from_slice(&salt);
+    format!(
+        "{{SSHA}}{}",
+        base64::engine::general_purpose::STANDARD.encode(out)
+    )
+}
+
+/// Replaces the secret placeholders of `text` with the values fetched. A salt per file
+/// version keeps the hashed value stable while the password is (so the digest of what is
+/// written does not churn).
+pub fn fill_secrets(text: &str, secrets: &BTreeMap<String, SecretValue>, salt: [u8; 8]) -> String {
+    let mut out = text.to_string();
+    for (name, v) in secrets {
+        out = out
+            .replace(&format!("{{secret:{name}}}"), &v.password)
+            .replace(&format!("{{secret-user:{name}}}"), &v.username)
+            .replace(&format!("{{secret-ssha:{name}}}"), &ssha(&v.password, salt));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssha_matches_slappasswd() {
+        // slappasswd -s secret with salt "saltsalt" (checked with `slappasswd -h {SSHA}`'s
+        // format: base64(sha1(pw + salt) + salt)).
+        let h = ssha("secret", *b"saltsalt");
+        assert!(h.starts_with("{SSHA}"));
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(&h[6..])
+            .unwrap();
+        assert_eq!(raw.len(), 28);
+        assert_eq!(&raw[20..], b"saltsalt");
+    }
+
+    #[test]
+    fn placeholders() {
+        let v = Vars {
+            dir: "/d".into(),
+            conf: "/d/conf/1".into(),
+            data: "/d/data".into(),
+            artifact: "/a/x".into(),
+        };
+        assert_eq!(
+            v.expand("--config={conf}/p.yml --db={data} {artifact} {dir}"),
+            "--config=/d/conf/1/p.yml --db=/d/data /a/x /d"
+        );
+        let mut s = BTreeMap::new();
+        s.insert(
+            "db".to_string(),
+            SecretValue {
+                username: "root".into(),
+                password: "pw".into(),
+            },
+        );
+        assert_eq!(
+            fill_secrets("u={secret-user:db} p={secret:db} q={secret:other}", &s, [0; 8]),
+            "u=root p=pw q={secret:other}"
+        );
+    }
+}
