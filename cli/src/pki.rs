@@ -61,6 +61,20 @@ enum PkiCmd {
         #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=7 * 86400))]
         ttl_seconds: i64,
     },
+    /// Print a join token for a machine Groundwork did not install (a Node with
+    /// `spec.provisioning: External`) and the CA's hash: run `groundwork node-agent --join
+    /// URL --token TOKEN --ca-cert-hash HASH --mac MAC --agent-api ADDR` on it. The token is
+    /// good once, for that MAC only.
+    MachineToken {
+        /// The member's data directory (its secret.key and pki/).
+        #[arg(long, default_value = "/var/lib/groundwork")]
+        data_dir: PathBuf,
+        /// The Node's first boot MAC.
+        #[arg(long)]
+        mac: String,
+        #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(i64).range(60..=7 * 86400))]
+        ttl_seconds: i64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -104,6 +118,31 @@ pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
                     ttl_seconds
                 )
             );
+            Ok(())
+        }
+        PkiCmd::MachineToken {
+            data_dir,
+            mac,
+            ttl_seconds,
+        } => {
+            let mac = groundwork_types::normalize_mac(&mac)
+                .with_context(|| format!("--mac {mac:?}: not a MAC address"))?;
+            let path = data_dir.join("secret.key");
+            let key = groundwork_types::secrets::SecretKey::decode(
+                &std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?,
+            )
+            .with_context(|| format!("{}", path.display()))?;
+            let ca_path = data_dir.join("pki/ca.crt");
+            let ca = std::fs::read_to_string(&ca_path)
+                .with_context(|| format!("reading {}", ca_path.display()))?;
+            let hash = groundwork_pki::ca_hash(&ca)
+                .with_context(|| format!("{}: no certificate", ca_path.display()))?;
+            println!(
+                "token: {}",
+                key.issue_token(groundwork_server::AGENT_JOIN_AUDIENCE, &mac, &[], ttl_seconds)
+            );
+            println!("ca-cert-hash: {hash}");
             Ok(())
         }
         PkiCmd::Init { dir } => {

@@ -135,6 +135,10 @@ pub enum ProvisioningState {
     Provisioned,
     /// Wiped and handed back to the pool.
     Deprovisioned,
+    /// Installed by someone else (a machine installed before Groundwork, a namespace machine
+    /// of the lab): never powered, booted or wiped by Groundwork; Ready once its node agent
+    /// joins with a join token (`groundwork pki machine-token`) and heartbeats.
+    External,
 }
 
 /// Where a machine is in its life cycle (observed).

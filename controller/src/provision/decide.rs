@@ -220,6 +220,17 @@ fn pending(o: &Observed, intent: PowerIntent) -> Plan {
 fn registered(o: &Observed) -> Plan {
     let node = o.node;
     let t = o.timing;
+    if node.spec.provisioning == ProvisioningState::External {
+        return enter(
+            o,
+            NodePhase::Provisioned,
+            1,
+            None,
+            json!({}),
+            "installed outside Groundwork: waiting for its node agent to join and check in",
+            Action::AwaitChange,
+        );
+    }
     if node.spec.bmc.is_none() {
         if node.status.as_ref().and_then(|s| s.phase).is_none() {
             return enter(
@@ -347,6 +358,15 @@ fn inventoried(o: &Observed) -> Plan {
                 Action::AwaitChange,
             )
         }
+        ProvisioningState::External => enter(
+            o,
+            NodePhase::Provisioned,
+            1,
+            None,
+            json!({}),
+            "installed outside Groundwork: waiting for its node agent to join and check in",
+            Action::AwaitChange,
+        ),
         ProvisioningState::Available => condition(
             false,
             "Available",
@@ -369,7 +389,12 @@ fn provisioning_phase(o: &Observed) -> Plan {
 /// An installed Node no longer wanted installed: wipe it.
 fn no_longer_wanted(o: &Observed) -> Option<Plan> {
     let want = o.node.spec.provisioning;
-    (want != ProvisioningState::Provisioned).then(|| {
+    // An external machine is never wiped: it is not Groundwork's to erase.
+    let installed = matches!(
+        want,
+        ProvisioningState::Provisioned | ProvisioningState::External
+    );
+    (!installed).then(|| {
         deprovision(
             o,
             &format!("spec.provisioning is {want:?}: wiping the disks"),
@@ -394,6 +419,10 @@ fn provisioned(o: &Observed) -> Plan {
             "the installed system's node agent checked in",
             Action::Requeue(t.heartbeat_grace),
         );
+    }
+    // Nothing to reset: an external machine checks in when its agent is started.
+    if o.node.spec.provisioning == ProvisioningState::External {
+        return Plan::Wait(Action::AwaitChange);
     }
     if in_phase(o) < t.boot {
         return Plan::Wait(after(o, t.boot));
