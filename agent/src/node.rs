@@ -66,13 +66,9 @@ async fn join_once(a: &NodeAgentArgs) -> anyhow::Result<Option<(PathBuf, Machine
             serde_json::from_str(&text).with_context(|| path.display().to_string())?;
         return Ok(Some((path, m)));
     }
-    let (Some(url), Some(token), Some(hash), Some(mac), Some(agent)) = (
-        &a.join,
-        &a.token,
-        &a.ca_cert_hash,
-        &a.mac,
-        &a.agent_api,
-    ) else {
+    let (Some(url), Some(token), Some(hash), Some(mac), Some(agent)) =
+        (&a.join, &a.token, &a.ca_cert_hash, &a.mac, &a.agent_api)
+    else {
         return Ok(None);
     };
     let mac = groundwork_types::normalize_mac(mac)

@@ -34,7 +34,9 @@ pub struct AgentIdentity {
     pub stale_issuer: bool,
 }
 
-use groundwork_types::agent::{Heartbeat, HeartbeatReply, InstanceReports, InstanceSet, SecretValue, Task};
+use groundwork_types::agent::{
+    Heartbeat, HeartbeatReply, InstanceReports, InstanceSet, SecretValue, Task,
+};
 pub use groundwork_types::agent::{JoinReply, JoinRequest};
 use groundwork_types::{Inventory, TaskReport};
 
@@ -429,11 +431,15 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
         .route(
             "/agent/instances",
             get(
-                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, Query(i): Query<InstancesQuery>| async move {
+                |State(sink): Sink,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 Query(i): Query<InstancesQuery>| async move {
                     match agent_call(&q, who.as_deref()) {
-                        Ok((mac, who)) => {
-                            reply(sink.instances(mac, who, i.known, i.wait.unwrap_or(0).min(60)).await)
-                        }
+                        Ok((mac, who)) => reply(
+                            sink.instances(mac, who, i.known, i.wait.unwrap_or(0).min(60))
+                                .await,
+                        ),
                         Err(e) => e.into_response(),
                     }
                 },
@@ -450,9 +456,14 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
         .route(
             "/agent/secret",
             get(
-                |State(sink): Sink, who: Who, Query(q): Query<AgentQuery>, Query(s): Query<SecretQuery>| async move {
+                |State(sink): Sink,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 Query(s): Query<SecretQuery>| async move {
                     match agent_call(&q, who.as_deref()) {
-                        Ok((mac, who)) => reply(sink.secret(mac, who, s.instance, s.credential).await),
+                        Ok((mac, who)) => {
+                            reply(sink.secret(mac, who, s.instance, s.credential).await)
+                        }
                         Err(e) => e.into_response(),
                     }
                 },

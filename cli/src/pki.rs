@@ -140,7 +140,12 @@ pub(crate) fn run(a: PkiArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("{}: no certificate", ca_path.display()))?;
             println!(
                 "token: {}",
-                key.issue_token(groundwork_server::AGENT_JOIN_AUDIENCE, &mac, &[], ttl_seconds)
+                key.issue_token(
+                    groundwork_server::AGENT_JOIN_AUDIENCE,
+                    &mac,
+                    &[],
+                    ttl_seconds
+                )
             );
             println!("ca-cert-hash: {hash}");
             Ok(())

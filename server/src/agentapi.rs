@@ -635,9 +635,8 @@ impl InventorySink for NodeScripts {
         let key = self.joining.as_ref().map(|j| j.key.clone());
         Box::pin(async move {
             let node = Self::authorize(&caches, &client, &mac, &who).await?;
-            let key = key.ok_or_else(|| {
-                AgentError::Unavailable("this server has no secret key\n".into())
-            })?;
+            let key = key
+                .ok_or_else(|| AgentError::Unavailable("this server has no secret key\n".into()))?;
             crate::instances::secret(&caches, &key, &node.name_any(), &instance, &credential)
         })
     }

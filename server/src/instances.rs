@@ -32,9 +32,8 @@ fn instance_set(caches: &Caches, node: &str) -> InstanceSet {
             spec: i.spec.clone(),
         })
         .collect();
-    let version = groundwork_types::agent::sha256_tag(
-        &serde_json::to_vec(&instances).unwrap_or_default(),
-    );
+    let version =
+        groundwork_types::agent::sha256_tag(&serde_json::to_vec(&instances).unwrap_or_default());
     InstanceSet { version, instances }
 }
 
@@ -101,10 +100,14 @@ pub(crate) async fn reports(
         let mut status = serde_json::to_value(&rep.status)
             .map_err(|e| AgentError::BadRequest(format!("status: {e}\n")))?;
         status["lastReport"] = json!(now);
-        let before = si
-            .status
-            .as_ref()
-            .map(|s| (s.phase, s.ready, s.running_digest.clone(), s.message.clone()));
+        let before = si.status.as_ref().map(|s| {
+            (
+                s.phase,
+                s.ready,
+                s.running_digest.clone(),
+                s.message.clone(),
+            )
+        });
         let after = (
             rep.status.phase,
             rep.status.ready,
@@ -112,7 +115,8 @@ pub(crate) async fn reports(
             rep.status.message.clone(),
         );
         if before.as_ref() != Some(&after) {
-            let span = tracing::info_span!("instance", object = %format!("serviceinstance/{}", rep.name));
+            let span =
+                tracing::info_span!("instance", object = %format!("serviceinstance/{}", rep.name));
             let _g = span.enter();
             tracing::info!(node = %node, phase = ?rep.status.phase, ready = rep.status.ready, message = ?rep.status.message, "instance report");
         }

@@ -322,7 +322,9 @@ mod tests {
     #[test]
     fn placeholders() {
         assert_eq!(
-            secret_placeholders("a {secret:db-root} b {secret-user:app} {secret:db-root} {secret:x"),
+            secret_placeholders(
+                "a {secret:db-root} b {secret-user:app} {secret:db-root} {secret:x"
+            ),
             vec!["app", "db-root"]
         );
     }

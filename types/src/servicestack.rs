@@ -199,7 +199,9 @@ impl Rollout {
 
 /// A reference to a secret: the password (or user name) of a Credential. The node agent
 /// fetches it over its own authenticated channel; it never appears in a ServiceInstance.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretRef {
     /// Name of the Credential.
@@ -669,7 +671,8 @@ fn check_sql_name(field: String, name: &str, errs: &mut Vec<FieldError>) {
 fn check_ldap_value(field: String, v: &str, errs: &mut Vec<FieldError>) {
     if v.is_empty()
         || v.starts_with([' ', ':', '<', '#'])
-        || v.chars().any(|c| c.is_control() || ",+\"\\<>;=".contains(c))
+        || v.chars()
+            .any(|c| c.is_control() || ",+\"\\<>;=".contains(c))
     {
         errs.push(FieldError::invalid(
             field,
@@ -748,7 +751,10 @@ impl Layer {
                         ));
                     }
                     if r.expr.trim().is_empty() {
-                        errs.push(FieldError::required(format!("{rf}.expr"), "a PromQL expression"));
+                        errs.push(FieldError::required(
+                            format!("{rf}.expr"),
+                            "a PromQL expression",
+                        ));
                     }
                     if let Some(d) = &r.for_
                         && !is_prometheus_duration(d)
@@ -1101,10 +1107,12 @@ mod tests {
             assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
         }
         assert_eq!(e.len(), want.len(), "{e:#?}");
-        let e = errors(serde_json::json!({"name": "d", "services": ["mysql", "haproxy"],
+        let e = errors(
+            serde_json::json!({"name": "d", "services": ["mysql", "haproxy"],
             "config": {"mysql": {"rootPassword": {"credential": "Root"}, "databases": ["app"],
               "users": [{"name": "app;drop", "password": {"credential": "p"}, "databases": ["other"]}]},
-              "haproxy": {"port": 3306}}}));
+              "haproxy": {"port": 3306}}}),
+        );
         for w in [
             "spec.layers[0].config.mysql.rootPassword.credential: ",
             "spec.layers[0].config.mysql.users[0].name: ",
@@ -1116,7 +1124,9 @@ mod tests {
         let e = errors(serde_json::json!({"name": "i", "services": ["openldap"]}));
         assert_eq!(
             e,
-            vec!["spec.layers[0].config.openldap: openldap needs at least suffix and adminPassword"]
+            vec![
+                "spec.layers[0].config.openldap: openldap needs at least suffix and adminPassword"
+            ]
         );
     }
 }

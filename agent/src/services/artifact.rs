@@ -55,7 +55,9 @@ pub async fn ensure_packages(packages: &[String]) -> anyhow::Result<()> {
 }
 
 fn hex_of(sha: &str) -> String {
-    sha.strip_prefix("sha256:").unwrap_or(sha).to_ascii_lowercase()
+    sha.strip_prefix("sha256:")
+        .unwrap_or(sha)
+        .to_ascii_lowercase()
 }
 
 async fn sha256_file(path: &Path) -> anyhow::Result<String> {
@@ -98,7 +100,10 @@ pub async fn fetch(dir: &Path, a: &ArtifactSource) -> anyhow::Result<PathBuf> {
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
         .build()?;
-    let have = tokio::fs::metadata(&part).await.map(|m| m.len()).unwrap_or(0);
+    let have = tokio::fs::metadata(&part)
+        .await
+        .map(|m| m.len())
+        .unwrap_or(0);
     let mut req = client.get(&a.url);
     if have > 0 {
         req = req.header("Range", format!("bytes={have}-"));

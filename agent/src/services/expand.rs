@@ -94,7 +94,11 @@ mod tests {
             },
         );
         assert_eq!(
-            fill_secrets("u={secret-user:db} p={secret:db} q={secret:other}", &s, [0; 8]),
+            fill_secrets(
+                "u={secret-user:db} p={secret:db} q={secret:other}",
+                &s,
+                [0; 8]
+            ),
             "u=root p=pw q={secret:other}"
         );
     }

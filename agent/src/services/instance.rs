@@ -104,7 +104,10 @@ pub async fn run(
             && !a.healthy
             && a.good.is_some()
         {
-            eprintln!("groundwork node-agent: {}: restarting as the cluster's first member", a.name);
+            eprintln!(
+                "groundwork node-agent: {}: restarting as the cluster's first member",
+                a.name
+            );
             a.kill().await;
             a.start().await;
         }
@@ -167,7 +170,10 @@ fn tail(text: &str) -> String {
 impl Actor {
     fn redact(&self, text: &str, secrets: &[String]) -> String {
         let mut t = text.to_string();
-        for s in secrets.iter().chain(self.good.iter().flat_map(|g| &g.secrets)) {
+        for s in secrets
+            .iter()
+            .chain(self.good.iter().flat_map(|g| &g.secrets))
+        {
             if !s.is_empty() {
                 t = t.replace(s.as_str(), "<redacted>");
             }
@@ -215,7 +221,10 @@ impl Actor {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
-            eprintln!("groundwork node-agent: {}: stopped the process a previous agent left ({pid})", self.name);
+            eprintln!(
+                "groundwork node-agent: {}: stopped the process a previous agent left ({pid})",
+                self.name
+            );
         }
         let _ = tokio::fs::remove_file(&pidfile).await;
     }
@@ -223,7 +232,12 @@ impl Actor {
     async fn converge(&mut self, spec: &ServiceInstanceSpec) {
         let digest = spec.config_digest.clone();
         let running = self.proc.is_some();
-        let retry = |after: u64| Some((digest.clone(), Some(Instant::now() + Duration::from_secs(after))));
+        let retry = |after: u64| {
+            Some((
+                digest.clone(),
+                Some(Instant::now() + Duration::from_secs(after)),
+            ))
+        };
         if !running {
             self.set(InstancePhase::Installing, Some("installing".into()));
             self.report(spec);
@@ -261,7 +275,12 @@ impl Actor {
         // 3. The new config version.
         let vars = Vars {
             dir: self.dir.display().to_string(),
-            conf: self.dir.join("conf").join(short(&digest)).display().to_string(),
+            conf: self
+                .dir
+                .join("conf")
+                .join(short(&digest))
+                .display()
+                .to_string(),
             data: self.dir.join("data").display().to_string(),
             artifact,
         };
@@ -301,7 +320,11 @@ impl Actor {
                     .map(|f| f.field.clone());
                 let msg = format!(
                     "{prog} refused the new config{}: {}",
-                    if running { " (the running one stays)" } else { "" },
+                    if running {
+                        " (the running one stays)"
+                    } else {
+                        ""
+                    },
                     self.redact(&tail(&text), &values)
                 );
                 self.status.refused_digest = Some(digest.clone());
@@ -481,8 +504,10 @@ impl Actor {
             return Err(format!(
                 "{}: {}",
                 out.status,
-                tail(&(String::from_utf8_lossy(&out.stderr).to_string()
-                    + &String::from_utf8_lossy(&out.stdout)))
+                tail(
+                    &(String::from_utf8_lossy(&out.stderr).to_string()
+                        + &String::from_utf8_lossy(&out.stdout))
+                )
             ));
         }
         if once && !creates.is_empty() && !Path::new(&creates).exists() {
@@ -509,7 +534,10 @@ impl Actor {
         {
             Ok(f) => f,
             Err(e) => {
-                self.set(InstancePhase::Failed, Some(format!("{}: {e}", log.display())));
+                self.set(
+                    InstancePhase::Failed,
+                    Some(format!("{}: {e}", log.display())),
+                );
                 return;
             }
         };
@@ -523,7 +551,11 @@ impl Actor {
             .envs(&spec.run.env)
             .current_dir(&v.vars.dir)
             .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().map(std::process::Stdio::from).unwrap_or(std::process::Stdio::null()))
+            .stdout(
+                file.try_clone()
+                    .map(std::process::Stdio::from)
+                    .unwrap_or(std::process::Stdio::null()),
+            )
             .stderr(std::process::Stdio::from(file))
             .process_group(0)
             .kill_on_drop(false);
@@ -582,7 +614,10 @@ impl Actor {
             .await
             .is_err()
         {
-            eprintln!("groundwork node-agent: {}: no exit {grace} s after SIGTERM: SIGKILL", self.name);
+            eprintln!(
+                "groundwork node-agent: {}: no exit {grace} s after SIGTERM: SIGKILL",
+                self.name
+            );
             let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             let _ = p.child.wait().await;
         }
@@ -614,7 +649,8 @@ impl Actor {
         let values: Vec<String> = Vec::new();
         let msg = format!(
             "exited ({}); restarting in {} s{}",
-            st.map(|s| s.to_string()).unwrap_or_else(|| "unknown status".into()),
+            st.map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown status".into()),
             self.backoff.as_secs(),
             if last.is_empty() {
                 String::new()
@@ -650,20 +686,32 @@ impl Actor {
                     let marker = Path::new(&vars.conf).join(".after-start-done");
                     if !after.is_empty() && !marker.exists() {
                         for step in &after {
-                            if let Err(e) = self.step(step, &vars, step.user.as_deref(), false).await {
-                                let msg = self.redact(&format!("after start, {}: {e}", step.name), &values);
+                            if let Err(e) =
+                                self.step(step, &vars, step.user.as_deref(), false).await
+                            {
+                                let msg = self
+                                    .redact(&format!("after start, {}: {e}", step.name), &values);
                                 self.set(InstancePhase::Starting, Some(msg));
                                 return;
                             }
                         }
                         let _ = std::fs::write(&marker, b"");
                     }
-                    eprintln!("groundwork node-agent: {}: healthy (config {})", self.name, short(&digest));
+                    eprintln!(
+                        "groundwork node-agent: {}: healthy (config {})",
+                        self.name,
+                        short(&digest)
+                    );
                 }
                 self.healthy = true;
                 // A refusal of a newer config stays visible while the old one serves.
-                let keep = self.status.refused_digest.as_deref() == Some(spec.config_digest.as_str());
-                let msg = if keep { self.status.message.clone() } else { None };
+                let keep =
+                    self.status.refused_digest.as_deref() == Some(spec.config_digest.as_str());
+                let msg = if keep {
+                    self.status.message.clone()
+                } else {
+                    None
+                };
                 self.set(InstancePhase::Running, msg);
             }
             Err(e) => {

@@ -136,13 +136,12 @@ pub async fn run(api: Api, root: PathBuf) {
                 }
                 _ => {
                     let (stx, srx) = watch::channel(Some(i.spec.clone()));
-                    eprintln!("groundwork node-agent: {}: assigned ({})", i.name, i.spec.service);
-                    let task = tokio::spawn(instance::run(
-                        i.name.clone(),
-                        srx,
-                        env.clone(),
-                        tx.clone(),
-                    ));
+                    eprintln!(
+                        "groundwork node-agent: {}: assigned ({})",
+                        i.name, i.spec.service
+                    );
+                    let task =
+                        tokio::spawn(instance::run(i.name.clone(), srx, env.clone(), tx.clone()));
                     running.insert(i.name, Running { spec: stx, task });
                 }
             }

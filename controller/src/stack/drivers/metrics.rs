@@ -27,7 +27,8 @@ pub(super) fn prometheus(ctx: &RenderCtx) -> ServiceInstanceSpec {
     if cfg.scrape_groundwork
         && let Some(gw) = ctx.groundwork_metrics
     {
-        scrape_configs.push(json!({"job_name": "groundwork", "static_configs": [{"targets": [gw]}]}));
+        scrape_configs
+            .push(json!({"job_name": "groundwork", "static_configs": [{"targets": [gw]}]}));
     }
     if !cfg.extra_targets.is_empty() {
         scrape_configs
@@ -55,7 +56,8 @@ pub(super) fn prometheus(ctx: &RenderCtx) -> ServiceInstanceSpec {
         "scrape_configs": scrape_configs,
     });
     if !alertmanagers.is_empty() {
-        main["alerting"] = json!({"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]});
+        main["alerting"] =
+            json!({"alertmanagers": [{"static_configs": [{"targets": alertmanagers}]}]});
     }
     let mut files = Vec::new();
     let mut check = argv(&["promtool", "check", "config", "{conf}/prometheus.yml"]);

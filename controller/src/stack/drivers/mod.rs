@@ -86,15 +86,18 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
 pub fn metrics_endpoint(service: ServiceType, layer: &Layer) -> Option<(u16, &'static str)> {
     let c = &layer.config;
     match service {
-        ServiceType::Prometheus => Some((c.prometheus.clone().unwrap_or_default().port, "/metrics")),
+        ServiceType::Prometheus => {
+            Some((c.prometheus.clone().unwrap_or_default().port, "/metrics"))
+        }
         ServiceType::Alertmanager => {
             Some((c.alertmanager.clone().unwrap_or_default().port, "/metrics"))
         }
-        ServiceType::NodeExporter => Some((
-            c.node_exporter.clone().unwrap_or_default().port,
-            "/metrics",
-        )),
-        ServiceType::Haproxy => Some((c.haproxy.clone().unwrap_or_default().stats_port, "/metrics")),
+        ServiceType::NodeExporter => {
+            Some((c.node_exporter.clone().unwrap_or_default().port, "/metrics"))
+        }
+        ServiceType::Haproxy => {
+            Some((c.haproxy.clone().unwrap_or_default().stats_port, "/metrics"))
+        }
         _ => None,
     }
 }

@@ -6,9 +6,15 @@ use groundwork_types::ServiceInstanceSpec;
 use super::RenderCtx;
 
 pub(super) fn render_mysql(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
-    Err(format!("{}: the mysql driver is not written yet", ctx.field()))
+    Err(format!(
+        "{}: the mysql driver is not written yet",
+        ctx.field()
+    ))
 }
 
 pub(super) fn render_haproxy(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
-    Err(format!("{}: the haproxy driver is not written yet", ctx.field()))
+    Err(format!(
+        "{}: the haproxy driver is not written yet",
+        ctx.field()
+    ))
 }
