@@ -76,6 +76,9 @@ pub struct Options {
     pub power_poll: Duration,
     /// Provisioning controller: time limits and attempts.
     pub provisioning: provision::Timing,
+    /// Groundwork's own metrics endpoint (`host:port`, plain HTTP) that the stacks'
+    /// Prometheus scrapes.
+    pub groundwork_metrics: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -101,6 +104,7 @@ impl Options {
             bmc_timeout: Duration::from_secs(10),
             power_poll: Duration::from_secs(60),
             provisioning: provision::Timing::default(),
+            groundwork_metrics: None,
         }
     }
 }
@@ -149,6 +153,7 @@ fn registry() -> Vec<Registration> {
         register(|_| profile::ProfileStatusController::default()),
         register(|o| power::PowerController::new(o.power_poll)),
         register(|o| provision::ProvisionController::new(o.provisioning.clone())),
+        register(|o| stack::StackController::new(o.groundwork_metrics.clone())),
     ]
 }
 

@@ -7,8 +7,9 @@
 //! directory), `{conf}` (the directory of this config version), `{data}` (`{dir}/data`),
 //! `{artifact}` (the fetched artifact's path). Secret values are never in the spec: files
 //! carry `{secret:CREDENTIAL}` (the password) or `{secret-user:CREDENTIAL}` (the user name),
-//! `{secret-ssha:CREDENTIAL}` (the password as an LDAP `{SSHA}` hash), which the agent
-//! fetches for its own instances only.
+//! `{secret-ssha:CREDENTIAL}` (the password as an LDAP `{SSHA}` hash),
+//! `{secret-sql:CREDENTIAL}` (the password escaped for a single-quoted SQL string), which the
+//! agent fetches for its own instances only.
 
 use std::collections::BTreeMap;
 
@@ -141,6 +142,10 @@ pub struct RunSpec {
     /// Run as this user (it must exist; the agent gives it `{dir}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The service starts as root (to bind a privileged port) and switches to `user` by
+    /// itself (slapd's `-u`, HAProxy's `user`); `user` still owns `{dir}` and private files.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drops_privileges: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     /// Seconds between SIGTERM and SIGKILL.
@@ -218,7 +223,7 @@ pub struct ServiceInstanceStatus {
 /// `{secret:NAME}` and `{secret-user:NAME}` placeholders in `text`: the Credential names.
 pub fn secret_placeholders(text: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for tag in ["{secret:", "{secret-user:", "{secret-ssha:"] {
+    for tag in ["{secret:", "{secret-user:", "{secret-ssha:", "{secret-sql:"] {
         let mut rest = text;
         while let Some(i) = rest.find(tag) {
             let after = &rest[i + tag.len()..];

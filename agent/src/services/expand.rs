@@ -1,5 +1,6 @@
 //! Placeholders in a ServiceInstance: `{dir}`, `{conf}`, `{data}`, `{artifact}` in paths and
-//! arguments; `{secret:C}`, `{secret-user:C}`, `{secret-ssha:C}` in file contents.
+//! arguments; `{secret:C}`, `{secret-user:C}`, `{secret-ssha:C}`, `{secret-sql:C}` in file
+//! contents.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +42,22 @@ pub fn ssha(password: &str, salt: [u8; 8]) -> String {
     )
 }
 
+/// The inside of a single-quoted SQL string literal (MariaDB's escapes).
+pub fn sql_string(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '\0' => out.push_str("\\0"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Replaces the secret placeholders of `text` with the values fetched. A salt per file
 /// version keeps the hashed value stable while the password is (so the digest of what is
 /// written does not churn).
@@ -50,7 +67,8 @@ pub fn fill_secrets(text: &str, secrets: &BTreeMap<String, SecretValue>, salt: [
         out = out
             .replace(&format!("{{secret:{name}}}"), &v.password)
             .replace(&format!("{{secret-user:{name}}}"), &v.username)
-            .replace(&format!("{{secret-ssha:{name}}}"), &ssha(&v.password, salt));
+            .replace(&format!("{{secret-ssha:{name}}}"), &ssha(&v.password, salt))
+            .replace(&format!("{{secret-sql:{name}}}"), &sql_string(&v.password));
     }
     out
 }
@@ -71,6 +89,12 @@ mod tests {
             .unwrap();
         assert_eq!(raw.len(), 28);
         assert_eq!(&raw[20..], b"saltsalt");
+    }
+
+    #[test]
+    fn sql_strings_are_escaped() {
+        assert_eq!(sql_string("a'b\\c\n"), "a\\'b\\\\c\\n");
+        assert_eq!(sql_string("plain"), "plain");
     }
 
     #[test]

@@ -560,10 +560,10 @@ impl Actor {
             .process_group(0)
             .kill_on_drop(false);
         match user_ids(spec.run.user.as_deref()) {
-            Ok(Some((uid, gid))) => {
+            Ok(Some((uid, gid))) if !spec.run.drops_privileges => {
                 cmd.uid(uid).gid(gid);
             }
-            Ok(None) => {}
+            Ok(_) => {}
             Err(e) => {
                 self.set(InstancePhase::Failed, Some(e));
                 return;

@@ -101,7 +101,7 @@ pub async fn run(api: Api, root: PathBuf) {
                 failures += 1;
                 let code = resp.status();
                 // 404/409 until the machine is Ready; quietly.
-                if failures == 1 || failures % 30 == 0 {
+                if failures == 1 || failures.is_multiple_of(30) {
                     eprintln!(
                         "groundwork node-agent: instances: {code}: {}",
                         resp.text().await.unwrap_or_default().trim()

@@ -1,5 +1,373 @@
 //! The ServiceStack controller: places each layer's services on machines as
-//! ServiceInstances, gates layers on their dependencies, rolls changes out one member at a
-//! time, and reports per layer.
+//! ServiceInstances (owned by the stack), gates layers on their dependencies, rolls changes
+//! out one member at a time, replaces members whose machine is lost or in maintenance, and
+//! reports per layer. The decision is [`decide::decide`]; this module reads the caches and
+//! applies the plan in one step.
 
+pub mod decide;
 pub mod drivers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use groundwork_types::{
+    LAYER_LABEL, LayerPhase, NODE_LABEL, Node, NodePhase, Rack, SERVICE_LABEL, STACK_LABEL,
+    ServiceInstance, ServiceInstanceSpec, ServiceStack, condition_is_true, set_condition,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::caches::{Caches, Change, Kinds};
+use crate::events::EventType;
+use crate::runtime::{
+    Action, Ctx, Error, Finalizing, Owns, Reconciler, condition_with_event, finalizer_step,
+    patch_status, remove_finalizer,
+};
+use decide::{Machine, ORDINAL_LABEL, Observed};
+
+/// Deleting a stack stops its services first (their instances go, their agents stop them).
+pub const FINALIZER: &str = "groundwork.dev/service-instances";
+
+#[derive(Default)]
+pub struct StackController {
+    /// Groundwork's own metrics endpoint for the stacks' Prometheus (`host:port`).
+    pub groundwork_metrics: Option<String>,
+    /// What each Node looked like to placement, to map only changes that matter.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl StackController {
+    pub fn new(groundwork_metrics: Option<String>) -> Self {
+        StackController {
+            groundwork_metrics,
+            seen: Mutex::default(),
+        }
+    }
+}
+
+/// A Node as placement sees it, or None when it cannot take members.
+fn machine(n: &Node, racks: &BTreeMap<String, Arc<Rack>>, dc: Option<&str>) -> Option<Machine> {
+    let st = n.status.as_ref()?;
+    if n.spec.maintenance
+        || st.phase != Some(NodePhase::Ready)
+        || !condition_is_true(&st.conditions, "NodeAgentReady")
+        || n.metadata.deletion_timestamp.is_some()
+    {
+        return None;
+    }
+    let address = st.addresses.first()?.clone();
+    let rack_name = n.spec.rack.as_ref().map(|r| r.name.clone());
+    let rack = rack_name.as_ref().and_then(|r| racks.get(r));
+    if let Some(dc) = dc
+        && rack.map(|r| r.spec.datacenter.as_str()) != Some(dc)
+    {
+        return None;
+    }
+    Some(Machine {
+        name: n.name_any(),
+        address,
+        rack: rack_name,
+        zone: rack.map(|r| r.spec.availability_zone.clone()).filter(|z| !z.is_empty()),
+        labels: n.labels().clone(),
+    })
+}
+
+fn fingerprint(n: &Node) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let st = n.status.as_ref();
+    st.and_then(|s| s.phase)
+        .map(|p| format!("{p:?}"))
+        .hash(&mut h);
+    st.map(|s| condition_is_true(&s.conditions, "NodeAgentReady"))
+        .hash(&mut h);
+    st.and_then(|s| s.addresses.first().cloned()).hash(&mut h);
+    n.spec.maintenance.hash(&mut h);
+    n.spec.rack.as_ref().map(|r| r.name.clone()).hash(&mut h);
+    n.labels().hash(&mut h);
+    n.metadata.deletion_timestamp.is_some().hash(&mut h);
+    h.finish()
+}
+
+impl Reconciler for StackController {
+    type K = ServiceStack;
+    const NAME: &'static str = "servicestack";
+    // Each pass reads every Node and instance of the stack: a burst of reports is one pass.
+    const COALESCE: Duration = Duration::from_millis(100);
+
+    fn watches(kinds: Kinds) -> Kinds {
+        kinds
+            .watch::<Node>()
+            .watch::<Rack>()
+            .watch::<ServiceInstance>()
+    }
+
+    fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
+        let all = || {
+            c.store::<ServiceStack>()
+                .state()
+                .iter()
+                .map(|s| s.name_any())
+                .collect()
+        };
+        if let Some(i) = change.get::<ServiceInstance>() {
+            return i.labels().get(STACK_LABEL).cloned().into_iter().collect();
+        }
+        if let Some(n) = change.get::<Node>() {
+            let now = fingerprint(&n);
+            let before = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(n.name_any(), now);
+            return if before != Some(now) { all() } else { vec![] };
+        }
+        if change.is::<Rack>() && change.spec_changed {
+            return all();
+        }
+        if change.is::<ServiceStack>() {
+            return vec![change.name().to_string()];
+        }
+        vec![]
+    }
+
+    async fn reconcile(&self, stack: Arc<ServiceStack>, ctx: &Ctx) -> Result<Action, Error> {
+        let name = stack.name_any();
+        let owned: Vec<Arc<ServiceInstance>> = ctx
+            .caches
+            .store::<ServiceInstance>()
+            .state()
+            .into_iter()
+            .filter(|i| i.labels().get(STACK_LABEL) == Some(&name))
+            .collect();
+        let api: Api<ServiceInstance> = Api::all(ctx.client.clone());
+        match finalizer_step(&ctx.client, &*stack, FINALIZER).await? {
+            Finalizing::Apply => {}
+            Finalizing::Cleanup => {
+                for i in &owned {
+                    delete(&api, &i.name_any()).await?;
+                }
+                if owned.is_empty() {
+                    remove_finalizer(&ctx.client, &*stack, FINALIZER).await?;
+                    return Ok(Action::AwaitChange);
+                }
+                return Ok(Action::Requeue(Duration::from_secs(1)));
+            }
+            Finalizing::Gone => return Ok(Action::AwaitChange),
+        }
+        let racks: BTreeMap<String, Arc<Rack>> = ctx
+            .caches
+            .store::<Rack>()
+            .state()
+            .into_iter()
+            .map(|r| (r.name_any(), r))
+            .collect();
+        let mut machines: Vec<Machine> = ctx
+            .caches
+            .store::<Node>()
+            .state()
+            .iter()
+            .filter_map(|n| machine(n, &racks, stack.spec.datacenter.as_deref()))
+            .collect();
+        machines.sort_by(|a, b| a.name.cmp(&b.name));
+        let refs: Vec<&ServiceInstance> = owned.iter().map(|i| &**i).collect();
+        let plan = decide::decide(&Observed {
+            stack: &stack,
+            machines: &machines,
+            instances: &refs,
+            groundwork_metrics: self.groundwork_metrics.as_deref(),
+        });
+        // Apply: deletions first (a replaced member frees its machine), then changes, then
+        // new members.
+        for d in &plan.delete {
+            tracing::info!(instance = %d, "removing a member");
+            delete(&api, d).await?;
+        }
+        for (iname, spec) in &plan.update {
+            let Some(cur) = ctx
+                .caches
+                .store::<ServiceInstance>()
+                .get(&ObjectRef::new(iname))
+            else {
+                continue;
+            };
+            let mut next = (*cur).clone();
+            let restart = next.spec.config_digest != spec.config_digest;
+            next.spec = spec.clone();
+            next.status = None;
+            api.replace(iname, &PostParams::default(), &next).await?;
+            if restart {
+                tracing::info!(instance = %iname, node = %spec.node, digest = %spec.config_digest, "rolling a member to a new config");
+            } else if spec.bootstrap {
+                tracing::info!(instance = %iname, node = %spec.node, "member chosen to bootstrap the cluster");
+            }
+        }
+        for (iname, spec, ordinal) in &plan.create {
+            let obj = new_instance(&stack, iname, spec, *ordinal);
+            tracing::info!(instance = %iname, node = %spec.node, layer = %spec.layer, service = %spec.service, "placing a member");
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.report(&stack, plan.layers, ctx).await
+    }
+}
+
+async fn delete(api: &Api<ServiceInstance>, name: &str) -> Result<(), Error> {
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn new_instance(
+    stack: &ServiceStack,
+    name: &str,
+    spec: &ServiceInstanceSpec,
+    ordinal: u32,
+) -> ServiceInstance {
+    let mut obj = ServiceInstance::new(name, spec.clone());
+    obj.metadata.labels = Some(
+        [
+            (STACK_LABEL.to_string(), spec.stack.clone()),
+            (LAYER_LABEL.to_string(), spec.layer.clone()),
+            (SERVICE_LABEL.to_string(), spec.service.as_str().to_string()),
+            (NODE_LABEL.to_string(), spec.node.clone()),
+            (ORDINAL_LABEL.to_string(), ordinal.to_string()),
+        ]
+        .into(),
+    );
+    obj.metadata.owner_references = Some(vec![OwnerReference {
+        api_version: ServiceStack::api_version(&()).to_string(),
+        kind: ServiceStack::kind(&()).to_string(),
+        name: stack.name_any(),
+        uid: stack.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }]);
+    obj
+}
+
+impl StackController {
+    async fn report(
+        &self,
+        stack: &ServiceStack,
+        mut layers: Vec<groundwork_types::LayerStatus>,
+        ctx: &Ctx,
+    ) -> Result<Action, Error> {
+        let now = jiff::Timestamp::now();
+        let generation = stack.metadata.generation;
+        let before = stack.status.clone().unwrap_or_default();
+        for l in &mut layers {
+            let prev = before.layers.iter().find(|p| p.name == l.name);
+            let mut conds = prev.map(|p| p.conditions.clone()).unwrap_or_default();
+            for c in &l.conditions {
+                set_condition(
+                    &mut conds,
+                    &c.type_,
+                    c.status == "True",
+                    &c.reason,
+                    &c.message,
+                    generation,
+                    now,
+                );
+            }
+            l.conditions = conds;
+            let was = prev.and_then(|p| p.phase);
+            if was != l.phase {
+                let phase = l.phase.map(|p| format!("{p:?}")).unwrap_or_default();
+                let why = l
+                    .waiting_for
+                    .as_ref()
+                    .map(|w| format!(": waiting for {w}"))
+                    .unwrap_or_default();
+                let msg = format!("layer {} is {phase}{why}", l.name);
+                let ok = matches!(
+                    l.phase,
+                    Some(LayerPhase::Ready | LayerPhase::Progressing | LayerPhase::Pending)
+                );
+                tracing::info!(layer = %l.name, phase = %phase, "{msg}");
+                ctx.recorder
+                    .publish(
+                        &stack.object_ref(&()),
+                        if ok {
+                            EventType::Normal
+                        } else {
+                            EventType::Warning
+                        },
+                        &format!("Layer{phase}"),
+                        &msg,
+                    )
+                    .await;
+            }
+        }
+        let ready = layers
+            .iter()
+            .filter(|l| l.phase == Some(LayerPhase::Ready))
+            .count();
+        let rank = |p: Option<LayerPhase>| match p {
+            Some(LayerPhase::Failed) => 0,
+            Some(LayerPhase::Degraded) => 1,
+            Some(LayerPhase::Pending) => 2,
+            Some(LayerPhase::Progressing) => 3,
+            Some(LayerPhase::Ready) => 4,
+            None => 2,
+        };
+        let phase = layers
+            .iter()
+            .map(|l| l.phase)
+            .min_by_key(|p| rank(*p))
+            .flatten();
+        let all_ready = ready == layers.len() && !layers.is_empty();
+        let mut conds = before.conditions.clone();
+        let blocking = layers
+            .iter()
+            .find(|l| l.phase != Some(LayerPhase::Ready))
+            .map(|l| {
+                format!(
+                    "layer {} is {:?}{}",
+                    l.name,
+                    l.phase.unwrap_or(LayerPhase::Pending),
+                    l.waiting_for
+                        .as_ref()
+                        .map(|w| format!(": waiting for {w}"))
+                        .unwrap_or_default()
+                )
+            })
+            .unwrap_or_else(|| "every layer is Ready".into());
+        condition_with_event(
+            ctx,
+            stack,
+            &mut conds,
+            "Ready",
+            all_ready,
+            if all_ready {
+                "AllLayersReady"
+            } else {
+                "LayersNotReady"
+            },
+            &blocking,
+        )
+        .await;
+        let status = json!({
+            "observedGeneration": generation,
+            "phase": phase,
+            "layersReady": format!("{ready}/{}", layers.len()),
+            "layers": layers,
+            "conditions": conds,
+        });
+        patch_status(&ctx.client, stack, status, Owns::AllConditions).await?;
+        Ok(if all_ready {
+            Action::Requeue(Duration::from_secs(60))
+        } else {
+            Action::Requeue(Duration::from_secs(10))
+        })
+    }
+}

@@ -104,6 +104,20 @@ pub fn metrics_endpoint(service: ServiceType, layer: &Layer) -> Option<(u16, &'s
 
 /// The rendered instance (identity fields and digest left empty), or why it cannot be.
 pub fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
+    let mut spec = render_service(ctx)?;
+    // The credentials the agent fetches: exactly those the files name.
+    let mut secrets: Vec<String> = spec
+        .files
+        .iter()
+        .flat_map(|f| groundwork_types::secret_placeholders(&f.content))
+        .collect();
+    secrets.sort();
+    secrets.dedup();
+    spec.secrets = secrets;
+    Ok(spec)
+}
+
+fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
     match ctx.service {
         ServiceType::Prometheus => Ok(metrics::prometheus(ctx)),
         ServiceType::Alertmanager => Ok(metrics::alertmanager(ctx)),

@@ -1,0 +1,577 @@
+//! The ServiceStack decision: a pure function from the stack, the machines it may use and
+//! the instances it owns to the instances to create, change and delete, and the status.
+//!
+//! Per layer, in dependency order:
+//! 1. Gate: a layer with no members yet waits until every layer it depends on is Ready.
+//! 2. Place: members stay where they are while their machine is usable; missing ones go to
+//!    the usable machine in the least used rack (or zone), then by name. Machines beyond
+//!    `count` are the layer's spares.
+//! 3. Render each member's instance with its driver.
+//! 4. Roll: a changed member that is not ready is changed at once; a ready one only while
+//!    fewer than `maxUnavailable` members are unavailable and, with `keepQuorum`, a
+//!    majority stays ready.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use groundwork_types::{
+    InstancePhase, Layer, LayerPhase, LayerStatus, MemberStatus, ServiceInstance,
+    ServiceInstanceSpec, ServiceStack, ServiceType, Spread,
+};
+use kube::ResourceExt;
+
+use super::drivers::{self, Member, RenderCtx, ScrapeTarget};
+
+/// A machine the stack may place members on: Ready, heartbeating, not in maintenance, in the
+/// stack's datacenter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Machine {
+    pub name: String,
+    pub address: String,
+    pub rack: Option<String>,
+    pub zone: Option<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+pub struct Observed<'a> {
+    pub stack: &'a ServiceStack,
+    pub machines: &'a [Machine],
+    /// The instances the stack owns.
+    pub instances: &'a [&'a ServiceInstance],
+    pub groundwork_metrics: Option<&'a str>,
+}
+
+/// What to do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// New instances: (name, spec, ordinal).
+    pub create: Vec<(String, ServiceInstanceSpec, u32)>,
+    /// Changed specs of existing instances.
+    pub update: Vec<(String, ServiceInstanceSpec)>,
+    pub delete: Vec<String>,
+    pub layers: Vec<LayerStatus>,
+}
+
+/// The instance name of a service of a layer on a machine.
+pub fn instance_name(stack: &str, layer: &str, service: ServiceType, node: &str) -> String {
+    format!("{stack}-{layer}-{}-{node}", service.as_str())
+}
+
+fn selected(layer: &Layer, m: &Machine) -> bool {
+    let Some(sel) = layer
+        .placement
+        .as_ref()
+        .and_then(|p| p.node_selector.as_ref())
+    else {
+        return true;
+    };
+    use kube::core::{Selector, SelectorExt};
+    Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(&m.labels))
+}
+
+/// Member of the layer's service ready: healthy and running the spec it has now.
+pub fn member_ready(i: &ServiceInstance) -> bool {
+    i.status.as_ref().is_some_and(|s| {
+        s.ready && s.running_digest.as_deref() == Some(i.spec.config_digest.as_str())
+    })
+}
+
+/// Majority of `n`.
+fn quorum(n: usize) -> usize {
+    n / 2 + 1
+}
+
+/// Picks the members of a service: the current ones on usable machines first, then new ones
+/// spread over racks (or zones).
+fn place(
+    want: Option<usize>,
+    spread: Spread,
+    usable: &[&Machine],
+    current: &BTreeMap<String, u32>,
+) -> Vec<Member> {
+    let mut chosen: Vec<Member> = Vec::new();
+    let mut keep: Vec<(&u32, &String)> = current.iter().map(|(n, o)| (o, n)).collect();
+    keep.sort();
+    for (ordinal, node) in keep {
+        if want.is_some_and(|w| chosen.len() >= w) {
+            break;
+        }
+        if let Some(m) = usable.iter().find(|m| &m.name == node) {
+            chosen.push(Member {
+                node: m.name.clone(),
+                address: m.address.clone(),
+                ordinal: *ordinal,
+            });
+        }
+    }
+    let domain = |m: &Machine| match spread {
+        Spread::Rack => m.rack.clone(),
+        Spread::Zone => m.zone.clone(),
+        Spread::None => None,
+    };
+    let target = want.unwrap_or(usable.len());
+    while chosen.len() < target {
+        let used: BTreeMap<Option<String>, usize> =
+            chosen.iter().fold(BTreeMap::new(), |mut acc, c| {
+                let d = usable
+                    .iter()
+                    .find(|m| m.name == c.node)
+                    .and_then(|m| domain(m));
+                *acc.entry(d).or_default() += 1;
+                acc
+            });
+        let next = usable
+            .iter()
+            .filter(|m| !chosen.iter().any(|c| c.node == m.name))
+            .min_by_key(|m| {
+                let d = domain(m);
+                let load = if d.is_none() {
+                    0
+                } else {
+                    used.get(&d).copied().unwrap_or(0)
+                };
+                (load, m.name.clone())
+            });
+        let Some(m) = next else { break };
+        let taken: BTreeSet<u32> = chosen.iter().map(|c| c.ordinal).collect();
+        let ordinal = (0..).find(|o| !taken.contains(o)).unwrap_or(0);
+        chosen.push(Member {
+            node: m.name.clone(),
+            address: m.address.clone(),
+            ordinal,
+        });
+    }
+    chosen.sort_by_key(|m| m.ordinal);
+    chosen
+}
+
+struct Placed<'a> {
+    index: usize,
+    layer: &'a Layer,
+    members: BTreeMap<ServiceType, Vec<Member>>,
+    status: LayerStatus,
+}
+
+pub fn decide(o: &Observed) -> Plan {
+    let stack = o.stack;
+    let name = stack.name_any();
+    let mut plan = Plan::default();
+    let order = stack.spec.topological_order().unwrap_or_default();
+    let by_layer = |l: &str| -> Vec<&ServiceInstance> {
+        o.instances
+            .iter()
+            .copied()
+            .filter(|i| i.spec.layer == l)
+            .collect()
+    };
+    // Layers no longer in the spec lose their instances.
+    let layers: BTreeSet<&str> = stack.spec.layers.iter().map(|l| l.name.as_str()).collect();
+    for i in o.instances {
+        if !layers.contains(i.spec.layer.as_str()) {
+            plan.delete.push(i.name_any());
+        }
+    }
+    let previous: BTreeMap<String, LayerPhase> = stack
+        .status
+        .as_ref()
+        .map(|s| {
+            s.layers
+                .iter()
+                .filter_map(|l| Some((l.name.clone(), l.phase?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    // 1 and 2: gate and place, dependencies first; a layer's readiness is what its
+    // instances report now.
+    let mut ready: BTreeMap<&str, bool> = BTreeMap::new();
+    let mut placed: Vec<Placed> = Vec::new();
+    for lname in &order {
+        let Some((index, layer)) = stack
+            .spec
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(_, l)| l.name == *lname)
+        else {
+            continue;
+        };
+        let existing = by_layer(&layer.name);
+        let mut status = LayerStatus {
+            name: layer.name.clone(),
+            ..Default::default()
+        };
+        let unready: Vec<&str> = layer
+            .depends_on
+            .iter()
+            .map(String::as_str)
+            .filter(|d| !ready.get(d).copied().unwrap_or(false))
+            .collect();
+        if let Some(s) = layer.services.iter().find(|s| !drivers::supported(**s)) {
+            status.phase = Some(LayerPhase::Pending);
+            status.waiting_for = Some(format!(
+                "a driver for {s}: Groundwork does not run it yet (the layer is stored, not acted on)"
+            ));
+            ready.insert(lname, false);
+            plan.delete.extend(existing.iter().map(|i| i.name_any()));
+            plan.layers.push(status);
+            continue;
+        }
+        if existing.is_empty() && !unready.is_empty() {
+            status.phase = Some(LayerPhase::Pending);
+            status.waiting_for = Some(format!(
+                "layer {} to be Ready",
+                unready
+                    .iter()
+                    .map(|d| {
+                        let p = plan
+                            .layers
+                            .iter()
+                            .find(|l| l.name == *d)
+                            .and_then(|l| l.phase)
+                            .map(|p| format!("{p:?}"))
+                            .unwrap_or_else(|| "unknown".into());
+                        format!("{d} ({p})")
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", layer ")
+            ));
+            ready.insert(lname, false);
+            plan.layers.push(status.clone());
+            continue;
+        }
+        let usable: Vec<&Machine> = o.machines.iter().filter(|m| selected(layer, m)).collect();
+        let count = layer
+            .placement
+            .as_ref()
+            .and_then(|p| p.count)
+            .map(|c| c as usize);
+        let spread = layer
+            .placement
+            .as_ref()
+            .map(|p| p.spread)
+            .unwrap_or_default();
+        let mut members = BTreeMap::new();
+        for s in &layer.services {
+            let current: BTreeMap<String, u32> = existing
+                .iter()
+                .filter(|i| i.spec.service == *s)
+                .map(|i| (i.spec.node.clone(), ordinal_of(i)))
+                .collect();
+            let want = if drivers::on_every_node(*s) {
+                None
+            } else {
+                count
+            };
+            members.insert(*s, place(want, spread, &usable, &current));
+        }
+        placed.push(Placed {
+            index,
+            layer,
+            members,
+            status,
+        });
+        // Readiness for the layers after this one: every member placed and ready now.
+        let lready = {
+            let p = placed.last().expect("pushed");
+            let mut all = true;
+            for (s, ms) in &p.members {
+                let want = if drivers::on_every_node(*s) {
+                    usable.len().max(1)
+                } else {
+                    count.unwrap_or(usable.len()).max(1)
+                };
+                let ok = ms.len() >= want
+                    && ms.iter().all(|m| {
+                        existing.iter().any(|i| {
+                            i.spec.service == *s && i.spec.node == m.node && member_ready(i)
+                        })
+                    });
+                all &= ok;
+            }
+            all
+        };
+        ready.insert(lname, lready);
+    }
+    // 3. Scrape targets: every placed member that exports metrics.
+    let mut scrape: Vec<ScrapeTarget> = Vec::new();
+    for p in &placed {
+        for (s, ms) in &p.members {
+            if let Some((port, path)) = drivers::metrics_endpoint(*s, p.layer) {
+                for m in ms {
+                    scrape.push(ScrapeTarget {
+                        job: s.as_str().to_string(),
+                        target: format!("{}:{port}", m.address),
+                        path: path.to_string(),
+                        node: m.node.clone(),
+                    });
+                }
+            }
+        }
+    }
+    scrape.sort();
+    // 3 and 4: render and roll, per layer.
+    for mut p in placed {
+        let existing = by_layer(&p.layer.name);
+        let mut render_errors = Vec::new();
+        let mut members_status = Vec::new();
+        let mut endpoints = Vec::new();
+        for (service, ms) in &p.members {
+            let ours: Vec<&ServiceInstance> = existing
+                .iter()
+                .copied()
+                .filter(|i| i.spec.service == *service)
+                .collect();
+            // Instances whose machine is no longer a member.
+            for i in &ours {
+                if !ms.iter().any(|m| m.node == i.spec.node) {
+                    plan.delete.push(i.name_any());
+                }
+            }
+            let mut desired: Vec<(String, ServiceInstanceSpec)> = Vec::new();
+            for m in ms {
+                let ctx = RenderCtx {
+                    stack: &name,
+                    layer: p.layer,
+                    layer_index: p.index,
+                    service: *service,
+                    me: m,
+                    peers: &p.members,
+                    scrape: &scrape,
+                    groundwork_metrics: o.groundwork_metrics,
+                };
+                match drivers::render(&ctx) {
+                    Ok(mut spec) => {
+                        spec.stack = name.clone();
+                        spec.layer = p.layer.name.clone();
+                        spec.service = *service;
+                        spec.node = m.node.clone();
+                        spec.address = Some(m.address.clone());
+                        spec.config_digest = spec.digest();
+                        desired
+                            .push((instance_name(&name, &p.layer.name, *service, &m.node), spec));
+                    }
+                    Err(e) => render_errors.push(e),
+                }
+            }
+            if *service == ServiceType::Mysql {
+                bootstrap_flags(&mut desired, &ours);
+            }
+            // Rolling: how many ready members may go down now.
+            let n = desired.len();
+            let ready_now = ours
+                .iter()
+                .filter(|i| ms.iter().any(|m| m.node == i.spec.node) && member_ready(i))
+                .count();
+            let unavailable = n.saturating_sub(ready_now);
+            let mut budget = (p.layer.rollout.max_unavailable as usize).saturating_sub(unavailable);
+            if p.layer.rollout.keep_quorum && n >= 3 {
+                budget = budget.min(ready_now.saturating_sub(quorum(n)));
+            }
+            for (iname, spec) in desired {
+                let current = ours.iter().find(|i| i.name_any() == iname);
+                match current {
+                    None => {
+                        let ordinal = ms
+                            .iter()
+                            .find(|m| m.node == spec.node)
+                            .map(|m| m.ordinal)
+                            .unwrap_or(0);
+                        plan.create.push((iname.clone(), spec.clone(), ordinal));
+                    }
+                    Some(i) if i.spec != spec => {
+                        let only_flags = {
+                            let mut a = i.spec.clone();
+                            a.bootstrap = spec.bootstrap;
+                            a == spec
+                        };
+                        if only_flags || !member_ready(i) {
+                            plan.update.push((iname.clone(), spec.clone()));
+                        } else if budget > 0 {
+                            budget -= 1;
+                            plan.update.push((iname.clone(), spec.clone()));
+                        }
+                    }
+                    Some(_) => {}
+                }
+                let i = current.copied();
+                let st = i.and_then(|i| i.status.as_ref());
+                members_status.push(MemberStatus {
+                    instance: iname.clone(),
+                    service: service.as_str().to_string(),
+                    node: spec.node.clone(),
+                    address: spec.address.clone(),
+                    phase: st.and_then(|s| s.phase).map(|p| format!("{p:?}")),
+                    ready: i.is_some_and(|i| member_ready(i) && i.spec == spec),
+                });
+                if let (Some(port), Some(addr)) =
+                    (drivers::main_port(*service, p.layer), &spec.address)
+                {
+                    endpoints.push(format!("{addr}:{port}"));
+                }
+            }
+        }
+        p.status.members = members_status;
+        p.status.endpoints = endpoints;
+        let count = p.layer.placement.as_ref().and_then(|pl| pl.count);
+        let spares = p.layer.placement.as_ref().map(|pl| pl.spares).unwrap_or(1);
+        let usable = o.machines.iter().filter(|m| selected(p.layer, m)).count();
+        let all_ready = !p.status.members.is_empty()
+            && p.status.members.iter().all(|m| m.ready)
+            && count.is_none_or(|c| {
+                p.members
+                    .iter()
+                    .filter(|(s, _)| !drivers::on_every_node(**s))
+                    .all(|(_, ms)| ms.len() >= c as usize)
+            });
+        let refused: Vec<String> = existing
+            .iter()
+            .filter_map(|i| {
+                let s = i.status.as_ref()?;
+                let refused = s.refused_digest.as_deref() == Some(i.spec.config_digest.as_str());
+                let failed = s.phase == Some(InstancePhase::Failed);
+                (refused || failed).then(|| {
+                    format!(
+                        "{} on {}: {}{}",
+                        i.spec.service,
+                        i.spec.node,
+                        s.message.clone().unwrap_or_default(),
+                        s.field
+                            .as_ref()
+                            .map(|f| format!(" (field {f})"))
+                            .unwrap_or_default()
+                    )
+                })
+            })
+            .collect();
+        let was = previous.get(&p.layer.name).copied();
+        let (phase, waiting) = if !render_errors.is_empty() {
+            (LayerPhase::Failed, Some(render_errors.join("; ")))
+        } else if all_ready {
+            (LayerPhase::Ready, None)
+        } else if !refused.is_empty() {
+            (LayerPhase::Failed, Some(refused.join("; ")))
+        } else if p.status.members.is_empty() {
+            (
+                LayerPhase::Pending,
+                Some("machines: none is Ready and matches the layer's placement".to_string()),
+            )
+        } else {
+            let short = count.map(|c| c as usize).and_then(|c| {
+                p.members
+                    .values()
+                    .map(Vec::len)
+                    .min()
+                    .filter(|have| *have < c)
+                    .map(|have| format!("machines: {have} of {c} members placed"))
+            });
+            let member = p.status.members.iter().find(|m| !m.ready).map(|m| {
+                format!(
+                    "{} on {} ({})",
+                    m.service,
+                    m.node,
+                    m.phase.clone().unwrap_or_else(|| "not started".into())
+                )
+            });
+            let phase = if matches!(was, Some(LayerPhase::Ready | LayerPhase::Degraded)) {
+                LayerPhase::Degraded
+            } else {
+                LayerPhase::Progressing
+            };
+            (phase, short.or(member))
+        };
+        p.status.phase = Some(phase);
+        p.status.waiting_for = waiting;
+        let placed_max = p
+            .members
+            .iter()
+            .filter(|(s, _)| !drivers::on_every_node(**s))
+            .map(|(_, v)| v.len())
+            .max()
+            .unwrap_or(0);
+        let spare_ok = count.is_none() || usable >= placed_max + spares as usize;
+        p.status.bootstrap_steps_done = Vec::new();
+        p.status.conditions = vec![
+            cond(
+                "Ready",
+                phase == LayerPhase::Ready,
+                &format!("{phase:?}"),
+                p.status.waiting_for.clone().unwrap_or_else(|| {
+                    "every member runs the current config and is healthy".into()
+                }),
+            ),
+            cond(
+                "SpareAvailable",
+                spare_ok,
+                if spare_ok { "Spare" } else { "NoSpare" },
+                format!("{usable} machines match for {placed_max} members and {spares} spare(s)"),
+            ),
+        ];
+        plan.layers.push(p.status);
+    }
+    // Keep the spec's order in the status.
+    plan.layers.sort_by_key(|l| {
+        stack
+            .spec
+            .layers
+            .iter()
+            .position(|x| x.name == l.name)
+            .unwrap_or(usize::MAX)
+    });
+    plan.delete.sort();
+    plan.delete.dedup();
+    plan
+}
+
+fn cond(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::UNIX_EPOCH,
+        ),
+        observed_generation: None,
+    }
+}
+
+/// The ordinal a member was given, kept in a label.
+pub fn ordinal_of(i: &ServiceInstance) -> u32 {
+    i.labels()
+        .get(ORDINAL_LABEL)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u32::MAX)
+}
+
+pub const ORDINAL_LABEL: &str = "groundwork.dev/ordinal";
+
+/// Galera: which member may start as the cluster's first (`bootstrap`), from what the
+/// members report.
+fn bootstrap_flags(desired: &mut [(String, ServiceInstanceSpec)], ours: &[&ServiceInstance]) {
+    let views: Vec<drivers::mysql::BootstrapView> = desired
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| {
+            let inst = ours.iter().find(|x| &x.name_any() == name);
+            let st = inst.and_then(|x| x.status.as_ref());
+            drivers::mysql::BootstrapView {
+                ordinal: i as u32,
+                ready: inst.is_some_and(|x| member_ready(x)),
+                running: st.is_some_and(|s| matches!(s.phase, Some(InstancePhase::Running))),
+                facts: st.map(|s| s.facts.clone()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    let chosen = drivers::mysql::choose_bootstrap(&views).ok();
+    for (i, (_, spec)) in desired.iter_mut().enumerate() {
+        spec.bootstrap = chosen == Some(i);
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,322 @@
+//! The ServiceStack decision, table by table: gating, placement with spread and spares,
+//! replacement, rolling with quorum, bootstrap choice, phases.
+
+use std::collections::BTreeMap;
+
+use groundwork_types::{
+    InstancePhase, LayerPhase, ServiceInstance, ServiceInstanceStatus, ServiceStack,
+};
+use kube::ResourceExt;
+use serde_json::json;
+
+use super::*;
+
+fn stack(layers: serde_json::Value) -> ServiceStack {
+    serde_json::from_value(json!({
+        "apiVersion": "groundwork.dev/v1alpha1",
+        "kind": "ServiceStack",
+        "metadata": {"name": "p"},
+        "spec": {"layers": layers},
+    }))
+    .expect("a stack")
+}
+
+fn metrics_and_db() -> ServiceStack {
+    stack(json!([
+        {"name": "metrics", "services": ["prometheus", "node-exporter"],
+         "placement": {"count": 1, "spread": "rack"}},
+        {"name": "database", "services": ["mysql", "haproxy"], "dependsOn": ["metrics"],
+         "placement": {"count": 3, "spread": "rack"},
+         "config": {"mysql": {"rootPassword": {"credential": "db-root"}}}},
+    ]))
+}
+
+/// `n` machines over two racks.
+fn machines(n: usize) -> Vec<Machine> {
+    (1..=n)
+        .map(|i| Machine {
+            name: format!("n{i}"),
+            address: format!("10.0.0.{i}"),
+            rack: Some(format!("r{}", (i + 1) % 2 + 1)),
+            zone: None,
+            labels: BTreeMap::new(),
+        })
+        .collect()
+}
+
+/// The instances a plan creates, as the API would store them, with the given readiness.
+fn stored(plan: &Plan, ready: bool) -> Vec<ServiceInstance> {
+    plan.create
+        .iter()
+        .map(|(name, spec, ordinal)| {
+            let mut i = ServiceInstance::new(name, spec.clone());
+            i.metadata.labels = Some([(ORDINAL_LABEL.to_string(), ordinal.to_string())].into());
+            if ready {
+                i.status = Some(running(spec));
+            }
+            i
+        })
+        .collect()
+}
+
+fn running(spec: &ServiceInstanceSpec) -> ServiceInstanceStatus {
+    ServiceInstanceStatus {
+        phase: Some(InstancePhase::Running),
+        ready: true,
+        running_digest: Some(spec.config_digest.clone()),
+        ..Default::default()
+    }
+}
+
+fn run(stack: &ServiceStack, ms: &[Machine], have: &[ServiceInstance]) -> Plan {
+    let refs: Vec<&ServiceInstance> = have.iter().collect();
+    decide(&Observed {
+        stack,
+        machines: ms,
+        instances: &refs,
+        groundwork_metrics: Some("10.0.0.254:9464"),
+    })
+}
+
+fn layer<'a>(plan: &'a Plan, name: &str) -> &'a LayerStatus {
+    plan.layers.iter().find(|l| l.name == name).expect("layer")
+}
+
+#[test]
+fn a_layer_waits_for_its_dependencies_and_says_which() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let plan = run(&s, &ms, &[]);
+    // metrics: prometheus on one machine, node-exporter on all four.
+    let services: Vec<_> = plan.create.iter().map(|(_, s, _)| s.service).collect();
+    assert_eq!(
+        services.iter().filter(|s| **s == ServiceType::Prometheus).count(),
+        1
+    );
+    assert_eq!(
+        services.iter().filter(|s| **s == ServiceType::NodeExporter).count(),
+        4
+    );
+    assert!(!services.contains(&ServiceType::Mysql), "database is gated");
+    let db = layer(&plan, "database");
+    assert_eq!(db.phase, Some(LayerPhase::Pending));
+    let w = db.waiting_for.as_deref().unwrap_or_default();
+    assert!(w.contains("metrics"), "{w}");
+    assert_eq!(layer(&plan, "metrics").phase, Some(LayerPhase::Progressing));
+}
+
+#[test]
+fn once_ready_the_next_layer_is_placed_spread_with_a_spare() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let first = run(&s, &ms, &[]);
+    let have = stored(&first, true);
+    let plan = run(&s, &ms, &have);
+    // (metrics now rolls Prometheus to scrape the database layer's exporters too.)
+    let mysql: Vec<&(String, ServiceInstanceSpec, u32)> = plan
+        .create
+        .iter()
+        .filter(|(_, s, _)| s.service == ServiceType::Mysql)
+        .collect();
+    assert_eq!(mysql.len(), 3);
+    // Both racks are used, and one machine is left as the spare.
+    let racks: std::collections::BTreeSet<_> = mysql
+        .iter()
+        .map(|(_, s, _)| ms.iter().find(|m| m.name == s.node).unwrap().rack.clone())
+        .collect();
+    assert_eq!(racks.len(), 2);
+    let ordinals: Vec<u32> = mysql.iter().map(|(_, _, o)| *o).collect();
+    assert_eq!(ordinals, vec![0, 1, 2]);
+    // Exactly one member starts the Galera cluster: the lowest ordinal.
+    let boots: Vec<_> = mysql.iter().filter(|(_, s, _)| s.bootstrap).collect();
+    assert_eq!(boots.len(), 1);
+    assert_eq!(boots[0].2, 0);
+    // Secrets are named, never inlined.
+    assert_eq!(mysql[0].1.secrets, vec!["db-root".to_string()]);
+    let cnf = &mysql[0].1.files[0].content;
+    assert!(cnf.contains("wsrep_cluster_address = gcomm://"), "{cnf}");
+    let db = layer(&plan, "database");
+    let spare = db.conditions.iter().find(|c| c.type_ == "SpareAvailable").unwrap();
+    assert_eq!(spare.status, "True", "{}", spare.message);
+}
+
+#[test]
+fn prometheus_scrapes_every_exporter_and_groundwork() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let first = run(&s, &ms, &[]);
+    let have = stored(&first, true);
+    let plan = run(&s, &ms, &have);
+    // The Prometheus the next pass renders knows the database layer's HAProxy exporters.
+    let mut have2 = have.clone();
+    have2.extend(stored(&plan, true));
+    let plan2 = run(&s, &ms, &have2);
+    let prom2 = plan2
+        .update
+        .iter()
+        .find(|(_, s)| s.service == ServiceType::Prometheus)
+        .map(|(_, s)| s.clone())
+        .or_else(|| {
+            have2
+                .iter()
+                .find(|i| i.spec.service == ServiceType::Prometheus)
+                .map(|i| i.spec.clone())
+        })
+        .unwrap();
+    let yml = &prom2.files[0].content;
+    for i in 1..=4 {
+        assert!(yml.contains(&format!("10.0.0.{i}:9100")), "{yml}");
+    }
+    assert!(yml.contains("10.0.0.254:9464"), "{yml}");
+    assert!(yml.contains(":8404"), "haproxy's exporter: {yml}");
+}
+
+#[test]
+fn a_lost_machine_is_replaced_on_the_spare() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let mut have = stored(&run(&s, &ms, &[]), true);
+    let p = run(&s, &ms, &have);
+    have.extend(stored(&p, true));
+    let p = run(&s, &ms, &have);
+    // Settle the bootstrap flag and the scrape targets.
+    for (name, spec, _) in p.update.iter().map(|(n, s)| (n, s, 0)) {
+        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
+        i.spec = spec.clone();
+        i.status = Some(running(spec));
+    }
+    let p = run(&s, &ms, &have);
+    assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
+    assert_eq!(layer(&p, "database").phase, Some(LayerPhase::Ready));
+    // Lose a machine that runs a mysql member.
+    let victim = have
+        .iter()
+        .find(|i| i.spec.service == ServiceType::Mysql)
+        .unwrap()
+        .spec
+        .node
+        .clone();
+    let fewer: Vec<Machine> = ms.iter().filter(|m| m.name != victim).cloned().collect();
+    let mut st = s.clone();
+    st.status = Some(groundwork_types::ServiceStackStatus {
+        layers: p.layers.clone(),
+        ..Default::default()
+    });
+    let p2 = run(&st, &fewer, &have);
+    assert!(p2.delete.iter().any(|d| d.ends_with(&victim)), "{:?}", p2.delete);
+    let new: Vec<_> = p2
+        .create
+        .iter()
+        .filter(|(_, s, _)| s.service == ServiceType::Mysql)
+        .collect();
+    assert_eq!(new.len(), 1);
+    assert_ne!(new[0].1.node, victim);
+    assert!(!new[0].1.bootstrap, "the running members are the cluster");
+    assert_eq!(layer(&p2, "database").phase, Some(LayerPhase::Degraded));
+    let spare = layer(&p2, "database")
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SpareAvailable")
+        .unwrap()
+        .clone();
+    assert_eq!(spare.status, "False");
+}
+
+#[test]
+fn a_change_rolls_one_member_at_a_time_keeping_quorum() {
+    let s = stack(json!([
+        {"name": "database", "services": ["mysql"], "placement": {"count": 3},
+         "config": {"mysql": {"rootPassword": {"credential": "db-root"}}}},
+    ]));
+    let ms = machines(4);
+    let first = run(&s, &ms, &[]);
+    let mut have = stored(&first, true);
+    for i in &mut have {
+        i.spec.bootstrap = false;
+    }
+    // A new database in the config changes every member's files.
+    let mut s2 = s.clone();
+    s2.spec.layers[0]
+        .config
+        .mysql
+        .as_mut()
+        .unwrap()
+        .databases
+        .push("app".into());
+    let p = run(&s2, &ms, &have);
+    assert_eq!(p.update.len(), 1, "one at a time: {:?}", p.update.len());
+    // That member is now changing (not ready): nobody else goes.
+    let (name, spec) = p.update[0].clone();
+    let i = have.iter_mut().find(|i| i.name_any() == name).unwrap();
+    i.spec = spec.clone();
+    i.status = None;
+    let p = run(&s2, &ms, &have);
+    assert!(
+        p.update.iter().all(|(n, _)| *n == name),
+        "no second member while one is down"
+    );
+    // It comes back: the next one goes.
+    let i = have.iter_mut().find(|i| i.name_any() == name).unwrap();
+    i.status = Some(running(&spec));
+    let p = run(&s2, &ms, &have);
+    assert_eq!(p.update.len(), 1);
+    assert_ne!(p.update[0].0, name);
+}
+
+#[test]
+fn an_unready_member_is_changed_at_once_and_a_refusal_fails_the_layer() {
+    let s = stack(json!([
+        {"name": "metrics", "services": ["prometheus"], "placement": {"count": 1}},
+    ]));
+    let ms = machines(2);
+    let first = run(&s, &ms, &[]);
+    let mut have = stored(&first, false);
+    let spec = have[0].spec.clone();
+    have[0].status = Some(ServiceInstanceStatus {
+        phase: Some(InstancePhase::Failed),
+        refused_digest: Some(spec.config_digest.clone()),
+        message: Some("promtool refused the new config: bad expr".into()),
+        field: Some("spec.layers[0].config.prometheus.ruleGroups[0].rules[0].expr".into()),
+        ..Default::default()
+    });
+    let p = run(&s, &ms, &have);
+    let l = layer(&p, "metrics");
+    assert_eq!(l.phase, Some(LayerPhase::Failed));
+    assert!(
+        l.waiting_for.as_deref().unwrap_or_default().contains("rules[0].expr"),
+        "{:?}",
+        l.waiting_for
+    );
+}
+
+#[test]
+fn services_without_a_driver_keep_the_layer_pending_and_name_it() {
+    let s = stack(json!([{"name": "secrets", "services": ["vault"]}]));
+    let p = run(&s, &machines(3), &[]);
+    assert!(p.create.is_empty());
+    let l = layer(&p, "secrets");
+    assert_eq!(l.phase, Some(LayerPhase::Pending));
+    assert!(l.waiting_for.as_deref().unwrap_or_default().contains("vault"));
+}
+
+#[test]
+fn no_machines_is_pending_with_the_reason() {
+    let s = metrics_and_db();
+    let p = run(&s, &[], &[]);
+    let l = layer(&p, "metrics");
+    assert_eq!(l.phase, Some(LayerPhase::Pending));
+    assert!(l.waiting_for.as_deref().unwrap_or_default().contains("machines"));
+}
+
+#[test]
+fn node_selector_limits_placement() {
+    let s = stack(json!([
+        {"name": "metrics", "services": ["prometheus"],
+         "placement": {"count": 1, "nodeSelector": {"matchLabels": {"role": "cluster"}}}},
+    ]));
+    let mut ms = machines(3);
+    ms[2].labels.insert("role".into(), "cluster".into());
+    let p = run(&s, &ms, &[]);
+    assert_eq!(p.create.len(), 1);
+    assert_eq!(p.create[0].1.node, "n3");
+}
