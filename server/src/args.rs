@@ -112,6 +112,11 @@ pub struct ServerArgs {
     /// How often installed systems' node agents heartbeat, in seconds.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=3600))]
     pub(crate) heartbeat_seconds: u32,
+    /// Also serve `/metrics` (and only that) in plain HTTP here, for Prometheus servers
+    /// without a client certificate, such as the ones a ServiceStack's metrics layer runs
+    /// (it scrapes this address). Metrics carry no secrets; the API stays authenticated.
+    #[arg(long)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
     /// Serve DHCP for this boot network (a `spec.bootNetworks[].name` of a Datacenter) on
     /// --dhcp-interface, configured and reconfigured from the API.
     #[arg(long, requires_all = ["dhcp_interface", "dhcp_server_ip"])]

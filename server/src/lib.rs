@@ -40,7 +40,10 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     start_raft_member(&args, &store, certs.as_ref(), &key).await?;
     let (listener, addr) = bind_api(&args, certs.is_some()).await?;
     let client = loopback_client(addr, certs.as_ref()).await?;
-    let opts = controller_options(&args, key.clone());
+    let mut opts = controller_options(&args, key.clone());
+    if let Some(addr) = serve_metrics(&args).await? {
+        opts.groundwork_metrics = Some(addr.to_string());
+    }
     let caches = shared_caches(&args, &opts, &client);
     if let Some(caches) = &caches {
         boot::start(&args, certs.as_ref(), &key, &client, caches).await?;
@@ -168,6 +171,36 @@ async fn bind_api(
     let addr = listener.local_addr()?;
     tracing::debug!(%addr, tls, "API bound");
     Ok((listener, addr))
+}
+
+/// `--metrics-listen`: `/metrics` in plain HTTP.
+async fn serve_metrics(args: &ServerArgs) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(addr) = args.metrics_listen else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("--metrics-listen {addr}"))?;
+    let bound = listener.local_addr()?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(|| async {
+            (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    groundwork_observe::OPENMETRICS_CONTENT_TYPE,
+                )],
+                groundwork_observe::metrics().encode(),
+            )
+        }),
+    );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    tracing::info!(%bound, "serving /metrics in plain HTTP");
+    Ok(Some(bound))
 }
 
 /// The in-process controllers' and boot plane's client: the API like any client, over
