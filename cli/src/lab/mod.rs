@@ -7,10 +7,14 @@
 //! written to DIR/manifests and applied; `lab up` then shows each machine's progress until
 //! all are Ready. `lab down` stops every process it started (by PID) and removes the
 //! namespace; DIR keeps the logs.
+//!
+//! With `--netns`, the machines are network namespaces running the node agent instead
+//! (see [`netns`]); the lab then applies the platform stack and shows its layers' progress.
 
 mod build;
 mod host;
 mod machines;
+mod netns;
 mod progress;
 
 use std::path::{Path, PathBuf};
@@ -40,6 +44,24 @@ enum LabCmd {
     Up(UpArgs),
     /// Stop everything the lab started and remove its network namespace.
     Down(DownArgs),
+    /// Cut a namespace machine's power (every process in it is killed) or start it again.
+    Machine(MachineArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct MachineArgs {
+    #[arg(value_enum)]
+    action: MachineAction,
+    /// The machine's number (1 for lab-1).
+    index: u8,
+    #[arg(long, default_value = "/var/lib/groundwork-lab")]
+    dir: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum MachineAction {
+    Stop,
+    Start,
 }
 
 #[derive(clap::Args, Debug)]
@@ -65,6 +87,13 @@ pub(super) struct UpArgs {
     /// Return once the manifests are applied, without waiting.
     #[arg(long)]
     pub(super) no_wait: bool,
+    /// Machines as network namespaces running the node agent (Ready in seconds) instead of
+    /// QEMU machines that PXE-boot; the lab then brings up the platform stack on them.
+    #[arg(long)]
+    pub(super) netns: bool,
+    /// With --netns: do not apply the platform stack.
+    #[arg(long)]
+    pub(super) no_stack: bool,
     /// Extra arguments for `groundwork server` (repeatable), e.g. --server-arg=--boot-timeout-seconds=300.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     pub(super) server_args: Vec<String>,
@@ -87,12 +116,21 @@ pub(super) struct State {
     /// Pid files of the QEMU machines (daemonized by the chassis program).
     pub(super) qemu_pidfiles: Vec<PathBuf>,
     pub(super) kubeconfig: PathBuf,
+    /// --netns: the bridge and the machines' namespaces.
+    #[serde(default)]
+    pub(super) bridge: String,
+    #[serde(default)]
+    pub(super) machine_netns: Vec<String>,
+    /// The binary that runs the lab (machines are started again with it).
+    #[serde(default)]
+    pub(super) exe: PathBuf,
 }
 
 pub(crate) async fn run(a: LabArgs) -> anyhow::Result<()> {
     match a.cmd {
         LabCmd::Up(u) => up(u).await,
         LabCmd::Down(d) => down(&d.dir),
+        LabCmd::Machine(m) => machine(m),
     }
 }
 
@@ -123,10 +161,13 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
         // What a crashed or half-removed lab left behind (QEMUs, the namespace) goes first.
         let _ = down(&dir);
     }
-    ensure_packages()?;
     std::fs::create_dir_all(&dir)?;
     let exe = std::env::current_exe()?;
     let t0 = Instant::now();
+    if a.netns {
+        return up_netns(&a, &dir, &exe, t0).await;
+    }
+    ensure_packages()?;
 
     // Boot images, with this binary as the agents.
     let boot = dir.join("boot");
@@ -225,6 +266,14 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     if !st.host_if.is_empty() {
         let _ = sh(&["ip", "link", "del", &st.host_if]);
     }
+    // Namespace machines: their services too (they run in the namespace, not our groups).
+    for ns in &st.machine_netns {
+        netns::kill_netns(ns);
+        let _ = sh(&["ip", "netns", "del", ns]);
+    }
+    if !st.bridge.is_empty() {
+        let _ = sh(&["ip", "link", "del", &st.bridge]);
+    }
     std::fs::remove_file(&path)?;
     println!(
         "lab: down ({} processes stopped, namespace {} removed; logs kept in {})",
@@ -232,5 +281,91 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         st.netns,
         dir.display()
     );
+    Ok(())
+}
+
+async fn up_netns(a: &UpArgs, dir: &Path, exe: &Path, t0: Instant) -> anyhow::Result<()> {
+    let mut state = State {
+        name: a.name.clone(),
+        kubeconfig: dir.join("data/kubeconfig"),
+        exe: exe.to_path_buf(),
+        ..Default::default()
+    };
+    let save = |s: &State| {
+        std::fs::write(
+            dir.join("lab.json"),
+            serde_json::to_vec_pretty(s).unwrap_or_default(),
+        )
+    };
+    save(&state)?;
+    if let Err(e) = netns::build(a, dir, exe, &mut state, &save).await {
+        eprintln!("lab: {e:#}; removing what was created");
+        let _ = down(dir);
+        return Err(e);
+    }
+    println!("lab: export KUBECONFIG={}", state.kubeconfig.display());
+    println!(
+        "lab:   kubectl get servicestacks,serviceinstances     groundwork logs servicestack/platform -f"
+    );
+    println!(
+        "lab:   machines' agents: {}/machines/n*/agent.log; cut one's power: groundwork lab machine stop 2 --dir {}",
+        dir.display(),
+        dir.display()
+    );
+    if a.no_wait {
+        return Ok(());
+    }
+    let timeout = Duration::from_secs(a.timeout);
+    progress(&state.kubeconfig, a.machines, timeout).await?;
+    if a.no_stack {
+        println!("lab: up in {:.1}s (no stack)", t0.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let mf = dir.join("manifests/platform.yaml");
+    std::fs::write(&mf, netns::stack_manifests())?;
+    crate::apply::run(Some(state.kubeconfig.clone()), &[mf], false).await?;
+    progress::layers(&state.kubeconfig, "platform", timeout).await?;
+    println!(
+        "lab: datacenter and platform up in {:.1}s",
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn machine(m: MachineArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&m.dir)?;
+    let path = dir.join("lab.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no lab in {} ({} is missing)",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let mut st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    anyhow::ensure!(
+        !st.machine_netns.is_empty(),
+        "the lab in {} has no namespace machines (it was not started with --netns)",
+        dir.display()
+    );
+    anyhow::ensure!(
+        m.index >= 1 && (m.index as usize) <= st.machine_netns.len(),
+        "machine {}: the lab has machines 1 to {}",
+        m.index,
+        st.machine_netns.len()
+    );
+    match m.action {
+        MachineAction::Stop => {
+            let n = netns::stop_machine(&st.name, m.index);
+            println!("lab: machine {} stopped ({n} processes killed)", m.index);
+        }
+        MachineAction::Start => {
+            netns::stop_machine(&st.name, m.index);
+            let pid = netns::start_machine(&dir, &st.exe, &st.name, m.index)?;
+            st.pids.push(pid);
+            std::fs::write(&path, serde_json::to_vec_pretty(&st)?)?;
+            println!("lab: machine {} started (agent pid {pid})", m.index);
+        }
+    }
     Ok(())
 }

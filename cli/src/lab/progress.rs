@@ -72,3 +72,55 @@ pub(super) async fn progress(kubeconfig: &Path, n: u8, timeout: Duration) -> any
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Shows each layer's phase changes (and what it waits for) until the stack is Ready.
+pub(super) async fn layers(
+    kubeconfig: &Path,
+    stack: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    use groundwork_types::{LayerPhase, ServiceStack};
+    let api = crate::client::connect(Some(kubeconfig.to_path_buf())).await?;
+    let stacks: kube::Api<ServiceStack> = kube::Api::all(api.client);
+    let t0 = Instant::now();
+    let mut seen: BTreeMap<String, (Option<LayerPhase>, Option<String>)> = BTreeMap::new();
+    loop {
+        let s = stacks.get(stack).await?;
+        let st = s.status.clone().unwrap_or_default();
+        for l in &st.layers {
+            let now = (l.phase, l.waiting_for.clone());
+            if seen.get(&l.name) != Some(&now) {
+                println!(
+                    "[{:>6.1}s] layer {:<12} {:<12} {}",
+                    t0.elapsed().as_secs_f64(),
+                    l.name,
+                    l.phase
+                        .map(|p| format!("{p:?}"))
+                        .unwrap_or_else(|| "-".into()),
+                    l.waiting_for
+                        .as_ref()
+                        .map(|w| format!("waiting for {w}"))
+                        .unwrap_or_else(|| l.endpoints.join(" "))
+                );
+                seen.insert(l.name.clone(), now);
+            }
+        }
+        let ready = !st.layers.is_empty()
+            && st.layers.iter().all(|l| l.phase == Some(LayerPhase::Ready))
+            && st.observed_generation == s.metadata.generation;
+        if ready {
+            println!(
+                "lab: stack {stack}: all {} layers Ready in {:.1}s",
+                st.layers.len(),
+                t0.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        if t0.elapsed() > timeout {
+            bail!(
+                "stack {stack} was not Ready within {timeout:?}; see `groundwork describe servicestack {stack}` and `kubectl get serviceinstances`"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -222,14 +222,15 @@ pub fn decide(o: &Observed) -> Plan {
                 unready
                     .iter()
                     .map(|d| {
-                        let p = plan
+                        match plan
                             .layers
                             .iter()
                             .find(|l| l.name == *d)
                             .and_then(|l| l.phase)
-                            .map(|p| format!("{p:?}"))
-                            .unwrap_or_else(|| "unknown".into());
-                        format!("{d} ({p})")
+                        {
+                            Some(p) => format!("{d} ({p:?})"),
+                            None => d.to_string(),
+                        }
                     })
                     .collect::<Vec<_>>()
                     .join(", layer ")

@@ -90,11 +90,17 @@ fn a_layer_waits_for_its_dependencies_and_says_which() {
     // metrics: prometheus on one machine, node-exporter on all four.
     let services: Vec<_> = plan.create.iter().map(|(_, s, _)| s.service).collect();
     assert_eq!(
-        services.iter().filter(|s| **s == ServiceType::Prometheus).count(),
+        services
+            .iter()
+            .filter(|s| **s == ServiceType::Prometheus)
+            .count(),
         1
     );
     assert_eq!(
-        services.iter().filter(|s| **s == ServiceType::NodeExporter).count(),
+        services
+            .iter()
+            .filter(|s| **s == ServiceType::NodeExporter)
+            .count(),
         4
     );
     assert!(!services.contains(&ServiceType::Mysql), "database is gated");
@@ -136,7 +142,11 @@ fn once_ready_the_next_layer_is_placed_spread_with_a_spare() {
     let cnf = &mysql[0].1.files[0].content;
     assert!(cnf.contains("wsrep_cluster_address = gcomm://"), "{cnf}");
     let db = layer(&plan, "database");
-    let spare = db.conditions.iter().find(|c| c.type_ == "SpareAvailable").unwrap();
+    let spare = db
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "SpareAvailable")
+        .unwrap();
     assert_eq!(spare.status, "True", "{}", spare.message);
 }
 
@@ -203,7 +213,11 @@ fn a_lost_machine_is_replaced_on_the_spare() {
         ..Default::default()
     });
     let p2 = run(&st, &fewer, &have);
-    assert!(p2.delete.iter().any(|d| d.ends_with(&victim)), "{:?}", p2.delete);
+    assert!(
+        p2.delete.iter().any(|d| d.ends_with(&victim)),
+        "{:?}",
+        p2.delete
+    );
     let new: Vec<_> = p2
         .create
         .iter()
@@ -283,7 +297,10 @@ fn an_unready_member_is_changed_at_once_and_a_refusal_fails_the_layer() {
     let l = layer(&p, "metrics");
     assert_eq!(l.phase, Some(LayerPhase::Failed));
     assert!(
-        l.waiting_for.as_deref().unwrap_or_default().contains("rules[0].expr"),
+        l.waiting_for
+            .as_deref()
+            .unwrap_or_default()
+            .contains("rules[0].expr"),
         "{:?}",
         l.waiting_for
     );
@@ -296,7 +313,12 @@ fn services_without_a_driver_keep_the_layer_pending_and_name_it() {
     assert!(p.create.is_empty());
     let l = layer(&p, "secrets");
     assert_eq!(l.phase, Some(LayerPhase::Pending));
-    assert!(l.waiting_for.as_deref().unwrap_or_default().contains("vault"));
+    assert!(
+        l.waiting_for
+            .as_deref()
+            .unwrap_or_default()
+            .contains("vault")
+    );
 }
 
 #[test]
@@ -305,7 +327,12 @@ fn no_machines_is_pending_with_the_reason() {
     let p = run(&s, &[], &[]);
     let l = layer(&p, "metrics");
     assert_eq!(l.phase, Some(LayerPhase::Pending));
-    assert!(l.waiting_for.as_deref().unwrap_or_default().contains("machines"));
+    assert!(
+        l.waiting_for
+            .as_deref()
+            .unwrap_or_default()
+            .contains("machines")
+    );
 }
 
 #[test]

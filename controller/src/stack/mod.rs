@@ -71,7 +71,9 @@ fn machine(n: &Node, racks: &BTreeMap<String, Arc<Rack>>, dc: Option<&str>) -> O
         name: n.name_any(),
         address,
         rack: rack_name,
-        zone: rack.map(|r| r.spec.availability_zone.clone()).filter(|z| !z.is_empty()),
+        zone: rack
+            .map(|r| r.spec.availability_zone.clone())
+            .filter(|z| !z.is_empty()),
         labels: n.labels().clone(),
     })
 }

@@ -55,7 +55,8 @@ pub fn choose_bootstrap(views: &[BootstrapView]) -> Result<usize, String> {
         return lowest(&mut (0..views.len())).ok_or_else(|| "no members".into());
     }
     if let Some(i) = lowest(
-        &mut (0..views.len()).filter(|i| state(&views[*i], "safe_to_bootstrap").as_deref() == Some("1")),
+        &mut (0..views.len())
+            .filter(|i| state(&views[*i], "safe_to_bootstrap").as_deref() == Some("1")),
     ) {
         return Ok(i);
     }
@@ -138,6 +139,7 @@ user = mysql
 datadir = {{data}}
 socket = {{dir}}/mysqld.sock
 pid-file = {{dir}}/mysqld.pid
+tmpdir = {{dir}}/tmp
 bind-address = {addr}
 port = {port}
 skip-name-resolve
@@ -181,16 +183,22 @@ wsrep_sst_method = rsync
         }
     }
     for h in members(ctx, ServiceType::Haproxy) {
-        sql.push_str(&format!("CREATE USER IF NOT EXISTS 'haproxy_check'@'{h}';\n"));
+        sql.push_str(&format!(
+            "CREATE USER IF NOT EXISTS 'haproxy_check'@'{h}';\n"
+        ));
     }
-    let client = |q: &str| {
-        format!("mariadb --defaults-file={{conf}}/my.cnf -N -B -e \"{q}\"")
-    };
+    let client = |q: &str| format!("mariadb --defaults-file={{conf}}/my.cnf -N -B -e \"{q}\"");
     Ok(ServiceInstanceSpec {
         artifact: Artifact {
-            packages: ["mariadb-server", "mariadb-client", "galera-4", "rsync", "socat"]
-                .map(String::from)
-                .to_vec(),
+            packages: [
+                "mariadb-server",
+                "mariadb-client",
+                "galera-4",
+                "rsync",
+                "socat",
+            ]
+            .map(String::from)
+            .to_vec(),
             fetch: None,
         },
         files: vec![
@@ -220,17 +228,26 @@ wsrep_sst_method = rsync
             contains: "unknown variable".into(),
             field: field.clone(),
         }],
-        setup: vec![SetupStep {
-            name: "create the system tables".into(),
-            command: argv(&[
-                "mariadb-install-db",
-                "--defaults-file={conf}/my.cnf",
-                "--user=mysql",
-                "--skip-test-db",
-            ]),
-            creates: "{data}/mysql".into(),
-            user: None,
-        }],
+        setup: vec![
+            // Members on one host must not share /tmp (their temporary tables collide).
+            SetupStep {
+                name: "a private temporary directory".into(),
+                command: argv(&["mkdir", "-p", "{dir}/tmp"]),
+                creates: "{dir}/tmp".into(),
+                user: None,
+            },
+            SetupStep {
+                name: "create the system tables".into(),
+                command: argv(&[
+                    "mariadb-install-db",
+                    "--defaults-file={conf}/my.cnf",
+                    "--user=mysql",
+                    "--skip-test-db",
+                ]),
+                creates: "{data}/mysql".into(),
+                user: None,
+            },
+        ],
         after_start: vec![SetupStep {
             name: "accounts and databases".into(),
             command: vec![
@@ -358,7 +375,10 @@ mod tests {
 
     #[test]
     fn a_new_cluster_starts_on_the_lowest_ordinal() {
-        assert_eq!(choose_bootstrap(&[view(2, &[]), view(0, &[]), view(1, &[])]), Ok(1));
+        assert_eq!(
+            choose_bootstrap(&[view(2, &[]), view(0, &[]), view(1, &[])]),
+            Ok(1)
+        );
     }
 
     #[test]
@@ -371,9 +391,18 @@ mod tests {
     #[test]
     fn the_safe_member_starts_after_a_clean_stop() {
         let v = [
-            view(0, &[("uuid", U), ("seqno", "7"), ("safe_to_bootstrap", "0")]),
-            view(1, &[("uuid", U), ("seqno", "9"), ("safe_to_bootstrap", "1")]),
-            view(2, &[("uuid", U), ("seqno", "9"), ("safe_to_bootstrap", "0")]),
+            view(
+                0,
+                &[("uuid", U), ("seqno", "7"), ("safe_to_bootstrap", "0")],
+            ),
+            view(
+                1,
+                &[("uuid", U), ("seqno", "9"), ("safe_to_bootstrap", "1")],
+            ),
+            view(
+                2,
+                &[("uuid", U), ("seqno", "9"), ("safe_to_bootstrap", "0")],
+            ),
         ];
         assert_eq!(choose_bootstrap(&v), Ok(1));
     }
@@ -381,21 +410,36 @@ mod tests {
     #[test]
     fn after_a_crash_the_most_advanced_member_starts_once_all_reported() {
         let mut v = vec![
-            view(0, &[("uuid", U), ("seqno", "12"), ("safe_to_bootstrap", "0")]),
-            view(1, &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")]),
+            view(
+                0,
+                &[("uuid", U), ("seqno", "12"), ("safe_to_bootstrap", "0")],
+            ),
+            view(
+                1,
+                &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")],
+            ),
             view(2, &[]),
         ];
         let e = choose_bootstrap(&v).unwrap_err();
         assert!(e.contains("member 2"), "{e}");
-        v[2] = view(2, &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")]);
+        v[2] = view(
+            2,
+            &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")],
+        );
         assert_eq!(choose_bootstrap(&v), Ok(1));
     }
 
     #[test]
     fn unknown_positions_need_an_operator() {
         let v = [
-            view(0, &[("uuid", U), ("seqno", "-1"), ("safe_to_bootstrap", "0")]),
-            view(1, &[("uuid", U), ("seqno", "-1"), ("safe_to_bootstrap", "0")]),
+            view(
+                0,
+                &[("uuid", U), ("seqno", "-1"), ("safe_to_bootstrap", "0")],
+            ),
+            view(
+                1,
+                &[("uuid", U), ("seqno", "-1"), ("safe_to_bootstrap", "0")],
+            ),
         ];
         assert!(choose_bootstrap(&v).unwrap_err().contains("seqno -1"));
     }

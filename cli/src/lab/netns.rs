@@ -1,0 +1,334 @@
+//! `groundwork lab up --netns`: machines as network namespaces. Each machine is a namespace
+//! with its own address on a bridge (`gw<NAME>b`, 10.97.0.1/24 on the host side) and a
+//! private `/var/lib/groundwork` (a bind mount in its own mount namespace), running the real
+//! node agent, which joins with a machine token exactly as an installed machine does. The
+//! server runs on the host: the API on 127.0.0.1, the boot HTTP server and the agent API on
+//! 10.97.0.1. They reach Ready in seconds, so the service layers can be brought up and
+//! tested fast; the QEMU lab stays for the boot path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use super::host::{sh, spawn_logged};
+use super::{State, UpArgs};
+
+pub(super) const NET_IP: &str = "10.97.0.1";
+const AGENT_PORT: u16 = 8443;
+const HTTP_PORT: u16 = 8080;
+const METRICS_PORT: u16 = 9464;
+
+/// A machine's address: 10.97.0.(10 + i).
+pub(super) fn address(i: u8) -> String {
+    format!("10.97.0.{}", 10 + i as u16)
+}
+
+pub(super) fn mac(i: u8) -> String {
+    format!("52:54:00:97:00:{i:02x}")
+}
+
+pub(super) fn netns_name(lab: &str, i: u8) -> String {
+    format!("gw-{lab}-n{i}")
+}
+
+fn machine_dir(dir: &Path, i: u8) -> PathBuf {
+    dir.join(format!("machines/n{i}"))
+}
+
+pub(super) async fn build(
+    a: &UpArgs,
+    dir: &Path,
+    exe: &Path,
+    state: &mut State,
+    save: &dyn Fn(&State) -> std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let br = format!("gw{}b", a.name);
+    state.bridge = br.clone();
+    save(state)?;
+    let _ = sh(&["ip", "link", "del", &br]);
+    sh(&["ip", "link", "add", &br, "type", "bridge"])?;
+    sh(&["ip", "addr", "add", &format!("{NET_IP}/24"), "dev", &br])?;
+    sh(&["ip", "link", "set", &br, "up"])?;
+    for i in 1..=a.machines {
+        let ns = netns_name(&a.name, i);
+        let host_end = format!("gw{}v{i}", a.name);
+        let _ = sh(&["ip", "netns", "del", &ns]);
+        let _ = sh(&["ip", "link", "del", &host_end]);
+        sh(&["ip", "netns", "add", &ns])?;
+        state.machine_netns.push(ns.clone());
+        save(state)?;
+        sh(&[
+            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        sh(&["ip", "link", "set", &host_end, "master", &br])?;
+        sh(&["ip", "link", "set", &host_end, "up"])?;
+        let inns = |args: &[&str]| {
+            let mut v = vec!["ip", "-n", ns.as_str()];
+            v.extend_from_slice(args);
+            sh(&v)
+        };
+        inns(&["link", "set", "lo", "up"])?;
+        inns(&["addr", "add", &format!("{}/24", address(i)), "dev", "eth0"])?;
+        inns(&["link", "set", "eth0", "up"])?;
+        inns(&["route", "add", "default", "via", NET_IP])?;
+    }
+
+    // A new lab: machines start empty (no machine certificate of an earlier lab's CA, no
+    // services) and the control plane from an empty store.
+    let _ = std::fs::remove_dir_all(dir.join("machines"));
+    let data = dir.join("data");
+    let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
+    let boot = dir.join("boot");
+    std::fs::create_dir_all(boot.join("artifacts"))?;
+    let _ = std::fs::remove_file(&state.kubeconfig);
+    let mut server = Command::new(exe);
+    server
+        .args(["server", "--data-dir"])
+        .arg(&data)
+        .args(["--listen", &format!("127.0.0.1:{}", a.api_port)])
+        .arg("--boot-root")
+        .arg(&boot)
+        .args([
+            "--boot-http",
+            &format!("{NET_IP}:{HTTP_PORT}"),
+            "--boot-tftp",
+            "127.0.0.1:0",
+            "--boot-https",
+            &format!("{NET_IP}:{AGENT_PORT}"),
+            "--metrics-listen",
+            &format!("{NET_IP}:{METRICS_PORT}"),
+            "--heartbeat-seconds",
+            "2",
+        ])
+        .args(&a.server_args)
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+    state
+        .pids
+        .push(spawn_logged(&mut server, &dir.join("server.log"))?);
+    save(state)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !state.kubeconfig.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the server did not start in 30 s; see {}",
+            dir.join("server.log").display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mdir = dir.join("manifests");
+    std::fs::create_dir_all(&mdir)?;
+    let mf = mdir.join("lab.yaml");
+    std::fs::write(&mf, manifests(a.machines))?;
+    crate::apply::run(Some(state.kubeconfig.clone()), &[mf], false).await?;
+    for i in 1..=a.machines {
+        state.pids.push(start_machine(dir, exe, &a.name, i)?);
+        save(state)?;
+    }
+    Ok(())
+}
+
+/// Starts machine `i`'s node agent in its namespaces (joining with a new machine token the
+/// first time). Returns the agent's PID.
+pub(super) fn start_machine(dir: &Path, exe: &Path, lab: &str, i: u8) -> anyhow::Result<u32> {
+    let w = machine_dir(dir, i);
+    let lib = w.join("var-lib-groundwork");
+    std::fs::create_dir_all(&lib)?;
+    let data = dir.join("data");
+    let token = machine_token(&data, &mac(i))?;
+    let hash = {
+        let ca = std::fs::read_to_string(data.join("pki/ca.crt"))
+            .with_context(|| format!("{}/pki/ca.crt", data.display()))?;
+        groundwork_pki::ca_hash(&ca).context("the lab's CA")?
+    };
+    // The lab's names resolve from a hosts file (as a datacenter's DNS would): services
+    // that look up their peers' names (rsync's daemon for Galera's SST) get an answer at
+    // once instead of waiting for a resolver no namespace can reach.
+    let hosts = w.join("hosts");
+    let mut text = String::from("127.0.0.1 localhost\n");
+    text.push_str(&format!("{NET_IP} groundwork\n"));
+    for j in 1..=16u8 {
+        text.push_str(&format!("{} lab-{j}\n", address(j)));
+    }
+    std::fs::write(&hosts, text)?;
+    let resolv = w.join("resolv.conf");
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    )?;
+    let script = format!(
+        "mount --make-rprivate / && mount --bind '{lib}' /var/lib/groundwork && \
+         mount --bind '{hosts}' /etc/hosts && mount --bind '{resolv}' /etc/resolv.conf && \
+         exec '{exe}' node-agent --root / \
+         --join http://{NET_IP}:{HTTP_PORT} --ca-cert-hash {hash} --mac {mac} --agent-api {NET_IP}:{AGENT_PORT}",
+        lib = lib.display(),
+        hosts = hosts.display(),
+        resolv = resolv.display(),
+        exe = exe.display(),
+        mac = mac(i),
+    );
+    std::fs::create_dir_all("/var/lib/groundwork")?;
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &netns_name(lab, i),
+        "unshare",
+        "--mount",
+        "sh",
+        "-c",
+        &script,
+    ])
+    .env("GROUNDWORK_JOIN_TOKEN", token)
+    .env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let log = w.join("agent.log");
+    let pid = spawn_logged(&mut cmd, &log)?;
+    Ok(pid)
+}
+
+/// Stops every process of machine `i` (its agent and the services it runs) at once, as a
+/// power cut would.
+pub(super) fn stop_machine(lab: &str, i: u8) -> usize {
+    kill_netns(&netns_name(lab, i))
+}
+
+/// SIGKILLs every process in a network namespace; how many there were.
+pub(super) fn kill_netns(ns: &str) -> usize {
+    let pids: Vec<i32> = sh(&["ip", "netns", "pids", ns])
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    for p in &pids {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*p),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    pids.len()
+}
+
+/// A join token for the machine's MAC, signed with the lab server's key.
+fn machine_token(data: &Path, mac: &str) -> anyhow::Result<String> {
+    let path = data.join("secret.key");
+    let key = groundwork_types::secrets::SecretKey::decode(
+        &std::fs::read_to_string(&path).with_context(|| path.display().to_string())?,
+    )
+    .with_context(|| path.display().to_string())?;
+    Ok(key.issue_token(groundwork_server::AGENT_JOIN_AUDIENCE, mac, &[], 3600))
+}
+
+fn manifests(n: u8) -> String {
+    let mut y = String::from(
+        r#"# Written by `groundwork lab up --netns`: the lab's datacenter, machines as network namespaces.
+apiVersion: groundwork.dev/v1alpha1
+kind: Datacenter
+metadata: {name: lab}
+spec:
+  displayName: Groundwork lab (namespace machines)
+  availabilityZones: [{name: az1}]
+  powerBudgetKw: 10
+---
+apiVersion: groundwork.dev/v1alpha1
+kind: Rack
+metadata: {name: lab-r1}
+spec: {datacenter: lab, availabilityZone: az1, heightU: 42, powerBudgetKw: 5}
+---
+apiVersion: groundwork.dev/v1alpha1
+kind: Rack
+metadata: {name: lab-r2}
+spec: {datacenter: lab, availabilityZone: az1, heightU: 42, powerBudgetKw: 5}
+"#,
+    );
+    for i in 1..=n {
+        let rack = if i % 2 == 1 { "lab-r1" } else { "lab-r2" };
+        y.push_str(&format!(
+            r#"---
+apiVersion: groundwork.dev/v1alpha1
+kind: Node
+metadata:
+  name: lab-{i}
+  labels: {{groundwork.dev/role: cluster}}
+spec:
+  rack: {{name: {rack}, position: {}}}
+  bootMACs: ["{}"]
+  provisioning: External
+"#,
+            i.div_ceil(2),
+            mac(i)
+        ));
+    }
+    y
+}
+
+/// The lab's platform stack: `manifests/`'s metrics, identity (directory) and database
+/// layers, on the lab's machines, with Credentials of random passwords.
+pub(super) fn stack_manifests() -> String {
+    let pw = || {
+        let mut b = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .expect("system random");
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    };
+    let mut y = String::new();
+    for (name, user) in [
+        ("lab-ldap-admin", "admin"),
+        ("lab-ldap-alice", "alice"),
+        ("lab-db-root", "root"),
+        ("lab-db-app", "app"),
+    ] {
+        y.push_str(&format!(
+            "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: {name}}}\nspec: {{username: {user}, password: \"{}\"}}\n---\n",
+            pw()
+        ));
+    }
+    y.push_str(LAB_STACK);
+    y
+}
+
+pub(super) const LAB_STACK: &str = r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {name: platform}
+spec:
+  datacenter: lab
+  layers:
+    - name: metrics
+      services: [prometheus, alertmanager, node-exporter]
+      placement: {count: 1}
+      config:
+        prometheus:
+          scrapeInterval: 2s
+          ruleGroups:
+            - name: groundwork
+              rules:
+                - {alert: InstanceDown, expr: up == 0, for: 1m}
+    - name: identity
+      services: [openldap]
+      dependsOn: [metrics]
+      placement: {count: 1}
+      config:
+        openldap:
+          suffix: dc=lab,dc=example,dc=org
+          adminPassword: {credential: lab-ldap-admin}
+          groups: [{name: ops}]
+          users:
+            - {uid: alice, name: Alice Operator, mail: alice@example.org, groups: [ops], password: {credential: lab-ldap-alice}}
+    - name: database
+      services: [mysql, haproxy]
+      dependsOn: [metrics]
+      placement: {count: 3, spread: rack}
+      config:
+        mysql:
+          rootPassword: {credential: lab-db-root}
+          databases: [app]
+          users: [{name: app, password: {credential: lab-db-app}, databases: [app]}]
+        haproxy: {port: 3307}
+"#;
