@@ -6,7 +6,7 @@
 //!   `/etc/mysql` otherwise); mariadbd runs as `mysql` (rsync SST fails as root).
 //! - `start.sh` starts mariadbd. After a crash (`seqno: -1` in `grastate.dat`) it first
 //!   recovers the last committed position from InnoDB (as Debian's `galera_recovery` does)
-//!   and writes it back, so the controller can compare members. Started with
+//!   into `{dir}/recovered`, a fact file, so the controller can compare members. Started with
 //!   `--wsrep-new-cluster` (the controller chose this member: see [`choose_bootstrap`]) it
 //!   marks its state safe to bootstrap, which Galera's documentation has operators do by hand.
 //! - After start: accounts and databases (`accounts.sql`, idempotent), HAProxy's check user.
@@ -66,10 +66,12 @@ pub fn choose_bootstrap(views: &[BootstrapView]) -> Result<usize, String> {
             v.ordinal
         ));
     }
+    // The saved seqno, or (after a crash, when that is -1) the one recovered from InnoDB.
     let seqno = |i: usize| {
-        state(&views[i], "seqno")
-            .and_then(|s| s.parse::<i64>().ok())
+        let n = |k: &str| views[i].facts.get(k).and_then(|s| s.parse::<i64>().ok());
+        n("grastate.dat.seqno")
             .unwrap_or(-1)
+            .max(n("recovered.seqno").unwrap_or(-1))
     };
     let best = (0..views.len())
         .max_by_key(|i| (seqno(*i), std::cmp::Reverse(views[*i].ordinal)))
@@ -97,7 +99,7 @@ if [ -f "$STATE" ] && grep -q '^seqno: *-1' "$STATE"; then
   case "$seqno" in
     ''|-1|*[!0-9]*) ;;
     *)
-      sed -i "s/^seqno: *-1/seqno:   $seqno/" "$STATE"
+      printf 'uuid: %s\nseqno: %s\n' "${pos%:*}" "$seqno" > '{dir}/recovered'
       extra="--wsrep_start_position=$pos"
       echo "groundwork: recovered position $pos" >&2
       ;;
@@ -107,6 +109,12 @@ if [ "${1:-}" = "--wsrep-new-cluster" ] && [ -f "$STATE" ]; then
   sed -i 's/^safe_to_bootstrap: *0/safe_to_bootstrap: 1/' "$STATE"
 fi
 exec mariadbd --defaults-file="$CNF" $extra "$@"
+"#;
+
+/// HAProxy's external check (arguments: proxy address and port, server address and port).
+const SYNCED_SH: &str = r#"#!/bin/sh
+mariadb -h "$3" -P "$4" -u haproxy_check --connect-timeout=2 -N -B \
+  -e "SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'" 2>/dev/null | grep -q Synced
 "#;
 
 fn members(ctx: &RenderCtx, s: ServiceType) -> Vec<String> {
@@ -273,7 +281,7 @@ wsrep_sst_method = rsync
             ],
             ..Default::default()
         },
-        fact_files: vec!["{data}/grastate.dat".into()],
+        fact_files: vec!["{data}/grastate.dat".into(), "{dir}/recovered".into()],
         ..Default::default()
     })
 }
@@ -300,6 +308,8 @@ pub(super) fn render_haproxy(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Str
         "# Rendered by Groundwork from ServiceStack {stack}, layer {layer}.
 global
     maxconn 4096
+    insecure-fork-wanted
+    external-check
 
 defaults
     mode tcp
@@ -312,7 +322,11 @@ defaults
 listen mysql
     bind {addr}:{port}
     balance roundrobin
-    option mysql-check user haproxy_check post-41
+    # A member is in service only when Synced (a joiner accepts logins before it can
+    # answer queries): the check asks it.
+    option external-check
+    external-check path \"/usr/bin:/bin\"
+    external-check command {{conf}}/synced.sh
 {servers}
 frontend stats
     mode http
@@ -332,11 +346,18 @@ frontend stats
             packages: vec!["haproxy".into()],
             fetch: None,
         },
-        files: vec![InstanceFile {
-            path: "haproxy.cfg".into(),
-            content: conf,
-            mode: Some("0644".into()),
-        }],
+        files: vec![
+            InstanceFile {
+                path: "haproxy.cfg".into(),
+                content: conf,
+                mode: Some("0644".into()),
+            },
+            InstanceFile {
+                path: "synced.sh".into(),
+                content: SYNCED_SH.into(),
+                mode: Some("0755".into()),
+            },
+        ],
         check: argv(&["haproxy", "-c", "-q", "-f", "{conf}/haproxy.cfg"]),
         check_fields: vec![CheckField {
             contains: "haproxy.cfg".into(),
