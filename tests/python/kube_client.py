@@ -29,6 +29,9 @@ CUSTOM = [
     custom("ServiceStack", "servicestacks", {
         "datacenter": "py-dc",
         "layers": [{"name": "secrets", "services": ["vault"]}]}),
+    custom("ServiceInstance", "serviceinstances", {
+        "stack": "py-stack", "layer": "metrics", "service": "prometheus", "node": "py-node",
+        "run": {"command": ["/bin/true"]}}),
     custom("Credential", "credentials", {"username": "admin", "password": "py-secret-pw"}),
 ]
 

@@ -78,14 +78,39 @@ fn admit_typed<T: DeserializeOwned + Serialize + Validate>(mut v: Value) -> Admi
     {
         o.insert("spec".into(), Value::Object(Default::default()));
     }
+    let written = v.get("spec").cloned();
     let d = crate::decode::<T>(v).map_err(|e| vec![e])?;
     let errs = d.object.validate();
     if !errs.is_empty() {
         return Err(errs);
     }
-    let out = serde_json::to_value(&d.object)
+    let mut out = serde_json::to_value(&d.object)
         .map_err(|e| vec![FieldError::invalid("", e.to_string())])?;
+    if let (Some(spec), Some(written)) = (out.get_mut("spec"), written.as_ref()) {
+        keep_written(spec, written);
+    }
     Ok((out, d.unknown_fields))
+}
+
+/// Drops from the re-serialised `spec` the keys the client did not write: defaults are
+/// applied when an object is read, not stored, so what is stored is what the operator wrote
+/// (minus unknown fields) and a second `kubectl apply` of the same file changes nothing
+/// (see docs/decisions.md, "Store what was written").
+fn keep_written(out: &mut Value, written: &Value) {
+    match (out, written) {
+        (Value::Object(o), Value::Object(w)) => {
+            o.retain(|k, _| w.contains_key(k));
+            for (k, v) in o.iter_mut() {
+                keep_written(v, &w[k]);
+            }
+        }
+        (Value::Array(o), Value::Array(w)) if o.len() == w.len() => {
+            for (v, w) in o.iter_mut().zip(w) {
+                keep_written(v, w);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn admit_event(v: Value) -> Admitted {
@@ -746,6 +771,28 @@ mod tests {
             "spec": {"bootAddress": "10.0.0.3"}});
         let errs = (kind_by_kind("Node").unwrap().admit)(v).unwrap_err();
         assert_eq!(errs[0].field, "spec.bootMACs");
+    }
+
+    #[test]
+    fn admission_stores_what_was_written_not_defaults() {
+        let spec = json!({"layers": [
+            {"name": "db", "services": ["mysql"],
+             "placement": {"count": 3},
+             "rollout": {"maxUnavailable": 1, "keepQuorum": true},
+             "config": {"mysql": {"rootPassword": {"credential": "db-root"}}}}]});
+        let v = json!({"apiVersion": API_VERSION, "kind": "ServiceStack",
+            "metadata": {"name": "s"}, "spec": spec.clone(), "bogus": 1});
+        let (out, unknown) = (kind_by_kind("ServiceStack").unwrap().admit)(v).unwrap();
+        assert_eq!(
+            out["spec"], spec,
+            "defaults (spread, spares, port) were stored"
+        );
+        assert_eq!(unknown, vec!["bogus".to_string()]);
+        // Defaults still apply when the object is read.
+        let s: crate::ServiceStack = serde_json::from_value(out).unwrap();
+        let p = s.spec.layers[0].placement.as_ref().unwrap();
+        assert_eq!(p.spares, 1);
+        assert_eq!(s.spec.layers[0].config.mysql.as_ref().unwrap().port, 3306);
     }
 
     #[test]

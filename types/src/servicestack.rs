@@ -118,7 +118,7 @@ pub struct Layer {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
     /// How changes reach the members.
-    #[serde(default, skip_serializing_if = "Rollout::is_default")]
+    #[serde(default)]
     pub rollout: Rollout,
     /// Names of layers that must be Ready first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -155,15 +155,12 @@ pub struct Placement {
     /// Machines the layer wants beyond `count`, to replace a member at once when one is lost
     /// or taken into maintenance (the n+1 rule: 3 members and 1 spare need 4 machines). With
     /// fewer, the layer runs but its `SpareAvailable` condition is False.
-    #[serde(default = "one", skip_serializing_if = "is_one")]
+    #[serde(default = "one")]
     pub spares: u32,
 }
 
 fn one() -> u32 {
     1
-}
-fn is_one(n: &u32) -> bool {
-    *n == 1
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -188,12 +185,6 @@ impl Default for Rollout {
             max_unavailable: 1,
             keep_quorum: true,
         }
-    }
-}
-
-impl Rollout {
-    fn is_default(&self) -> bool {
-        *self == Rollout::default()
     }
 }
 
