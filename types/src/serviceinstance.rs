@@ -151,6 +151,19 @@ pub struct RunSpec {
     /// Seconds between SIGTERM and SIGKILL.
     #[serde(default = "stop_grace")]
     pub stop_grace_seconds: u32,
+    /// Steps run before a healthy process is stopped for a new config or removal, to take
+    /// it out of service first (Galera: desync, so the routers' checks fail and send new
+    /// connections elsewhere); failures are reported, not fatal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_stop: Vec<SetupStep>,
+    /// Seconds to wait after `preStop` before SIGTERM (long enough for the routers' checks
+    /// to see the member down).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drain_seconds: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 fn stop_grace() -> u32 {

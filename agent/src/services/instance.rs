@@ -343,6 +343,7 @@ impl Actor {
         self.status.refused_digest = None;
         self.status.field = None;
         self.tried = None;
+        self.drain(spec).await;
         self.kill().await;
         self.good = Some(Version {
             digest: digest.clone(),
@@ -628,7 +629,40 @@ impl Actor {
     }
 
     async fn stop(&mut self) {
+        if let Some(spec) = self.good.as_ref().map(|g| g.spec.clone()) {
+            self.drain(&spec).await;
+        }
         self.kill().await;
+    }
+
+    /// Takes a healthy process out of service before it is stopped: the running version's
+    /// `preStop` steps, then `drainSeconds`.
+    async fn drain(&mut self, spec: &ServiceInstanceSpec) {
+        let Some(v) = &self.good else { return };
+        if self.proc.is_none() || !self.healthy {
+            return;
+        }
+        let (steps, wait, vars) = (
+            v.spec.run.pre_stop.clone(),
+            v.spec.run.drain_seconds,
+            v.vars.clone(),
+        );
+        let values = v.secrets.clone();
+        if steps.is_empty() && wait == 0 {
+            return;
+        }
+        self.set(
+            InstancePhase::Running,
+            Some(format!("draining for {wait} s before the restart")),
+        );
+        self.report(spec);
+        for step in &steps {
+            if let Err(e) = self.step(step, &vars, step.user.as_deref(), false).await {
+                let msg = self.redact(&format!("before stopping, {}: {e}", step.name), &values);
+                eprintln!("groundwork node-agent: {}: {msg}", self.name);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
     }
 
     async fn exited(&mut self, st: Option<std::process::ExitStatus>) {

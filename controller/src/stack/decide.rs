@@ -251,6 +251,7 @@ pub fn decide(o: &Observed) -> Plan {
             .map(|p| p.spread)
             .unwrap_or_default();
         let mut members = BTreeMap::new();
+        let mut held = Vec::new();
         for s in &layer.services {
             let current: BTreeMap<String, u32> = existing
                 .iter()
@@ -262,7 +263,39 @@ pub fn decide(o: &Observed) -> Plan {
             } else {
                 count
             };
+            let lost: Vec<&String> = current
+                .keys()
+                .filter(|n| !usable.iter().any(|m| &m.name == *n))
+                .collect();
+            if drivers::quorum_based(*s)
+                && current.len() >= 3
+                && current.len() - lost.len() < quorum(current.len())
+            {
+                // Without a majority nothing may be replaced: the members stay where their
+                // data is, and the cluster restarts from them when their machines return.
+                held.push(format!(
+                    "a majority of the {s} members: {} lost (members are not replaced without one, so no data is lost)",
+                    lost.iter()
+                        .map(|n| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                let ms = existing
+                    .iter()
+                    .filter(|i| i.spec.service == *s)
+                    .map(|i| Member {
+                        node: i.spec.node.clone(),
+                        address: i.spec.address.clone().unwrap_or_default(),
+                        ordinal: ordinal_of(i),
+                    })
+                    .collect::<Vec<_>>();
+                members.insert(*s, ms);
+                continue;
+            }
             members.insert(*s, place(want, spread, &usable, &current));
+        }
+        if !held.is_empty() {
+            status.waiting_for = Some(held.join("; "));
         }
         placed.push(Placed {
             index,
@@ -480,7 +513,11 @@ pub fn decide(o: &Observed) -> Plan {
             (phase, short.or(member))
         };
         p.status.phase = Some(phase);
-        p.status.waiting_for = waiting;
+        p.status.waiting_for = if phase == LayerPhase::Ready {
+            None
+        } else {
+            p.status.waiting_for.take().or(waiting)
+        };
         let placed_max = p
             .members
             .iter()

@@ -347,3 +347,57 @@ fn node_selector_limits_placement() {
     assert_eq!(p.create.len(), 1);
     assert_eq!(p.create[0].1.node, "n3");
 }
+
+#[test]
+fn without_a_majority_galera_members_are_held_not_replaced() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let mut have = stored(&run(&s, &ms, &[]), true);
+    let p = run(&s, &ms, &have);
+    have.extend(stored(&p, true));
+    let p = run(&s, &ms, &have);
+    for (name, spec) in &p.update {
+        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
+        i.spec = spec.clone();
+        i.status = Some(running(spec));
+    }
+    let db: Vec<String> = have
+        .iter()
+        .filter(|i| i.spec.service == ServiceType::Mysql)
+        .map(|i| i.spec.node.clone())
+        .collect();
+    assert_eq!(db.len(), 3);
+    // Two of the three database machines are lost: no majority.
+    let left: Vec<Machine> = ms
+        .iter()
+        .filter(|m| !db[..2].contains(&m.name))
+        .cloned()
+        .collect();
+    let p2 = run(&s, &left, &have);
+    let touched: Vec<&String> = p2
+        .delete
+        .iter()
+        .chain(p2.create.iter().map(|(n, _, _)| n))
+        .filter(|n| n.contains("-mysql-"))
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "members replaced without a majority: {touched:?}"
+    );
+    let l = layer(&p2, "database");
+    assert_ne!(l.phase, Some(LayerPhase::Ready));
+    let why = l.waiting_for.clone().unwrap_or_default();
+    assert!(
+        why.contains("majority") && why.contains(&db[0]) && why.contains(&db[1]),
+        "{why}"
+    );
+    // One lost: a majority runs, so the lost member is replaced on the spare.
+    let left: Vec<Machine> = ms.iter().filter(|m| m.name != db[0]).cloned().collect();
+    let p3 = run(&s, &left, &have);
+    assert!(
+        p3.create
+            .iter()
+            .any(|(_, s, _)| s.service == ServiceType::Mysql && !db.contains(&s.node)),
+        "{p3:?}"
+    );
+}

@@ -63,6 +63,16 @@ pub fn supported(service: ServiceType) -> bool {
     )
 }
 
+/// Services whose members form a quorum (Galera; later Vault, Consul and Nomad servers):
+/// a lost member is replaced only while a majority of the members still runs, since a new
+/// member can only join a cluster that has one.
+pub fn quorum_based(service: ServiceType) -> bool {
+    matches!(
+        service,
+        ServiceType::Mysql | ServiceType::Vault | ServiceType::Consul | ServiceType::Nomad
+    )
+}
+
 /// Services that run on every machine of the layer's placement, whatever its `count`.
 pub fn on_every_node(service: ServiceType) -> bool {
     service == ServiceType::NodeExporter

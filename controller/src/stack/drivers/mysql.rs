@@ -271,6 +271,19 @@ wsrep_sst_method = rsync
             bootstrap_args: argv(&["--wsrep-new-cluster"]),
             user: Some("mysql".into()),
             stop_grace_seconds: 60,
+            // Out of HAProxy first: a desynced member fails `synced.sh`, and after
+            // `fall 2` checks 1 s apart no new connection goes to it.
+            pre_stop: vec![SetupStep {
+                name: "leave the routers".into(),
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    client("SET GLOBAL wsrep_desync=ON"),
+                ],
+                creates: String::new(),
+                user: Some("root".into()),
+            }],
+            drain_seconds: 4,
             ..Default::default()
         },
         health: HealthCheck {
