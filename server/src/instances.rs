@@ -100,6 +100,11 @@ pub(crate) async fn reports(
         let mut status = serde_json::to_value(&rep.status)
             .map_err(|e| AgentError::BadRequest(format!("status: {e}\n")))?;
         status["lastReport"] = json!(now);
+        // The agent owns the whole status: what it no longer reports (a message, a refused
+        // digest, a fact) is removed, which a merge patch does with nulls.
+        if let Some(old) = si.status.as_ref().and_then(|s| serde_json::to_value(s).ok()) {
+            null_removed(&old, &mut status);
+        }
         let before = si.status.as_ref().map(|s| {
             (
                 s.phase,
@@ -177,4 +182,38 @@ pub(crate) fn secret(
         username: cred.spec.username.clone(),
         password,
     })
+}
+
+/// Sets to null, in the merge patch `new`, every key of `old` that `new` lacks (objects
+/// recursively), so the patch replaces rather than merges.
+fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object_mut()) else {
+        return;
+    };
+    for (k, v) in o {
+        match n.get_mut(k) {
+            None => {
+                n.insert(k.clone(), serde_json::Value::Null);
+            }
+            Some(nv) => null_removed(v, nv),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn what_the_agent_no_longer_reports_is_removed() {
+        let old = json!({"phase": "Running", "message": "installing",
+            "facts": {"grastate.dat.seqno": "-1", "recovered.seqno": "12"}});
+        let mut new = json!({"phase": "Running", "facts": {"grastate.dat.seqno": "40"}});
+        super::null_removed(&old, &mut new);
+        assert_eq!(
+            new,
+            json!({"phase": "Running", "message": null,
+                "facts": {"grastate.dat.seqno": "40", "recovered.seqno": null}})
+        );
+    }
 }

@@ -256,7 +256,14 @@ impl Actor {
         }
         .await;
         if let Err(e) = installed {
-            return self.not_taken(spec, format!("artifact: {e:#}"), None, retry(30));
+            let msg = format!("artifact: {e:#}");
+            // A digest mismatch needs the operator (a wrong sha256 or a wrong file): the
+            // layer fails with it. Anything else (the store unreachable) is retried.
+            if msg.contains("refused") {
+                self.status.refused_digest = Some(digest.clone());
+            }
+            let field = field_of(spec, &msg);
+            return self.not_taken(spec, msg, field, retry(30));
         }
         // 2. Its secrets.
         let mut secrets: BTreeMap<String, SecretValue> = BTreeMap::new();
@@ -313,11 +320,7 @@ impl Actor {
                 Err(_) => Some(format!("{prog}: did not finish within 60 s")),
             };
             if let Some(text) = refusal {
-                let field = spec
-                    .check_fields
-                    .iter()
-                    .find(|f| text.contains(&f.contains))
-                    .map(|f| f.field.clone());
+                let field = field_of(spec, &text);
                 let msg = format!(
                     "{prog} refused the new config{}: {}",
                     if running {
@@ -761,6 +764,14 @@ impl Actor {
             }
         }
     }
+}
+
+/// The config field a checker's (or the fetcher's) message points back to.
+fn field_of(spec: &ServiceInstanceSpec, text: &str) -> Option<String> {
+    spec.check_fields
+        .iter()
+        .find(|f| text.contains(&f.contains))
+        .map(|f| f.field.clone())
 }
 
 /// `key: value` lines of each file, as `FILE_NAME.key`.

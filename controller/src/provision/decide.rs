@@ -453,10 +453,17 @@ fn ready(o: &Observed) -> Plan {
     } else {
         format!("no heartbeat for {}s", age.as_secs())
     };
+    // Look again just after the grace runs out, so a lost machine is seen within a second
+    // of it (not up to a second grace later).
+    let then = if fresh {
+        t.heartbeat_grace.saturating_sub(age) + std::time::Duration::from_secs(1)
+    } else {
+        t.heartbeat_grace
+    };
     Plan::AgentReady {
         fresh,
         message,
-        then: Action::Requeue(t.heartbeat_grace),
+        then: Action::Requeue(then),
     }
 }
 

@@ -175,7 +175,7 @@ fn every_phase_decides_as_its_table_says() {
         ("provisioned, no BMC: the agent reboots", node(json!({"provisioning": "Provisioned"}), prov("Provisioned", json!({"phaseSince": ago(700)}))), Some(profile(true)),
          "enter Provisioned#2 - NeverCheckedIn warn 600s"),
         ("ready, heartbeating", node(want.clone(), prov("Ready", json!({"lastHeartbeat": ago(10)}))), Some(profile(true)),
-         "agent fresh 90s"),
+         "agent fresh 81s"),
         ("ready, silent", node(want.clone(), prov("Ready", json!({"lastHeartbeat": ago(300)}))), Some(profile(true)),
          "agent stale 90s"),
         ("ready, deprovision", node(json!({"bmc": bmc, "provisioning": "Deprovisioned"}), prov("Ready", json!({}))), None,

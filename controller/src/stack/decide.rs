@@ -498,8 +498,14 @@ pub fn decide(o: &Observed) -> Plan {
                     .map(|have| format!("machines: {have} of {c} members placed"))
             });
             let member = p.status.members.iter().find(|m| !m.ready).map(|m| {
+                let message = existing
+                    .iter()
+                    .find(|i| i.name_any() == m.instance)
+                    .and_then(|i| i.status.as_ref()?.message.clone())
+                    .map(|t| format!(": {t}"))
+                    .unwrap_or_default();
                 format!(
-                    "{} on {} ({})",
+                    "{} on {} ({}){message}",
                     m.service,
                     m.node,
                     m.phase.clone().unwrap_or_else(|| "not started".into())

@@ -214,8 +214,17 @@ pub(super) fn node_exporter(ctx: &RenderCtx) -> ServiceInstanceSpec {
             "prometheus-node-exporter".to_string(),
         ),
     };
+    let check_fields = cfg
+        .artifact
+        .iter()
+        .map(|_| CheckField {
+            contains: "sha256 is".into(),
+            field: format!("{}.config.nodeExporter.artifact.sha256", ctx.field()),
+        })
+        .collect();
     ServiceInstanceSpec {
         artifact,
+        check_fields,
         run: RunSpec {
             command: vec![program, format!("--web.listen-address={addr}:{}", cfg.port)],
             user: Some("prometheus".into()),
