@@ -637,4 +637,36 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
     }
     let o = via_router("INSERT INTO t (v) VALUES (8)");
     assert!(o.status.success(), "writes after recovery: {}", text(&o));
+
+    // 11. Down stops everything the lab started, the machines' services included.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let nets: Vec<String> = state["machines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["net"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(nets.len(), 4);
+    let down = lab.lab(&["down"]);
+    assert!(down.contains("4 machines' namespaces"), "{down}");
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+        })
+        .filter(|e| {
+            std::fs::read_link(e.path().join("ns/net"))
+                .is_ok_and(|l| nets.contains(&l.display().to_string()))
+        })
+        .filter(|e| {
+            // Zombies wait for their parent's reaper; they hold nothing.
+            !std::fs::read_to_string(e.path().join("stat")).is_ok_and(|s| s.contains(") Z "))
+        })
+        .map(|e| std::fs::read_to_string(e.path().join("cmdline")).unwrap_or_default())
+        .collect();
+    assert!(left.is_empty(), "left running after lab down: {left:?}");
 }

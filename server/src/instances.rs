@@ -102,7 +102,11 @@ pub(crate) async fn reports(
         status["lastReport"] = json!(now);
         // The agent owns the whole status: what it no longer reports (a message, a refused
         // digest, a fact) is removed, which a merge patch does with nulls.
-        if let Some(old) = si.status.as_ref().and_then(|s| serde_json::to_value(s).ok()) {
+        if let Some(old) = si
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok())
+        {
             null_removed(&old, &mut status);
         }
         let before = si.status.as_ref().map(|s| {

@@ -120,7 +120,7 @@ pub(super) struct State {
     #[serde(default)]
     pub(super) bridge: String,
     #[serde(default)]
-    pub(super) machine_netns: Vec<String>,
+    pub(super) machines: Vec<netns::Holder>,
     /// The binary that runs the lab (machines are started again with it).
     #[serde(default)]
     pub(super) exe: PathBuf,
@@ -267,20 +267,29 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         let _ = sh(&["ip", "link", "del", &st.host_if]);
     }
     // Namespace machines: their services too (they run in the namespace, not our groups).
-    for ns in &st.machine_netns {
-        netns::kill_netns(ns);
-        let _ = sh(&["ip", "netns", "del", ns]);
+    let mut machine_procs = 0;
+    for h in &st.machines {
+        machine_procs += h.kill(true);
     }
     if !st.bridge.is_empty() {
         let _ = sh(&["ip", "link", "del", &st.bridge]);
     }
     std::fs::remove_file(&path)?;
-    println!(
-        "lab: down ({} processes stopped, namespace {} removed; logs kept in {})",
-        pids.len(),
-        st.netns,
-        dir.display()
-    );
+    if st.machines.is_empty() {
+        println!(
+            "lab: down ({} processes stopped, namespace {} removed; logs kept in {})",
+            pids.len(),
+            st.netns,
+            dir.display()
+        );
+    } else {
+        println!(
+            "lab: down ({} processes stopped, {} machines' namespaces with {machine_procs} processes removed; logs kept in {})",
+            pids.len(),
+            st.machines.len(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -344,24 +353,26 @@ fn machine(m: MachineArgs) -> anyhow::Result<()> {
     })?;
     let mut st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
     anyhow::ensure!(
-        !st.machine_netns.is_empty(),
+        !st.machines.is_empty(),
         "the lab in {} has no namespace machines (it was not started with --netns)",
         dir.display()
     );
     anyhow::ensure!(
-        m.index >= 1 && (m.index as usize) <= st.machine_netns.len(),
+        m.index >= 1 && (m.index as usize) <= st.machines.len(),
         "machine {}: the lab has machines 1 to {}",
         m.index,
-        st.machine_netns.len()
+        st.machines.len()
     );
     match m.action {
         MachineAction::Stop => {
-            let n = netns::stop_machine(&st.name, m.index);
+            let h = &st.machines[m.index as usize - 1];
+            let n = netns::stop_machine(h);
             println!("lab: machine {} stopped ({n} processes killed)", m.index);
         }
         MachineAction::Start => {
-            netns::stop_machine(&st.name, m.index);
-            let pid = netns::start_machine(&dir, &st.exe, &st.name, m.index)?;
+            let h = st.machines[m.index as usize - 1].clone();
+            netns::stop_machine(&h);
+            let pid = netns::start_machine(&dir, &st.exe, &h, m.index)?;
             st.pids.push(pid);
             std::fs::write(&path, serde_json::to_vec_pretty(&st)?)?;
             println!("lab: machine {} started (agent pid {pid})", m.index);

@@ -14,6 +14,7 @@ use anyhow::Context;
 
 use super::host::{sh, spawn_logged};
 use super::{State, UpArgs};
+use serde::{Deserialize, Serialize};
 
 pub(super) const NET_IP: &str = "10.97.0.1";
 const AGENT_PORT: u16 = 8443;
@@ -29,8 +30,91 @@ pub(super) fn mac(i: u8) -> String {
     format!("52:54:00:97:00:{i:02x}")
 }
 
-pub(super) fn netns_name(lab: &str, i: u8) -> String {
-    format!("gw-{lab}-n{i}")
+/// A machine's network namespace, held open by a `sleep` process of its own (as a pod's is
+/// by its pause container) rather than by a name under /run/netns: a name made inside
+/// another `ip netns exec` (the tests' outer namespace) is a mount private to that command,
+/// invisible to the next one, while a PID is seen by all. `net` (the namespace's
+/// `net:[inode]`) tells the holder from a process that reused its PID.
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub(crate) struct Holder {
+    pub(super) pid: u32,
+    pub(super) net: String,
+}
+
+fn net_of(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/net"))
+        .ok()
+        .map(|l| l.display().to_string())
+}
+
+impl Holder {
+    /// Starts a process in a new network namespace and waits until it is there.
+    fn spawn(log: &Path) -> anyhow::Result<Holder> {
+        let ours = net_of(std::process::id()).context("our network namespace")?;
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--", "sleep", "infinity"]);
+        let pid = spawn_logged(&mut c, log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if let Some(net) = net_of(pid)
+                && net != ours
+                && cmd.starts_with(b"sleep\0")
+            {
+                return Ok(Holder { pid, net });
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "unshare --net did not start (see {})",
+                log.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn alive(&self) -> bool {
+        net_of(self.pid).as_deref() == Some(self.net.as_str())
+    }
+
+    /// `args` run inside the machine's network namespace.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.pid.to_string(), "-n", "--"]).args(args);
+        c
+    }
+
+    fn sh(&self, args: &[&str]) -> anyhow::Result<()> {
+        let o = self.cmd(args).output()?;
+        anyhow::ensure!(
+            o.status.success(),
+            "{} (in machine namespace {}) failed: {}",
+            args.join(" "),
+            self.pid,
+            String::from_utf8_lossy(&o.stderr).trim()
+        );
+        Ok(())
+    }
+
+    /// SIGKILLs every process in the namespace (the holder too with `all`); how many.
+    pub(super) fn kill(&self, all: bool) -> usize {
+        if !self.alive() {
+            return 0;
+        }
+        let mut n = 0;
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if (all || pid != self.pid) && net_of(pid).as_deref() == Some(self.net.as_str()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 fn machine_dir(dir: &Path, i: u8) -> PathBuf {
@@ -51,33 +135,46 @@ pub(super) async fn build(
     sh(&["ip", "link", "add", &br, "type", "bridge"])?;
     sh(&["ip", "addr", "add", &format!("{NET_IP}/24"), "dev", &br])?;
     sh(&["ip", "link", "set", &br, "up"])?;
+    std::fs::create_dir_all(dir.join("machines"))?;
     for i in 1..=a.machines {
-        let ns = netns_name(&a.name, i);
         let host_end = format!("gw{}v{i}", a.name);
-        let _ = sh(&["ip", "netns", "del", &ns]);
         let _ = sh(&["ip", "link", "del", &host_end]);
-        sh(&["ip", "netns", "add", &ns])?;
-        state.machine_netns.push(ns.clone());
+        let h = Holder::spawn(&dir.join(format!("machines/holder-{i}.log")))?;
+        state.machines.push(h.clone());
         save(state)?;
         sh(&[
-            "ip", "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            "ip",
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &h.pid.to_string(),
         ])?;
         sh(&["ip", "link", "set", &host_end, "master", &br])?;
         sh(&["ip", "link", "set", &host_end, "up"])?;
-        let inns = |args: &[&str]| {
-            let mut v = vec!["ip", "-n", ns.as_str()];
-            v.extend_from_slice(args);
-            sh(&v)
-        };
-        inns(&["link", "set", "lo", "up"])?;
-        inns(&["addr", "add", &format!("{}/24", address(i)), "dev", "eth0"])?;
-        inns(&["link", "set", "eth0", "up"])?;
-        inns(&["route", "add", "default", "via", NET_IP])?;
+        h.sh(&["ip", "link", "set", "lo", "up"])?;
+        h.sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", address(i)),
+            "dev",
+            "eth0",
+        ])?;
+        h.sh(&["ip", "link", "set", "eth0", "up"])?;
+        h.sh(&["ip", "route", "add", "default", "via", NET_IP])?;
     }
 
     // A new lab: machines start empty (no machine certificate of an earlier lab's CA, no
     // services) and the control plane from an empty store.
-    let _ = std::fs::remove_dir_all(dir.join("machines"));
+    for i in 1..=a.machines {
+        let _ = std::fs::remove_dir_all(machine_dir(dir, i));
+    }
     let data = dir.join("data");
     let _ = std::fs::remove_dir_all(&data);
     std::fs::create_dir_all(&data)?;
@@ -127,7 +224,8 @@ pub(super) async fn build(
     std::fs::write(&mf, manifests(a.machines))?;
     crate::apply::run(Some(state.kubeconfig.clone()), &[mf], false).await?;
     for i in 1..=a.machines {
-        state.pids.push(start_machine(dir, exe, &a.name, i)?);
+        let h = state.machines[i as usize - 1].clone();
+        state.pids.push(start_machine(dir, exe, &h, i)?);
         save(state)?;
     }
     Ok(())
@@ -135,7 +233,12 @@ pub(super) async fn build(
 
 /// Starts machine `i`'s node agent in its namespaces (joining with a new machine token the
 /// first time). Returns the agent's PID.
-pub(super) fn start_machine(dir: &Path, exe: &Path, lab: &str, i: u8) -> anyhow::Result<u32> {
+pub(super) fn start_machine(dir: &Path, exe: &Path, h: &Holder, i: u8) -> anyhow::Result<u32> {
+    anyhow::ensure!(
+        h.alive(),
+        "machine {i}'s namespace is gone (its holder, pid {}, exited): bring the lab up again",
+        h.pid
+    );
     let w = machine_dir(dir, i);
     let lib = w.join("var-lib-groundwork");
     std::fs::create_dir_all(&lib)?;
@@ -173,19 +276,8 @@ pub(super) fn start_machine(dir: &Path, exe: &Path, lab: &str, i: u8) -> anyhow:
         mac = mac(i),
     );
     std::fs::create_dir_all("/var/lib/groundwork")?;
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        &netns_name(lab, i),
-        "unshare",
-        "--mount",
-        "sh",
-        "-c",
-        &script,
-    ])
-    .env("GROUNDWORK_JOIN_TOKEN", token)
-    .env(
+    let mut cmd = h.cmd(&["unshare", "--mount", "sh", "-c", &script]);
+    cmd.env("GROUNDWORK_JOIN_TOKEN", token).env(
         "RUST_LOG",
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
     );
@@ -194,26 +286,10 @@ pub(super) fn start_machine(dir: &Path, exe: &Path, lab: &str, i: u8) -> anyhow:
     Ok(pid)
 }
 
-/// Stops every process of machine `i` (its agent and the services it runs) at once, as a
-/// power cut would.
-pub(super) fn stop_machine(lab: &str, i: u8) -> usize {
-    kill_netns(&netns_name(lab, i))
-}
-
-/// SIGKILLs every process in a network namespace; how many there were.
-pub(super) fn kill_netns(ns: &str) -> usize {
-    let pids: Vec<i32> = sh(&["ip", "netns", "pids", ns])
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    for p in &pids {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(*p),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-    pids.len()
+/// Stops every process of a machine (its agent and the services it runs) at once, as a
+/// power cut would; its namespace stays.
+pub(super) fn stop_machine(h: &Holder) -> usize {
+    h.kill(false)
 }
 
 /// A join token for the machine's MAC, signed with the lab server's key.
