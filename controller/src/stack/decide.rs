@@ -75,6 +75,19 @@ pub fn member_ready(i: &ServiceInstance) -> bool {
     })
 }
 
+/// The member's process runs (healthy or not): restarting it takes something away — a
+/// Galera donor is not Ready but holds the cluster's quorum and feeds the joiner. Members
+/// not installed, refused or failed run nothing and can be changed at once.
+fn serving(i: &ServiceInstance) -> bool {
+    i.status.as_ref().is_some_and(|s| {
+        s.running_digest.is_some()
+            && matches!(
+                s.phase,
+                Some(InstancePhase::Starting | InstancePhase::Running | InstancePhase::Unhealthy)
+            )
+    })
+}
+
 /// Majority of `n`.
 fn quorum(n: usize) -> usize {
     n / 2 + 1
@@ -417,7 +430,18 @@ pub fn decide(o: &Observed) -> Plan {
                             a.bootstrap = spec.bootstrap;
                             a == spec
                         };
-                        if only_flags || !member_ready(i) {
+                        // An unready member is changed at once, except a quorum member
+                        // whose process runs while another member is changing: that is a
+                        // donor feeding the joiner (or the rest of the quorum), not a member
+                        // that is broken on its own.
+                        let others_ready = ours
+                            .iter()
+                            .filter(|o| o.name_any() != iname)
+                            .filter(|o| ms.iter().any(|m| m.node == o.spec.node))
+                            .all(|o| member_ready(o));
+                        let at_once = !member_ready(i)
+                            && (!drivers::quorum_based(*service) || !serving(i) || others_ready);
+                        if only_flags || at_once {
                             plan.update.push((iname.clone(), spec.clone()));
                         } else if budget > 0 {
                             budget -= 1;

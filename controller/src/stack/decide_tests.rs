@@ -401,3 +401,70 @@ fn without_a_majority_galera_members_are_held_not_replaced() {
         "{p3:?}"
     );
 }
+
+#[test]
+fn a_donor_is_not_restarted_while_another_member_joins() {
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let mut have = stored(&run(&s, &ms, &[]), true);
+    let p = run(&s, &ms, &have);
+    have.extend(stored(&p, true));
+    let p = run(&s, &ms, &have);
+    for (name, spec) in &p.update {
+        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
+        i.spec = spec.clone();
+        i.status = Some(running(spec));
+    }
+    // A change to the database layer: the first member takes it and restarts (joining).
+    let mut s2 = s.clone();
+    s2.spec.layers[1].config.mysql.as_mut().unwrap().databases = vec!["app2".into()];
+    let p = run(&s2, &ms, &have);
+    let changed: Vec<&String> = p
+        .update
+        .iter()
+        .filter(|(n, _)| n.contains("-mysql-"))
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(changed.len(), 1, "one member at a time: {changed:?}");
+    let joiner = changed[0].clone();
+    let (_, spec) = p.update.iter().find(|(n, _)| *n == joiner).unwrap().clone();
+    let i = have.iter_mut().find(|i| i.name_any() == joiner).unwrap();
+    let old_digest = i.spec.config_digest.clone();
+    i.spec = spec;
+    i.status = Some(ServiceInstanceStatus {
+        phase: Some(InstancePhase::Starting),
+        running_digest: Some(i.spec.config_digest.clone()),
+        ..Default::default()
+    });
+    // Another member donates to it: its process runs, its health (Synced) fails.
+    let donor = have
+        .iter_mut()
+        .find(|i| i.spec.service == ServiceType::Mysql && i.name_any() != joiner)
+        .unwrap();
+    donor.status = Some(ServiceInstanceStatus {
+        phase: Some(InstancePhase::Unhealthy),
+        running_digest: Some(old_digest.clone()),
+        message: Some("health: not Synced (Donor/Desynced)".into()),
+        ..Default::default()
+    });
+    let donor_name = donor.name_any();
+    let p = run(&s2, &ms, &have);
+    assert!(
+        !p.update.iter().any(|(n, _)| *n == donor_name),
+        "the donor was restarted while the joiner needs it"
+    );
+    // A member broken on its own (everyone else Ready) is still changed at once.
+    let j = have.iter_mut().find(|i| i.name_any() == joiner).unwrap();
+    j.status = Some(running(&j.spec.clone()));
+    let d = have
+        .iter_mut()
+        .find(|i| i.name_any() == donor_name)
+        .unwrap();
+    d.status = Some(ServiceInstanceStatus {
+        phase: Some(InstancePhase::Unhealthy),
+        running_digest: Some(old_digest),
+        ..Default::default()
+    });
+    let p = run(&s2, &ms, &have);
+    assert!(p.update.iter().any(|(n, _)| *n == donor_name), "{p:?}");
+}
