@@ -305,7 +305,25 @@ pub fn decide(o: &Observed) -> Plan {
                 members.insert(*s, ms);
                 continue;
             }
-            members.insert(*s, place(want, spread, &usable, &current));
+            let mut ms = place(want, spread, &usable, &current);
+            // A lost member with no machine to replace it stays the member (Degraded, not
+            // gone): when its machine returns it runs again where its data is.
+            if let Some(w) = want {
+                for i in existing.iter().filter(|i| i.spec.service == *s) {
+                    if ms.len() >= w {
+                        break;
+                    }
+                    if !ms.iter().any(|m| m.node == i.spec.node) {
+                        ms.push(Member {
+                            node: i.spec.node.clone(),
+                            address: i.spec.address.clone().unwrap_or_default(),
+                            ordinal: ordinal_of(i),
+                        });
+                    }
+                }
+                ms.sort_by_key(|m| m.ordinal);
+            }
+            members.insert(*s, ms);
         }
         if !held.is_empty() {
             status.waiting_for = Some(held.join("; "));

@@ -468,3 +468,21 @@ fn a_donor_is_not_restarted_while_another_member_joins() {
     let p = run(&s2, &ms, &have);
     assert!(p.update.iter().any(|(n, _)| *n == donor_name), "{p:?}");
 }
+
+#[test]
+fn a_lost_member_without_a_replacement_stays() {
+    let s = stack(json!([
+        {"name": "metrics", "services": ["prometheus"], "placement": {"count": 1}},
+    ]));
+    let ms = machines(2);
+    let have = stored(&run(&s, &ms, &[]), true);
+    let node = have[0].spec.node.clone();
+    // Every machine lost: nothing to move to, so nothing is deleted.
+    let p = run(&s, &[], &have);
+    assert!(p.delete.is_empty() && p.create.is_empty(), "{p:?}");
+    // One machine left that is not the member's: it moves there.
+    let other: Vec<Machine> = ms.iter().filter(|m| m.name != node).cloned().collect();
+    let p = run(&s, &other, &have);
+    assert_eq!(p.delete.len(), 1, "{p:?}");
+    assert_eq!(p.create.len(), 1);
+}
