@@ -430,6 +430,133 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
         assert_eq!(support::stdout(&o).trim(), "1", "{node}: {}", text(&o));
     }
 
+    // 5b. Identity, not addresses: a machine's certificate reads its own instances only,
+    //     and cannot fetch another machine's secret or report on its instance.
+    let ldap_node = lab.members("identity", "openldap")[0].0.clone();
+    let ldap_instance = lab.instances("identity")[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let li: u8 = ldap_node.trim_start_matches("lab-").parse().unwrap();
+    let me = li % 4 + 1;
+    let creds: Value = serde_json::from_str(
+        &std::fs::read_to_string(lab.dir.join(format!(
+            "machines/n{me}/var-lib-groundwork/credentials.json"
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    let pem = |k: &str, f: &str| {
+        let p = tmp.path().join(f);
+        std::fs::write(&p, creds[k].as_str().unwrap()).unwrap();
+        p.display().to_string()
+    };
+    let (ca, crt, key) = (
+        pem("ca", "ca.pem"),
+        pem("certificate", "m.crt"),
+        pem("key", "m.key"),
+    );
+    let agent_api = |method: &str, path: &str, body: &str| -> (String, String) {
+        let out = tmp.path().join("body");
+        let _ = std::fs::remove_file(&out);
+        let o = lab.run(
+            15,
+            &[
+                "curl",
+                "-s",
+                "-X",
+                method,
+                "--cacert",
+                &ca,
+                "--cert",
+                &crt,
+                "--key",
+                &key,
+                "--resolve",
+                "groundwork-boot:8443:10.97.0.1",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                body,
+                "-o",
+                out.to_str().unwrap(),
+                "-w",
+                "%{http_code}",
+                &format!("https://groundwork-boot:8443{path}"),
+            ],
+        );
+        let code = support::stdout(&o);
+        (code, std::fs::read_to_string(&out).unwrap_or_default())
+    };
+    let mac = |i: u8| format!("52:54:00:97:00:{i:02x}");
+    let (code, body) = agent_api("GET", &format!("/agent/instances?mac={}", mac(me)), "");
+    assert_eq!(code, "200", "{body}");
+    let own: Value = serde_json::from_str(&body).unwrap();
+    let nodes: Vec<String> = own["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["spec"]["node"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !nodes.is_empty() && nodes.iter().all(|n| *n == format!("lab-{me}")),
+        "{nodes:?}"
+    );
+    let (code, body) = agent_api("GET", &format!("/agent/instances?mac={}", mac(li)), "");
+    assert!(
+        code == "403" || code == "401",
+        "another machine's instances: {code} {body}"
+    );
+    let admin_pw = lab.password("lab-ldap-admin");
+    let (code, body) = agent_api(
+        "GET",
+        &format!(
+            "/agent/secret?mac={}&instance={ldap_instance}&credential=lab-ldap-admin",
+            mac(me)
+        ),
+        "",
+    );
+    assert_eq!(code, "403", "another machine's secret: {body}");
+    assert!(!body.contains(&admin_pw));
+    let (code, body) = agent_api(
+        "POST",
+        &format!("/agent/instances?mac={}", mac(me)),
+        &format!(
+            r#"{{"reports":[{{"name":"{ldap_instance}","configDigest":"x","status":{{"phase":"Failed"}}}}]}}"#
+        ),
+    );
+    assert_eq!(
+        code, "403",
+        "a report on another machine's instance: {body}"
+    );
+    assert_eq!(
+        lab.phase("identity"),
+        "Ready",
+        "a refused report changed the layer"
+    );
+    for (what, pw) in [
+        ("the LDAP admin", admin_pw.clone()),
+        ("the database root", lab.password("lab-db-root")),
+        ("alice", lab.password("lab-ldap-alice")),
+    ] {
+        let logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap()
+            + &(1..=4)
+                .map(|i| {
+                    std::fs::read_to_string(lab.dir.join(format!("machines/n{i}/agent.log")))
+                        .unwrap_or_default()
+                })
+                .collect::<String>();
+        assert!(!logs.contains(&pw), "{what}'s password is in a log");
+        let stored = lab.ok(&[
+            "kubectl",
+            "get",
+            "serviceinstances,servicestacks",
+            "-o",
+            "json",
+        ]);
+        assert!(!stored.contains(&pw), "{what}'s password is in the API");
+    }
+
     // 6. A rule promtool refuses: the layer fails naming the field; Prometheus keeps the
     //    old rules and stays ready.
     let stack = lab.stack();
@@ -584,6 +711,17 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
         text(&o)
     );
 
+    // The roll is in the stack's log lines and Events.
+    let kc = lab.dir.join("data/kubeconfig");
+    let logs = lab.ok(&[
+        BIN,
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "logs",
+        "servicestack/platform",
+    ]);
+    assert!(logs.contains("rolling a member to a new config"), "{logs}");
+
     // 9. A lost machine: its member is replaced on the spare, the layer Ready again.
     let db = lab.members("database", "mysql");
     let machines: Vec<String> = (1..=4).map(|i| format!("lab-{i}")).collect();
@@ -602,6 +740,12 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
     let db2 = lab.members("database", "mysql");
     assert!(db2.iter().any(|(n, _)| *n == spare), "{db2:?}");
     assert!(!db2.iter().any(|(n, _)| *n == victim), "{db2:?}");
+    let described = lab.ok(&["kubectl", "describe", "servicestack", "platform"]);
+    let events = described.split("Events:").nth(1).unwrap_or("");
+    assert!(
+        events.contains("LayerReady") && events.contains("LayerDegraded"),
+        "the layers' phase changes are Events: {described}"
+    );
     let rows = |addr: &str| {
         let o = lab.sql(addr, "3306", "app", &app_pw, "SELECT COUNT(*) FROM t");
         assert!(o.status.success(), "{addr}: {}", text(&o));

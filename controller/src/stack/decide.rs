@@ -378,6 +378,8 @@ pub fn decide(o: &Observed) -> Plan {
         let existing = by_layer(&p.layer.name);
         let mut render_errors = Vec::new();
         let mut members_status = Vec::new();
+        // Members taking a new config: their spec changes now or they still run the old one.
+        let mut changing: BTreeSet<String> = BTreeSet::new();
         let mut endpoints = Vec::new();
         for (service, ms) in &p.members {
             let ours: Vec<&ServiceInstance> = existing
@@ -470,6 +472,14 @@ pub fn decide(o: &Observed) -> Plan {
                 }
                 let i = current.copied();
                 let st = i.and_then(|i| i.status.as_ref());
+                if i.is_some_and(|i| {
+                    i.spec != spec
+                        || st.and_then(|s| s.running_digest.as_deref())
+                            != Some(i.spec.config_digest.as_str())
+                }) && st.is_some()
+                {
+                    changing.insert(iname.clone());
+                }
                 members_status.push(MemberStatus {
                     instance: iname.clone(),
                     service: service.as_str().to_string(),
@@ -553,7 +563,15 @@ pub fn decide(o: &Observed) -> Plan {
                     m.phase.clone().unwrap_or_else(|| "not started".into())
                 )
             });
-            let phase = if matches!(was, Some(LayerPhase::Ready | LayerPhase::Degraded)) {
+            // A planned change (every unready member is on a usable machine, taking a new
+            // config) is progress; a lost or failing member of a layer that was Ready is
+            // degradation.
+            let changing = p.status.members.iter().filter(|m| !m.ready).all(|m| {
+                o.machines.iter().any(|x| x.name == m.node) && changing.contains(&m.instance)
+            });
+            let phase = if matches!(was, Some(LayerPhase::Ready | LayerPhase::Degraded))
+                && !(changing && short.is_none())
+            {
                 LayerPhase::Degraded
             } else {
                 LayerPhase::Progressing

@@ -262,12 +262,32 @@ fn a_change_rolls_one_member_at_a_time_keeping_quorum() {
     // That member is now changing (not ready): nobody else goes.
     let (name, spec) = p.update[0].clone();
     let i = have.iter_mut().find(|i| i.name_any() == name).unwrap();
+    let old_digest = i.spec.config_digest.clone();
     i.spec = spec.clone();
-    i.status = None;
-    let p = run(&s2, &ms, &have);
+    i.status = Some(ServiceInstanceStatus {
+        phase: Some(InstancePhase::Running),
+        ready: false,
+        running_digest: Some(old_digest),
+        ..Default::default()
+    });
+    let mut st = s2.clone();
+    st.status = Some(groundwork_types::ServiceStackStatus {
+        layers: vec![LayerStatus {
+            name: "database".into(),
+            phase: Some(LayerPhase::Ready),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let p = run(&st, &ms, &have);
     assert!(
         p.update.iter().all(|(n, _)| *n == name),
         "no second member while one is down"
+    );
+    assert_eq!(
+        layer(&p, "database").phase,
+        Some(LayerPhase::Progressing),
+        "a planned change is progress, not degradation"
     );
     // It comes back: the next one goes.
     let i = have.iter_mut().find(|i| i.name_any() == name).unwrap();
