@@ -234,7 +234,8 @@ fn by_hand_galera(dir: &Path) -> Duration {
              binlog_format=ROW\ninnodb_autoinc_lock_mode=2\ndefault_storage_engine=InnoDB\n\
              wsrep_on=ON\nwsrep_provider=/usr/lib/galera/libgalera_smm.so\n\
              wsrep_cluster_address=gcomm://{all}\nwsrep_node_address={ip}\nwsrep_cluster_name=bench\n\
-             wsrep_sst_method=rsync\nwsrep_provider_options=\"gcache.size=32M\"\n",
+             wsrep_sst_method=rsync\nwsrep_sst_receive_address={ip}:4444\n\
+             wsrep_provider_options=\"gmcast.listen_addr=tcp://{ip}:4567;ist.recv_addr={ip}\"\n",
             d = m.display(),
             all = ips.join(",")
         );
@@ -268,11 +269,11 @@ fn by_hand_galera(dir: &Path) -> Duration {
         &members[0].join("out"),
     );
     until("galera member 1", t0, || synced(&members[0]));
+    // One joiner at a time, as an operator does by hand: one rsync SST at a time.
     let _b = spawn(&["mariadbd", &cnf(&members[1])], &members[1].join("out"));
+    until("galera member 2", t0, || synced(&members[1]));
     let _c = spawn(&["mariadbd", &cnf(&members[2])], &members[2].join("out"));
-    let t = until("galera members 2 and 3", t0, || {
-        synced(&members[1]) && synced(&members[2])
-    });
+    let t = until("galera member 3", t0, || synced(&members[2]));
     for m in &members {
         let _ = Command::new("mariadb-admin")
             .arg(cnf(m))
@@ -316,6 +317,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 async fn inner() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    eprintln!("layers: working in {}", dir.display());
     for (a, b) in [
         ("ip", "addr add 127.0.1.1/32 dev lo"),
         ("ip", "addr add 127.0.1.2/32 dev lo"),
@@ -371,7 +373,11 @@ async fn inner() {
     let client = kube::Client::try_from(cfg).unwrap();
     let stacks: Api<ServiceStack> = Api::all(client);
     let mut applied: Option<Instant> = None;
+    // Each layer's first Ready (when its dependents may start) and its last entry into
+    // Ready (a layer can leave Ready again when a later layer changes it: Prometheus gets
+    // new targets).
     let mut ready: std::collections::BTreeMap<String, Instant> = Default::default();
+    let mut last: std::collections::BTreeMap<String, (bool, Instant)> = Default::default();
     let deadline = Instant::now() + Duration::from_secs(300);
     let layers = loop {
         assert!(
@@ -382,13 +388,22 @@ async fn inner() {
             applied.get_or_insert_with(Instant::now);
             let st = s.status.clone().unwrap_or_default();
             for l in &st.layers {
-                if l.phase == Some(LayerPhase::Ready) {
+                let is = l.phase == Some(LayerPhase::Ready);
+                if is {
                     ready.entry(l.name.clone()).or_insert_with(Instant::now);
                 }
+                let e = last
+                    .entry(l.name.clone())
+                    .or_insert((false, Instant::now()));
+                if is && !e.0 {
+                    *e = (true, Instant::now());
+                } else if !is {
+                    e.0 = false;
+                }
             }
-            if !s.spec.layers.is_empty()
-                && s.spec.layers.iter().all(|l| ready.contains_key(&l.name))
-            {
+            let all = st.layers.len() == s.spec.layers.len()
+                && st.layers.iter().all(|l| l.phase == Some(LayerPhase::Ready));
+            if !s.spec.layers.is_empty() && all && st.observed_generation == s.metadata.generation {
                 break s.spec.layers.clone();
             }
         }
@@ -419,6 +434,10 @@ async fn inner() {
             agents.push(rss_kib(pid));
         }
     }
+    // The lab's server log, for a closer look at where the time went.
+    let kept = std::env::temp_dir().join("groundwork-layers-server.log");
+    let _ = std::fs::copy(lab.join("server.log"), &kept);
+    eprintln!("layers: the lab's server log is kept in {}", kept.display());
     let _ = Command::new(BIN)
         .args(["lab", "down", "--dir"])
         .arg(&lab)
@@ -441,7 +460,13 @@ async fn inner() {
             .max()
             .unwrap_or_default()
     };
+    let all_ready = last.values().map(|x| x.1).max().unwrap_or(applied);
     println!("layers: apply → Ready on 4 namespace machines, against each service by hand");
+    println!(
+        "apply → every layer Ready: {:.2}s (by hand, the same order: {:.2}s)",
+        all_ready.saturating_duration_since(applied).as_secs_f64(),
+        (prom.max(am) + slapd.max(galera.max(haproxy))).as_secs_f64()
+    );
     println!(
         "{:<10} {:>10} {:>12} {:>10}",
         "layer", "Groundwork", "by hand", "overhead"

@@ -329,6 +329,10 @@ async fn renew(
 }
 
 pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
+    // The allocator asks for transparent huge pages for its arenas; each 2 MiB page it
+    // touches is then resident. An agent that sits next to the services it runs should not
+    // hold 16 MiB for a few KiB of state (measured: 33 MiB resident with them, 17 without).
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let (disk, m) = match join_once(&a).await? {
         Some(found) => found,
         None => find_config(&a)?,

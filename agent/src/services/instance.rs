@@ -112,8 +112,16 @@ pub async fn run(
             a.start().await;
         }
         a.report(&spec);
+        // Healthy: every 5 s. Just started: every 100 ms for 3 s (most services are ready
+        // in well under a second, and every tick of delay is the layer's), then 500 ms.
+        let just_started = a
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.started.elapsed() < Duration::from_secs(3));
         let tick = if a.healthy {
             Duration::from_secs(5)
+        } else if just_started {
+            Duration::from_millis(100)
         } else {
             Duration::from_millis(500)
         };
