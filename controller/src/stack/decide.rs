@@ -472,11 +472,12 @@ pub fn decide(o: &Observed) -> Plan {
                 }
                 let i = current.copied();
                 let st = i.and_then(|i| i.status.as_ref());
-                if i.is_some_and(|i| {
-                    i.spec != spec
-                        || st.and_then(|s| s.running_digest.as_deref())
-                            != Some(i.spec.config_digest.as_str())
-                }) && st.is_some()
+                // A member that never ran (a replacement for a lost one) is not a change.
+                let ran = st.and_then(|s| s.running_digest.as_deref());
+                if ran.is_some()
+                    && i.is_some_and(|i| {
+                        i.spec != spec || ran != Some(i.spec.config_digest.as_str())
+                    })
                 {
                     changing.insert(iname.clone());
                 }
