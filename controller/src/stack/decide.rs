@@ -426,7 +426,11 @@ pub fn decide(o: &Observed) -> Plan {
             let n = desired.len();
             let ready_now = ours
                 .iter()
-                .filter(|i| ms.iter().any(|m| m.node == i.spec.node) && member_ready(i))
+                .filter(|i| {
+                    ms.iter().any(|m| m.node == i.spec.node)
+                        && o.machines.iter().any(|m| m.name == i.spec.node)
+                        && member_ready(i)
+                })
                 .count();
             let unavailable = n.saturating_sub(ready_now);
             let mut budget = (p.layer.rollout.max_unavailable as usize).saturating_sub(unavailable);
@@ -487,7 +491,9 @@ pub fn decide(o: &Observed) -> Plan {
                     node: spec.node.clone(),
                     address: spec.address.clone(),
                     phase: st.and_then(|s| s.phase).map(|p| format!("{p:?}")),
-                    ready: i.is_some_and(|i| member_ready(i) && i.spec == spec),
+                    // What a lost machine last reported is not health.
+                    ready: i.is_some_and(|i| member_ready(i) && i.spec == spec)
+                        && o.machines.iter().any(|m| m.name == spec.node),
                 });
                 if let (Some(port), Some(addr)) =
                     (drivers::main_port(*service, p.layer), &spec.address)

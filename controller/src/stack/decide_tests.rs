@@ -406,6 +406,14 @@ fn without_a_majority_galera_members_are_held_not_replaced() {
     );
     let l = layer(&p2, "database");
     assert_ne!(l.phase, Some(LayerPhase::Ready));
+    assert!(
+        l.members
+            .iter()
+            .filter(|m| db[..2].contains(&m.node))
+            .all(|m| !m.ready),
+        "members on lost machines are not ready: {:?}",
+        l.members
+    );
     let why = l.waiting_for.clone().unwrap_or_default();
     assert!(
         why.contains("majority") && why.contains(&db[0]) && why.contains(&db[1]),
