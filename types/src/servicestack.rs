@@ -230,8 +230,7 @@ pub struct LayerConfig {
     #[schemars(schema_with = "free_form")]
     pub vault: Option<Pending>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form")]
-    pub consul: Option<Pending>,
+    pub consul: Option<ConsulConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub nomad: Option<Pending>,
@@ -510,6 +509,60 @@ fn haproxy_stats_port() -> u16 {
     8404
 }
 
+/// Consul servers (the connectivity layer). Consul is not packaged for Debian 12: its binary
+/// comes from Groundwork's artifact store (Debian 11's consul 1.8.7 runs on Debian 12).
+/// Groundwork generates the gossip key and the ACL management token once, as Credentials
+/// `STACK-LAYER-consul-gossip` and `STACK-LAYER-consul-management`, before any server
+/// starts, and renders them into every server's config (Consul 1.8 takes no
+/// `BootstrapSecret`; `acl.tokens.master` is the official role's way).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsulConfig {
+    /// The `consul` binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactSource>,
+    /// Consul's datacenter name (default: the stack's datacenter, else `dc1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    /// HTTP API port (default 8500).
+    #[serde(default = "consul_http_port")]
+    pub http_port: u16,
+    /// DNS port (default 8600); `dig @MEMBER -p 8600 NAME.service.consul`.
+    #[serde(default = "consul_dns_port")]
+    pub dns_port: u16,
+    /// ACLs on with a default-deny policy (default true). The anonymous token may read
+    /// nodes and services, so DNS answers.
+    #[serde(default = "yes")]
+    pub acl_bootstrap: bool,
+    /// The Connect CA provider (`vault` once the secrets layer runs); stored, not yet acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ca: Option<String>,
+    /// Envoy sidecars; stored, not yet acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<bool>,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            artifact: None,
+            datacenter: None,
+            http_port: consul_http_port(),
+            dns_port: consul_dns_port(),
+            acl_bootstrap: true,
+            connect_ca: None,
+            envoy: None,
+        }
+    }
+}
+
+fn consul_http_port() -> u16 {
+    8500
+}
+fn consul_dns_port() -> u16 {
+    8600
+}
+
 /// A layer's phase, and the stack's (its least advanced layer's).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum LayerPhase {
@@ -706,6 +759,22 @@ impl Layer {
                 errs.push(FieldError::invalid(
                     format!("{at}.config.{camel}"),
                     format!("the layer does not run {key}: add it to services or remove this"),
+                ));
+            }
+        }
+        if let Some(k) = &c.consul {
+            let f = format!("{at}.config.consul");
+            check_port(format!("{f}.httpPort"), k.http_port, errs);
+            check_port(format!("{f}.dnsPort"), k.dns_port, errs);
+            if let Some(d) = &k.datacenter
+                && (d.is_empty()
+                    || !d
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+            {
+                errs.push(FieldError::invalid(
+                    format!("{f}.datacenter"),
+                    format!("{d:?}: letters, digits, - and _ (a DNS label)"),
                 ));
             }
         }
@@ -1109,6 +1178,14 @@ mod tests {
             "spec.layers[0].config.mysql.users[0].name: ",
             "spec.layers[0].config.mysql.users[0].databases[0]: ",
             "spec.layers[0].config.haproxy.port: 3306: mysql listens",
+        ] {
+            assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
+        }
+        let e = errors(serde_json::json!({"name": "c", "services": ["consul"],
+            "config": {"consul": {"datacenter": "dc 1", "dnsPort": 0}}}));
+        for w in [
+            "spec.layers[0].config.consul.datacenter: ",
+            "spec.layers[0].config.consul.dnsPort: ",
         ] {
             assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
         }

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use groundwork_types::{
-    LAYER_LABEL, LayerPhase, NODE_LABEL, Node, NodePhase, Rack, SERVICE_LABEL, STACK_LABEL,
-    ServiceInstance, ServiceInstanceSpec, ServiceStack, condition_is_true, set_condition,
+    Credential, LAYER_LABEL, LayerPhase, NODE_LABEL, Node, NodePhase, Rack, SERVICE_LABEL,
+    STACK_LABEL, ServiceInstance, ServiceInstanceSpec, ServiceStack, condition_is_true,
+    set_condition,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, PostParams};
@@ -41,6 +42,54 @@ pub struct StackController {
 }
 
 impl StackController {
+    async fn generate_secrets(&self, stack: &ServiceStack, ctx: &Ctx) -> Result<(), Error> {
+        let name = stack.name_any();
+        let api: Api<Credential> = Api::all(ctx.client.clone());
+        for layer in &stack.spec.layers {
+            if !layer
+                .services
+                .contains(&groundwork_types::ServiceType::Consul)
+            {
+                continue;
+            }
+            for (cname, user, what) in drivers::consul::generated(&name, &layer.name) {
+                if ctx
+                    .caches
+                    .store::<Credential>()
+                    .get(&ObjectRef::new(&cname))
+                    .is_some()
+                {
+                    continue;
+                }
+                let mut c = Credential::new(
+                    &cname,
+                    groundwork_types::CredentialSpec {
+                        username: user.to_string(),
+                        password: Some(generate(what)),
+                        encrypted_password: None,
+                    },
+                );
+                c.metadata.labels = Some([(STACK_LABEL.to_string(), name.clone())].into());
+                c.metadata.owner_references = Some(vec![OwnerReference {
+                    api_version: ServiceStack::api_version(&()).to_string(),
+                    kind: ServiceStack::kind(&()).to_string(),
+                    name: name.clone(),
+                    uid: stack.uid().unwrap_or_default(),
+                    controller: Some(true),
+                    block_owner_deletion: Some(true),
+                }]);
+                match api.create(&PostParams::default(), &c).await {
+                    Ok(_) => {
+                        tracing::info!(credential = %cname, layer = %layer.name, "generated a secret")
+                    }
+                    Err(kube::Error::Api(s)) if s.code == 409 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub fn new(groundwork_metrics: Option<String>) -> Self {
         StackController {
             groundwork_metrics,
@@ -106,6 +155,7 @@ impl Reconciler for StackController {
             .watch::<Node>()
             .watch::<Rack>()
             .watch::<ServiceInstance>()
+            .watch::<Credential>()
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
@@ -183,6 +233,11 @@ impl Reconciler for StackController {
             instances: &refs,
             groundwork_metrics: self.groundwork_metrics.as_deref(),
         });
+        // Secrets the layers need generated exist before any member that uses them is
+        // placed: each is created once, in one write (the value is committed before any
+        // service sees it; a create that finds one keeps it, so a retry after a crash never
+        // makes a second).
+        self.generate_secrets(&stack, ctx).await?;
         // Apply: deletions first (a replaced member frees its machine), then changes, then
         // new members.
         for d in &plan.delete {
@@ -371,5 +426,23 @@ impl StackController {
         } else {
             Action::Requeue(Duration::from_secs(10))
         })
+    }
+}
+
+/// A new random secret.
+fn generate(what: drivers::consul::Generate) -> String {
+    use base64::Engine;
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 32];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .expect("the system's random source");
+    match what {
+        drivers::consul::Generate::GossipKey => base64::engine::general_purpose::STANDARD.encode(b),
+        drivers::consul::Generate::Uuid => {
+            uuid::Builder::from_random_bytes(b[..16].try_into().expect("16 bytes"))
+                .into_uuid()
+                .to_string()
+        }
     }
 }

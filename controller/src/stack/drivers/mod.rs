@@ -6,6 +6,7 @@
 //! Paths use the agent's placeholders (`{dir}`, `{conf}`, `{data}`, `{artifact}`) and secrets
 //! the `{secret:CREDENTIAL}` ones (see `groundwork_types::serviceinstance`).
 
+pub mod consul;
 mod metrics;
 pub mod mysql;
 mod openldap;
@@ -60,6 +61,7 @@ pub fn supported(service: ServiceType) -> bool {
             | ServiceType::Openldap
             | ServiceType::Mysql
             | ServiceType::Haproxy
+            | ServiceType::Consul
     )
 }
 
@@ -88,6 +90,7 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         ServiceType::Openldap => c.openldap.as_ref()?.port,
         ServiceType::Mysql => c.mysql.as_ref()?.port,
         ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
+        ServiceType::Consul => c.consul.clone().unwrap_or_default().http_port,
         _ => return None,
     })
 }
@@ -135,6 +138,7 @@ fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         ServiceType::Openldap => openldap::render(ctx),
         ServiceType::Mysql => mysql::render_mysql(ctx),
         ServiceType::Haproxy => mysql::render_haproxy(ctx),
+        ServiceType::Consul => consul::render(ctx),
         other => Err(format!(
             "Groundwork has no driver for {other} yet: the layer is stored, not run"
         )),

@@ -1,0 +1,344 @@
+//! The connectivity layer against a real Consul 1.8.7 (Debian 11's package, fetched by
+//! `tests/run` into /var/tmp/groundwork-consul without touching the system's apt sources):
+//! three servers on namespace machines from nothing, with the gossip key and the ACL
+//! management token generated once by Groundwork (Credentials, sealed), ACLs default-deny,
+//! DNS answering for the anonymous token, and neither secret in any log or API answer.
+//! Needs root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{BIN, must, sh, text};
+
+struct Lab {
+    outer: String,
+    dir: PathBuf,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.outer, "timeout", "120", BIN, "lab"])
+            .args(["down", "--dir"])
+            .arg(&self.dir)
+            .output();
+        let _ = sh(&["ip", "netns", "del", &self.outer]);
+    }
+}
+
+impl Lab {
+    fn run(&self, secs: u32, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.outer, "timeout", &secs.to_string()])
+            .args(args)
+            .env("KUBECONFIG", self.dir.join("data/kubeconfig"))
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(200, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+fn consul_binary() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("GW_CONSUL_BIN")
+            .unwrap_or_else(|_| "/var/tmp/groundwork-consul/root/usr/bin/consul".into()),
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: tests/run fetches Consul 1.8.7 from Debian 11's archive (tests/fetch-consul.sh)",
+        p.display()
+    );
+    p
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    support::stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn consul_servers_bootstrap_with_generated_secrets_and_acls() {
+    let consul = consul_binary();
+    let id = std::process::id() % 100_000;
+    let outer = format!("gwcon-{id}");
+    let _ = sh(&["ip", "netns", "del", &outer]);
+    must(&["ip", "netns", "add", &outer]);
+    must(&["ip", "-n", &outer, "link", "set", "lo", "up"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = Lab {
+        outer: outer.clone(),
+        dir: tmp.path().join("lab"),
+    };
+    let name = format!("c{}", id % 10_000);
+    lab.ok(&[
+        BIN,
+        "lab",
+        "up",
+        "--netns",
+        "--no-stack",
+        "--machines",
+        "4",
+        "--name",
+        &name,
+        "--dir",
+        lab.dir.to_str().unwrap(),
+    ]);
+    let art = lab.dir.join("boot/artifacts/consul");
+    std::fs::copy(&consul, &art).unwrap();
+    let stack = format!(
+        r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {{name: platform}}
+spec:
+  datacenter: lab
+  layers:
+    - name: connectivity
+      services: [consul]
+      placement: {{count: 3}}
+      config:
+        consul:
+          artifact: {{url: "http://10.97.0.1:8080/artifacts/consul", sha256: "{}"}}
+"#,
+        sha256_hex(&art)
+    );
+    let f = tmp.path().join("stack.yaml");
+    std::fs::write(&f, stack).unwrap();
+    let t0 = Instant::now();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    lab.ok(&[
+        "kubectl",
+        "wait",
+        "--for=condition=Ready",
+        "servicestack/platform",
+        "--timeout=180s",
+    ]);
+    let took = t0.elapsed();
+    eprintln!(
+        "connectivity layer Ready {:.1}s after apply",
+        took.as_secs_f64()
+    );
+
+    // The generated secrets are Credentials, sealed: no value comes back from the API.
+    for c in [
+        "platform-connectivity-consul-gossip",
+        "platform-connectivity-consul-management",
+    ] {
+        let v: Value =
+            serde_json::from_str(&lab.ok(&["kubectl", "get", "credential", c, "-o", "json"]))
+                .unwrap();
+        assert!(v["spec"]["password"].is_null(), "{c}: {v}");
+    }
+    let members: Value = serde_json::from_str(&lab.ok(&[
+        "kubectl",
+        "get",
+        "serviceinstances",
+        "-l",
+        "groundwork.dev/layer=connectivity",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let items = members["items"].as_array().unwrap().clone();
+    assert_eq!(items.len(), 3);
+    let addr = items[0]["spec"]["address"].as_str().unwrap().to_string();
+    let node = items[0]["spec"]["node"].as_str().unwrap().to_string();
+    let iname = items[0]["metadata"]["name"].as_str().unwrap().to_string();
+
+    // Three servers agree on a leader.
+    let peers: Value = serde_json::from_str(&lab.ok(&[
+        "curl",
+        "-sf",
+        &format!("http://{addr}:8500/v1/status/peers"),
+    ]))
+    .unwrap();
+    assert_eq!(peers.as_array().unwrap().len(), 3, "{peers}");
+
+    // The config on the machine carries the generated values; read them there (as an
+    // operator with root on the machine could) to check where they must not be.
+    let i: u8 = node.trim_start_matches("lab-").parse().unwrap();
+    // `current` points at the version inside the machine's own mount namespace.
+    let idir = lab
+        .dir
+        .join(format!("machines/n{i}/var-lib-groundwork/services/{iname}"));
+    let version = std::fs::read_link(idir.join("current")).unwrap();
+    let conf = idir
+        .join("conf")
+        .join(version.file_name().unwrap())
+        .join("consul.json");
+    let conf: Value = serde_json::from_str(&std::fs::read_to_string(&conf).unwrap()).unwrap();
+    let gossip = conf["encrypt"].as_str().unwrap().to_string();
+    let master = conf["acl"]["tokens"]["master"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(gossip.len(), 44, "a base64 32-byte key: {gossip}");
+    assert_eq!(master.len(), 36, "a UUID: {master}");
+
+    // ACLs: default deny for the anonymous token, the management token is global-management.
+    let o = lab.run(
+        10,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-d",
+            "v",
+            &format!("http://{addr}:8500/v1/kv/groundwork-test"),
+        ],
+    );
+    assert_eq!(
+        support::stdout(&o),
+        "403",
+        "an anonymous KV write was allowed"
+    );
+    let me = lab.ok(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("X-Consul-Token: {master}"),
+        &format!("http://{addr}:8500/v1/acl/token/self"),
+    ]);
+    assert!(me.contains("global-management"), "{me}");
+    // A second bootstrap is refused: the management token came from the config.
+    let again = lab.run(
+        10,
+        &[
+            "curl",
+            "-s",
+            "-X",
+            "PUT",
+            &format!("http://{addr}:8500/v1/acl/bootstrap"),
+        ],
+    );
+    assert!(
+        support::stdout(&again).contains("no longer allowed")
+            || support::stdout(&again).contains("Permission denied"),
+        "{}",
+        text(&again)
+    );
+
+    // DNS answers for the anonymous token: the consul service has the three servers.
+    // (The anonymous token's new policy reaches every server's ACL cache within seconds.)
+    let mut want: Vec<String> = items
+        .iter()
+        .map(|i| i["spec"]["address"].as_str().unwrap().to_string())
+        .collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let answers = lab.ok(&[
+            "dig",
+            &format!("@{addr}"),
+            "-p",
+            "8600",
+            "consul.service.consul",
+            "+short",
+        ]);
+        let mut ips: Vec<String> = answers
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        ips.sort();
+        if ips == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DNS: {ips:?}, not the three servers {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Neither secret is in a log, the API or the raw store.
+    let mut logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    for i in 1..=4 {
+        logs += &std::fs::read_to_string(lab.dir.join(format!("machines/n{i}/agent.log")))
+            .unwrap_or_default();
+    }
+    let api = lab.ok(&[
+        "kubectl",
+        "get",
+        "credentials,serviceinstances,servicestacks,events",
+        "-o",
+        "json",
+    ]);
+    let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
+    for (what, v) in [("gossip key", &gossip), ("management token", &master)] {
+        assert!(!logs.contains(v.as_str()), "the {what} is in a log");
+        assert!(!api.contains(v.as_str()), "the {what} is in an API answer");
+        assert!(
+            !store.windows(v.len()).any(|w| w == v.as_bytes()),
+            "the {what} is in the raw store"
+        );
+    }
+
+    // A server's machine loses power and comes back: same secrets, the cluster whole again.
+    lab.ok(&[
+        BIN,
+        "lab",
+        "machine",
+        "stop",
+        &i.to_string(),
+        "--dir",
+        lab.dir.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    lab.ok(&[
+        BIN,
+        "lab",
+        "machine",
+        "start",
+        &i.to_string(),
+        "--dir",
+        lab.dir.to_str().unwrap(),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let o = lab.run(
+            5,
+            &[
+                "curl",
+                "-sf",
+                &format!("http://{addr}:8500/v1/status/leader"),
+            ],
+        );
+        if support::stdout(&o).contains(':') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted server found no leader"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let me = lab.ok(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("X-Consul-Token: {master}"),
+        &format!("http://{addr}:8500/v1/acl/token/self"),
+    ]);
+    assert!(
+        me.contains("global-management"),
+        "the management token changed: {me}"
+    );
+}
