@@ -744,3 +744,103 @@ async fn the_cluster_ca_rotates_without_locking_out_clients_that_follow_it() {
     assert!(works(&s, &new));
     assert!(!works(&s, &both), "an old-CA client certificate");
 }
+
+/// `groundwork secrets reveal`: the password comes back only to a user with the `use` verb
+/// on that Credential (not `view`, not `edit`), is never cached, and stays out of the logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revealing_a_credential_needs_the_use_verb() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path(), true);
+    let audit = dir.path().join("audit.log");
+    let s = Server::start_with(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--audit-log",
+        audit.to_str().unwrap(),
+    ]);
+    let yaml = format!(
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: c1}}\nspec: {{username: admin, password: {PASSWORD}}}\n---\n\
+         apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: c2}}\nspec: {{username: other, password: other-pass-1234}}\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: alice-edit}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}\nsubjects: [{{kind: User, name: alice}}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: viewers}}\nroleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}\nsubjects: [{{kind: Group, name: viewers, apiGroup: rbac.authorization.k8s.io}}]\n"
+    );
+    let f = write(s.dir.path(), "creds.yaml", &yaml);
+    ok(s.kubectl(&["apply", "-f", f.to_str().unwrap()]));
+    let reveal = |n: &str| {
+        format!(
+            "{}/apis/groundwork.dev/v1alpha1/credentials/{n}/reveal",
+            s.url
+        )
+    };
+    let anon = anonymous();
+    // bob (view) and alice (edit) may read Credentials, not their passwords.
+    for t in [BOB, ALICE] {
+        let (code, body) = call(&anon, reqwest::Method::GET, &reveal("c1"), Some(t), None).await;
+        assert_eq!(code, 403, "{body}");
+        assert!(body.to_string().contains("cannot use"), "{body}");
+        assert!(!body.to_string().contains(PASSWORD));
+    }
+    // Granted `use` on c1 only: c1 opens, c2 does not.
+    let grant = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: use-c1}\nrules: [{apiGroups: [groundwork.dev], resources: [credentials], verbs: [use], resourceNames: [c1]}]\n---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: alice-use-c1}\nroleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: use-c1}\nsubjects: [{kind: User, name: alice}]\n";
+    let g = write(s.dir.path(), "grant.yaml", grant);
+    ok(s.kubectl(&["apply", "-f", g.to_str().unwrap()]));
+    let r = anon
+        .get(reveal("c1"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(
+        r.headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap()),
+        Some("no-store")
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["password"], PASSWORD);
+    assert_eq!(v["username"], "admin");
+    let (code, _) = call(
+        &anon,
+        reqwest::Method::GET,
+        &reveal("c2"),
+        Some(ALICE),
+        None,
+    )
+    .await;
+    assert_eq!(code, 403);
+    // The admin's CLI.
+    let out = ok(s.groundwork(&["secrets", "reveal", "credential/c2", "--password"]));
+    assert_eq!(out.trim(), "other-pass-1234");
+    let wrong = s.groundwork(&["secrets", "reveal", "node/n1"]);
+    assert!(!wrong.status.success());
+    assert!(support::text(&wrong).contains("only Credentials"));
+    // Revealing is logged and audited, the value is not.
+    let log = s.log();
+    assert!(
+        log.contains("a Credential's password was revealed"),
+        "{log}"
+    );
+    let audit_log = std::fs::read_to_string(&audit).unwrap();
+    let revealed: Vec<Value> = audit_log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["resource"] == "credentials" && e["verb"] == "use")
+        .collect();
+    assert!(
+        revealed
+            .iter()
+            .any(|e| e["user"] == "alice" && e["name"] == "c1" && e["code"] == 200),
+        "{audit_log}"
+    );
+    assert!(
+        revealed
+            .iter()
+            .any(|e| e["user"] == "bob" && e["code"] == 403),
+        "{audit_log}"
+    );
+    for secret in [PASSWORD, "other-pass-1234"] {
+        assert!(!log.contains(secret), "in the server log");
+        assert!(!audit_log.contains(secret), "in the audit log");
+    }
+}

@@ -511,7 +511,8 @@ pub async fn middleware(State(auth): State<Arc<Auth>>, mut req: Request, next: N
     }
     // The handlers check what depends on the object too (using a Credential).
     req.extensions_mut().insert(user.clone());
-    if a.path.is_some() || !is_write(&a.verb) {
+    // Writes are audited, and reads of a secret's value (`credentials/NAME/reveal`).
+    if a.path.is_some() || !(is_write(&a.verb) || a.verb == "use") {
         return next.run(req).await;
     }
     // Recorded even when the client goes away before the answer (the write may have happened).

@@ -480,6 +480,23 @@ async fn dispatch(st: AppState, p: HashMap<String, String>, req: Req) -> Result<
         Some("log") if req.method == Method::GET && !kind.namespaced => {
             crate::logs::object_log(&st, kind, &name, req.query.as_deref())
         }
+        Some("reveal") if req.method == Method::GET && kind.kind == "Credential" => {
+            let (p, _, _, _) = req.into_parts()?;
+            linearize(&st.store, &p, kind).await?;
+            let obj = st
+                .store
+                .get(&t.key(&name))
+                .map_err(|e| ApiError::from_store(e, kind, &name))?
+                .ok_or_else(|| ApiError::not_found(kind, &name))?;
+            let v = crate::secrets::reveal(&st.store, p.user.as_ref(), &name, &obj.object)?;
+            let mut r = axum::Json(v).into_response();
+            // Never kept by a cache or a proxy.
+            r.headers_mut().insert(
+                axum::http::header::CACHE_CONTROL,
+                axum::http::HeaderValue::from_static("no-store"),
+            );
+            Ok(r)
+        }
         Some(sub) => Err(ApiError::NotFound {
             what: format!("subresource {sub:?} of {plural}"),
             kind: None,

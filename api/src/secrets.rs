@@ -94,3 +94,49 @@ pub(crate) fn seal_credential(
     }
     Ok(())
 }
+
+/// `GET .../credentials/NAME/reveal`: the Credential's user name and password, for a user
+/// with the `use` verb on it (which `view` and `edit` do not grant). The answer is not an
+/// object (`{"username", "password"}`), is never cached, and the audit log records the
+/// request, never the answer.
+pub(crate) fn reveal(
+    store: &groundwork_store::Store,
+    user: Option<&crate::auth::UserInfo>,
+    name: &str,
+    obj: &Value,
+) -> Result<Value, ApiError> {
+    if let Some(user) = user {
+        let a = crate::auth::Attributes {
+            verb: "use".into(),
+            group: "groundwork.dev".into(),
+            resource: "credentials".into(),
+            name: name.into(),
+            ..Default::default()
+        };
+        crate::rbac::authorize(store, user, &a).map_err(|why| {
+            ApiError::Forbidden(format!(
+                "credentials.groundwork.dev {name:?} is forbidden: User {:?} cannot use resource \"credentials\" in API group \"groundwork.dev\" ({why}): revealing a password needs the use verb",
+                user.name
+            ))
+        })?;
+        tracing::info!(credential = %name, user = %user.name, "a Credential's password was revealed");
+    }
+    let sealed = obj
+        .pointer("/spec/encryptedPassword")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest(format!("Credential {name} has no password")))?;
+    let key = KEY.get().ok_or_else(|| {
+        ApiError::Unavailable("this server has no secret key, so it cannot open passwords".into())
+    })?;
+    let password = key
+        .open(&format!("credentials/{name}"), sealed)
+        .map_err(|_| {
+            ApiError::Unavailable(format!(
+                "Credential {name} does not open with this cluster's keys"
+            ))
+        })?;
+    Ok(serde_json::json!({
+        "username": obj.pointer("/spec/username").cloned().unwrap_or(Value::Null),
+        "password": password,
+    }))
+}

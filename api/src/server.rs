@@ -193,6 +193,11 @@ pub(crate) fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'s
         Some(sub) => format!("{}/{sub}", rest[0]),
         None => rest[0].to_string(),
     };
+    // Reading a Credential's password is using it: RBAC's `use` verb, which `view` and
+    // `edit` do not have.
+    if *method == Method::GET && named && resource == "credentials/reveal" {
+        return ("use", "credentials".to_string());
+    }
     let watch = crate::query::is_watch(query);
     let verb = match *method {
         Method::GET if watch => "watch",

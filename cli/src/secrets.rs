@@ -32,6 +32,16 @@ enum SecretsCmd {
     /// Write every Credential back through the API, so the server seals it with the active
     /// key.
     Reseal,
+    /// Print a Credential's user name and password (`credential/NAME` or `NAME`): for
+    /// operators with the `use` verb on it (generated secrets such as Consul's management
+    /// token are Credentials). The request is audited; the value is not.
+    Reveal {
+        /// `credential/NAME` or `NAME`.
+        what: String,
+        /// Print only the password (for scripts: `$(groundwork secrets reveal X --password)`).
+        #[arg(long)]
+        password: bool,
+    },
     /// Remove the retired keys from DATA_DIR/secret.key (after `reseal`, on every member).
     DropRetired {
         #[arg(long, default_value = "/var/lib/groundwork")]
@@ -71,6 +81,40 @@ pub(crate) async fn run(a: SecretsArgs, kubeconfig: Option<PathBuf>) -> anyhow::
                 "{}: {dropped} retired key(s) removed. Restart this member.",
                 path.display()
             );
+            Ok(())
+        }
+        SecretsCmd::Reveal { what, password } => {
+            let name = match what.split_once('/') {
+                Some((k, n))
+                    if ["credential", "credentials", "credentials.groundwork.dev"]
+                        .contains(&k.to_ascii_lowercase().as_str()) =>
+                {
+                    n.to_string()
+                }
+                Some((k, _)) => anyhow::bail!(
+                    "{what}: only Credentials hold secrets (credential/NAME), not {k}"
+                ),
+                None => what.clone(),
+            };
+            let api = crate::client::connect(kubeconfig).await?;
+            let req = http::Request::get(format!(
+                "/apis/groundwork.dev/v1alpha1/credentials/{name}/reveal"
+            ))
+            .body(Vec::new())?;
+            let v: serde_json::Value = api
+                .client
+                .request(req)
+                .await
+                .with_context(|| format!("credential/{name}"))?;
+            let pw = v["password"].as_str().unwrap_or_default();
+            if password {
+                println!("{pw}");
+            } else {
+                println!(
+                    "username: {}\npassword: {pw}",
+                    v["username"].as_str().unwrap_or_default()
+                );
+            }
             Ok(())
         }
         SecretsCmd::Reseal => {

@@ -31,6 +31,7 @@ CUSTOM = [
         "layers": [{"name": "secrets", "services": ["vault"]}]}),
     custom("ServiceInstance", "serviceinstances", {
         "stack": "py-stack", "layer": "metrics", "service": "prometheus", "node": "py-node",
+        "configDigest": "sha256:" + "0" * 64,
         "run": {"command": ["/bin/true"]}}),
     custom("Credential", "credentials", {"username": "admin", "password": "py-secret-pw"}),
 ]
