@@ -111,6 +111,9 @@ spec:
       config:
         consul:
           artifact: {{url: "http://10.97.0.1:8080/artifacts/consul", sha256: "{}"}}
+    - name: metrics
+      services: [node-exporter]
+      dependsOn: [connectivity]
 "#,
         sha256_hex(&art)
     );
@@ -268,6 +271,92 @@ spec:
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Every instance is in the catalog with its health: node-exporter on all four machines.
+    let dns = |name: &str| -> Vec<String> {
+        let out = lab.ok(&["dig", &format!("@{addr}"), "-p", "8600", name, "+short"]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let all4: Vec<String> = (1..=4).map(|i| format!("10.97.0.{}", 10 + i)).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while dns("node-exporter.service.consul") != all4 {
+        assert!(
+            Instant::now() < deadline,
+            "node-exporter in DNS: {:?}",
+            dns("node-exporter.service.consul")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let checks = lab.ok(&[
+        "curl",
+        "-sf",
+        &format!("http://{addr}:8500/v1/health/service/node-exporter?passing=true"),
+    ]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&checks)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len(),
+        4,
+        "{checks}"
+    );
+
+    // A machine without a server loses power: its exporter leaves DNS (the instance is
+    // gone with the machine), and comes back with it.
+    let spare: u8 = (1..=4)
+        .find(|m| {
+            !items
+                .iter()
+                .any(|it| it["spec"]["node"] == format!("lab-{m}"))
+        })
+        .unwrap();
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&[
+        BIN,
+        "lab",
+        "machine",
+        "stop",
+        &spare.to_string(),
+        "--dir",
+        &dir,
+    ]);
+    let three: Vec<String> = all4
+        .iter()
+        .filter(|a| **a != format!("10.97.0.{}", 10 + spare))
+        .cloned()
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while dns("node-exporter.service.consul") != three {
+        assert!(
+            Instant::now() < deadline,
+            "a lost machine's exporter stayed in DNS"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    lab.ok(&[
+        BIN,
+        "lab",
+        "machine",
+        "start",
+        &spare.to_string(),
+        "--dir",
+        &dir,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while dns("node-exporter.service.consul") != all4 {
+        assert!(
+            Instant::now() < deadline,
+            "the exporter did not come back to DNS"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // Neither secret is in a log, the API or the raw store.
     let mut logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
     for i in 1..=4 {
@@ -330,15 +419,27 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    let me = lab.ok(&[
-        "curl",
-        "-sf",
-        "-H",
-        &format!("X-Consul-Token: {master}"),
-        &format!("http://{addr}:8500/v1/acl/token/self"),
-    ]);
-    assert!(
-        me.contains("global-management"),
-        "the management token changed: {me}"
-    );
+    // (A restarted server resolves tokens again once it has caught up with the leader.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = lab.run(
+            10,
+            &[
+                "curl",
+                "-s",
+                "-H",
+                &format!("X-Consul-Token: {master}"),
+                &format!("http://{addr}:8500/v1/acl/token/self"),
+            ],
+        );
+        let me = support::stdout(&o);
+        if me.contains("global-management") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the management token no longer works after the restart: {me}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -49,6 +49,32 @@ pub struct Plan {
     pub update: Vec<(String, ServiceInstanceSpec)>,
     pub delete: Vec<String>,
     pub layers: Vec<LayerStatus>,
+    /// What Consul's catalog should hold, once a consul layer is Ready.
+    pub catalog: Option<CatalogPlan>,
+}
+
+/// Every ServiceInstance with a port, registered in Consul's catalog with its health as
+/// Groundwork's node agents see it (DNS then answers only healthy members).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CatalogPlan {
+    /// A Ready server's HTTP API, `http://ADDR:PORT`.
+    pub consul: String,
+    /// The Credential with the management token.
+    pub token: String,
+    pub entries: Vec<CatalogEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CatalogEntry {
+    /// The Node the instance runs on.
+    pub node: String,
+    pub address: String,
+    /// The service's name (`mysql`, `node-exporter`).
+    pub service: String,
+    /// The instance's name.
+    pub id: String,
+    pub port: u16,
+    pub passing: bool,
 }
 
 /// The instance name of a service of a layer on a machine.
@@ -66,6 +92,57 @@ fn selected(layer: &Layer, m: &Machine) -> bool {
     };
     use kube::core::{Selector, SelectorExt};
     Selector::try_from(sel.clone()).is_ok_and(|s| s.matches(&m.labels))
+}
+
+/// Consul's catalog: from the first Ready consul layer, every instance of the stack that has
+/// a client port, passing when its member is Ready.
+fn catalog(o: &Observed, plan: &Plan) -> Option<CatalogPlan> {
+    let stack = o.stack.name_any();
+    let layer = o.stack.spec.layers.iter().find(|l| {
+        l.services.contains(&ServiceType::Consul)
+            && plan
+                .layers
+                .iter()
+                .any(|s| s.name == l.name && s.phase == Some(LayerPhase::Ready))
+    })?;
+    let cfg = layer.config.consul.clone().unwrap_or_default();
+    if !cfg.acl_bootstrap {
+        return None;
+    }
+    let server = o.instances.iter().find(|i| {
+        i.spec.layer == layer.name
+            && i.spec.service == ServiceType::Consul
+            && member_ready(i)
+            && o.machines.iter().any(|m| m.name == i.spec.node)
+    })?;
+    let usable = |n: &str| o.machines.iter().any(|m| m.name == n);
+    let mut entries: Vec<CatalogEntry> = o
+        .instances
+        .iter()
+        .filter_map(|i| {
+            let l = o
+                .stack
+                .spec
+                .layers
+                .iter()
+                .find(|l| l.name == i.spec.layer)?;
+            let port = drivers::main_port(i.spec.service, l)?;
+            Some(CatalogEntry {
+                node: i.spec.node.clone(),
+                address: i.spec.address.clone()?,
+                service: i.spec.service.as_str().to_string(),
+                id: i.name_any(),
+                port,
+                passing: member_ready(i) && usable(&i.spec.node),
+            })
+        })
+        .collect();
+    entries.sort();
+    Some(CatalogPlan {
+        consul: format!("http://{}:{}", server.spec.address.clone()?, cfg.http_port),
+        token: drivers::consul::generated(&stack, &layer.name)[1].0.clone(),
+        entries,
+    })
 }
 
 /// Member of the layer's service ready: healthy and running the spec it has now.
@@ -618,6 +695,7 @@ pub fn decide(o: &Observed) -> Plan {
         ];
         plan.layers.push(p.status);
     }
+    plan.catalog = catalog(o, &plan);
     // Keep the spec's order in the status.
     plan.layers.sort_by_key(|l| {
         stack

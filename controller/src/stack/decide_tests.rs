@@ -514,3 +514,55 @@ fn a_lost_member_without_a_replacement_stays() {
     assert_eq!(p.delete.len(), 1, "{p:?}");
     assert_eq!(p.create.len(), 1);
 }
+
+#[test]
+fn a_ready_consul_layer_gets_every_instance_in_its_catalog() {
+    let s = stack(json!([
+        {"name": "connectivity", "services": ["consul"], "placement": {"count": 3},
+         "config": {"consul": {"artifact": {"url": "http://b/consul", "sha256": "00"}}}},
+        {"name": "metrics", "services": ["node-exporter"], "dependsOn": ["connectivity"]},
+    ]));
+    let ms = machines(4);
+    let p = run(&s, &ms, &[]);
+    assert!(p.catalog.is_none(), "no catalog before consul is Ready");
+    let mut have = stored(&p, true);
+    let p = run(&s, &ms, &have);
+    have.extend(stored(&p, false));
+    let p = run(&s, &ms, &have);
+    let c = p.catalog.expect("consul is Ready");
+    assert_eq!(c.token, "p-connectivity-consul-management");
+    assert!(c.consul.starts_with("http://10.0.0.") && c.consul.ends_with(":8500"));
+    let exporters: Vec<_> = c
+        .entries
+        .iter()
+        .filter(|e| e.service == "node-exporter")
+        .collect();
+    assert_eq!(exporters.len(), 4);
+    assert!(
+        exporters.iter().all(|e| !e.passing && e.port == 9100),
+        "not ready yet"
+    );
+    assert_eq!(
+        c.entries
+            .iter()
+            .filter(|e| e.service == "consul" && e.passing)
+            .count(),
+        3
+    );
+    // A lost machine's members are not passing, whatever they last reported.
+    let fewer: Vec<Machine> = ms[1..].to_vec();
+    let servers: Vec<&ServiceInstance> = have
+        .iter()
+        .filter(|i| i.spec.service == ServiceType::Consul)
+        .collect();
+    assert!(!servers.is_empty());
+    let p = run(&s, &fewer, &have);
+    if let Some(c) = p.catalog {
+        assert!(
+            c.entries
+                .iter()
+                .filter(|e| e.node == ms[0].name)
+                .all(|e| !e.passing)
+        );
+    }
+}

@@ -4,6 +4,7 @@
 //! reports per layer. The decision is [`decide::decide`]; this module reads the caches and
 //! applies the plan in one step.
 
+mod catalog;
 pub mod decide;
 pub mod drivers;
 
@@ -39,9 +40,65 @@ pub struct StackController {
     pub groundwork_metrics: Option<String>,
     /// What each Node looked like to placement, to map only changes that matter.
     seen: Mutex<HashMap<String, u64>>,
+    /// Per stack, the catalog plan last applied to Consul.
+    catalog: Mutex<HashMap<String, u64>>,
 }
 
 impl StackController {
+    /// Applies the catalog plan unless it is the one last applied; false when Consul could
+    /// not be brought there (retried).
+    async fn sync_catalog(&self, stack: &str, plan: &decide::CatalogPlan, ctx: &Ctx) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        plan.hash(&mut h);
+        let digest = h.finish();
+        let lock = |m: &Mutex<HashMap<String, u64>>| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(stack)
+                .copied()
+        };
+        if lock(&self.catalog) == Some(digest) {
+            return true;
+        }
+        let token = ctx
+            .caches
+            .store::<Credential>()
+            .get(&ObjectRef::new(&plan.token))
+            .and_then(|c| c.spec.encrypted_password.clone())
+            .ok_or_else(|| format!("Credential {} is not there yet", plan.token))
+            .and_then(|sealed| {
+                ctx.secret_key
+                    .as_ref()
+                    .ok_or_else(|| "this controller has no secret key".to_string())?
+                    .open(&format!("credentials/{}", plan.token), &sealed)
+                    .map_err(|e| format!("Credential {}: {e}", plan.token))
+            });
+        let r = match token {
+            Ok(t) => catalog::sync(plan, &t).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(removed) => {
+                tracing::info!(
+                    registered = plan.entries.len(),
+                    removed,
+                    consul = %plan.consul,
+                    "Consul's catalog holds the stack's instances"
+                );
+                self.catalog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(stack.to_string(), digest);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, consul = %plan.consul, "Consul's catalog not updated; retrying");
+                false
+            }
+        }
+    }
+
     async fn generate_secrets(&self, stack: &ServiceStack, ctx: &Ctx) -> Result<(), Error> {
         let name = stack.name_any();
         let api: Api<Credential> = Api::all(ctx.client.clone());
@@ -94,6 +151,7 @@ impl StackController {
         StackController {
             groundwork_metrics,
             seen: Mutex::default(),
+            catalog: Mutex::default(),
         }
     }
 }
@@ -272,7 +330,16 @@ impl Reconciler for StackController {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.report(&stack, plan.layers, ctx).await
+        let synced = match &plan.catalog {
+            Some(c) => self.sync_catalog(&name, c, ctx).await,
+            None => true,
+        };
+        let then = self.report(&stack, plan.layers, ctx).await?;
+        Ok(if synced {
+            then
+        } else {
+            Action::Requeue(Duration::from_secs(5))
+        })
     }
 }
 
