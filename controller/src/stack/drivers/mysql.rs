@@ -283,7 +283,7 @@ wsrep_sst_method = rsync
                 creates: String::new(),
                 user: Some("root".into()),
             }],
-            drain_seconds: 4,
+            drain_seconds: 5,
             ..Default::default()
         },
         health: HealthCheck {
