@@ -296,20 +296,51 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
     );
     let up = text(&o);
     assert!(o.status.success(), "lab up:\n{up}");
-    // Gating: identity and database wait for metrics, and say so, before metrics is Ready.
-    // "[   2.6s] layer metrics      Ready        10.97.0.11:9090 ..."
-    let pos = |layer: &str, phase: &str, rest: &str| {
-        up.lines().position(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            w.len() > 4 && w[2] == "layer" && w[3] == layer && w[4] == phase && l.contains(rest)
-        })
+    // Gating: identity and database wait for metrics, and say so (the controller's lines
+    // for the stack); none of their members is placed before every metrics member has
+    // reported ready.
+    let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    let lines: Vec<&str> = log.lines().collect();
+    let first = |f: &dyn Fn(&str) -> bool, what: &str| {
+        lines
+            .iter()
+            .position(|l| f(l))
+            .unwrap_or_else(|| panic!("no {what} in the server log"))
     };
-    let metrics_ready =
-        pos("metrics", "Ready", "").unwrap_or_else(|| panic!("metrics never Ready:\n{up}"));
+    let metrics_members_ready = [
+        "prometheus-lab-",
+        "alertmanager-lab-",
+        "node-exporter-lab-1",
+        "node-exporter-lab-2",
+        "node-exporter-lab-3",
+        "node-exporter-lab-4",
+    ]
+    .iter()
+    .map(|m| {
+        first(
+            &|l| l.contains("instance report") && l.contains(m) && l.contains("ready=true"),
+            m,
+        )
+    })
+    .max()
+    .unwrap();
     for l in ["identity", "database"] {
-        let waited = pos(l, "Pending", "waiting for layer metrics")
-            .unwrap_or_else(|| panic!("{l} did not wait for metrics:\n{up}"));
-        assert!(waited < metrics_ready, "{up}");
+        let waited = first(
+            &|x| {
+                x.contains(&format!(
+                    "layer {l} is Pending: waiting for layer metrics to be Ready"
+                ))
+            },
+            "the waiting line",
+        );
+        let placed = first(
+            &|x| x.contains(&format!("placing a member instance=platform-{l}-")),
+            "the placement",
+        );
+        assert!(
+            waited < metrics_members_ready && metrics_members_ready < placed,
+            "{l}: waited at line {waited}, metrics members ready by line {metrics_members_ready}, placed at {placed}"
+        );
     }
     assert!(
         up.contains("lab: stack platform: all 3 layers Ready"),

@@ -183,6 +183,14 @@ pub struct HealthCheck {
     /// A command exiting 0.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub command: Vec<String>,
+    /// A command exiting 0 while the process is alive in the sense that waiting can help
+    /// (a Galera donor is not healthy but alive; a member cut off in a non-primary view is
+    /// neither). After `restartAfterSeconds` unhealthy with this failing too, the agent
+    /// restarts the process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub liveness: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_after_seconds: Option<u32>,
 }
 
 /// Where an instance is, as its node agent reports it.

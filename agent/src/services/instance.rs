@@ -49,6 +49,8 @@ struct Actor {
     /// A digest tried and not taken, and when to try it again (None: only when it changes).
     tried: Option<(String, Option<Instant>)>,
     healthy: bool,
+    /// Since when a process that was healthy is not.
+    unhealthy_since: Option<Instant>,
     backoff: Duration,
     restart_at: Option<Instant>,
     latest_bootstrap: bool,
@@ -76,6 +78,7 @@ pub async fn run(
         good: None,
         tried: None,
         healthy: false,
+        unhealthy_since: None,
         backoff: Duration::from_secs(1),
         restart_at: None,
         latest_bootstrap: false,
@@ -749,6 +752,7 @@ impl Actor {
                     );
                 }
                 self.healthy = true;
+                self.unhealthy_since = None;
                 // A refusal of a newer config stays visible while the old one serves.
                 let keep =
                     self.status.refused_digest.as_deref() == Some(spec.config_digest.as_str());
@@ -769,6 +773,34 @@ impl Actor {
                 };
                 let e = self.redact(&e, &values);
                 self.set(phase, Some(format!("health: {e}")));
+                if phase == InstancePhase::Unhealthy {
+                    let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
+                    if let Some(after) = health.restart_after_seconds
+                        && !health.liveness.is_empty()
+                        && since.elapsed() >= Duration::from_secs(after as u64)
+                    {
+                        let live = super::health::check(
+                            &groundwork_types::HealthCheck {
+                                command: health.liveness.clone(),
+                                ..Default::default()
+                            },
+                            &vars,
+                        )
+                        .await;
+                        if let Err(why) = live {
+                            let why = self.redact(&why, &values);
+                            eprintln!(
+                                "groundwork node-agent: {}: unhealthy for {} s and not alive ({why}): restarting",
+                                self.name,
+                                since.elapsed().as_secs()
+                            );
+                            self.unhealthy_since = None;
+                            self.status.restarts += 1;
+                            self.kill().await;
+                            self.start().await;
+                        }
+                    }
+                }
             }
         }
     }

@@ -190,10 +190,11 @@ wsrep_sst_method = rsync
             ));
         }
     }
-    for h in members(ctx, ServiceType::Haproxy) {
-        sql.push_str(&format!(
-            "CREATE USER IF NOT EXISTS 'haproxy_check'@'{h}';\n"
-        ));
+    // The routers' check: no password, no privilege beyond connecting and reading status.
+    // From any host: tied to the routers' addresses, every move of a router would change
+    // every member's config and restart the whole cluster.
+    if !members(ctx, ServiceType::Haproxy).is_empty() {
+        sql.push_str("CREATE USER IF NOT EXISTS 'haproxy_check'@'%';\n");
     }
     let client = |q: &str| format!("mariadb --defaults-file={{conf}}/my.cnf -N -B -e \"{q}\"");
     Ok(ServiceInstanceSpec {
@@ -292,6 +293,15 @@ wsrep_sst_method = rsync
                 "-c".into(),
                 client("SHOW GLOBAL STATUS LIKE 'wsrep_local_state_comment'") + " | grep -q Synced",
             ],
+            // A donor or a desynced member is in the primary component: alive, let it be.
+            // One left in a non-primary view (its peers restarted around it) never comes
+            // back by itself: restarted, it rejoins by IST.
+            liveness: vec![
+                "sh".into(),
+                "-c".into(),
+                client("SHOW GLOBAL STATUS LIKE 'wsrep_cluster_status'") + " | grep -q Primary",
+            ],
+            restart_after_seconds: Some(20),
             ..Default::default()
         },
         fact_files: vec!["{data}/grastate.dat".into(), "{dir}/recovered".into()],
@@ -311,7 +321,10 @@ pub(super) fn render_haproxy(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Str
     let mut servers = String::new();
     for m in ctx.peers.get(&ServiceType::Mysql).into_iter().flatten() {
         servers.push_str(&format!(
-            "    server {node} {a}:{p} check inter 1s fall 2 rise 2 on-marked-down shutdown-sessions\n",
+            // No `on-marked-down shutdown-sessions`: a member marked down because it is
+            // draining (desynced) still finishes the queries it has; cutting them would fail
+            // exactly the clients a drain protects.
+            "    server {node} {a}:{p} check inter 1s fall 2 rise 2\n",
             node = m.node,
             a = m.address,
             p = db.port,
