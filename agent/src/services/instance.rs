@@ -773,32 +773,43 @@ impl Actor {
                 };
                 let e = self.redact(&e, &values);
                 self.set(phase, Some(format!("health: {e}")));
-                if phase == InstancePhase::Unhealthy {
-                    let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
-                    if let Some(after) = health.restart_after_seconds
-                        && !health.liveness.is_empty()
-                        && since.elapsed() >= Duration::from_secs(after as u64)
-                    {
-                        let live = super::health::check(
-                            &groundwork_types::HealthCheck {
-                                command: health.liveness.clone(),
-                                ..Default::default()
-                            },
-                            &vars,
-                        )
-                        .await;
-                        if let Err(why) = live {
-                            let why = self.redact(&why, &values);
-                            eprintln!(
-                                "groundwork node-agent: {}: unhealthy for {} s and not alive ({why}): restarting",
-                                self.name,
-                                since.elapsed().as_secs()
-                            );
-                            self.unhealthy_since = None;
-                            self.status.restarts += 1;
-                            self.kill().await;
-                            self.start().await;
+                // Unhealthy for `restartAfterSeconds`, or never healthy for three times that
+                // since the start (a joiner left outside the primary component).
+                let due = health.restart_after_seconds.and_then(|after| {
+                    let after = Duration::from_secs(after as u64);
+                    match phase {
+                        InstancePhase::Unhealthy => {
+                            let since = *self.unhealthy_since.get_or_insert_with(Instant::now);
+                            (since.elapsed() >= after).then_some(since)
                         }
+                        _ => {
+                            let started = self.proc.as_ref().map(|p| p.started)?;
+                            (started.elapsed() >= after * 3).then_some(started)
+                        }
+                    }
+                });
+                if let Some(since) = due
+                    && !health.liveness.is_empty()
+                {
+                    let live = super::health::check(
+                        &groundwork_types::HealthCheck {
+                            command: health.liveness.clone(),
+                            ..Default::default()
+                        },
+                        &vars,
+                    )
+                    .await;
+                    if let Err(why) = live {
+                        let why = self.redact(&why, &values);
+                        eprintln!(
+                            "groundwork node-agent: {}: unhealthy for {} s and not alive ({why}): restarting",
+                            self.name,
+                            since.elapsed().as_secs()
+                        );
+                        self.unhealthy_since = None;
+                        self.status.restarts += 1;
+                        self.kill().await;
+                        self.start().await;
                     }
                 }
             }
