@@ -8,44 +8,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, must, sh, text};
-
-struct Lab {
-    outer: String,
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.outer, "timeout", "120", BIN, "lab"])
-            .args(["down", "--dir"])
-            .arg(&self.dir)
-            .output();
-        let _ = sh(&["ip", "netns", "del", &self.outer]);
-    }
-}
-
-impl Lab {
-    fn run(&self, secs: u32, args: &[&str]) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.outer, "timeout", &secs.to_string()])
-            .args(args)
-            .env("KUBECONFIG", self.dir.join("data/kubeconfig"))
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(200, args);
-        assert!(o.status.success(), "{args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-}
+use support::{BIN, text};
 
 fn consul_binary() -> PathBuf {
     let p = PathBuf::from(
@@ -73,15 +40,8 @@ fn sha256_hex(path: &Path) -> String {
 fn consul_servers_bootstrap_with_generated_secrets_and_acls() {
     let consul = consul_binary();
     let id = std::process::id() % 100_000;
-    let outer = format!("gwcon-{id}");
-    let _ = sh(&["ip", "netns", "del", &outer]);
-    must(&["ip", "netns", "add", &outer]);
-    must(&["ip", "-n", &outer, "link", "set", "lo", "up"]);
     let tmp = tempfile::tempdir().unwrap();
-    let lab = Lab {
-        outer: outer.clone(),
-        dir: tmp.path().join("lab"),
-    };
+    let lab = support::NetnsLab::new(&format!("gwcon-{id}"), tmp.path().join("lab"));
     let name = format!("c{}", id % 10_000);
     lab.ok(&[
         BIN,

@@ -12,40 +12,16 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, must, sh, text};
+use support::{BIN, run_in, text};
 
-struct Lab {
-    outer: String,
-    dir: PathBuf,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "exec", &self.outer, "timeout", "120", BIN, "lab"])
-            .args(["down", "--dir"])
-            .arg(&self.dir)
-            .output();
-        let _ = sh(&["ip", "netns", "del", &self.outer]);
-    }
-}
-
-/// A command inside the lab's outer namespace, bounded.
-fn run_in(outer: &str, dir: &Path, secs: u32, args: &[&str]) -> Output {
-    Command::new("ip")
-        .args(["netns", "exec", outer, "timeout", &secs.to_string()])
-        .args(args)
-        .env("KUBECONFIG", dir.join("data/kubeconfig"))
-        .output()
-        .unwrap()
-}
+type Lab = support::NetnsLab;
 
 /// A query as `user` on `host:port`, database `app`.
 fn sql_in(
@@ -82,16 +58,6 @@ fn sql_in(
 }
 
 impl Lab {
-    fn run(&self, secs: u32, args: &[&str]) -> Output {
-        run_in(&self.outer, &self.dir, secs, args)
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(120, args);
-        assert!(o.status.success(), "{args:?}: {}", text(&o));
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
     fn lab(&self, args: &[&str]) -> String {
         let mut a = vec![BIN, "lab"];
         a.extend_from_slice(args);
@@ -267,14 +233,8 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
     let id = std::process::id() % 100_000;
     let name = format!("s{}", id % 10_000);
     let outer = format!("gwsvc-{id}");
-    let _ = sh(&["ip", "netns", "del", &outer]);
-    must(&["ip", "netns", "add", &outer]);
-    must(&["ip", "-n", &outer, "link", "set", "lo", "up"]);
     let tmp = tempfile::tempdir().unwrap();
-    let lab = Lab {
-        outer: outer.clone(),
-        dir: tmp.path().join("lab"),
-    };
+    let lab = Lab::new(&outer, tmp.path().join("lab"));
 
     // 1. Up: four machines, then the stack, its layers shown as they progress.
     let o = lab.run(

@@ -430,3 +430,59 @@ pub fn must(args: &[&str]) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A `groundwork lab` inside a network namespace of the test's own (`ip netns`), so the lab's
+/// bridge and machines touch nothing outside it. On drop: `lab down`, then the namespace is
+/// deleted, also when the test fails.
+pub struct NetnsLab {
+    pub outer: String,
+    /// The lab's `--dir`.
+    pub dir: PathBuf,
+}
+
+impl NetnsLab {
+    /// Creates the namespace `outer` (a stale one of the same name is removed first).
+    pub fn new(outer: &str, dir: PathBuf) -> NetnsLab {
+        let _ = sh(&["ip", "netns", "del", outer]);
+        must(&["ip", "netns", "add", outer]);
+        must(&["ip", "-n", outer, "link", "set", "lo", "up"]);
+        NetnsLab {
+            outer: outer.to_string(),
+            dir,
+        }
+    }
+
+    /// A command inside the namespace, bounded by `secs`, with the lab's kubeconfig.
+    pub fn run(&self, secs: u32, args: &[&str]) -> Output {
+        run_in(&self.outer, &self.dir, secs, args)
+    }
+
+    /// As `run` (200 s), asserting success; its standard output.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.run(200, args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}
+
+impl Drop for NetnsLab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.outer, "timeout", "120", BIN, "lab"])
+            .args(["down", "--dir"])
+            .arg(&self.dir)
+            .output();
+        let _ = sh(&["ip", "netns", "del", &self.outer]);
+    }
+}
+
+/// A command inside network namespace `outer`, bounded by `secs`, with `dir`'s lab
+/// kubeconfig (for threads that outlive no guard).
+pub fn run_in(outer: &str, dir: &Path, secs: u32, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", outer, "timeout", &secs.to_string()])
+        .args(args)
+        .env("KUBECONFIG", dir.join("data/kubeconfig"))
+        .output()
+        .unwrap()
+}

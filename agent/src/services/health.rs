@@ -11,12 +11,16 @@ pub async fn check(h: &HealthCheck, vars: &Vars) -> Result<(), String> {
     const LIMIT: Duration = Duration::from_secs(5);
     if let Some(url) = &h.http {
         let url = vars.expand(url);
-        let client = reqwest::Client::builder()
-            .timeout(LIMIT)
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        match client.get(&url).send().await {
+        // One client for every check of the process: a starting service is checked every
+        // 100 ms, and building a client (its TLS roots) each time is most of a check's cost.
+        static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let client = CLIENT.get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap_or_default()
+        });
+        match client.get(&url).timeout(LIMIT).send().await {
             Ok(r) if r.status().is_success() => {}
             Ok(r) => return Err(format!("GET {url}: {}", r.status())),
             Err(e) => return Err(format!("GET {url}: {}", e.without_url())),

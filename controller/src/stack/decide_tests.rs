@@ -78,6 +78,21 @@ fn run(stack: &ServiceStack, ms: &[Machine], have: &[ServiceInstance]) -> Plan {
     })
 }
 
+/// `metrics_and_db` (or any two-layer stack) brought to Ready on `ms`: both layers placed,
+/// every member running, bootstrap flags and scrape targets settled.
+fn settled(s: &ServiceStack, ms: &[Machine]) -> Vec<ServiceInstance> {
+    let mut have = stored(&run(s, ms, &[]), true);
+    let p = run(s, ms, &have);
+    have.extend(stored(&p, true));
+    let p = run(s, ms, &have);
+    for (name, spec) in &p.update {
+        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
+        i.spec = spec.clone();
+        i.status = Some(running(spec));
+    }
+    have
+}
+
 fn layer<'a>(plan: &'a Plan, name: &str) -> &'a LayerStatus {
     plan.layers.iter().find(|l| l.name == name).expect("layer")
 }
@@ -185,16 +200,7 @@ fn prometheus_scrapes_every_exporter_and_groundwork() {
 fn a_lost_machine_is_replaced_on_the_spare() {
     let s = metrics_and_db();
     let ms = machines(4);
-    let mut have = stored(&run(&s, &ms, &[]), true);
-    let p = run(&s, &ms, &have);
-    have.extend(stored(&p, true));
-    let p = run(&s, &ms, &have);
-    // Settle the bootstrap flag and the scrape targets.
-    for (name, spec, _) in p.update.iter().map(|(n, s)| (n, s, 0)) {
-        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
-        i.spec = spec.clone();
-        i.status = Some(running(spec));
-    }
+    let have = settled(&s, &ms);
     let p = run(&s, &ms, &have);
     assert!(p.create.is_empty() && p.delete.is_empty(), "{p:?}");
     assert_eq!(layer(&p, "database").phase, Some(LayerPhase::Ready));
@@ -372,15 +378,7 @@ fn node_selector_limits_placement() {
 fn without_a_majority_galera_members_are_held_not_replaced() {
     let s = metrics_and_db();
     let ms = machines(4);
-    let mut have = stored(&run(&s, &ms, &[]), true);
-    let p = run(&s, &ms, &have);
-    have.extend(stored(&p, true));
-    let p = run(&s, &ms, &have);
-    for (name, spec) in &p.update {
-        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
-        i.spec = spec.clone();
-        i.status = Some(running(spec));
-    }
+    let have = settled(&s, &ms);
     let db: Vec<String> = have
         .iter()
         .filter(|i| i.spec.service == ServiceType::Mysql)
@@ -434,15 +432,7 @@ fn without_a_majority_galera_members_are_held_not_replaced() {
 fn a_donor_is_not_restarted_while_another_member_joins() {
     let s = metrics_and_db();
     let ms = machines(4);
-    let mut have = stored(&run(&s, &ms, &[]), true);
-    let p = run(&s, &ms, &have);
-    have.extend(stored(&p, true));
-    let p = run(&s, &ms, &have);
-    for (name, spec) in &p.update {
-        let i = have.iter_mut().find(|i| &i.name_any() == name).unwrap();
-        i.spec = spec.clone();
-        i.status = Some(running(spec));
-    }
+    let mut have = settled(&s, &ms);
     // A change to the database layer: the first member takes it and restarts (joining).
     let mut s2 = s.clone();
     s2.spec.layers[1].config.mysql.as_mut().unwrap().databases = vec!["app2".into()];
