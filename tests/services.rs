@@ -737,10 +737,32 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
         events.contains("LayerReady") && events.contains("LayerDegraded"),
         "the layers' phase changes are Events: {described}"
     );
+    // Ready is what the members last reported; a member may still be catching up (a donor
+    // just after an SST, a member re-joining after the roll), so each read gets 30 s.
     let rows = |addr: &str| {
-        let o = lab.sql(addr, "3306", "app", &app_pw, "SELECT COUNT(*) FROM t");
-        assert!(o.status.success(), "{addr}: {}", text(&o));
-        support::stdout(&o).trim().to_string()
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let o = lab.sql(addr, "3306", "app", &app_pw, "SELECT COUNT(*) FROM t");
+            if o.status.success() {
+                return support::stdout(&o).trim().to_string();
+            }
+            if Instant::now() > deadline {
+                let i = addr
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("0")
+                    .parse::<u32>()
+                    .unwrap_or(0)
+                    .saturating_sub(10);
+                panic!(
+                    "{addr}: {}\nlab-{i} agent log:\n{}\ninstances: {}",
+                    text(&o),
+                    tail(&lab.dir.join(format!("machines/n{i}/agent.log")), 40),
+                    lab.ok(&["kubectl", "get", "serviceinstances", "-o", "wide"])
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
     };
     let count = rows(&db2[0].1);
     for (_, a) in &db2 {
