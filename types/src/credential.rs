@@ -65,6 +65,10 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
     }
 }
 
+/// The largest secret a Credential holds: room for what Groundwork generates and keeps
+/// (a Vault init answer with every key share is ~70 bytes a share), not only passwords.
+pub const MAX_SECRET_BYTES: usize = 16 * 1024;
+
 impl Validate for Credential {
     fn validate(&self) -> Vec<FieldError> {
         let s = &self.spec;
@@ -78,11 +82,11 @@ impl Validate for Credential {
             ));
         }
         if let Some(p) = &s.password
-            && (p.is_empty() || p.len() > 256)
+            && (p.is_empty() || p.len() > MAX_SECRET_BYTES)
         {
             errs.push(FieldError::invalid(
                 "spec.password",
-                "must be 1 to 256 bytes (value not shown)",
+                format!("must be 1 to {MAX_SECRET_BYTES} bytes (value not shown)"),
             ));
         }
         if s.password.is_none() && s.encrypted_password.is_none() {

@@ -227,8 +227,7 @@ pub struct LayerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub haproxy: Option<HaproxyConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form")]
-    pub vault: Option<Pending>,
+    pub vault: Option<VaultConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consul: Option<ConsulConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -563,6 +562,156 @@ fn consul_dns_port() -> u16 {
     8600
 }
 
+/// Vault servers: the secrets layer. Groundwork initialises Vault once (journalled: the
+/// intent is stored before `sys/init`, the whole answer sealed in one write after it),
+/// unseals every member after every restart, and keeps the mounts, policies and AppRole
+/// roles below in place (created when missing, never regenerated).
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultConfig {
+    /// The server binary (`vault`, or RustyVault's `rvault`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactSource>,
+    /// `vault` (default: integrated raft storage, 3 members) or `rustyVault` (RustyVault,
+    /// Apache-2.0: Vault's HTTP API in part, file storage, a single member, KV version 1).
+    #[serde(default)]
+    pub implementation: VaultImplementation,
+    /// API port (default 8200).
+    #[serde(default = "vault_port")]
+    pub port: u16,
+    /// Raft cluster port (default 8201).
+    #[serde(default = "vault_cluster_port")]
+    pub cluster_port: u16,
+    #[serde(default)]
+    pub unseal: VaultUnseal,
+    #[serde(default)]
+    pub kv: VaultKv,
+    /// A PKI root, created once (`pki/root/generate/internal`) and never regenerated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pki: Option<VaultPki>,
+    /// Copy the connectivity layer's Consul gossip key into KV (`PATH/consul/gossip`), once.
+    #[serde(default)]
+    pub consul_gossip_key: bool,
+    /// For each name: a policy reading `PATH/NAME/*` and an AppRole role bound to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_role_policies: Vec<String>,
+}
+
+impl Default for VaultConfig {
+    fn default() -> Self {
+        VaultConfig {
+            artifact: None,
+            implementation: VaultImplementation::default(),
+            port: vault_port(),
+            cluster_port: vault_cluster_port(),
+            unseal: VaultUnseal::default(),
+            kv: VaultKv::default(),
+            pki: None,
+            consul_gossip_key: false,
+            app_role_policies: vec![],
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum VaultImplementation {
+    #[default]
+    Vault,
+    RustyVault,
+}
+
+/// How members unseal.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultUnseal {
+    /// `shamir` (default): Groundwork keeps the key shares sealed in its store and unseals
+    /// every member that comes back sealed.
+    #[serde(default)]
+    pub mode: VaultUnsealMode,
+    /// Key shares (default 5).
+    #[serde(default = "vault_shares")]
+    pub shares: u8,
+    /// Shares needed to unseal (default 3).
+    #[serde(default = "vault_threshold")]
+    pub threshold: u8,
+}
+
+impl Default for VaultUnseal {
+    fn default() -> Self {
+        VaultUnseal {
+            mode: VaultUnsealMode::default(),
+            shares: vault_shares(),
+            threshold: vault_threshold(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum VaultUnsealMode {
+    #[default]
+    Shamir,
+}
+
+/// The KV secrets engine.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultKv {
+    /// Mount path (default `secret`).
+    #[serde(default = "vault_kv_path")]
+    pub path: String,
+    /// 2 (default; versioned) or 1.
+    #[serde(default = "vault_kv_version")]
+    pub version: u8,
+}
+
+impl Default for VaultKv {
+    fn default() -> Self {
+        VaultKv {
+            path: vault_kv_path(),
+            version: vault_kv_version(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VaultPki {
+    /// Mount path (default `pki`).
+    #[serde(default = "vault_pki_path")]
+    pub path: String,
+    pub common_name: String,
+    /// The root's lifetime (default `87600h`).
+    #[serde(default = "vault_pki_ttl")]
+    pub ttl: String,
+}
+
+fn vault_port() -> u16 {
+    8200
+}
+fn vault_cluster_port() -> u16 {
+    8201
+}
+fn vault_shares() -> u8 {
+    5
+}
+fn vault_threshold() -> u8 {
+    3
+}
+fn vault_kv_path() -> String {
+    "secret".into()
+}
+fn vault_kv_version() -> u8 {
+    2
+}
+fn vault_pki_path() -> String {
+    "pki".into()
+}
+fn vault_pki_ttl() -> String {
+    "87600h".into()
+}
+
 /// A layer's phase, and the stack's (its least advanced layer's).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 pub enum LayerPhase {
@@ -760,6 +909,89 @@ impl Layer {
                     format!("{at}.config.{camel}"),
                     format!("the layer does not run {key}: add it to services or remove this"),
                 ));
+            }
+        }
+        if let Some(v) = &c.vault {
+            let f = format!("{at}.config.vault");
+            check_port(format!("{f}.port"), v.port, errs);
+            check_port(format!("{f}.clusterPort"), v.cluster_port, errs);
+            if let Some(a) = &v.artifact {
+                check_artifact(&format!("{f}.artifact"), a, errs);
+            }
+            let u = &v.unseal;
+            if u.shares == 0 || u.threshold == 0 || u.threshold > u.shares {
+                errs.push(FieldError::invalid(
+                    format!("{f}.unseal.threshold"),
+                    format!(
+                        "{} of {} shares: at least 1 and at most the shares",
+                        u.threshold, u.shares
+                    ),
+                ));
+            } else if u.shares > 1 && u.threshold == 1 {
+                errs.push(FieldError::invalid(
+                    format!("{f}.unseal.threshold"),
+                    "1 of several shares: any one share would unseal; use 1 share or a threshold of 2 or more",
+                ));
+            }
+            let mount = |field: String, p: &str, errs: &mut Vec<FieldError>| {
+                if p.is_empty()
+                    || p.starts_with("sys")
+                    || p.starts_with("auth")
+                    || !p
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_')
+                {
+                    errs.push(FieldError::invalid(
+                        field,
+                        format!(
+                            "{p:?}: a mount path of letters, digits, - and _ (not sys or auth)"
+                        ),
+                    ));
+                }
+            };
+            mount(format!("{f}.kv.path"), &v.kv.path, errs);
+            if !matches!(v.kv.version, 1 | 2) {
+                errs.push(FieldError::invalid(
+                    format!("{f}.kv.version"),
+                    format!("{}: 1 or 2", v.kv.version),
+                ));
+            }
+            if let Some(p) = &v.pki {
+                mount(format!("{f}.pki.path"), &p.path, errs);
+                if p.path == v.kv.path {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.pki.path"),
+                        "the same path as kv.path",
+                    ));
+                }
+                if p.common_name.is_empty() {
+                    errs.push(FieldError::required(
+                        format!("{f}.pki.commonName"),
+                        "the root certificate's common name",
+                    ));
+                }
+            }
+            check_unique(
+                &format!("{f}.appRolePolicies"),
+                v.app_role_policies.iter().map(String::as_str),
+                errs,
+            );
+            for (j, n) in v.app_role_policies.iter().enumerate() {
+                check_name(&format!("{f}.appRolePolicies[{j}]"), n, errs);
+            }
+            if v.implementation == VaultImplementation::RustyVault {
+                if self.placement.as_ref().and_then(|p| p.count) != Some(1) {
+                    errs.push(FieldError::invalid(
+                        format!("{at}.placement.count"),
+                        "RustyVault keeps its data in local files (no raft): set count: 1",
+                    ));
+                }
+                if v.kv.version != 1 {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.kv.version"),
+                        "RustyVault has KV version 1 only: set version: 1",
+                    ));
+                }
             }
         }
         if let Some(k) = &c.consul {
@@ -1189,6 +1421,29 @@ mod tests {
         ] {
             assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
         }
+        let e = errors(serde_json::json!({"name": "s", "services": ["vault"],
+            "placement": {"count": 3},
+            "config": {"vault": {"implementation": "rustyVault",
+              "unseal": {"shares": 3, "threshold": 4}, "kv": {"path": "sys"},
+              "pki": {"path": "pki", "commonName": ""}, "appRolePolicies": ["a", "a"]}}}));
+        for w in [
+            "spec.layers[0].config.vault.unseal.threshold: 4 of 3",
+            "spec.layers[0].config.vault.kv.path: ",
+            "spec.layers[0].config.vault.pki.commonName: ",
+            "spec.layers[0].config.vault.appRolePolicies",
+            "spec.layers[0].placement.count: RustyVault",
+            "spec.layers[0].config.vault.kv.version: RustyVault",
+        ] {
+            assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
+        }
+        let e = errors(serde_json::json!({"name": "s", "services": ["vault"],
+            "config": {"vault": {"unseal": {"shares": 5, "threshold": 1}}}}));
+        assert!(
+            e.iter().any(
+                |x| x.starts_with("spec.layers[0].config.vault.unseal.threshold: 1 of several")
+            ),
+            "{e:#?}"
+        );
         let e = errors(serde_json::json!({"name": "i", "services": ["openldap"]}));
         assert_eq!(
             e,

@@ -357,19 +357,29 @@ pub fn decide(o: &Observed) -> Plan {
                 .keys()
                 .filter(|n| !usable.iter().any(|m| &m.name == *n))
                 .collect();
+            let small = current.len() < 3;
             if drivers::quorum_based(*s)
-                && current.len() >= 3
-                && current.len() - lost.len() < quorum(current.len())
+                && !lost.is_empty()
+                && (small || current.len() - lost.len() < quorum(current.len()))
             {
                 // Without a majority nothing may be replaced: the members stay where their
                 // data is, and the cluster restarts from them when their machines return.
-                held.push(format!(
-                    "a majority of the {s} members: {} lost (members are not replaced without one, so no data is lost)",
-                    lost.iter()
-                        .map(|n| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                // Fewer than three members are no quorum at all: each may hold the only
+                // copy of the data (a single Vault, a single database).
+                let lost = lost
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                held.push(if small {
+                    format!(
+                        "the {s} members' machines: {lost} lost (fewer than three members hold the only copy of their data: they are not replaced)"
+                    )
+                } else {
+                    format!(
+                        "a majority of the {s} members: {lost} lost (members are not replaced without one, so no data is lost)"
+                    )
+                });
                 let ms = existing
                     .iter()
                     .filter(|i| i.spec.service == *s)
@@ -710,7 +720,7 @@ pub fn decide(o: &Observed) -> Plan {
     plan
 }
 
-fn cond(
+pub(crate) fn cond(
     type_: &str,
     ok: bool,
     reason: &str,

@@ -334,16 +334,16 @@ fn an_unready_member_is_changed_at_once_and_a_refusal_fails_the_layer() {
 
 #[test]
 fn services_without_a_driver_keep_the_layer_pending_and_name_it() {
-    let s = stack(json!([{"name": "secrets", "services": ["vault"]}]));
+    let s = stack(json!([{"name": "scheduling", "services": ["nomad"]}]));
     let p = run(&s, &machines(3), &[]);
     assert!(p.create.is_empty());
-    let l = layer(&p, "secrets");
+    let l = layer(&p, "scheduling");
     assert_eq!(l.phase, Some(LayerPhase::Pending));
     assert!(
         l.waiting_for
             .as_deref()
             .unwrap_or_default()
-            .contains("vault")
+            .contains("nomad")
     );
 }
 
@@ -555,4 +555,33 @@ fn a_ready_consul_layer_gets_every_instance_in_its_catalog() {
                 .all(|e| !e.passing)
         );
     }
+}
+
+#[test]
+fn a_single_vault_member_holds_the_only_data_and_is_not_replaced() {
+    let s = stack(json!([
+        {"name": "secrets", "services": ["vault"], "placement": {"count": 1},
+         "config": {"vault": {"implementation": "rustyVault", "kv": {"version": 1},
+                              "artifact": {"url": "http://10.0.0.254:8080/artifacts/rvault",
+                                           "sha256": "0000000000000000000000000000000000000000000000000000000000000000"}}}},
+    ]));
+    let ms = machines(2);
+    let have = settled(&s, &ms);
+    assert_eq!(have.len(), 1);
+    let on = have[0].spec.node.clone();
+    let left: Vec<Machine> = ms.iter().filter(|m| m.name != on).cloned().collect();
+    let p = run(&s, &left, &have);
+    assert!(
+        p.delete.is_empty() && p.create.is_empty(),
+        "{:?} {:?}",
+        p.delete,
+        p.create
+    );
+    let l = layer(&p, "secrets");
+    assert_ne!(l.phase, Some(LayerPhase::Ready));
+    let why = l.waiting_for.clone().unwrap_or_default();
+    assert!(why.contains("only copy") && why.contains(&on), "{why}");
+    // The machine returns: the member is where it was.
+    let p = run(&s, &ms, &have);
+    assert!(p.delete.is_empty() && p.create.is_empty());
 }

@@ -7,6 +7,7 @@
 mod catalog;
 pub mod decide;
 pub mod drivers;
+pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -147,6 +148,82 @@ impl StackController {
         Ok(())
     }
 
+    /// Vault's bootstrap for each layer running it with placed members: its steps and, while
+    /// it is not done, the layer is not Ready (it says what it waits for). True while a
+    /// layer still bootstraps.
+    async fn bootstrap_vault(
+        &self,
+        stack: &ServiceStack,
+        layers: &mut [groundwork_types::LayerStatus],
+        ctx: &Ctx,
+    ) -> bool {
+        use groundwork_types::ServiceType;
+        let name = stack.name_any();
+        let mut busy = false;
+        for l in layers.iter_mut() {
+            let Some(layer) = stack.spec.layers.iter().find(|x| x.name == l.name) else {
+                continue;
+            };
+            if !layer.services.contains(&ServiceType::Vault) {
+                continue;
+            }
+            let members: Vec<String> = l
+                .members
+                .iter()
+                .filter(|m| m.service == ServiceType::Vault.as_str())
+                .filter_map(|m| m.address.clone())
+                .collect();
+            if members.is_empty() || l.phase == Some(LayerPhase::Pending) {
+                continue;
+            }
+            let cfg = drivers::vault::config(layer);
+            let gossip = stack
+                .spec
+                .layers
+                .iter()
+                .find(|x| x.services.contains(&ServiceType::Consul))
+                .map(|x| drivers::consul::generated(&name, &x.name)[0].0.clone())
+                .and_then(|g| {
+                    let c = ctx.caches.store::<Credential>().get(&ObjectRef::new(&g))?;
+                    let sealed = c.spec.encrypted_password.clone()?;
+                    ctx.secret_key
+                        .as_ref()?
+                        .open(&format!("credentials/{g}"), &sealed)
+                        .ok()
+                });
+            let out = vault::converge(stack, &l.name, &cfg, &members, gossip, ctx).await;
+            l.bootstrap_steps_done = out.done;
+            let (ok, reason, msg) = match (&out.stop, &out.waiting) {
+                (Some((reason, msg)), _) => (false, *reason, msg.clone()),
+                (None, Some(w)) => (false, "Bootstrapping", format!("waiting for {w}")),
+                (None, None) => (
+                    true,
+                    "Bootstrapped",
+                    "initialised, unsealed and configured".to_string(),
+                ),
+            };
+            l.conditions
+                .push(decide::cond("VaultBootstrapped", ok, reason, msg));
+            if let Some(w) = out.waiting {
+                busy = true;
+                if out.stop.is_some() {
+                    l.phase = Some(LayerPhase::Failed);
+                    l.waiting_for = Some(w);
+                } else if l.phase == Some(LayerPhase::Ready) {
+                    l.phase = Some(LayerPhase::Progressing);
+                    l.waiting_for = Some(w);
+                }
+                let phase = format!("{:?}", l.phase.unwrap_or(LayerPhase::Progressing));
+                if let Some(c) = l.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+                    c.status = "False".into();
+                    c.reason = phase;
+                    c.message = l.waiting_for.clone().unwrap_or_default();
+                }
+            }
+        }
+        busy
+    }
+
     pub fn new(groundwork_metrics: Option<String>) -> Self {
         StackController {
             groundwork_metrics,
@@ -226,6 +303,11 @@ impl Reconciler for StackController {
         };
         if let Some(i) = change.get::<ServiceInstance>() {
             return i.labels().get(STACK_LABEL).cloned().into_iter().collect();
+        }
+        // A stack's own Credentials (generated secrets, Vault's journal): a deleted journal
+        // is seen at once.
+        if let Some(c) = change.get::<Credential>() {
+            return c.labels().get(STACK_LABEL).cloned().into_iter().collect();
         }
         if let Some(n) = change.get::<Node>() {
             let now = fingerprint(&n);
@@ -334,11 +416,15 @@ impl Reconciler for StackController {
             Some(c) => self.sync_catalog(&name, c, ctx).await,
             None => true,
         };
-        let then = self.report(&stack, plan.layers, ctx).await?;
-        Ok(if synced {
-            then
-        } else {
+        let mut layers = plan.layers;
+        let bootstrapping = self.bootstrap_vault(&stack, &mut layers, ctx).await;
+        let then = self.report(&stack, layers, ctx).await?;
+        Ok(if !synced {
             Action::Requeue(Duration::from_secs(5))
+        } else if bootstrapping {
+            Action::Requeue(Duration::from_secs(2))
+        } else {
+            then
         })
     }
 }

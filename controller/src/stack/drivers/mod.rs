@@ -10,6 +10,7 @@ pub mod consul;
 mod metrics;
 pub mod mysql;
 mod openldap;
+pub mod vault;
 
 use std::collections::BTreeMap;
 
@@ -62,6 +63,7 @@ pub fn supported(service: ServiceType) -> bool {
             | ServiceType::Mysql
             | ServiceType::Haproxy
             | ServiceType::Consul
+            | ServiceType::Vault
     )
 }
 
@@ -91,6 +93,7 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         ServiceType::Mysql => c.mysql.as_ref()?.port,
         ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
         ServiceType::Consul => c.consul.clone().unwrap_or_default().http_port,
+        ServiceType::Vault => c.vault.clone().unwrap_or_default().port,
         _ => return None,
     })
 }
@@ -139,6 +142,7 @@ fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         ServiceType::Mysql => mysql::render_mysql(ctx),
         ServiceType::Haproxy => mysql::render_haproxy(ctx),
         ServiceType::Consul => consul::render(ctx),
+        ServiceType::Vault => vault::render(ctx),
         other => Err(format!(
             "Groundwork has no driver for {other} yet: the layer is stored, not run"
         )),

@@ -1,0 +1,244 @@
+//! Vault servers: the secrets layer.
+//!
+//! - `implementation: vault`: integrated raft storage on every member, `retry_join` to the
+//!   others, so one `sys/init` initialises the cluster and the others join it once unsealed.
+//! - `implementation: rustyVault`: RustyVault (Apache-2.0), Vault's HTTP API in part, with
+//!   file storage: one member.
+//! - Healthy means unsealed (`sys/seal-status` says `"sealed":false`): a member that comes
+//!   back sealed is not Ready until the stack controller unseals it (`super::super::vault`).
+//! - The binary comes from the artifact store (Vault is not packaged for Debian 12).
+
+use groundwork_types::{
+    Artifact, HealthCheck, InstanceFile, RunSpec, ServiceInstanceSpec, ServiceType, VaultConfig,
+    VaultImplementation,
+};
+
+use super::{RenderCtx, argv};
+
+/// The layer's Vault configuration, defaults filled in.
+pub fn config(layer: &groundwork_types::Layer) -> VaultConfig {
+    layer.config.vault.clone().unwrap_or_default()
+}
+
+/// `http://ADDR:PORT`: where Groundwork and clients reach a member.
+pub fn api_url(cfg: &VaultConfig, address: &str) -> String {
+    format!("http://{address}:{}", cfg.port)
+}
+
+pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
+    let field = format!("{}.config.vault", ctx.field());
+    let cfg = config(ctx.layer);
+    let Some(artifact) = cfg.artifact.clone() else {
+        return Err(format!(
+            "{field}.artifact: required: Vault is not packaged for Debian 12; put the server \
+             binary in the artifact store and name it here (url and sha256)"
+        ));
+    };
+    let addr = &ctx.me.address;
+    let api = api_url(&cfg, addr);
+    let (file, content, command) = match cfg.implementation {
+        VaultImplementation::Vault => {
+            let joins: String = ctx
+                .peers
+                .get(&ServiceType::Vault)
+                .into_iter()
+                .flatten()
+                .filter(|m| m.address != *addr)
+                .map(|m| {
+                    format!(
+                        "  retry_join {{\n    leader_api_addr = \"{}\"\n  }}\n",
+                        api_url(&cfg, &m.address)
+                    )
+                })
+                .collect();
+            (
+                "vault.hcl",
+                format!(
+                    "# Rendered by Groundwork from ServiceStack {stack}, layer {layer}.
+storage \"raft\" {{
+  path    = \"{{data}}\"
+  node_id = \"{node}\"
+{joins}}}
+
+listener \"tcp\" {{
+  address         = \"{addr}:{port}\"
+  cluster_address = \"{addr}:{cport}\"
+  tls_disable     = true
+}}
+
+api_addr      = \"{api}\"
+cluster_addr  = \"http://{addr}:{cport}\"
+disable_mlock = true
+ui            = false
+",
+                    stack = ctx.stack,
+                    layer = ctx.layer.name,
+                    node = ctx.me.node,
+                    port = cfg.port,
+                    cport = cfg.cluster_port,
+                ),
+                argv(&["{artifact}", "server", "-config={conf}/vault.hcl"]),
+            )
+        }
+        VaultImplementation::RustyVault => (
+            "rvault.hcl",
+            format!(
+                "# Rendered by Groundwork from ServiceStack {stack}, layer {layer}.
+storage \"file\" {{
+  path = \"{{data}}\"
+}}
+
+listener \"tcp\" {{
+  address     = \"{addr}:{port}\"
+  tls_disable = \"true\"
+}}
+
+api_addr  = \"{api}\"
+work_dir  = \"{{dir}}/work\"
+log_level = \"info\"
+daemon    = \"false\"
+",
+                stack = ctx.stack,
+                layer = ctx.layer.name,
+                port = cfg.port,
+            ),
+            argv(&["{artifact}", "server", "--config", "{conf}/rvault.hcl"]),
+        ),
+    };
+    Ok(ServiceInstanceSpec {
+        artifact: Artifact {
+            packages: vec![],
+            fetch: Some(artifact),
+        },
+        files: vec![InstanceFile {
+            path: file.into(),
+            content,
+            mode: Some("0600".into()),
+        }],
+        run: RunSpec {
+            command,
+            stop_grace_seconds: 10,
+            ..Default::default()
+        },
+        // Healthy: running and unsealed.
+        health: HealthCheck {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "curl -sf --max-time 2 {api}/v1/sys/seal-status | grep -q '\"sealed\":false'"
+                ),
+            ],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use groundwork_types::{ArtifactSource, Layer, LayerConfig};
+
+    use super::super::Member;
+    use super::*;
+
+    fn layer(implementation: VaultImplementation) -> Layer {
+        Layer {
+            name: "secrets".into(),
+            services: vec![ServiceType::Vault],
+            config: LayerConfig {
+                vault: Some(VaultConfig {
+                    artifact: Some(ArtifactSource {
+                        url: "http://10.0.0.1:8080/artifacts/vault".into(),
+                        sha256: "0".repeat(64),
+                    }),
+                    implementation,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn members() -> BTreeMap<ServiceType, Vec<Member>> {
+        let m = |i: u32| Member {
+            node: format!("n{i}"),
+            address: format!("10.0.0.{}", 10 + i),
+            ordinal: i,
+        };
+        [(ServiceType::Vault, vec![m(0), m(1), m(2)])].into()
+    }
+
+    fn render_for(l: &Layer, peers: &BTreeMap<ServiceType, Vec<Member>>) -> ServiceInstanceSpec {
+        let me = &peers[&ServiceType::Vault][0];
+        render(&RenderCtx {
+            stack: "platform",
+            layer: l,
+            layer_index: 0,
+            service: ServiceType::Vault,
+            me,
+            peers,
+            scrape: &[],
+            groundwork_metrics: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn raft_members_join_each_other_and_health_means_unsealed() {
+        let peers = members();
+        let spec = render_for(&layer(VaultImplementation::Vault), &peers);
+        let hcl = &spec.files[0].content;
+        assert!(hcl.contains("storage \"raft\""), "{hcl}");
+        assert!(hcl.contains("node_id = \"n0\""), "{hcl}");
+        assert!(
+            !hcl.contains("leader_api_addr = \"http://10.0.0.10:8200\""),
+            "not itself"
+        );
+        for a in ["10.0.0.11", "10.0.0.12"] {
+            assert!(
+                hcl.contains(&format!("leader_api_addr = \"http://{a}:8200\"")),
+                "{hcl}"
+            );
+        }
+        assert!(
+            hcl.contains("cluster_address = \"10.0.0.10:8201\""),
+            "{hcl}"
+        );
+        assert!(spec.health.command[2].contains("\"sealed\":false"));
+        assert_eq!(spec.run.command[1], "server");
+    }
+
+    #[test]
+    fn rustyvault_keeps_files_and_no_raft() {
+        let peers = members();
+        let spec = render_for(&layer(VaultImplementation::RustyVault), &peers);
+        let hcl = &spec.files[0].content;
+        assert!(hcl.contains("storage \"file\""), "{hcl}");
+        assert!(!hcl.contains("raft"), "{hcl}");
+        assert!(hcl.contains("address     = \"10.0.0.10:8200\""), "{hcl}");
+        assert_eq!(spec.run.command[2], "--config");
+    }
+
+    #[test]
+    fn no_artifact_names_the_field() {
+        let mut l = layer(VaultImplementation::Vault);
+        l.config.vault.as_mut().unwrap().artifact = None;
+        let peers = members();
+        let e = render(&RenderCtx {
+            stack: "platform",
+            layer: &l,
+            layer_index: 2,
+            service: ServiceType::Vault,
+            me: &peers[&ServiceType::Vault][0],
+            peers: &peers,
+            scrape: &[],
+            groundwork_metrics: None,
+        })
+        .unwrap_err();
+        assert!(e.starts_with("spec.layers[2].config.vault.artifact"), "{e}");
+    }
+}

@@ -1,0 +1,440 @@
+//! The secrets layer against a real RustyVault (crate `rusty_vault` 0.2.1, built by
+//! `tests/run` into /var/tmp/groundwork-rustyvault): initialised once with the answer
+//! journalled and sealed in the store, unsealed again within seconds whenever the server
+//! restarts, configured (KV, AppRole, policies, roles) level-triggered, a dependent layer
+//! gated on it, and no key share or root token in a log, an API answer or the raw store.
+//! The journal's crash points are covered by `stack::vault::tests` (unit); here a deleted
+//! journal is shown to stop the layer rather than initialise again. Needs root.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{BIN, text};
+
+fn rvault_binary() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("GW_RVAULT_BIN")
+            .unwrap_or_else(|_| "/var/tmp/groundwork-rustyvault/bin/rvault".into()),
+    );
+    assert!(
+        p.exists(),
+        "{} is missing: tests/run builds RustyVault 0.2.1 (tests/fetch-rustyvault.sh)",
+        p.display()
+    );
+    p
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    support::stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// PIDs of processes whose command line contains `needle`, in the network namespace `net`.
+fn pids_in(net: &str, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net"))
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if ns == net && String::from_utf8_lossy(&cmd).contains(needle) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn vault_is_initialised_once_unsealed_after_restarts_and_configured() {
+    let rvault = rvault_binary();
+    let id = std::process::id() % 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = support::NetnsLab::new(&format!("gwvlt-{id}"), tmp.path().join("lab"));
+    let name = format!("v{}", id % 10_000);
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&[
+        BIN,
+        "lab",
+        "up",
+        "--netns",
+        "--no-stack",
+        "--machines",
+        "1",
+        "--name",
+        &name,
+        "--dir",
+        &dir,
+    ]);
+    let art = lab.dir.join("boot/artifacts/rvault");
+    std::fs::copy(&rvault, &art).unwrap();
+    let stack = |policies: &str| {
+        format!(
+            r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {{name: platform}}
+spec:
+  datacenter: lab
+  layers:
+    - name: secrets
+      services: [vault]
+      placement: {{count: 1}}
+      config:
+        vault:
+          implementation: rustyVault
+          artifact: {{url: "http://10.97.0.1:8080/artifacts/rvault", sha256: "{}"}}
+          unseal: {{shares: 5, threshold: 3}}
+          kv: {{path: secret, version: 1}}
+          appRolePolicies: [{policies}]
+    - name: metrics
+      services: [node-exporter]
+      dependsOn: [secrets]
+"#,
+            sha256_hex(&art)
+        )
+    };
+    let f = tmp.path().join("stack.yaml");
+    std::fs::write(&f, stack("consul, nomad")).unwrap();
+    let t0 = Instant::now();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    wait_ready(&lab, 180);
+    eprintln!(
+        "secrets layer (RustyVault) initialised, unsealed, configured and Ready {:.1}s after apply",
+        t0.elapsed().as_secs_f64()
+    );
+    let stack_json = || -> Value {
+        serde_json::from_str(&lab.ok(&["kubectl", "get", "servicestack", "platform", "-o", "json"]))
+            .unwrap()
+    };
+    let s = stack_json();
+    let layer = s["status"]["layers"][0].clone();
+    let steps = layer["bootstrapStepsDone"].to_string();
+    for want in [
+        "initialised (journalled)",
+        "kv v1 at secret/",
+        "approle auth",
+        "AppRole role consul",
+        "AppRole role nomad",
+    ] {
+        assert!(steps.contains(want), "{want} not in {steps}");
+    }
+
+    // The journal: committed, the answer sealed (no plaintext through the API).
+    let journal = "platform-secrets-vault-init";
+    let j: Value =
+        serde_json::from_str(&lab.ok(&["kubectl", "get", "credential", journal, "-o", "json"]))
+            .unwrap();
+    assert_eq!(
+        j["metadata"]["annotations"]["groundwork.dev/journal"], "committed",
+        "{j}"
+    );
+    assert!(j["spec"]["password"].is_null(), "{j}");
+    assert!(j["spec"]["encryptedPassword"].is_string(), "{j}");
+    // An administrator reveals it (audited): the shares and a root token that works.
+    let kc = lab.dir.join("data/kubeconfig");
+    let answer: Value = serde_json::from_str(&lab.ok(&[
+        BIN,
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "secrets",
+        "reveal",
+        &format!("credential/{journal}"),
+        "--password",
+    ]))
+    .unwrap();
+    let keys: Vec<String> = answer["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let root = answer["rootToken"].as_str().unwrap().to_string();
+    assert_eq!(keys.len(), 5);
+    let addr = "10.97.0.11";
+    let vault = |path: &str| -> Value {
+        let o = lab.ok(&[
+            "curl",
+            "-sf",
+            "-H",
+            &format!("X-Vault-Token: {root}"),
+            &format!("http://{addr}:8200/v1/{path}"),
+        ]);
+        serde_json::from_str(&o).unwrap_or(Value::Null)
+    };
+    let mounts = vault("sys/mounts");
+    assert!(mounts.get("secret/").is_some(), "{mounts}");
+    let auth = vault("sys/auth");
+    assert!(auth.get("approle/").is_some(), "{auth}");
+    let role = vault("auth/approle/role/consul");
+    assert!(role.to_string().contains("consul"), "{role}");
+    // Init is not repeated: Vault says it is initialised, and a second sys/init is refused.
+    let again = lab.run(
+        10,
+        &[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "PUT",
+            "-d",
+            r#"{"secret_shares":1,"secret_threshold":1}"#,
+            &format!("http://{addr}:8200/v1/sys/init"),
+        ],
+    );
+    assert_ne!(support::stdout(&again), "200", "a second init was accepted");
+
+    // The dependent layer ran only after the secrets layer: its Ready is later.
+    let ready_at = |i: usize| {
+        s["status"]["layers"][i]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()["lastTransitionTime"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(ready_at(1) >= ready_at(0), "{}", s["status"]);
+
+    // The server restarts (SIGKILL): it comes back sealed and Groundwork unseals it.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let net = state["machines"][0]["net"].as_str().unwrap().to_string();
+    let seal = || -> Option<bool> {
+        let o = lab.run(
+            3,
+            &[
+                "curl",
+                "-sf",
+                "--max-time",
+                "1",
+                &format!("http://{addr}:8200/v1/sys/seal-status"),
+            ],
+        );
+        serde_json::from_str::<Value>(&support::stdout(&o))
+            .ok()?
+            .get("sealed")?
+            .as_bool()
+    };
+    let mut unseal_times = Vec::new();
+    for round in 0..3 {
+        let pids = pids_in(&net, "rvault.hcl");
+        assert_eq!(pids.len(), 1, "one rvault in the machine: {pids:?}");
+        nix_kill(pids[0]);
+        // Back, sealed (the agent restarts it) ...
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let back = loop {
+            let now = Instant::now();
+            if seal() == Some(true) {
+                break now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the server did not come back sealed"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // ... and unsealed by Groundwork.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while seal() != Some(false) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: still sealed after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unseal_times.push(back.elapsed().as_secs_f64());
+    }
+    eprintln!("sealed → unsealed after a restart: {unseal_times:.2?} s");
+    assert!(unseal_times.iter().all(|t| *t < 15.0), "{unseal_times:?}");
+    // The data survived: the mounts are those of the first init.
+    let mounts = vault("sys/mounts");
+    assert!(mounts.get("secret/").is_some(), "{mounts}");
+
+    // Level-triggered: a role added to the spec appears; nothing is initialised again.
+    std::fs::write(&f, stack("consul, nomad, prometheus")).unwrap();
+    let t1 = Instant::now();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let role = || {
+        let o = lab.run(
+            10,
+            &[
+                "curl",
+                "-sf",
+                "-H",
+                &format!("X-Vault-Token: {root}"),
+                &format!("http://{addr}:8200/v1/auth/approle/role/prometheus"),
+            ],
+        );
+        support::stdout(&o)
+    };
+    while !role().contains("prometheus") {
+        assert!(Instant::now() < deadline, "the prometheus role never came");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    eprintln!(
+        "a role added to the spec is in Vault {:.1}s after apply",
+        t1.elapsed().as_secs_f64()
+    );
+    // Secrets are in no log, API answer or the raw store.
+    let mut logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    logs += &std::fs::read_to_string(lab.dir.join("machines/n1/agent.log")).unwrap_or_default();
+    for e in walk(&lab.dir.join("machines/n1/var-lib-groundwork/services")) {
+        if e.extension().is_some_and(|x| x == "log") || e.to_string_lossy().contains("/logs/") {
+            logs += &std::fs::read_to_string(&e).unwrap_or_default();
+        }
+    }
+    let api = lab.ok(&[
+        "kubectl",
+        "get",
+        "credentials,serviceinstances,servicestacks,events",
+        "-o",
+        "json",
+    ]);
+    let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
+    for v in keys.iter().chain([&root]) {
+        assert!(
+            !logs.contains(v.as_str()),
+            "a key share or the root token is in a log"
+        );
+        assert!(
+            !api.contains(v.as_str()),
+            "a key share or the root token is in an API answer"
+        );
+        assert!(
+            !store.windows(v.len()).any(|w| w == v.as_bytes()),
+            "a key share or the root token is in the raw store"
+        );
+    }
+
+    // The journal is deleted (an operator's mistake): Groundwork holds no keys for an
+    // initialised Vault. It says so and never initialises again.
+    lab.ok(&["kubectl", "delete", "credential", journal]);
+    let t2 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let cond = loop {
+        let s = stack_json();
+        let c = s["status"]["layers"][0]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "VaultBootstrapped")
+            .cloned();
+        if let Some(c) = c
+            && c["reason"] == "InitSecretsLost"
+        {
+            break c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no InitSecretsLost condition: {}",
+            s["status"]
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    eprintln!(
+        "InitSecretsLost {:.1}s after the journal was deleted",
+        t2.elapsed().as_secs_f64()
+    );
+    assert!(
+        cond["message"]
+            .as_str()
+            .unwrap()
+            .contains("initialised without keys"),
+        "{cond}"
+    );
+    assert_eq!(stack_json()["status"]["layers"][0]["phase"], "Failed");
+    // The root token of the first init still works: nothing was initialised again.
+    let me = vault("sys/mounts");
+    assert!(me.get("secret/").is_some(), "{me}");
+    assert!(
+        lab.run(5, &["kubectl", "get", "credential", journal])
+            .status
+            .code()
+            != Some(0),
+        "a new journal was written: {}",
+        text(&lab.run(5, &["kubectl", "get", "credential", journal]))
+    );
+}
+
+/// Waits for the stack's Ready condition; on timeout, fails with the status and the logs.
+fn wait_ready(lab: &support::NetnsLab, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let o = lab.run(
+            10,
+            &["kubectl", "get", "servicestack", "platform", "-o", "json"],
+        );
+        let s: Value = serde_json::from_str(&support::stdout(&o)).unwrap_or(Value::Null);
+        let ready = s["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        if ready {
+            return;
+        }
+        if Instant::now() > deadline {
+            let tail = |p: PathBuf| {
+                let t = std::fs::read_to_string(p).unwrap_or_default();
+                let l: Vec<&str> = t.lines().collect();
+                l[l.len().saturating_sub(40)..].join("\n")
+            };
+            let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap_or_default();
+            let first: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("vault"))
+                .take(12)
+                .collect();
+            panic!(
+                "not Ready after {secs} s\nfirst vault lines:\n{}\nstatus: {}\ninstances: {}\nserver log:\n{}\nagent log:\n{}",
+                first.join("\n"),
+                serde_json::to_string_pretty(&s["status"]).unwrap_or_default(),
+                text(&lab.run(10, &["kubectl", "get", "serviceinstances", "-o", "yaml"])),
+                tail(lab.dir.join("server.log")),
+                tail(lab.dir.join("machines/n1/agent.log")),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn nix_kill(pid: i32) {
+    let o = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "kill -9 {pid}: {}", text(&o));
+}
+
+fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
