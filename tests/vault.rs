@@ -373,6 +373,134 @@ spec:
     );
 }
 
+/// The server is killed (abort, as SIGKILL) at each point of Vault's one-shot init, then
+/// started again: the layer converges with no human, init ran once per attempt (twice only
+/// when the crash fell between Vault's answer and its commit: that Vault held nothing and
+/// its data is kept aside), and the stored keys are those of the running Vault.
+#[test]
+fn a_crash_at_each_init_point_neither_inits_twice_nor_loses_keys() {
+    let rvault = rvault_binary();
+    for (k, point) in [
+        "vault-before-intent",
+        "vault-after-intent",
+        "vault-after-init",
+        "vault-after-commit",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = std::process::id() % 10_000;
+        let tmp = tempfile::tempdir().unwrap();
+        let lab = support::NetnsLab::new(&format!("gwvc{k}-{id}"), tmp.path().join("lab"));
+        let dir = lab.dir.to_str().unwrap().to_string();
+        lab.ok(&[
+            BIN,
+            "lab",
+            "up",
+            "--netns",
+            "--no-stack",
+            "--machines",
+            "1",
+            "--name",
+            &format!("vc{k}{}", id % 1000),
+            "--dir",
+            &dir,
+        ]);
+        let art = lab.dir.join("boot/artifacts/rvault");
+        std::fs::copy(&rvault, &art).unwrap();
+        let f = tmp.path().join("stack.yaml");
+        std::fs::write(
+            &f,
+            format!(
+                r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {{name: platform}}
+spec:
+  datacenter: lab
+  layers:
+    - name: secrets
+      services: [vault]
+      placement: {{count: 1}}
+      config:
+        vault:
+          implementation: rustyVault
+          artifact: {{url: "http://10.97.0.1:8080/artifacts/rvault", sha256: "{}"}}
+          kv: {{version: 1}}
+"#,
+                sha256_hex(&art)
+            ),
+        )
+        .unwrap();
+        std::fs::write(lab.dir.join("data/crashpoint"), point).unwrap();
+        lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+        // The server dies at the point.
+        let state: Value =
+            serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap())
+                .unwrap();
+        let pid = state["serverPid"]
+            .as_u64()
+            .or_else(|| state["server_pid"].as_u64())
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "{point}: the server did not die there"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+        assert!(
+            log.contains(&format!("crash point {point}")),
+            "{point}: died elsewhere"
+        );
+        lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
+        wait_ready(&lab, 120);
+
+        let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+        let inits = log.matches("vault: initialising").count();
+        let want = if *point == "vault-after-init" { 2 } else { 1 };
+        assert_eq!(inits, want, "{point}: sys/init calls");
+        let journal = "platform-secrets-vault-init";
+        let kc = lab.dir.join("data/kubeconfig");
+        let answer: Value = serde_json::from_str(&lab.ok(&[
+            BIN,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "secrets",
+            "reveal",
+            &format!("credential/{journal}"),
+            "--password",
+        ]))
+        .unwrap();
+        let root = answer["rootToken"].as_str().unwrap();
+        let o = lab.run(
+            10,
+            &[
+                "curl",
+                "-sf",
+                "-H",
+                &format!("X-Vault-Token: {root}"),
+                "http://10.97.0.11:8200/v1/sys/mounts",
+            ],
+        );
+        assert!(
+            o.status.success() && support::stdout(&o).contains("secret/"),
+            "{point}: the stored root token does not open the running Vault: {}",
+            text(&o)
+        );
+        let aside = walk(&lab.dir.join("machines/n1/var-lib-groundwork/services"))
+            .iter()
+            .any(|p| p.to_string_lossy().contains("data.discarded-0"));
+        assert_eq!(
+            aside,
+            *point == "vault-after-init",
+            "{point}: the first attempt's data is kept aside exactly when it was discarded"
+        );
+        eprintln!("{point}: converged after the restart; sys/init calls: {inits}");
+    }
+}
+
 /// Waits for the stack's Ready condition; on timeout, fails with the status and the logs.
 fn wait_ready(lab: &support::NetnsLab, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -9,6 +9,7 @@
 
 pub mod bmcpool;
 pub mod caches;
+pub mod crashpoint;
 pub mod events;
 pub mod lease;
 pub mod power;

@@ -33,6 +33,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let hub = LogHub::new(1000, 10_000);
     logging::init_logging(&args.log_format, Some(&hub))?;
     prepare_data_dir(&args).await?;
+    groundwork_controller::crashpoint::set_dir(&args.data_dir);
     let key = certs::secret_key(&args.data_dir)?;
     groundwork_api::set_secret_key(key.clone());
     let store = open_store(&args).await?;

@@ -83,6 +83,12 @@ pub struct ServiceInstanceSpec {
     /// (`FILE_NAME.key`), e.g. Galera's `{data}/grastate.dat`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fact_files: Vec<String>,
+    /// Raised by the controller to start the service on empty data: the agent moves the
+    /// data directory aside (`data.discarded-N`, never deleted) before it starts this
+    /// version. Used only where Groundwork can prove the data holds nothing (a Vault
+    /// initialised by an interrupted, never-committed init).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub data_epoch: u32,
     /// Credentials whose values the agent may fetch for this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
@@ -160,10 +166,6 @@ pub struct RunSpec {
     /// to see the member down).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub drain_seconds: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }
 
 fn stop_grace() -> u32 {
@@ -394,4 +396,8 @@ mod tests {
             ]
         );
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -359,6 +359,10 @@ impl Actor {
         self.tried = None;
         self.drain(spec).await;
         self.kill().await;
+        if let Err(e) = self.discard_data(spec, &vars).await {
+            let msg = format!("moving the data aside: {e:#}");
+            return self.not_taken(spec, msg, None, retry(10));
+        }
         self.good = Some(Version {
             digest: digest.clone(),
             vars,
@@ -368,6 +372,43 @@ impl Actor {
         self.backoff = Duration::from_secs(1);
         self.start().await;
         self.prune_versions(&digest).await;
+    }
+
+    /// A raised `dataEpoch`: the data directory is moved aside (kept, never deleted) and the
+    /// service starts on an empty one. The epoch is recorded after the move, so a crash in
+    /// between moves an empty directory aside once more, nothing else.
+    async fn discard_data(&self, spec: &ServiceInstanceSpec, vars: &Vars) -> anyhow::Result<()> {
+        let mark = self.dir.join("data-epoch");
+        let have: u32 = tokio::fs::read_to_string(&mark)
+            .await
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(0);
+        if spec.data_epoch <= have {
+            return Ok(());
+        }
+        let data = PathBuf::from(&vars.data);
+        let aside = self.dir.join(format!("data.discarded-{have}"));
+        let _ = tokio::fs::remove_dir_all(&aside).await;
+        if tokio::fs::metadata(&data).await.is_ok() {
+            tokio::fs::rename(&data, &aside).await?;
+        }
+        tokio::fs::create_dir_all(&data).await?;
+        if let Some((uid, gid)) = user_ids(spec.run.user.as_deref()).map_err(anyhow::Error::msg)? {
+            nix::unistd::chown(
+                &data,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )?;
+        }
+        tokio::fs::write(&mark, spec.data_epoch.to_string()).await?;
+        eprintln!(
+            "groundwork node-agent: {}: data epoch {}: the data directory was moved to {}",
+            self.name,
+            spec.data_epoch,
+            aside.display()
+        );
+        Ok(())
     }
 
     /// The spec's digest is not taken now: the running version (if any) stays.

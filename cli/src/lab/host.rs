@@ -82,6 +82,23 @@ pub(super) fn spawn_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<u32>
     Ok(child.id())
 }
 
+/// As [`spawn_logged`], appending to the log.
+pub(super) fn spawn_logged_append(cmd: &mut Command, log: &Path) -> anyhow::Result<u32> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| log.display().to_string())?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    Ok(child.id())
+}
+
 pub(super) fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }

@@ -46,6 +46,17 @@ enum LabCmd {
     Down(DownArgs),
     /// Cut a namespace machine's power (every process in it is killed) or start it again.
     Machine(MachineArgs),
+    /// Kill the lab's server (SIGKILL, as a power cut) or start it again on its data
+    /// (namespace labs).
+    Server(ServerCtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerCtlArgs {
+    #[arg(value_enum)]
+    action: MachineAction,
+    #[arg(long, default_value = "/var/lib/groundwork-lab")]
+    dir: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -59,7 +70,7 @@ struct MachineArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum MachineAction {
+pub(super) enum MachineAction {
     Stop,
     Start,
 }
@@ -124,6 +135,11 @@ pub(super) struct State {
     /// The binary that runs the lab (machines are started again with it).
     #[serde(default)]
     pub(super) exe: PathBuf,
+    /// --netns: the server's arguments and process, to kill and start it again.
+    #[serde(default)]
+    pub(super) server_args: Vec<String>,
+    #[serde(default)]
+    pub(super) server_pid: u32,
 }
 
 pub(crate) async fn run(a: LabArgs) -> anyhow::Result<()> {
@@ -131,6 +147,7 @@ pub(crate) async fn run(a: LabArgs) -> anyhow::Result<()> {
         LabCmd::Up(u) => up(u).await,
         LabCmd::Down(d) => down(&d.dir),
         LabCmd::Machine(m) => machine(m),
+        LabCmd::Server(c) => netns::server_ctl(&std::path::absolute(&c.dir)?, c.action).await,
     }
 }
 

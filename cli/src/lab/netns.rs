@@ -181,43 +181,31 @@ pub(super) async fn build(
     let boot = dir.join("boot");
     std::fs::create_dir_all(boot.join("artifacts"))?;
     let _ = std::fs::remove_file(&state.kubeconfig);
-    let mut server = Command::new(exe);
-    server
-        .args(["server", "--data-dir"])
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{}", a.api_port)])
-        .arg("--boot-root")
-        .arg(&boot)
-        .args([
-            "--boot-http",
-            &format!("{NET_IP}:{HTTP_PORT}"),
-            "--boot-tftp",
-            "127.0.0.1:0",
-            "--boot-https",
-            &format!("{NET_IP}:{AGENT_PORT}"),
-            "--metrics-listen",
-            &format!("{NET_IP}:{METRICS_PORT}"),
-            "--heartbeat-seconds",
-            "2",
-        ])
-        .args(&a.server_args)
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-        );
-    state
-        .pids
-        .push(spawn_logged(&mut server, &dir.join("server.log"))?);
+    let mut args: Vec<String> = vec![
+        "server".into(),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", a.api_port),
+        "--boot-root".into(),
+        boot.display().to_string(),
+        "--boot-http".into(),
+        format!("{NET_IP}:{HTTP_PORT}"),
+        "--boot-tftp".into(),
+        "127.0.0.1:0".into(),
+        "--boot-https".into(),
+        format!("{NET_IP}:{AGENT_PORT}"),
+        "--metrics-listen".into(),
+        format!("{NET_IP}:{METRICS_PORT}"),
+        "--heartbeat-seconds".into(),
+        "2".into(),
+    ];
+    args.extend(a.server_args.iter().cloned());
+    state.server_args = args;
+    let pid = start_server(dir, exe, &state.server_args, &state.kubeconfig, false).await?;
+    state.server_pid = pid;
+    state.pids.push(pid);
     save(state)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !state.kubeconfig.exists() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the server did not start in 30 s; see {}",
-            dir.join("server.log").display()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mdir = dir.join("manifests");
     std::fs::create_dir_all(&mdir)?;
     let mf = mdir.join("lab.yaml");
@@ -408,3 +396,83 @@ spec:
           users: [{name: app, password: {credential: lab-db-app}, databases: [app]}]
         haproxy: {port: 3307}
 "#;
+
+/// Starts the lab's server (its log appended to when `append`) and waits until it answers
+/// (it writes its kubeconfig after every bind).
+async fn start_server(
+    dir: &Path,
+    exe: &Path,
+    args: &[String],
+    kubeconfig: &Path,
+    append: bool,
+) -> anyhow::Result<u32> {
+    let _ = std::fs::remove_file(kubeconfig);
+    let mut server = Command::new(exe);
+    server.args(args).env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let log = dir.join("server.log");
+    let pid = if append {
+        super::host::spawn_logged_append(&mut server, &log)?
+    } else {
+        spawn_logged(&mut server, &log)?
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !kubeconfig.exists() {
+        anyhow::ensure!(
+            Instant::now() < deadline && super::host::alive(pid),
+            "the server did not start in 30 s; see {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(pid)
+}
+
+/// `lab server stop|start`: SIGKILL the server (a power cut of the control plane), or start
+/// it again on its data directory.
+pub(super) async fn server_ctl(dir: &Path, action: super::MachineAction) -> anyhow::Result<()> {
+    let path = dir.join("lab.json");
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no lab in {} ({} is missing)",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let mut st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    anyhow::ensure!(
+        !st.server_args.is_empty(),
+        "the lab in {} was not started with --netns by this version: bring it up again",
+        dir.display()
+    );
+    let pid = st.server_pid;
+    let kill = || {
+        if pid != 0 && super::host::ours(pid) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    };
+    match action {
+        super::MachineAction::Stop => {
+            kill();
+            println!("lab: server stopped (pid {pid} killed)");
+        }
+        super::MachineAction::Start => {
+            kill();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while pid != 0 && super::host::alive(pid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let new = start_server(dir, &st.exe, &st.server_args, &st.kubeconfig, true).await?;
+            st.server_pid = new;
+            st.pids.push(new);
+            std::fs::write(&path, serde_json::to_vec_pretty(&st)?)?;
+            println!("lab: server started (pid {new})");
+        }
+    }
+    Ok(())
+}

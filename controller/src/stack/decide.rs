@@ -38,6 +38,9 @@ pub struct Observed<'a> {
     /// The instances the stack owns.
     pub instances: &'a [&'a ServiceInstance],
     pub groundwork_metrics: Option<&'a str>,
+    /// Per layer, the data epoch of its members (raised to start them on empty data; see
+    /// `vault.rs`).
+    pub data_epochs: &'a BTreeMap<String, u32>,
 }
 
 /// What to do.
@@ -499,6 +502,7 @@ pub fn decide(o: &Observed) -> Plan {
                         spec.service = *service;
                         spec.node = m.node.clone();
                         spec.address = Some(m.address.clone());
+                        spec.data_epoch = o.data_epochs.get(&p.layer.name).copied().unwrap_or(0);
                         spec.config_digest = spec.digest();
                         desired
                             .push((instance_name(&name, &p.layer.name, *service, &m.node), spec));

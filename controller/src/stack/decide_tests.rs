@@ -75,6 +75,7 @@ fn run(stack: &ServiceStack, ms: &[Machine], have: &[ServiceInstance]) -> Plan {
         machines: ms,
         instances: &refs,
         groundwork_metrics: Some("10.0.0.254:9464"),
+        data_epochs: &BTreeMap::new(),
     })
 }
 

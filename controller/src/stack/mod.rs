@@ -154,6 +154,7 @@ impl StackController {
     async fn bootstrap_vault(
         &self,
         stack: &ServiceStack,
+        owned: &[Arc<ServiceInstance>],
         layers: &mut [groundwork_types::LayerStatus],
         ctx: &Ctx,
     ) -> bool {
@@ -167,11 +168,19 @@ impl StackController {
             if !layer.services.contains(&ServiceType::Vault) {
                 continue;
             }
-            let members: Vec<String> = l
+            // Each member's address, and whether its agent runs its current spec.
+            let members: Vec<(String, bool)> = l
                 .members
                 .iter()
                 .filter(|m| m.service == ServiceType::Vault.as_str())
-                .filter_map(|m| m.address.clone())
+                .filter_map(|m| {
+                    let settled = owned.iter().any(|i| {
+                        i.name_any() == m.instance
+                            && i.status.as_ref().and_then(|s| s.running_digest.as_deref())
+                                == Some(i.spec.config_digest.as_str())
+                    });
+                    Some((m.address.clone()?, settled))
+                })
                 .collect();
             if members.is_empty() || l.phase == Some(LayerPhase::Pending) {
                 continue;
@@ -367,11 +376,25 @@ impl Reconciler for StackController {
             .collect();
         machines.sort_by(|a, b| a.name.cmp(&b.name));
         let refs: Vec<&ServiceInstance> = owned.iter().map(|i| &**i).collect();
+        let data_epochs: BTreeMap<String, u32> = stack
+            .spec
+            .layers
+            .iter()
+            .filter(|l| l.services.contains(&groundwork_types::ServiceType::Vault))
+            .filter_map(|l| {
+                let j = ctx
+                    .caches
+                    .store::<Credential>()
+                    .get(&ObjectRef::new(&vault::journal_name(&name, &l.name)))?;
+                Some((l.name.clone(), vault::data_epoch(&j)))
+            })
+            .collect();
         let plan = decide::decide(&Observed {
             stack: &stack,
             machines: &machines,
             instances: &refs,
             groundwork_metrics: self.groundwork_metrics.as_deref(),
+            data_epochs: &data_epochs,
         });
         // Secrets the layers need generated exist before any member that uses them is
         // placed: each is created once, in one write (the value is committed before any
@@ -417,7 +440,7 @@ impl Reconciler for StackController {
             None => true,
         };
         let mut layers = plan.layers;
-        let bootstrapping = self.bootstrap_vault(&stack, &mut layers, ctx).await;
+        let bootstrapping = self.bootstrap_vault(&stack, &owned, &mut layers, ctx).await;
         let then = self.report(&stack, layers, ctx).await?;
         Ok(if !synced {
             Action::Requeue(Duration::from_secs(5))

@@ -25,6 +25,21 @@ use serde_json::{Value, json};
 use crate::runtime::Ctx;
 
 pub const JOURNAL_ANNOTATION: &str = "groundwork.dev/journal";
+/// Which init attempt the journal is at (1 first); each interrupted attempt raises it and
+/// with it the members' data epoch.
+pub const ATTEMPT_ANNOTATION: &str = "groundwork.dev/attempt";
+
+/// The members' data epoch the journal asks for: one less than its attempt.
+pub fn data_epoch(c: &Credential) -> u32 {
+    attempt_of(c).saturating_sub(1)
+}
+
+fn attempt_of(c: &Credential) -> u32 {
+    c.annotations()
+        .get(ATTEMPT_ANNOTATION)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1)
+}
 
 /// The journal Credential of a vault layer.
 pub fn journal_name(stack: &str, layer: &str) -> String {
@@ -48,7 +63,8 @@ impl std::fmt::Debug for InitKeys {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Journal {
     Empty,
-    Intent,
+    /// Intent stored, at this attempt.
+    Intent(u32),
     Committed,
 }
 
@@ -58,6 +74,8 @@ pub struct MemberView {
     pub address: String,
     pub initialized: Option<bool>,
     pub sealed: Option<bool>,
+    /// Its node agent runs its current spec (so its data epoch too).
+    pub settled: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +86,10 @@ pub enum Step {
     RecordIntent,
     /// Call `sys/init` on this member (the journal says `intent`, no member is initialised).
     Init(String),
+    /// An init of this attempt answered and was never committed: nobody holds its root
+    /// token, so that Vault holds nothing. Raise the attempt: the members restart on empty
+    /// data (the old moved aside) and init runs again.
+    Discard(u32),
     /// Unseal these members with the stored shares.
     Unseal(Vec<String>),
     /// Every member answering is unsealed: keep the configuration in place.
@@ -109,25 +131,28 @@ pub fn next(journal: Journal, members: &[MemberView]) -> Step {
             }
             Step::Configure
         }
-        Journal::Empty | Journal::Intent if !initialised.is_empty() => {
-            let at = &initialised[0].address;
-            let msg = if journal == Journal::Intent {
-                format!(
-                    "Vault on {at} is initialised but Groundwork never stored the answer (it \
-                     stopped between sys/init and storing the keys); it will not initialise \
-                     again: see docs/services.md, \"Vault: initialised without keys\""
-                )
+        Journal::Intent(attempt) if !initialised.is_empty() => {
+            // Configuration runs only after a commit, and the root token of an uncommitted
+            // init was never outside the process that called it: the Vault is empty.
+            if initialised.iter().all(|m| m.settled) {
+                Step::Discard(attempt + 1)
             } else {
+                Step::Wait("the vault members to run their current spec".into())
+            }
+        }
+        Journal::Empty if !initialised.is_empty() => {
+            let at = &initialised[0].address;
+            Step::Stop(
+                "InitSecretsLost",
                 format!(
                     "Vault on {at} was initialised outside Groundwork (or its journal \
-                     Credential was deleted); Groundwork holds no keys for it: see \
-                     docs/services.md, \"Vault: initialised without keys\""
-                )
-            };
-            Step::Stop("InitSecretsLost", msg)
+                     Credential was deleted); Groundwork holds no keys for it and will not \
+                     initialise it again: see docs/services.md, \"Vault: initialised without keys\""
+                ),
+            )
         }
         Journal::Empty => Step::RecordIntent,
-        Journal::Intent => {
+        Journal::Intent(_) => {
             if answering.len() < members.len() {
                 // Only when every member says it is not initialised: a member that is down
                 // could be an initialised one.
@@ -180,18 +205,17 @@ async fn view(c: &reqwest::Client, base: &str, address: &str) -> MemberView {
         address: address.to_string(),
         initialized,
         sealed,
+        settled: false,
     }
 }
 
 fn journal_of(c: Option<&Credential>) -> Journal {
-    match c
-        .and_then(|c| c.annotations().get(JOURNAL_ANNOTATION))
-        .map(String::as_str)
-    {
+    let Some(c) = c else {
+        return Journal::Empty;
+    };
+    match c.annotations().get(JOURNAL_ANNOTATION).map(String::as_str) {
         Some("committed") => Journal::Committed,
-        Some(_) => Journal::Intent,
-        None if c.is_some() => Journal::Intent,
-        None => Journal::Empty,
+        _ => Journal::Intent(attempt_of(c)),
     }
 }
 
@@ -201,7 +225,7 @@ pub async fn converge(
     stack: &ServiceStack,
     layer: &str,
     cfg: &VaultConfig,
-    members: &[String],
+    members: &[(String, bool)],
     consul_gossip: Option<String>,
     ctx: &Ctx,
 ) -> Outcome {
@@ -220,8 +244,10 @@ pub async fn converge(
         };
         let journal = journal_of(stored.as_ref());
         let mut views = Vec::new();
-        for a in members {
-            views.push(view(&c, &url(a), a).await);
+        for (a, settled) in members {
+            let mut v = view(&c, &url(a), a).await;
+            v.settled = *settled;
+            views.push(v);
         }
         match next(journal, &views) {
             Step::Wait(w) => {
@@ -249,9 +275,11 @@ pub async fn converge(
                 j.metadata.labels =
                     Some([(groundwork_types::STACK_LABEL.to_string(), stack.name_any())].into());
                 // No owner: deleting the stack must not delete the only copy of the keys.
+                crate::crashpoint::hit("vault-before-intent");
                 match api.create(&PostParams::default(), &j).await {
                     Ok(_) => {
-                        tracing::info!(layer, journal = %name, "vault: intent to initialise recorded")
+                        tracing::info!(layer, journal = %name, "vault: intent to initialise recorded");
+                        crate::crashpoint::hit("vault-after-intent");
                     }
                     Err(kube::Error::Api(s)) if s.code == 409 => {}
                     Err(e) => {
@@ -262,6 +290,29 @@ pub async fn converge(
                         return out;
                     }
                 }
+            }
+            Step::Discard(attempt) => {
+                let Some(mut j) = stored else { continue };
+                j.annotations_mut()
+                    .insert(ATTEMPT_ANNOTATION.into(), attempt.to_string());
+                crate::crashpoint::hit("vault-before-discard");
+                match api.replace(&name, &PostParams::default(), &j).await {
+                    Ok(_) => tracing::warn!(
+                        layer,
+                        attempt,
+                        "vault: an init was interrupted before its answer was stored; nobody \
+                         holds its root token, so the members restart on empty data (theirs is \
+                         kept aside) and init runs again"
+                    ),
+                    Err(e) => {
+                        out.waiting = Some(format!("raising the init attempt: {}", api_err(&e)));
+                        return out;
+                    }
+                }
+                out.waiting = Some(format!(
+                    "the vault members to restart on empty data (init attempt {attempt})"
+                ));
+                return out;
             }
             Step::Init(address) => {
                 let Some(mut j) = stored else { continue };
@@ -332,6 +383,7 @@ pub async fn converge(
                     out.waiting = Some(msg);
                     return out;
                 };
+                crate::crashpoint::hit("vault-after-init");
                 // The whole answer, in one write; retried while the API refuses, since this
                 // answer exists nowhere else.
                 j.spec.password = Some(serde_json::to_string(&keys).expect("serialisable"));
@@ -366,6 +418,7 @@ pub async fn converge(
                     return out;
                 }
                 tracing::info!(layer, member = %address, shares = keys.keys.len(), "vault: initialised; the answer is stored sealed");
+                crate::crashpoint::hit("vault-after-commit");
             }
             Step::Unseal(addresses) => {
                 let Some(keys) = open(stored.as_ref(), &name, ctx) else {
@@ -388,7 +441,7 @@ pub async fn converge(
                     return out;
                 };
                 // Configuration goes to the first unsealed member (raft standbys forward).
-                let target = url(&members[0]);
+                let target = url(&members[0].0);
                 match configure(&c, &target, &keys.root_token, cfg, consul_gossip.as_deref()).await
                 {
                     Ok(done) => {
@@ -572,6 +625,7 @@ mod tests {
             address: a.into(),
             initialized,
             sealed,
+            settled: true,
         }
     }
 
@@ -583,17 +637,21 @@ mod tests {
         // Before the intent: record it.
         assert_eq!(next(Journal::Empty, &fresh), Step::RecordIntent);
         // Intent stored, init not called (or Vault never got it): call it, on the first.
-        assert_eq!(next(Journal::Intent, &fresh), Step::Init("a".into()));
+        assert_eq!(next(Journal::Intent(1), &fresh), Step::Init("a".into()));
         // A member down: it could be initialised; wait.
         let partial = [m("a", Some(false), None), m("b", None, None)];
-        assert!(matches!(next(Journal::Intent, &partial), Step::Wait(_)));
-        // Init answered, the answer not stored (crash in between): stop, say so, no init.
+        assert!(matches!(next(Journal::Intent(1), &partial), Step::Wait(_)));
+        // Init answered, the answer not stored (crash in between): nobody holds that root
+        // token, so the Vault is empty: the next attempt starts on empty data, never a
+        // second init over the first.
         let inited = [m("a", Some(true), Some(true)), m("b", Some(false), None)];
-        assert!(matches!(
-            next(Journal::Intent, &inited),
-            Step::Stop("InitSecretsLost", _)
-        ));
-        // Initialised by someone else, or the journal deleted: the same.
+        assert_eq!(next(Journal::Intent(1), &inited), Step::Discard(2));
+        assert_eq!(next(Journal::Intent(2), &inited), Step::Discard(3));
+        // ... once the member runs its current spec (its data epoch), not before.
+        let mut moving = inited.clone();
+        moving[0].settled = false;
+        assert!(matches!(next(Journal::Intent(2), &moving), Step::Wait(_)));
+        // Initialised by someone else, or the journal deleted: stop, say so, no init.
         assert!(matches!(
             next(Journal::Empty, &inited),
             Step::Stop("InitSecretsLost", _)
@@ -615,7 +673,7 @@ mod tests {
         );
         // Nobody answers: wait, whatever the journal says.
         let down = [m("a", None, None)];
-        for j in [Journal::Empty, Journal::Intent, Journal::Committed] {
+        for j in [Journal::Empty, Journal::Intent(1), Journal::Committed] {
             assert!(matches!(next(j, &down), Step::Wait(_)));
         }
         // All unsealed: configure.
