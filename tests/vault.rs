@@ -292,6 +292,30 @@ spec:
         "a role added to the spec is in Vault {:.1}s after apply",
         t1.elapsed().as_secs_f64()
     );
+
+    // The machine loses power and comes back: the single member is held (it has the only
+    // copy of the data), comes back sealed, and the layer is Ready again without a human.
+    lab.ok(&[BIN, "lab", "machine", "stop", "1", "--dir", &dir]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = stack_json()["status"]["layers"][0].clone();
+        if l["phase"] != "Ready" {
+            let why = l["waitingFor"].as_str().unwrap_or("").to_string();
+            eprintln!("power cut: the layer is {}: {why}", l["phase"]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the power cut was not noticed");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let t3 = Instant::now();
+    lab.ok(&[BIN, "lab", "machine", "start", "1", "--dir", &dir]);
+    wait_ready(&lab, 120);
+    eprintln!(
+        "machine power cycle: the layer Ready again {:.1}s after power on",
+        t3.elapsed().as_secs_f64()
+    );
+    let mounts = vault("sys/mounts");
+    assert!(mounts.get("secret/").is_some(), "{mounts}");
     // Secrets are in no log, API answer or the raw store.
     let mut logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
     logs += &std::fs::read_to_string(lab.dir.join("machines/n1/agent.log")).unwrap_or_default();
