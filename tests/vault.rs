@@ -525,6 +525,167 @@ spec:
     }
 }
 
+/// Groundwork serves the two endpoints of Vault's transit engine that a member's
+/// `seal "transit"` calls, on the agent API, for the layer's generated key and token only.
+/// (No Vault that can use a transit seal runs here: the calls are made as Vault's transit
+/// client makes them, hashicorp/go-kms-wrapping wrappers/transit.)
+#[test]
+fn groundwork_serves_vaults_transit_seal_endpoints() {
+    let id = std::process::id() % 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = support::NetnsLab::new(&format!("gwvt-{id}"), tmp.path().join("lab"));
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&[
+        BIN,
+        "lab",
+        "up",
+        "--netns",
+        "--no-stack",
+        "--machines",
+        "1",
+        "--name",
+        &format!("vt{}", id % 1000),
+        "--dir",
+        &dir,
+    ]);
+    let f = tmp.path().join("stack.yaml");
+    // No machine matches: the layer waits, and its transit key and token exist before any
+    // member could start.
+    std::fs::write(
+        &f,
+        r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {name: platform}
+spec:
+  layers:
+    - name: secrets
+      services: [vault]
+      placement: {count: 3, nodeSelector: {matchLabels: {groundwork.dev/role: vault}}}
+      config:
+        vault:
+          artifact: {url: "http://10.97.0.1:8080/artifacts/vault", sha256: "0000000000000000000000000000000000000000000000000000000000000000"}
+          unseal: {mode: transit}
+"#,
+    )
+    .unwrap();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    let kc = lab.dir.join("data/kubeconfig");
+    let token_cred = "platform-secrets-vault-transit-token";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lab
+        .run(10, &["kubectl", "get", "credential", token_cred])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(Instant::now() < deadline, "no transit token generated");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let reveal = |c: &str| {
+        lab.ok(&[
+            BIN,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "secrets",
+            "reveal",
+            &format!("credential/{c}"),
+            "--password",
+        ])
+        .trim()
+        .to_string()
+    };
+    let token = reveal(token_cred);
+    let key = reveal("platform-secrets-vault-transit-key");
+    let ca = lab.dir.join("data/pki/ca.crt");
+    let call = |op: &str, name: &str, tok: &str, body: &str| -> (String, Value) {
+        let o = lab.run(
+            10,
+            &[
+                "curl",
+                "-s",
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                "groundwork-boot:8443:10.97.0.1",
+                "-o",
+                "/dev/stdout",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "PUT",
+                "-H",
+                &format!("X-Vault-Token: {tok}"),
+                "-d",
+                body,
+                &format!("https://groundwork-boot:8443/v1/transit/{op}/{name}"),
+            ],
+        );
+        let out = support::stdout(&o);
+        let (json, code) = out.rsplit_once('\n').unwrap_or(("", ""));
+        (
+            code.to_string(),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        )
+    };
+    // What a member sends at init (its root key, base64) and at every start.
+    let plain = "cm9vdCBrZXkgb2YgdGhlIGJhcnJpZXI=";
+    let (code, v) = call(
+        "encrypt",
+        "platform-secrets",
+        &token,
+        &format!(r#"{{"plaintext":"{plain}"}}"#),
+    );
+    assert_eq!(code, "200", "{v}");
+    let ct = v["data"]["ciphertext"].as_str().unwrap().to_string();
+    assert!(ct.starts_with("vault:v1:"), "{ct}");
+    let (code, v) = call(
+        "decrypt",
+        "platform-secrets",
+        &token,
+        &format!(r#"{{"ciphertext":"{ct}"}}"#),
+    );
+    assert_eq!(code, "200", "{v}");
+    assert_eq!(v["data"]["plaintext"], plain);
+    // A wrong token, another key name: the same refusal; a changed ciphertext: refused.
+    let dec = format!(r#"{{"ciphertext":"{ct}"}}"#);
+    assert_eq!(call("decrypt", "platform-secrets", "wrong", &dec).0, "403");
+    assert_eq!(call("decrypt", "platform-other", &token, &dec).0, "403");
+    let mut bad = ct.clone();
+    bad.replace_range(12..13, if &ct[12..13] == "A" { "B" } else { "A" });
+    let (code, v) = call(
+        "decrypt",
+        "platform-secrets",
+        &token,
+        &format!(r#"{{"ciphertext":"{bad}"}}"#),
+    );
+    assert_eq!(code, "400", "{v}");
+    assert!(v.to_string().contains("ciphertext"), "{v}");
+    // The key never leaves: not in the API answers, the logs or the raw store.
+    let api = lab.ok(&[
+        "kubectl",
+        "get",
+        "credentials,servicestacks,events",
+        "-o",
+        "json",
+    ]);
+    let logs = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
+    for (what, v) in [("key", &key), ("token", &token)] {
+        assert!(
+            !api.contains(v.as_str()),
+            "the transit {what} is in an API answer"
+        );
+        assert!(
+            !logs.contains(v.as_str()),
+            "the transit {what} is in the log"
+        );
+        assert!(
+            !store.windows(v.len()).any(|w| w == v.as_bytes()),
+            "the transit {what} is in the raw store"
+        );
+    }
+}
+
 /// Waits for the stack's Ready condition; on timeout, fails with the status and the logs.
 fn wait_ready(lab: &support::NetnsLab, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);

@@ -378,6 +378,7 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                 client: client_rx,
                 base: base.clone(),
                 mac: m.mac.clone(),
+                ca_pem: creds.ca.clone(),
             },
             a.root.clone(),
         ));

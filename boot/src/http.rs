@@ -148,6 +148,19 @@ pub trait InventorySink: Send + Sync {
         Box::pin(async { Err(AgentError::NotFound("no instances here\n".into())) })
     }
 
+    /// Vault's transit seal (`PUT|POST /v1/transit/{encrypt|decrypt}/KEY`, the token in
+    /// `X-Vault-Token`): an HTTP status and Vault-shaped JSON. No machine certificate: the
+    /// token is the identity (a Vault member's transit client has none other).
+    fn transit(
+        &self,
+        _op: String,
+        _key: String,
+        _token: Option<String>,
+        _body: Vec<u8>,
+    ) -> futures_lite::future::Boxed<(u16, serde_json::Value)> {
+        Box::pin(async { (404, serde_json::json!({"errors": ["no transit here"]})) })
+    }
+
     /// A Credential one of the machine's instances lists (`GET /agent/secret`).
     fn secret(
         &self,
@@ -469,9 +482,32 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                 },
             ),
         )
+        .route(
+            "/v1/transit/{op}/{key}",
+            axum::routing::put(transit).post(transit),
+        )
         .fallback(|| async { (axum::http::StatusCode::NOT_FOUND, "not found\n") })
         .layer(axum::extract::DefaultBodyLimit::max(1 << 20))
         .with_state(sink)
+}
+
+async fn transit(
+    State(sink): Sink,
+    axum::extract::Path((op, key)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = headers
+        .get("x-vault-token")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (code, v) = sink.transit(op, key, token, body.to_vec()).await;
+    (
+        axum::http::StatusCode::from_u16(code)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        axum::Json(v),
+    )
+        .into_response()
 }
 
 /// The boot HTTP routes: `/boot.ipxe`, `/ipxe?mac=..` and `/ca.crt` (the cluster CA, which

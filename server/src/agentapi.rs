@@ -623,6 +623,42 @@ impl InventorySink for NodeScripts {
         })
     }
 
+    fn transit(
+        &self,
+        op: String,
+        key: String,
+        token: Option<String>,
+        body: Vec<u8>,
+    ) -> futures::future::BoxFuture<'static, (u16, serde_json::Value)> {
+        let caches = self.caches.clone();
+        let sealer = self.joining.as_ref().map(|j| j.key.clone());
+        Box::pin(async move {
+            use groundwork_types::transit;
+            let (kname, tname) = transit::transit_credentials(&key);
+            let open = |name: &str| -> Option<String> {
+                let c = caches
+                    .store::<groundwork_types::Credential>()
+                    .get(&ObjectRef::new(name))?;
+                sealer
+                    .as_ref()?
+                    .open(
+                        &format!("credentials/{name}"),
+                        c.spec.encrypted_password.as_deref()?,
+                    )
+                    .ok()
+            };
+            let found = match (open(&kname), open(&tname)) {
+                (Some(key_b64), Some(token)) => Some(transit::TransitKey { key_b64, token }),
+                _ => None,
+            };
+            let (code, v) = transit::handle(&op, &key, token.as_deref(), &body, found);
+            if code == 403 {
+                tracing::warn!(key = %key, op = %op, "a transit call refused (no such key, or a wrong token)");
+            }
+            (code, v)
+        })
+    }
+
     fn secret(
         &self,
         mac: String,

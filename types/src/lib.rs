@@ -14,6 +14,7 @@ mod rack;
 pub mod secrets;
 mod serviceinstance;
 mod servicestack;
+pub mod transit;
 mod validate;
 
 pub use admission::{Decoded, decode};

@@ -626,7 +626,8 @@ pub enum VaultImplementation {
 #[serde(rename_all = "camelCase")]
 pub struct VaultUnseal {
     /// `shamir` (default): Groundwork keeps the key shares sealed in its store and unseals
-    /// every member that comes back sealed.
+    /// every member that comes back sealed; `transit`: members unseal themselves through
+    /// Groundwork's transit endpoints.
     #[serde(default)]
     pub mode: VaultUnsealMode,
     /// Key shares (default 5).
@@ -650,8 +651,13 @@ impl Default for VaultUnseal {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub enum VaultUnsealMode {
+    /// Groundwork keeps the key shares sealed in its store and unseals members itself.
     #[default]
     Shamir,
+    /// Members unseal themselves through Groundwork's transit endpoints
+    /// (`AGENT_API/v1/transit/encrypt|decrypt/STACK-LAYER`, a key and a token generated
+    /// once as Credentials); init returns recovery shares, which Groundwork keeps.
+    Transit,
 }
 
 /// The KV secrets engine.
@@ -990,6 +996,12 @@ impl Layer {
                     errs.push(FieldError::invalid(
                         format!("{f}.kv.version"),
                         "RustyVault has KV version 1 only: set version: 1",
+                    ));
+                }
+                if v.unseal.mode == VaultUnsealMode::Transit {
+                    errs.push(FieldError::invalid(
+                        format!("{f}.unseal.mode"),
+                        "RustyVault has no transit seal: use shamir",
                     ));
                 }
             }

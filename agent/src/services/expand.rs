@@ -13,6 +13,10 @@ pub struct Vars {
     pub conf: String,
     pub data: String,
     pub artifact: String,
+    /// `{agent_api}`: Groundwork's agent API as this machine reaches it (https://...).
+    pub agent_api: String,
+    /// `{cluster_ca}`: the cluster CA's PEM file on this machine.
+    pub cluster_ca: String,
 }
 
 impl Vars {
@@ -21,6 +25,8 @@ impl Vars {
             .replace("{conf}", &self.conf)
             .replace("{data}", &self.data)
             .replace("{artifact}", &self.artifact)
+            .replace("{agent_api}", &self.agent_api)
+            .replace("{cluster_ca}", &self.cluster_ca)
     }
 
     pub fn expand_all(&self, args: &[String]) -> Vec<String> {
@@ -104,6 +110,8 @@ mod tests {
             conf: "/d/conf/1".into(),
             data: "/d/data".into(),
             artifact: "/a/x".into(),
+            agent_api: "https://g:8443".into(),
+            cluster_ca: "/v/ca.pem".into(),
         };
         assert_eq!(
             v.expand("--config={conf}/p.yml --db={data} {artifact} {dir}"),

@@ -301,6 +301,8 @@ impl Actor {
                 .to_string(),
             data: self.dir.join("data").display().to_string(),
             artifact,
+            agent_api: self.env.api.base.clone(),
+            cluster_ca: self.env.cluster_ca.display().to_string(),
         };
         let ids = match user_ids(spec.run.user.as_deref()) {
             Ok(ids) => ids,

@@ -22,7 +22,9 @@ pub struct Env {
     pub services: PathBuf,
     /// Fetched artifacts, by sha256.
     pub artifacts: PathBuf,
-    api: Api,
+    /// The cluster CA's PEM, for services that call Groundwork over TLS (`{cluster_ca}`).
+    pub cluster_ca: PathBuf,
+    pub(crate) api: Api,
 }
 
 /// The agent API with the machine's current certificate (renewals replace the client).
@@ -31,6 +33,8 @@ pub struct Api {
     pub client: watch::Receiver<reqwest::Client>,
     pub base: String,
     pub mac: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
 }
 
 impl Env {
@@ -65,9 +69,15 @@ struct Running {
 /// Follows the machine's instances until the process ends.
 pub async fn run(api: Api, root: PathBuf) {
     let base = root.join("var/lib/groundwork");
+    let cluster_ca = base.join("cluster-ca.pem");
+    let _ = std::fs::create_dir_all(&base);
+    if let Err(e) = std::fs::write(&cluster_ca, &api.ca_pem) {
+        eprintln!("groundwork node-agent: {}: {e}", cluster_ca.display());
+    }
     let env = Arc::new(Env {
         services: base.join("services"),
         artifacts: base.join("artifacts"),
+        cluster_ca,
         api: api.clone(),
     });
     let (tx, rx) = mpsc::unbounded_channel();

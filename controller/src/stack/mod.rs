@@ -104,13 +104,20 @@ impl StackController {
         let name = stack.name_any();
         let api: Api<Credential> = Api::all(ctx.client.clone());
         for layer in &stack.spec.layers {
-            if !layer
+            let mut wanted = Vec::new();
+            if layer
                 .services
                 .contains(&groundwork_types::ServiceType::Consul)
             {
-                continue;
+                wanted.extend(drivers::consul::generated(&name, &layer.name));
             }
-            for (cname, user, what) in drivers::consul::generated(&name, &layer.name) {
+            if layer
+                .services
+                .contains(&groundwork_types::ServiceType::Vault)
+            {
+                wanted.extend(drivers::vault::generated(&name, layer));
+            }
+            for (cname, user, what) in wanted {
                 if ctx
                     .caches
                     .store::<Credential>()

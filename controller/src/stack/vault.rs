@@ -234,6 +234,7 @@ pub async fn converge(
     let api: Api<Credential> = Api::all(ctx.client.clone());
     let c = client();
     let url = |a: &str| super::drivers::vault::api_url(cfg, a);
+    let transit = cfg.unseal.mode == groundwork_types::VaultUnsealMode::Transit;
     for _ in 0..6 {
         let stored = match api.get_opt(&name).await {
             Ok(s) => s,
@@ -343,10 +344,18 @@ pub async fn converge(
                     out.waiting = Some(msg);
                     return out;
                 }
-                let body = json!({
-                    "secret_shares": cfg.unseal.shares,
-                    "secret_threshold": cfg.unseal.threshold,
-                });
+                // Transit: members unseal themselves; the shares are recovery shares.
+                let body = if transit {
+                    json!({
+                        "recovery_shares": cfg.unseal.shares,
+                        "recovery_threshold": cfg.unseal.threshold,
+                    })
+                } else {
+                    json!({
+                        "secret_shares": cfg.unseal.shares,
+                        "secret_threshold": cfg.unseal.threshold,
+                    })
+                };
                 tracing::info!(layer, member = %address, "vault: initialising");
                 let answer = match c
                     .put(format!("{}/v1/sys/init", url(&address)))
@@ -366,8 +375,9 @@ pub async fn converge(
                     }
                 };
                 let keys = answer.as_ref().and_then(|v| {
+                    let shares = if transit { "recovery_keys" } else { "keys" };
                     Some(InitKeys {
-                        keys: v["keys"]
+                        keys: v[shares]
                             .as_array()?
                             .iter()
                             .filter_map(|k| k.as_str().map(str::to_string))
@@ -419,6 +429,14 @@ pub async fn converge(
                 }
                 tracing::info!(layer, member = %address, shares = keys.keys.len(), "vault: initialised; the answer is stored sealed");
                 crate::crashpoint::hit("vault-after-commit");
+            }
+            Step::Unseal(addresses) if transit => {
+                out.waiting = Some(format!(
+                    "vault on {} to unseal itself through Groundwork's transit endpoint (see \
+                     its log if it does not: it must reach the agent API with the layer's token)",
+                    addresses.join(", ")
+                ));
+                return out;
             }
             Step::Unseal(addresses) => {
                 let Some(keys) = open(stored.as_ref(), &name, ctx) else {

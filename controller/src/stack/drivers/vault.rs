@@ -10,8 +10,31 @@
 
 use groundwork_types::{
     Artifact, HealthCheck, InstanceFile, RunSpec, ServiceInstanceSpec, ServiceType, VaultConfig,
-    VaultImplementation,
+    VaultImplementation, VaultUnsealMode,
 };
+
+use super::consul::Generate;
+
+/// The transit key name of a layer: `STACK-LAYER`.
+pub fn transit_key_name(stack: &str, layer: &str) -> String {
+    format!("{stack}-{layer}")
+}
+
+/// The Credentials a vault layer needs generated (transit mode: its key and token).
+pub fn generated(
+    stack: &str,
+    layer: &groundwork_types::Layer,
+) -> Vec<(String, &'static str, Generate)> {
+    if config(layer).unseal.mode != VaultUnsealMode::Transit {
+        return vec![];
+    }
+    let (key, token) =
+        groundwork_types::transit::transit_credentials(&transit_key_name(stack, &layer.name));
+    vec![
+        (key, "vault-transit-key", Generate::GossipKey),
+        (token, "vault-transit-token", Generate::Uuid),
+    ]
+}
 
 use super::{RenderCtx, argv};
 
@@ -23,6 +46,28 @@ pub fn config(layer: &groundwork_types::Layer) -> VaultConfig {
 /// `http://ADDR:PORT`: where Groundwork and clients reach a member.
 pub fn api_url(cfg: &VaultConfig, address: &str) -> String {
     format!("http://{address}:{}", cfg.port)
+}
+
+/// Transit mode: the members unseal themselves through Groundwork's agent API, with the
+/// layer's generated token, trusting the cluster CA.
+fn seal(ctx: &RenderCtx, cfg: &VaultConfig) -> String {
+    if cfg.unseal.mode != VaultUnsealMode::Transit {
+        return String::new();
+    }
+    let key = transit_key_name(ctx.stack, &ctx.layer.name);
+    let (_, token) = groundwork_types::transit::transit_credentials(&key);
+    format!(
+        "
+seal \"transit\" {{
+  address         = \"{{agent_api}}\"
+  token           = \"{{secret:{token}}}\"
+  key_name        = \"{key}\"
+  mount_path      = \"transit/\"
+  disable_renewal = \"true\"
+  tls_ca_cert     = \"{{cluster_ca}}\"
+}}
+"
+    )
 }
 
 pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
@@ -70,12 +115,13 @@ api_addr      = \"{api}\"
 cluster_addr  = \"http://{addr}:{cport}\"
 disable_mlock = true
 ui            = false
-",
+{seal}",
                     stack = ctx.stack,
                     layer = ctx.layer.name,
                     node = ctx.me.node,
                     port = cfg.port,
                     cport = cfg.cluster_port,
+                    seal = seal(ctx, &cfg),
                 ),
                 argv(&["{artifact}", "server", "-config={conf}/vault.hcl"]),
             )
@@ -210,6 +256,53 @@ mod tests {
         );
         assert!(spec.health.command[2].contains("\"sealed\":false"));
         assert_eq!(spec.run.command[1], "server");
+    }
+
+    #[test]
+    fn transit_mode_points_the_seal_at_groundwork() {
+        let peers = members();
+        let mut l = layer(VaultImplementation::Vault);
+        l.config.vault.as_mut().unwrap().unseal.mode = VaultUnsealMode::Transit;
+        let spec = super::super::render(&RenderCtx {
+            stack: "platform",
+            layer: &l,
+            layer_index: 0,
+            service: ServiceType::Vault,
+            me: &peers[&ServiceType::Vault][0],
+            peers: &peers,
+            scrape: &[],
+            groundwork_metrics: None,
+        })
+        .unwrap();
+        let hcl = &spec.files[0].content;
+        assert!(hcl.contains("seal \"transit\""), "{hcl}");
+        assert!(hcl.contains("address         = \"{agent_api}\""), "{hcl}");
+        assert!(
+            hcl.contains("key_name        = \"platform-secrets\""),
+            "{hcl}"
+        );
+        assert!(
+            hcl.contains("{secret:platform-secrets-vault-transit-token}"),
+            "{hcl}"
+        );
+        // The agent fetches exactly the token, never the key.
+        assert_eq!(spec.secrets, vec!["platform-secrets-vault-transit-token"]);
+        let names: Vec<String> = generated("platform", &l).into_iter().map(|g| g.0).collect();
+        assert_eq!(
+            names,
+            [
+                "platform-secrets-vault-transit-key",
+                "platform-secrets-vault-transit-token"
+            ]
+        );
+        // Shamir: no seal stanza, nothing generated.
+        let spec = render_for(&layer(VaultImplementation::Vault), &peers);
+        assert!(
+            !spec.files[0].content.contains("seal"),
+            "{}",
+            spec.files[0].content
+        );
+        assert!(generated("platform", &layer(VaultImplementation::Vault)).is_empty());
     }
 
     #[test]
