@@ -231,8 +231,7 @@ pub struct LayerConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub consul: Option<ConsulConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form")]
-    pub nomad: Option<Pending>,
+    pub nomad: Option<NomadConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub elastic: Option<Pending>,
@@ -560,6 +559,45 @@ fn consul_http_port() -> u16 {
 }
 fn consul_dns_port() -> u16 {
     8600
+}
+
+/// Nomad servers: the scheduling layer. Groundwork generates the management token once (a
+/// Credential, `STACK-LAYER-nomad-management`) before any server starts and bootstraps ACLs
+/// with it as `BootstrapSecret` (Nomad 1.4+), so a retry verifies rather than repeats.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NomadConfig {
+    /// The `nomad` binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactSource>,
+    /// Nomad's datacenter (default `dc1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacenter: Option<String>,
+    /// HTTP API port (default 4646); RPC 4647 and Serf 4648 follow Nomad's defaults.
+    #[serde(default = "nomad_http_port")]
+    pub http_port: u16,
+    /// ACLs on and bootstrapped with the generated management token (default true).
+    #[serde(default = "yes")]
+    pub acl_bootstrap: bool,
+    /// Namespaces kept in place (created or updated; never deleted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
+}
+
+impl Default for NomadConfig {
+    fn default() -> Self {
+        NomadConfig {
+            artifact: None,
+            datacenter: None,
+            http_port: nomad_http_port(),
+            acl_bootstrap: true,
+            namespaces: vec![],
+        }
+    }
+}
+
+fn nomad_http_port() -> u16 {
+    4646
 }
 
 /// Vault servers: the secrets layer. Groundwork initialises Vault once (journalled: the
@@ -1004,6 +1042,21 @@ impl Layer {
                         "RustyVault has no transit seal: use shamir",
                     ));
                 }
+            }
+        }
+        if let Some(n) = &c.nomad {
+            let f = format!("{at}.config.nomad");
+            check_port(format!("{f}.httpPort"), n.http_port, errs);
+            if let Some(a) = &n.artifact {
+                check_artifact(&format!("{f}.artifact"), a, errs);
+            }
+            check_unique(
+                &format!("{f}.namespaces"),
+                n.namespaces.iter().map(String::as_str),
+                errs,
+            );
+            for (j, ns) in n.namespaces.iter().enumerate() {
+                check_name(&format!("{f}.namespaces[{j}]"), ns, errs);
             }
         }
         if let Some(k) = &c.consul {

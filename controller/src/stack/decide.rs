@@ -463,6 +463,33 @@ pub fn decide(o: &Observed) -> Plan {
         }
     }
     scrape.sort();
+    // What later layers' configs point at: the stack's Consul and Vault.
+    let consul: Option<drivers::Upstream> = placed.iter().find_map(|p| {
+        let ms = p.members.get(&ServiceType::Consul)?;
+        let cfg = p.layer.config.consul.clone().unwrap_or_default();
+        Some(drivers::Upstream {
+            addresses: ms
+                .iter()
+                .map(|m| format!("{}:{}", m.address, cfg.http_port))
+                .collect(),
+            token: cfg.acl_bootstrap.then(|| {
+                drivers::consul::generated(&name, &p.layer.name)[1]
+                    .0
+                    .clone()
+            }),
+        })
+    });
+    let vault: Option<drivers::Upstream> = placed.iter().find_map(|p| {
+        let ms = p.members.get(&ServiceType::Vault)?;
+        let cfg = drivers::vault::config(p.layer);
+        Some(drivers::Upstream {
+            addresses: ms
+                .iter()
+                .map(|m| drivers::vault::api_url(&cfg, &m.address))
+                .collect(),
+            token: None,
+        })
+    });
     // 3 and 4: render and roll, per layer.
     for mut p in placed {
         let existing = by_layer(&p.layer.name);
@@ -494,6 +521,8 @@ pub fn decide(o: &Observed) -> Plan {
                     peers: &p.members,
                     scrape: &scrape,
                     groundwork_metrics: o.groundwork_metrics,
+                    consul: consul.as_ref(),
+                    vault: vault.as_ref(),
                 };
                 match drivers::render(&ctx) {
                     Ok(mut spec) => {

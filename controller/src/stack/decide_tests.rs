@@ -335,16 +335,16 @@ fn an_unready_member_is_changed_at_once_and_a_refusal_fails_the_layer() {
 
 #[test]
 fn services_without_a_driver_keep_the_layer_pending_and_name_it() {
-    let s = stack(json!([{"name": "scheduling", "services": ["nomad"]}]));
+    let s = stack(json!([{"name": "logging", "services": ["elastic"]}]));
     let p = run(&s, &machines(3), &[]);
     assert!(p.create.is_empty());
-    let l = layer(&p, "scheduling");
+    let l = layer(&p, "logging");
     assert_eq!(l.phase, Some(LayerPhase::Pending));
     assert!(
         l.waiting_for
             .as_deref()
             .unwrap_or_default()
-            .contains("nomad")
+            .contains("elastic")
     );
 }
 

@@ -7,6 +7,7 @@
 mod catalog;
 pub mod decide;
 pub mod drivers;
+pub mod nomad;
 pub mod vault;
 
 use std::collections::{BTreeMap, HashMap};
@@ -117,6 +118,13 @@ impl StackController {
             {
                 wanted.extend(drivers::vault::generated(&name, layer));
             }
+            if layer
+                .services
+                .contains(&groundwork_types::ServiceType::Nomad)
+                && drivers::nomad::config(layer).acl_bootstrap
+            {
+                wanted.extend(drivers::nomad::generated(&name, &layer.name));
+            }
             for (cname, user, what) in wanted {
                 if ctx
                     .caches
@@ -155,10 +163,11 @@ impl StackController {
         Ok(())
     }
 
-    /// Vault's bootstrap for each layer running it with placed members: its steps and, while
-    /// it is not done, the layer is not Ready (it says what it waits for). True while a
-    /// layer still bootstraps.
-    async fn bootstrap_vault(
+    /// The one-shot and level-triggered bootstrap of each layer that has one (Vault: init,
+    /// unseal, configure; Nomad: ACL bootstrap, namespaces), with placed members: its steps
+    /// and, while it is not done, the layer is not Ready (it says what it waits for). True
+    /// while a layer still bootstraps.
+    async fn bootstrap_layers(
         &self,
         stack: &ServiceStack,
         owned: &[Arc<ServiceInstance>],
@@ -172,14 +181,18 @@ impl StackController {
             let Some(layer) = stack.spec.layers.iter().find(|x| x.name == l.name) else {
                 continue;
             };
-            if !layer.services.contains(&ServiceType::Vault) {
+            let service = if layer.services.contains(&ServiceType::Vault) {
+                ServiceType::Vault
+            } else if layer.services.contains(&ServiceType::Nomad) {
+                ServiceType::Nomad
+            } else {
                 continue;
-            }
+            };
             // Each member's address, and whether its agent runs its current spec.
             let members: Vec<(String, bool)> = l
                 .members
                 .iter()
-                .filter(|m| m.service == ServiceType::Vault.as_str())
+                .filter(|m| m.service == service.as_str())
                 .filter_map(|m| {
                     let settled = owned.iter().any(|i| {
                         i.name_any() == m.instance
@@ -192,50 +205,39 @@ impl StackController {
             if members.is_empty() || l.phase == Some(LayerPhase::Pending) {
                 continue;
             }
-            let cfg = drivers::vault::config(layer);
-            let gossip = stack
-                .spec
-                .layers
-                .iter()
-                .find(|x| x.services.contains(&ServiceType::Consul))
-                .map(|x| drivers::consul::generated(&name, &x.name)[0].0.clone())
-                .and_then(|g| {
-                    let c = ctx.caches.store::<Credential>().get(&ObjectRef::new(&g))?;
-                    let sealed = c.spec.encrypted_password.clone()?;
-                    ctx.secret_key
-                        .as_ref()?
-                        .open(&format!("credentials/{g}"), &sealed)
-                        .ok()
-                });
-            let out = vault::converge(stack, &l.name, &cfg, &members, gossip, ctx).await;
-            l.bootstrap_steps_done = out.done;
-            let (ok, reason, msg) = match (&out.stop, &out.waiting) {
-                (Some((reason, msg)), _) => (false, *reason, msg.clone()),
-                (None, Some(w)) => (false, "Bootstrapping", format!("waiting for {w}")),
-                (None, None) => (
-                    true,
-                    "Bootstrapped",
-                    "initialised, unsealed and configured".to_string(),
-                ),
+            let (out, kind) = if service == ServiceType::Nomad {
+                // Nomad bootstraps once its servers are healthy (a leader is known).
+                if l.phase != Some(LayerPhase::Ready) {
+                    continue;
+                }
+                let addrs: Vec<String> = members.iter().map(|(a, _)| a.clone()).collect();
+                let cfg = drivers::nomad::config(layer);
+                (
+                    nomad::converge(&name, &l.name, &cfg, &addrs, ctx).await,
+                    "NomadBootstrapped",
+                )
+            } else {
+                let cfg = drivers::vault::config(layer);
+                let gossip = stack
+                    .spec
+                    .layers
+                    .iter()
+                    .find(|x| x.services.contains(&ServiceType::Consul))
+                    .map(|x| drivers::consul::generated(&name, &x.name)[0].0.clone())
+                    .and_then(|g| {
+                        let c = ctx.caches.store::<Credential>().get(&ObjectRef::new(&g))?;
+                        let sealed = c.spec.encrypted_password.clone()?;
+                        ctx.secret_key
+                            .as_ref()?
+                            .open(&format!("credentials/{g}"), &sealed)
+                            .ok()
+                    });
+                (
+                    vault::converge(stack, &l.name, &cfg, &members, gossip, ctx).await,
+                    "VaultBootstrapped",
+                )
             };
-            l.conditions
-                .push(decide::cond("VaultBootstrapped", ok, reason, msg));
-            if let Some(w) = out.waiting {
-                busy = true;
-                if out.stop.is_some() {
-                    l.phase = Some(LayerPhase::Failed);
-                    l.waiting_for = Some(w);
-                } else if l.phase == Some(LayerPhase::Ready) {
-                    l.phase = Some(LayerPhase::Progressing);
-                    l.waiting_for = Some(w);
-                }
-                let phase = format!("{:?}", l.phase.unwrap_or(LayerPhase::Progressing));
-                if let Some(c) = l.conditions.iter_mut().find(|c| c.type_ == "Ready") {
-                    c.status = "False".into();
-                    c.reason = phase;
-                    c.message = l.waiting_for.clone().unwrap_or_default();
-                }
-            }
+            busy |= merge(l, out, kind);
         }
         busy
     }
@@ -247,6 +249,39 @@ impl StackController {
             catalog: Mutex::default(),
         }
     }
+}
+
+/// A bootstrap outcome into the layer's status: its steps and a condition `kind`; while it is
+/// not done, the layer is not Ready (Failed when it needs the operator). True while not done.
+fn merge(l: &mut groundwork_types::LayerStatus, out: vault::Outcome, kind: &str) -> bool {
+    l.bootstrap_steps_done = out.done;
+    let (ok, reason, msg) = match (&out.stop, &out.waiting) {
+        (Some((reason, msg)), _) => (false, *reason, msg.clone()),
+        (None, Some(w)) => (false, "Bootstrapping", format!("waiting for {w}")),
+        (None, None) => (
+            true,
+            "Bootstrapped",
+            "every bootstrap step is done".to_string(),
+        ),
+    };
+    l.conditions.push(decide::cond(kind, ok, reason, msg));
+    let Some(w) = out.waiting else {
+        return false;
+    };
+    if out.stop.is_some() {
+        l.phase = Some(LayerPhase::Failed);
+        l.waiting_for = Some(w);
+    } else if l.phase == Some(LayerPhase::Ready) {
+        l.phase = Some(LayerPhase::Progressing);
+        l.waiting_for = Some(w);
+    }
+    let phase = format!("{:?}", l.phase.unwrap_or(LayerPhase::Progressing));
+    if let Some(c) = l.conditions.iter_mut().find(|c| c.type_ == "Ready") {
+        c.status = "False".into();
+        c.reason = phase;
+        c.message = l.waiting_for.clone().unwrap_or_default();
+    }
+    true
 }
 
 /// A Node as placement sees it, or None when it cannot take members.
@@ -447,7 +482,9 @@ impl Reconciler for StackController {
             None => true,
         };
         let mut layers = plan.layers;
-        let bootstrapping = self.bootstrap_vault(&stack, &owned, &mut layers, ctx).await;
+        let bootstrapping = self
+            .bootstrap_layers(&stack, &owned, &mut layers, ctx)
+            .await;
         let then = self.report(&stack, layers, ctx).await?;
         Ok(if !synced {
             Action::Requeue(Duration::from_secs(5))

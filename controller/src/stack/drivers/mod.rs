@@ -9,6 +9,7 @@
 pub mod consul;
 mod metrics;
 pub mod mysql;
+pub mod nomad;
 mod openldap;
 pub mod vault;
 
@@ -35,6 +36,14 @@ pub struct ScrapeTarget {
     pub node: String,
 }
 
+/// Another layer's service a config points at: its members' addresses (`host:port`, or URLs)
+/// and the Credential holding a token for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Upstream {
+    pub addresses: Vec<String>,
+    pub token: Option<String>,
+}
+
 /// What a renderer reads.
 pub struct RenderCtx<'a> {
     pub stack: &'a str,
@@ -50,6 +59,10 @@ pub struct RenderCtx<'a> {
     pub scrape: &'a [ScrapeTarget],
     /// Groundwork's own metrics endpoint (`host:port`, plain HTTP), when it serves one.
     pub groundwork_metrics: Option<&'a str>,
+    /// The stack's Consul servers, when a layer runs them.
+    pub consul: Option<&'a Upstream>,
+    /// The stack's Vault members, when a layer runs them.
+    pub vault: Option<&'a Upstream>,
 }
 
 /// Whether Groundwork can run `service` yet.
@@ -64,6 +77,7 @@ pub fn supported(service: ServiceType) -> bool {
             | ServiceType::Haproxy
             | ServiceType::Consul
             | ServiceType::Vault
+            | ServiceType::Nomad
     )
 }
 
@@ -94,6 +108,7 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
         ServiceType::Consul => c.consul.clone().unwrap_or_default().http_port,
         ServiceType::Vault => c.vault.clone().unwrap_or_default().port,
+        ServiceType::Nomad => c.nomad.clone().unwrap_or_default().http_port,
         _ => return None,
     })
 }
@@ -143,6 +158,7 @@ fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         ServiceType::Haproxy => mysql::render_haproxy(ctx),
         ServiceType::Consul => consul::render(ctx),
         ServiceType::Vault => vault::render(ctx),
+        ServiceType::Nomad => nomad::render(ctx),
         other => Err(format!(
             "Groundwork has no driver for {other} yet: the layer is stored, not run"
         )),

@@ -229,6 +229,8 @@ mod tests {
             peers,
             scrape: &[],
             groundwork_metrics: None,
+            consul: None,
+            vault: None,
         })
         .unwrap()
     }
@@ -272,6 +274,8 @@ mod tests {
             peers: &peers,
             scrape: &[],
             groundwork_metrics: None,
+            consul: None,
+            vault: None,
         })
         .unwrap();
         let hcl = &spec.files[0].content;
@@ -330,6 +334,8 @@ mod tests {
             peers: &peers,
             scrape: &[],
             groundwork_metrics: None,
+            consul: None,
+            vault: None,
         })
         .unwrap_err();
         assert!(e.starts_with("spec.layers[2].config.vault.artifact"), "{e}");
