@@ -361,9 +361,20 @@ pub fn decide(o: &Observed) -> Plan {
                 .filter(|n| !usable.iter().any(|m| &m.name == *n))
                 .collect();
             let small = current.len() < 3;
+            let lost_n = lost.len();
+            // A lost member is replaced only from a working cluster: a majority of the
+            // members healthy, not merely on machines that are back (a member that has not
+            // rejoined yet may hold the newest data).
+            let healthy = existing
+                .iter()
+                .filter(|i| i.spec.service == *s && member_ready(i))
+                .filter(|i| usable.iter().any(|m| m.name == i.spec.node))
+                .count();
             if drivers::quorum_based(*s)
                 && !lost.is_empty()
-                && (small || current.len() - lost.len() < quorum(current.len()))
+                && (small
+                    || current.len() - lost_n < quorum(current.len())
+                    || healthy < quorum(current.len()))
             {
                 // Without a majority nothing may be replaced: the members stay where their
                 // data is, and the cluster restarts from them when their machines return.
@@ -377,6 +388,11 @@ pub fn decide(o: &Observed) -> Plan {
                 held.push(if small {
                     format!(
                         "the {s} members' machines: {lost} lost (fewer than three members hold the only copy of their data: they are not replaced)"
+                    )
+                } else if current.len() - lost_n >= quorum(current.len()) {
+                    format!(
+                        "a majority of the {s} members to be healthy ({healthy} of {} are): {lost} lost is replaced only from a working cluster",
+                        current.len()
                     )
                 } else {
                     format!(
@@ -784,6 +800,7 @@ pub const ORDINAL_LABEL: &str = "groundwork.dev/ordinal";
 /// Galera: which member may start as the cluster's first (`bootstrap`), from what the
 /// members report.
 fn bootstrap_flags(desired: &mut [(String, ServiceInstanceSpec)], ours: &[&ServiceInstance]) {
+    let fresh = ours.is_empty();
     let views: Vec<drivers::mysql::BootstrapView> = desired
         .iter()
         .enumerate()
@@ -794,13 +811,29 @@ fn bootstrap_flags(desired: &mut [(String, ServiceInstanceSpec)], ours: &[&Servi
                 ordinal: i as u32,
                 ready: inst.is_some_and(|x| member_ready(x)),
                 running: st.is_some_and(|s| matches!(s.phase, Some(InstancePhase::Running))),
+                // A brand-new cluster's members hold nothing; otherwise a member counts
+                // only once its agent has reported.
+                reported: fresh || st.is_some_and(|s| s.phase.is_some()),
                 facts: st.map(|s| s.facts.clone()).unwrap_or_default(),
             }
         })
         .collect();
-    let chosen = drivers::mysql::choose_bootstrap(&views).ok();
-    for (i, (_, spec)) in desired.iter_mut().enumerate() {
-        spec.bootstrap = chosen == Some(i);
+    // Flags change only on a definite choice: while members have not reported, each keeps
+    // the flag it has (clearing it would restart a member about to start the cluster).
+    match drivers::mysql::choose_bootstrap(&views) {
+        Ok(chosen) => {
+            for (i, (_, spec)) in desired.iter_mut().enumerate() {
+                spec.bootstrap = chosen == i;
+            }
+        }
+        Err(_) => {
+            for (name, spec) in desired.iter_mut() {
+                spec.bootstrap = ours
+                    .iter()
+                    .find(|x| &x.name_any() == name)
+                    .is_some_and(|x| x.spec.bootstrap);
+            }
+        }
     }
 }
 

@@ -586,3 +586,60 @@ fn a_single_vault_member_holds_the_only_data_and_is_not_replaced() {
     let p = run(&s, &ms, &have);
     assert!(p.delete.is_empty() && p.create.is_empty());
 }
+
+#[test]
+fn a_lost_galera_member_is_replaced_only_from_a_working_cluster() {
+    // After a power cut, two database machines are back but their members have not rejoined
+    // (not healthy) and the third is still off: replacing it on the spare now would start a
+    // cluster from a member with nothing. Held until a majority is healthy.
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let mut have = settled(&s, &ms);
+    let db: Vec<String> = have
+        .iter()
+        .filter(|i| i.spec.service == ServiceType::Mysql)
+        .map(|i| i.spec.node.clone())
+        .collect();
+    for i in have
+        .iter_mut()
+        .filter(|i| i.spec.service == ServiceType::Mysql)
+    {
+        let st = i.status.as_mut().unwrap();
+        st.ready = false;
+        st.phase = Some(InstancePhase::Starting);
+    }
+    let left: Vec<Machine> = ms.iter().filter(|m| m.name != db[2]).cloned().collect();
+    let p = run(&s, &left, &have);
+    let touched: Vec<&String> = p
+        .delete
+        .iter()
+        .chain(p.create.iter().map(|(n, _, _)| n))
+        .filter(|n| n.contains("-mysql-"))
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "replaced from a cluster that is not working: {touched:?}"
+    );
+    let why = layer(&p, "database")
+        .waiting_for
+        .clone()
+        .unwrap_or_default();
+    assert!(why.contains("healthy"), "{why}");
+    // The two rejoin: now the lost member is replaced on the spare.
+    for i in have
+        .iter_mut()
+        .filter(|i| i.spec.service == ServiceType::Mysql && i.spec.node != db[2])
+    {
+        let st = i.status.as_mut().unwrap();
+        st.ready = true;
+        st.phase = Some(InstancePhase::Running);
+    }
+    let p = run(&s, &left, &have);
+    assert!(
+        p.create.iter().any(|(n, _, _)| n.contains("-mysql-")),
+        "{:?}",
+        p.create
+    );
+    // The new member is never chosen to start the cluster.
+    assert!(p.create.iter().all(|(_, s, _)| !s.bootstrap));
+}

@@ -29,6 +29,9 @@ pub struct BootstrapView {
     pub ready: bool,
     /// The agent reports the process running.
     pub running: bool,
+    /// The agent has reported on this member's current spec (a member placed a moment ago,
+    /// or whose spec just changed, has not: what it holds is unknown, not empty).
+    pub reported: bool,
     /// The instance's facts: `grastate.dat.uuid`, `.seqno`, `.safe_to_bootstrap`.
     pub facts: BTreeMap<String, String>,
 }
@@ -45,6 +48,12 @@ pub fn choose_bootstrap(views: &[BootstrapView]) -> Result<usize, String> {
     }
     if views.iter().any(|v| v.ready || v.running) {
         return Err("a member runs: the others join it".into());
+    }
+    if let Some(v) = views.iter().find(|v| !v.reported) {
+        return Err(format!(
+            "waiting for member {} to report what it holds",
+            v.ordinal
+        ));
     }
     let state = |v: &BootstrapView, k: &str| v.facts.get(&format!("grastate.dat.{k}")).cloned();
     let lowest = |it: &mut dyn Iterator<Item = usize>| it.min_by_key(|i| views[*i].ordinal);
@@ -414,8 +423,33 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (format!("grastate.dat.{k}"), v.to_string()))
                 .collect(),
+            reported: true,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_member_that_has_not_reported_is_unknown_not_empty() {
+        // Two members hold the cluster's data; a third was just placed (or its spec just
+        // changed): nobody bootstraps until it has reported, least of all the empty one.
+        let mut v = vec![
+            view(
+                0,
+                &[("uuid", U), ("seqno", "3"), ("safe_to_bootstrap", "0")],
+            ),
+            view(
+                1,
+                &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")],
+            ),
+            view(
+                2,
+                &[("uuid", U), ("seqno", "15"), ("safe_to_bootstrap", "0")],
+            ),
+        ];
+        v[0].reported = false;
+        assert!(choose_bootstrap(&v).is_err());
+        v[0].reported = true;
+        assert_eq!(choose_bootstrap(&v), Ok(1));
     }
 
     const U: &str = "6f3e43d1-94c1-11f0-8c5e-0a0b0c0d0e0f";
