@@ -231,6 +231,51 @@ spec:
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Each server has its own agent token (not the management token), created in Consul
+    // by Groundwork with the AccessorID it chose, with a policy for its own node only.
+    let agent = conf["acl"]["tokens"]["agent"].as_str().unwrap().to_string();
+    assert_eq!(agent.len(), 36, "{agent}");
+    assert_ne!(agent, master, "the agent token is the management token");
+    let agent_tokens = || -> Vec<Value> {
+        let all: Value = serde_json::from_str(&lab.ok(&[
+            "curl",
+            "-sf",
+            "-H",
+            &format!("X-Consul-Token: {master}"),
+            &format!("http://{addr}:8500/v1/acl/tokens"),
+        ]))
+        .unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| {
+                t["Description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("Groundwork: the agent on")
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while agent_tokens().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "agent tokens: {:?}",
+            agent_tokens()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let me = lab.ok(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("X-Consul-Token: {agent}"),
+        &format!("http://{addr}:8500/v1/acl/token/self"),
+    ]);
+    assert!(me.contains(&format!("agent-{node}")), "{me}");
+    assert!(!me.contains("global-management"), "{me}");
+
     // Every instance is in the catalog with its health: node-exporter on all four machines.
     let dns = |name: &str| -> Vec<String> {
         let out = lab.ok(&["dig", &format!("@{addr}"), "-p", "8600", name, "+short"]);
@@ -331,7 +376,11 @@ spec:
         "json",
     ]);
     let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
-    for (what, v) in [("gossip key", &gossip), ("management token", &master)] {
+    for (what, v) in [
+        ("gossip key", &gossip),
+        ("management token", &master),
+        ("agent token", &agent),
+    ] {
         assert!(!logs.contains(v.as_str()), "the {what} is in a log");
         assert!(!api.contains(v.as_str()), "the {what} is in an API answer");
         assert!(
@@ -379,6 +428,8 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // No agent token was made twice.
+    assert_eq!(agent_tokens().len(), 3, "{:?}", agent_tokens());
     // (A restarted server resolves tokens again once it has caught up with the leader.)
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -121,3 +121,70 @@ pub async fn sync(plan: &CatalogPlan, token: &str) -> Result<usize, String> {
     }
     Ok(removed)
 }
+
+/// A Consul agent's own ACL token, as Groundwork chose it.
+pub struct AgentToken {
+    pub node: String,
+    pub accessor: String,
+    pub secret: String,
+}
+
+/// Makes sure each agent token exists (policy `agent-NODE`, the caller-chosen AccessorID and
+/// SecretID); a token found by its AccessorID is left alone. How many were created.
+pub async fn ensure_agent_tokens(
+    consul: &str,
+    management: &str,
+    agents: &[AgentToken],
+) -> Result<usize, String> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let call = |method: reqwest::Method, path: &str| {
+        client
+            .request(method, format!("{consul}{path}"))
+            .header("X-Consul-Token", management)
+    };
+    let mut created = 0;
+    for a in agents {
+        let found = call(
+            reqwest::Method::GET,
+            &format!("/v1/acl/token/{}", a.accessor),
+        )
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+        if found.status().is_success() {
+            continue;
+        }
+        let (policy, rules) = super::drivers::consul::agent_policy(&a.node);
+        let r = call(reqwest::Method::PUT, "/v1/acl/policy")
+            .json(&json!({"Name": policy, "Description": format!("Groundwork: the agent on {}", a.node), "Rules": rules}))
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if !r.status().is_success() {
+            let body = r.text().await.unwrap_or_default();
+            if !body.contains("already exists") {
+                return Err(format!("policy {policy}: {}", body.trim()));
+            }
+        }
+        let r = call(reqwest::Method::PUT, "/v1/acl/token")
+            .json(&json!({
+                "AccessorID": a.accessor,
+                "SecretID": a.secret,
+                "Description": format!("Groundwork: the agent on {}", a.node),
+                "Policies": [{"Name": policy}],
+                "Local": false,
+            }))
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        if !r.status().is_success() {
+            // Never the body of a token call: it could echo the SecretID.
+            return Err(format!("agent token for {}: HTTP {}", a.node, r.status()));
+        }
+        created += 1;
+    }
+    Ok(created)
+}

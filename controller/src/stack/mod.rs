@@ -101,7 +101,91 @@ impl StackController {
         }
     }
 
-    async fn generate_secrets(&self, stack: &ServiceStack, ctx: &Ctx) -> Result<(), Error> {
+    /// Each Consul server's agent token exists in Consul with its caller-chosen AccessorID
+    /// and policy `agent-NODE` (created when missing; nothing is sent while the set is the
+    /// one last made sure of). False when Consul could not be brought there (retried).
+    async fn sync_agent_tokens(
+        &self,
+        stack: &ServiceStack,
+        plan: &decide::CatalogPlan,
+        owned: &[Arc<ServiceInstance>],
+        ctx: &Ctx,
+    ) -> bool {
+        use std::hash::{Hash, Hasher};
+        let name = stack.name_any();
+        let open = |c: &str| -> Option<String> {
+            let cr = ctx.caches.store::<Credential>().get(&ObjectRef::new(c))?;
+            ctx.secret_key
+                .as_ref()?
+                .open(
+                    &format!("credentials/{c}"),
+                    cr.spec.encrypted_password.as_deref()?,
+                )
+                .ok()
+        };
+        let mut agents = Vec::new();
+        for i in owned
+            .iter()
+            .filter(|i| i.spec.service == groundwork_types::ServiceType::Consul)
+        {
+            let layer = stack.spec.layers.iter().find(|l| l.name == i.spec.layer);
+            if !layer.is_some_and(|l| drivers::consul::config_of(l).acl_bootstrap) {
+                continue;
+            }
+            let cred = drivers::consul::agent_token_credential(&name, &i.spec.layer, &i.spec.node);
+            let Some(secret) = open(&cred) else { continue };
+            agents.push(catalog::AgentToken {
+                accessor: drivers::consul::agent_token_accessor(&name, &i.spec.layer, &i.spec.node),
+                node: i.spec.node.clone(),
+                secret,
+            });
+        }
+        agents.sort_by(|a, b| a.node.cmp(&b.node));
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for a in &agents {
+            (&a.node, &a.accessor).hash(&mut h);
+        }
+        plan.consul.hash(&mut h);
+        let digest = h.finish();
+        let key = format!("agents/{name}");
+        if self
+            .catalog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            == Some(&digest)
+        {
+            return true;
+        }
+        let Some(mgmt) = open(&plan.token) else {
+            return false;
+        };
+        match catalog::ensure_agent_tokens(&plan.consul, &mgmt, &agents).await {
+            Ok(created) => {
+                tracing::info!(
+                    agents = agents.len(),
+                    created,
+                    "Consul agents have their own tokens"
+                );
+                self.catalog
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, digest);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Consul agent tokens not made sure of; retrying");
+                false
+            }
+        }
+    }
+
+    async fn generate_secrets(
+        &self,
+        stack: &ServiceStack,
+        consul_nodes: &[(String, String)],
+        ctx: &Ctx,
+    ) -> Result<(), Error> {
         let name = stack.name_any();
         let api: Api<Credential> = Api::all(ctx.client.clone());
         for layer in &stack.spec.layers {
@@ -111,6 +195,16 @@ impl StackController {
                 .contains(&groundwork_types::ServiceType::Consul)
             {
                 wanted.extend(drivers::consul::generated(&name, &layer.name));
+                // Each agent's own token, before its member is placed.
+                if drivers::consul::config_of(layer).acl_bootstrap {
+                    for (l, node) in consul_nodes.iter().filter(|(l, _)| *l == layer.name) {
+                        wanted.push((
+                            drivers::consul::agent_token_credential(&name, l, node),
+                            "consul-agent",
+                            drivers::consul::Generate::Uuid,
+                        ));
+                    }
+                }
             }
             if layer
                 .services
@@ -442,7 +536,18 @@ impl Reconciler for StackController {
         // placed: each is created once, in one write (the value is committed before any
         // service sees it; a create that finds one keeps it, so a retry after a crash never
         // makes a second).
-        self.generate_secrets(&stack, ctx).await?;
+        let consul_nodes: Vec<(String, String)> = plan
+            .create
+            .iter()
+            .map(|(_, s, _)| s)
+            .chain(plan.update.iter().map(|(_, s)| s))
+            .chain(owned.iter().map(|i| &i.spec))
+            .filter(|s| s.service == groundwork_types::ServiceType::Consul)
+            .map(|s| (s.layer.clone(), s.node.clone()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        self.generate_secrets(&stack, &consul_nodes, ctx).await?;
         // Apply: deletions first (a replaced member frees its machine), then changes, then
         // new members.
         for d in &plan.delete {
@@ -478,7 +583,10 @@ impl Reconciler for StackController {
             }
         }
         let synced = match &plan.catalog {
-            Some(c) => self.sync_catalog(&name, c, ctx).await,
+            Some(c) => {
+                self.sync_catalog(&name, c, ctx).await
+                    && self.sync_agent_tokens(&stack, c, &owned, ctx).await
+            }
             None => true,
         };
         let mut layers = plan.layers;

@@ -44,6 +44,34 @@ pub fn generated(stack: &str, layer: &str) -> Vec<(String, &'static str, Generat
     ]
 }
 
+/// The Credential holding the agent token of the Consul agent on `node`: its SecretID.
+pub fn agent_token_credential(stack: &str, layer: &str, node: &str) -> String {
+    format!("{stack}-{layer}-consul-agent-{node}")
+}
+
+/// The agent token's AccessorID, chosen by Groundwork (Consul 1.5+ takes caller-chosen IDs),
+/// so creating it again finds it instead of making a second: derived from the names.
+pub fn agent_token_accessor(stack: &str, layer: &str, node: &str) -> String {
+    let d = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("groundwork consul agent token {stack}/{layer}/{node}").as_bytes(),
+    );
+    let mut b: [u8; 16] = d.as_ref()[..16].try_into().expect("16 bytes");
+    b[6] = (b[6] & 0x0f) | 0x80; // version 8: custom
+    b[8] = (b[8] & 0x3f) | 0x80; // RFC 4122 variant
+    uuid::Uuid::from_bytes(b).to_string()
+}
+
+/// The policy of `node`'s agent token: write its own node, read services.
+pub fn agent_policy(node: &str) -> (String, String) {
+    (
+        format!("agent-{node}"),
+        format!(
+            "node \"{node}\" {{ policy = \"write\" }}\nservice_prefix \"\" {{ policy = \"read\" }}\n"
+        ),
+    )
+}
+
 /// The anonymous token's policy: read nodes and services (DNS, catalog reads).
 const DNS_POLICY: &str = r#"#!/bin/sh
 # Idempotent: the anonymous token may read nodes and services, so DNS answers.
@@ -58,6 +86,11 @@ fi
 "$C" acl token update -id 00000000-0000-0000-0000-000000000002 -policy-name dns-read \
   -description 'Anonymous Token (Groundwork: DNS reads)' >/dev/null
 "#;
+
+/// The layer's Consul configuration, defaults filled in.
+pub fn config_of(layer: &groundwork_types::Layer) -> ConsulConfig {
+    layer.config.consul.clone().unwrap_or_default()
+}
 
 pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
     let field = format!("{}.config.consul", ctx.field());
@@ -78,6 +111,7 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         .collect();
     let join: Vec<&String> = peers.iter().filter(|p| *p != addr).collect();
     let [gossip, management] = [0, 1].map(|i| generated(ctx.stack, &ctx.layer.name)[i].0.clone());
+    let agent = agent_token_credential(ctx.stack, &ctx.layer.name, &ctx.me.node);
     let dc = cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string());
     let mut conf = json!({
         "datacenter": dc,
@@ -105,7 +139,10 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             "enable_token_persistence": true,
             "tokens": {
                 "master": format!("{{secret:{management}}}"),
-                "agent": format!("{{secret:{management}}}"),
+                // Its own token (policy agent-NODE), created by the stack controller with
+                // the AccessorID above; until then the agent's updates are refused and
+                // retried, and nothing else is affected.
+                "agent": format!("{{secret:{agent}}}"),
             },
         });
     }
