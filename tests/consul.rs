@@ -66,7 +66,7 @@ spec:
   datacenter: lab
   layers:
     - name: connectivity
-      services: [consul]
+      services: [consul, consul-client]
       placement: {{count: 3}}
       config:
         consul:
@@ -114,8 +114,25 @@ spec:
         "json",
     ]))
     .unwrap();
-    let items = members["items"].as_array().unwrap().clone();
+    let all = members["items"].as_array().unwrap().clone();
+    let items: Vec<Value> = all
+        .iter()
+        .filter(|i| i["spec"]["service"] == "consul")
+        .cloned()
+        .collect();
     assert_eq!(items.len(), 3);
+    // The fourth machine runs a client agent, joined to the servers.
+    let clients: Vec<&Value> = all
+        .iter()
+        .filter(|i| i["spec"]["service"] == "consul-client")
+        .collect();
+    assert_eq!(clients.len(), 1, "{all:?}");
+    assert!(
+        !items
+            .iter()
+            .any(|i| i["spec"]["node"] == clients[0]["spec"]["node"]),
+        "a client beside a server"
+    );
     let addr = items[0]["spec"]["address"].as_str().unwrap().to_string();
     let node = items[0]["spec"]["node"].as_str().unwrap().to_string();
     let iname = items[0]["metadata"]["name"].as_str().unwrap().to_string();
@@ -258,7 +275,7 @@ spec:
             .collect()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while agent_tokens().len() < 3 {
+    while agent_tokens().len() < 4 {
         assert!(
             Instant::now() < deadline,
             "agent tokens: {:?}",
@@ -266,6 +283,43 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // Four agents: three servers and the client, all alive.
+    let ms: Value = serde_json::from_str(&lab.ok(&[
+        "curl",
+        "-sf",
+        "-H",
+        &format!("X-Consul-Token: {master}"),
+        &format!("http://{addr}:8500/v1/agent/members"),
+    ]))
+    .unwrap();
+    let alive: Vec<(String, String)> = ms
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["Status"] == 1)
+        .map(|m| {
+            (
+                m["Name"].as_str().unwrap().to_string(),
+                m["Tags"]["role"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(alive.len(), 4, "{alive:?}");
+    assert_eq!(
+        alive.iter().filter(|(_, r)| r == "node").count(),
+        1,
+        "{alive:?}"
+    );
+    let client_addr = clients[0]["spec"]["address"].as_str().unwrap();
+    let leader = lab.ok(&[
+        "curl",
+        "-sf",
+        &format!("http://{client_addr}:8500/v1/status/leader"),
+    ]);
+    assert!(
+        leader.contains(':'),
+        "the client does not reach the servers: {leader}"
+    );
     let me = lab.ok(&[
         "curl",
         "-sf",
@@ -428,8 +482,6 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(500));
     }
-    // No agent token was made twice.
-    assert_eq!(agent_tokens().len(), 3, "{:?}", agent_tokens());
     // (A restarted server resolves tokens again once it has caught up with the leader.)
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -453,4 +505,6 @@ spec:
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+    // No agent token was made twice.
+    assert_eq!(agent_tokens().len(), 4, "{:?}", agent_tokens());
 }

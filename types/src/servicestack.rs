@@ -56,6 +56,8 @@ pub enum ServiceType {
     #[default]
     Vault,
     Consul,
+    /// A Consul client agent on every machine of the layer that has no Consul server.
+    ConsulClient,
     Nomad,
     Prometheus,
     Alertmanager,
@@ -81,6 +83,7 @@ impl ServiceType {
         match self {
             ServiceType::Vault => "vault",
             ServiceType::Consul => "consul",
+            ServiceType::ConsulClient => "consul-client",
             ServiceType::Nomad => "nomad",
             ServiceType::Prometheus => "prometheus",
             ServiceType::Alertmanager => "alertmanager",
@@ -931,7 +934,10 @@ impl Layer {
             (ServiceType::Mysql, c.mysql.is_some()),
             (ServiceType::Haproxy, c.haproxy.is_some()),
             (ServiceType::Vault, c.vault.is_some()),
-            (ServiceType::Consul, c.consul.is_some()),
+            (
+                ServiceType::Consul,
+                c.consul.is_some() && !runs(ServiceType::ConsulClient),
+            ),
             (ServiceType::Nomad, c.nomad.is_some()),
             (ServiceType::Elastic, c.elastic.is_some()),
             (ServiceType::Grafana, c.grafana.is_some()),

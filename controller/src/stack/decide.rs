@@ -343,9 +343,26 @@ pub fn decide(o: &Observed) -> Plan {
             .as_ref()
             .map(|p| p.spread)
             .unwrap_or_default();
-        let mut members = BTreeMap::new();
+        let mut members: BTreeMap<ServiceType, Vec<Member>> = BTreeMap::new();
         let mut held = Vec::new();
-        for s in &layer.services {
+        // Consul clients go where no Consul server of the layer is: servers first.
+        let mut order = layer.services.clone();
+        order.sort_by_key(|s| *s == ServiceType::ConsulClient);
+        let servers_on = |members: &BTreeMap<ServiceType, Vec<Member>>, m: &Machine| {
+            members
+                .get(&ServiceType::Consul)
+                .is_some_and(|ms| ms.iter().any(|x| x.node == m.name))
+        };
+        for s in &order {
+            let usable: Vec<&Machine> = if *s == ServiceType::ConsulClient {
+                usable
+                    .iter()
+                    .copied()
+                    .filter(|m| !servers_on(&members, m))
+                    .collect()
+            } else {
+                usable.clone()
+            };
             let current: BTreeMap<String, u32> = existing
                 .iter()
                 .filter(|i| i.spec.service == *s)
@@ -445,7 +462,9 @@ pub fn decide(o: &Observed) -> Plan {
             let p = placed.last().expect("pushed");
             let mut all = true;
             for (s, ms) in &p.members {
-                let want = if drivers::on_every_node(*s) {
+                let want = if *s == ServiceType::ConsulClient {
+                    usable.iter().filter(|m| !servers_on(&p.members, m)).count()
+                } else if drivers::on_every_node(*s) {
                     usable.len().max(1)
                 } else {
                     count.unwrap_or(usable.len()).max(1)
@@ -479,11 +498,13 @@ pub fn decide(o: &Observed) -> Plan {
         }
     }
     scrape.sort();
+    let stack_layers: Vec<&Layer> = o.stack.spec.layers.iter().collect();
     // What later layers' configs point at: the stack's Consul and Vault.
     let consul: Option<drivers::Upstream> = placed.iter().find_map(|p| {
         let ms = p.members.get(&ServiceType::Consul)?;
         let cfg = p.layer.config.consul.clone().unwrap_or_default();
         Some(drivers::Upstream {
+            layer: p.layer.name.clone(),
             addresses: ms
                 .iter()
                 .map(|m| format!("{}:{}", m.address, cfg.http_port))
@@ -499,6 +520,7 @@ pub fn decide(o: &Observed) -> Plan {
         let ms = p.members.get(&ServiceType::Vault)?;
         let cfg = drivers::vault::config(p.layer);
         Some(drivers::Upstream {
+            layer: p.layer.name.clone(),
             addresses: ms
                 .iter()
                 .map(|m| drivers::vault::api_url(&cfg, &m.address))
@@ -539,6 +561,7 @@ pub fn decide(o: &Observed) -> Plan {
                     groundwork_metrics: o.groundwork_metrics,
                     consul: consul.as_ref(),
                     vault: vault.as_ref(),
+                    stack_layers: &stack_layers,
                 };
                 match drivers::render(&ctx) {
                     Ok(mut spec) => {

@@ -124,10 +124,12 @@ impl StackController {
                 .ok()
         };
         let mut agents = Vec::new();
-        for i in owned
-            .iter()
-            .filter(|i| i.spec.service == groundwork_types::ServiceType::Consul)
-        {
+        for i in owned.iter().filter(|i| {
+            matches!(
+                i.spec.service,
+                groundwork_types::ServiceType::Consul | groundwork_types::ServiceType::ConsulClient
+            )
+        }) {
             let layer = stack.spec.layers.iter().find(|l| l.name == i.spec.layer);
             if !layer.is_some_and(|l| drivers::consul::config_of(l).acl_bootstrap) {
                 continue;
@@ -195,6 +197,14 @@ impl StackController {
                 .contains(&groundwork_types::ServiceType::Consul)
             {
                 wanted.extend(drivers::consul::generated(&name, &layer.name));
+            }
+            if layer.services.iter().any(|s| {
+                matches!(
+                    s,
+                    groundwork_types::ServiceType::Consul
+                        | groundwork_types::ServiceType::ConsulClient
+                )
+            }) {
                 // Each agent's own token, before its member is placed.
                 if drivers::consul::config_of(layer).acl_bootstrap {
                     for (l, node) in consul_nodes.iter().filter(|(l, _)| *l == layer.name) {
@@ -542,7 +552,13 @@ impl Reconciler for StackController {
             .map(|(_, s, _)| s)
             .chain(plan.update.iter().map(|(_, s)| s))
             .chain(owned.iter().map(|i| &i.spec))
-            .filter(|s| s.service == groundwork_types::ServiceType::Consul)
+            .filter(|s| {
+                matches!(
+                    s.service,
+                    groundwork_types::ServiceType::Consul
+                        | groundwork_types::ServiceType::ConsulClient
+                )
+            })
             .map(|s| (s.layer.clone(), s.node.clone()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()

@@ -87,6 +87,98 @@ fi
   -description 'Anonymous Token (Groundwork: DNS reads)' >/dev/null
 "#;
 
+/// A Consul client agent: joins the stack's servers, with the servers' gossip key and its
+/// own agent token; its HTTP API (on its address) forwards to the servers.
+pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
+    let field = format!("{}.services", ctx.field());
+    let Some(servers) = ctx.consul else {
+        return Err(format!(
+            "{field}: consul-client needs Consul servers in the stack (a layer running consul)"
+        ));
+    };
+    let server_layer = ctx
+        .stack_layers
+        .iter()
+        .find(|l| l.name == servers.layer)
+        .copied();
+    let cfg: ConsulConfig = server_layer.map(config_of).unwrap_or_default();
+    let Some(artifact) = ctx
+        .layer
+        .config
+        .consul
+        .as_ref()
+        .and_then(|c| c.artifact.clone())
+        .or(cfg.artifact.clone())
+    else {
+        return Err(format!(
+            "{}.config.consul.artifact: required (the consul binary)",
+            ctx.field()
+        ));
+    };
+    let addr = &ctx.me.address;
+    let join: Vec<String> = servers
+        .addresses
+        .iter()
+        .map(|a| a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string())
+        .collect();
+    let gossip = generated(ctx.stack, &servers.layer)[0].0.clone();
+    let agent = agent_token_credential(ctx.stack, &ctx.layer.name, &ctx.me.node);
+    let dc = cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string());
+    let mut conf = json!({
+        "datacenter": dc,
+        "node_name": ctx.me.node,
+        "server": false,
+        "data_dir": "{data}",
+        "bind_addr": addr,
+        "advertise_addr": addr,
+        "client_addr": format!("127.0.0.1 {addr}"),
+        "retry_join": join,
+        "retry_interval": "1s",
+        "encrypt": format!("{{secret:{gossip}}}"),
+        "ports": {"http": cfg.http_port, "dns": cfg.dns_port},
+        "disable_update_check": true,
+        "leave_on_terminate": true,
+        "log_level": "INFO",
+    });
+    if cfg.acl_bootstrap {
+        conf["acl"] = json!({
+            "enabled": true,
+            "default_policy": "deny",
+            "down_policy": "extend-cache",
+            "enable_token_persistence": true,
+            "tokens": {"agent": format!("{{secret:{agent}}}")},
+        });
+    }
+    let http = format!("http://{addr}:{}", cfg.http_port);
+    Ok(ServiceInstanceSpec {
+        artifact: Artifact {
+            packages: vec![],
+            fetch: Some(artifact),
+        },
+        files: vec![InstanceFile {
+            path: "consul.json".into(),
+            content: serde_json::to_string_pretty(&conf).unwrap_or_default() + "\n",
+            mode: Some("0600".into()),
+        }],
+        check: argv(&["{artifact}", "validate", "{conf}/consul.json"]),
+        run: RunSpec {
+            command: argv(&["{artifact}", "agent", "-config-file={conf}/consul.json"]),
+            stop_grace_seconds: 15,
+            ..Default::default()
+        },
+        // Healthy: joined (it knows the servers' leader through them).
+        health: HealthCheck {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                format!("curl -sf --max-time 2 {http}/v1/status/leader | grep -q ':'"),
+            ],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+}
+
 /// The layer's Consul configuration, defaults filled in.
 pub fn config_of(layer: &groundwork_types::Layer) -> ConsulConfig {
     layer.config.consul.clone().unwrap_or_default()

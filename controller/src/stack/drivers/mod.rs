@@ -40,6 +40,8 @@ pub struct ScrapeTarget {
 /// and the Credential holding a token for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Upstream {
+    /// The layer that runs it.
+    pub layer: String,
     pub addresses: Vec<String>,
     pub token: Option<String>,
 }
@@ -61,6 +63,8 @@ pub struct RenderCtx<'a> {
     pub groundwork_metrics: Option<&'a str>,
     /// The stack's Consul servers, when a layer runs them.
     pub consul: Option<&'a Upstream>,
+    /// Every layer of the stack.
+    pub stack_layers: &'a [&'a Layer],
     /// The stack's Vault members, when a layer runs them.
     pub vault: Option<&'a Upstream>,
 }
@@ -76,6 +80,7 @@ pub fn supported(service: ServiceType) -> bool {
             | ServiceType::Mysql
             | ServiceType::Haproxy
             | ServiceType::Consul
+            | ServiceType::ConsulClient
             | ServiceType::Vault
             | ServiceType::Nomad
     )
@@ -93,7 +98,10 @@ pub fn quorum_based(service: ServiceType) -> bool {
 
 /// Services that run on every machine of the layer's placement, whatever its `count`.
 pub fn on_every_node(service: ServiceType) -> bool {
-    service == ServiceType::NodeExporter
+    matches!(
+        service,
+        ServiceType::NodeExporter | ServiceType::ConsulClient
+    )
 }
 
 /// The port clients use, for the layer's endpoints.
@@ -106,7 +114,9 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         ServiceType::Openldap => c.openldap.as_ref()?.port,
         ServiceType::Mysql => c.mysql.as_ref()?.port,
         ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
-        ServiceType::Consul => c.consul.clone().unwrap_or_default().http_port,
+        ServiceType::Consul | ServiceType::ConsulClient => {
+            c.consul.clone().unwrap_or_default().http_port
+        }
         ServiceType::Vault => c.vault.clone().unwrap_or_default().port,
         ServiceType::Nomad => c.nomad.clone().unwrap_or_default().http_port,
         _ => return None,
@@ -157,6 +167,7 @@ fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         ServiceType::Mysql => mysql::render_mysql(ctx),
         ServiceType::Haproxy => mysql::render_haproxy(ctx),
         ServiceType::Consul => consul::render(ctx),
+        ServiceType::ConsulClient => consul::render_client(ctx),
         ServiceType::Vault => vault::render(ctx),
         ServiceType::Nomad => nomad::render(ctx),
         other => Err(format!(

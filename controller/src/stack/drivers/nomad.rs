@@ -152,10 +152,12 @@ mod tests {
         let peers: BTreeMap<ServiceType, Vec<Member>> =
             [(ServiceType::Nomad, vec![m(0), m(1), m(2)])].into();
         let consul = Upstream {
+            layer: "connectivity".into(),
             addresses: vec!["10.0.0.20:8500".into()],
             token: Some("p-connectivity-consul-management".into()),
         };
         let vault = Upstream {
+            layer: "secrets".into(),
             addresses: vec!["http://10.0.0.30:8200".into()],
             token: None,
         };
@@ -170,6 +172,7 @@ mod tests {
             groundwork_metrics: None,
             consul: Some(&consul),
             vault: Some(&vault),
+            stack_layers: &[],
         })
         .unwrap();
         let c: serde_json::Value = serde_json::from_str(&spec.files[0].content).unwrap();

@@ -231,6 +231,7 @@ mod tests {
             groundwork_metrics: None,
             consul: None,
             vault: None,
+            stack_layers: &[],
         })
         .unwrap()
     }
@@ -276,6 +277,7 @@ mod tests {
             groundwork_metrics: None,
             consul: None,
             vault: None,
+            stack_layers: &[],
         })
         .unwrap();
         let hcl = &spec.files[0].content;
@@ -336,6 +338,7 @@ mod tests {
             groundwork_metrics: None,
             consul: None,
             vault: None,
+            stack_layers: &[],
         })
         .unwrap_err();
         assert!(e.starts_with("spec.layers[2].config.vault.artifact"), "{e}");
