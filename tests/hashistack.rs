@@ -114,6 +114,10 @@ fn secrets_connectivity_and_scheduling_come_up_and_back_with_no_manual_step() {
         &format!("h{}", id % 10_000),
         "--dir",
         &dir,
+        &format!(
+            "--server-arg=--audit-log={}",
+            tmp.path().join("audit.log").display()
+        ),
     ]);
     let mut sums = Vec::new();
     for (name, src) in [
@@ -393,6 +397,10 @@ spec:
         "json",
     ]);
     let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
+    // The reveals above are audited: the audit log names them, holds no value.
+    let audit = std::fs::read_to_string(tmp.path().join("audit.log")).unwrap();
+    assert!(audit.contains("reveal"), "the reveals are not audited");
+    logs += &audit;
     let vault: Value = serde_json::from_str(&reveal("platform-secrets-vault-init")).unwrap();
     let mut secrets = vec![
         ("nomad management token", token.clone()),
@@ -420,4 +428,104 @@ spec:
             "the {what} is in the raw store"
         );
     }
+}
+
+/// The server dies just before Nomad's ACL bootstrap call: after a restart the bootstrap
+/// runs once, with the token generated before the crash.
+#[test]
+fn nomad_bootstrap_survives_a_crash_just_before_the_call() {
+    let nomad = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/nomad");
+    let id = std::process::id() % 100_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = support::NetnsLab::new(&format!("gwnb-{id}"), tmp.path().join("lab"));
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&[
+        BIN,
+        "lab",
+        "up",
+        "--netns",
+        "--no-stack",
+        "--machines",
+        "3",
+        "--name",
+        &format!("n{}", id % 10_000),
+        "--dir",
+        &dir,
+    ]);
+    let art = lab.dir.join("boot/artifacts/nomad");
+    std::fs::copy(&nomad, &art).unwrap();
+    let f = tmp.path().join("stack.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {{name: platform}}
+spec:
+  datacenter: lab
+  layers:
+    - name: scheduling
+      services: [nomad]
+      placement: {{count: 3}}
+      config:
+        nomad:
+          artifact: {{url: "http://10.97.0.1:8080/artifacts/nomad", sha256: "{}"}}
+"#,
+            sha256_hex(&art)
+        ),
+    )
+    .unwrap();
+    std::fs::write(lab.dir.join("data/crashpoint"), "nomad-before-bootstrap").unwrap();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let pid = state["server_pid"].as_u64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never reached nomad-before-bootstrap"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let calls = || -> usize {
+        walk(&lab.dir.join("machines"))
+            .iter()
+            .filter(|p| p.ends_with("bootstrap-calls.log"))
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(calls(), 0, "the crash point is before the call");
+    lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
+    wait_ready(&lab, "after the crash", 120);
+    assert_eq!(calls(), 1);
+    let kc = lab.dir.join("data/kubeconfig");
+    let token = lab
+        .ok(&[
+            BIN,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "secrets",
+            "reveal",
+            "credential/platform-scheduling-nomad-management",
+            "--password",
+        ])
+        .trim()
+        .to_string();
+    let o = lab.run(
+        10,
+        &[
+            "curl",
+            "-sf",
+            "-H",
+            &format!("X-Nomad-Token: {token}"),
+            "http://10.97.0.11:4646/v1/acl/token/self",
+        ],
+    );
+    assert!(support::stdout(&o).contains("management"), "{}", text(&o));
 }

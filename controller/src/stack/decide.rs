@@ -841,12 +841,19 @@ fn bootstrap_flags(desired: &mut [(String, ServiceInstanceSpec)], ours: &[&Servi
             }
         })
         .collect();
-    // Flags change only on a definite choice: while members have not reported, each keeps
-    // the flag it has (clearing it would restart a member about to start the cluster).
+    // Nobody bootstraps while a member runs (the others join it): every flag is cleared, or
+    // a member restarted by a roll would start a second cluster. Otherwise flags change only
+    // on a definite choice: while members have not reported, each keeps the flag it has.
+    let runs = views.iter().any(|v| v.ready || v.running);
     match drivers::mysql::choose_bootstrap(&views) {
         Ok(chosen) => {
             for (i, (_, spec)) in desired.iter_mut().enumerate() {
                 spec.bootstrap = chosen == i;
+            }
+        }
+        Err(_) if runs => {
+            for (_, spec) in desired.iter_mut() {
+                spec.bootstrap = false;
             }
         }
         Err(_) => {

@@ -643,3 +643,18 @@ fn a_lost_galera_member_is_replaced_only_from_a_working_cluster() {
     // The new member is never chosen to start the cluster.
     assert!(p.create.iter().all(|(_, s, _)| !s.bootstrap));
 }
+
+#[test]
+fn once_the_cluster_runs_no_member_keeps_the_bootstrap_flag() {
+    // The first member starts the cluster; once members run, its flag is cleared, or a
+    // later restart (a roll) would start a second cluster beside the first.
+    let s = metrics_and_db();
+    let ms = machines(4);
+    let have = settled(&s, &ms);
+    let flagged: Vec<&String> = have
+        .iter()
+        .filter(|i| i.spec.service == ServiceType::Mysql && i.spec.bootstrap)
+        .map(|i| &i.spec.node)
+        .collect();
+    assert!(flagged.is_empty(), "still flagged: {flagged:?}");
+}
