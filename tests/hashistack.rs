@@ -399,7 +399,11 @@ spec:
     let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
     // The reveals above are audited: the audit log names them, holds no value.
     let audit = std::fs::read_to_string(tmp.path().join("audit.log")).unwrap();
-    assert!(audit.contains("reveal"), "the reveals are not audited");
+    assert!(
+        audit.lines().any(|l| l.contains("\"verb\":\"use\"")
+            && l.contains("platform-scheduling-nomad-management")),
+        "the reveals are not audited: {audit}"
+    );
     logs += &audit;
     let vault: Value = serde_json::from_str(&reveal("platform-secrets-vault-init")).unwrap();
     let mut secrets = vec![

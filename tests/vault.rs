@@ -95,6 +95,7 @@ spec:
           artifact: {{url: "http://10.97.0.1:8080/artifacts/rvault", sha256: "{}"}}
           unseal: {{shares: 5, threshold: 3}}
           kv: {{path: secret, version: 1}}
+          pki: {{commonName: groundwork.internal}}
           appRolePolicies: [{policies}]
     - name: metrics
       services: [node-exporter]
@@ -125,9 +126,25 @@ spec:
         "approle auth",
         "AppRole role consul",
         "AppRole role nomad",
+        "pki root groundwork.internal",
     ] {
         assert!(steps.contains(want), "{want} not in {steps}");
     }
+
+    // The PKI root is Vault's, and recorded in the journal: never generated again.
+    let root_sum = || -> String {
+        let o = lab.ok(&[
+            "kubectl",
+            "get",
+            "credential",
+            "platform-secrets-vault-init",
+            "-o",
+            "jsonpath={.metadata.annotations.groundwork\\.dev/pki-root-sha256}",
+        ]);
+        o.trim().to_string()
+    };
+    let recorded = root_sum();
+    assert_eq!(recorded.len(), 64, "{recorded:?}");
 
     // The journal: committed, the answer sealed (no plaintext through the API).
     let journal = "platform-secrets-vault-init";
@@ -261,9 +278,32 @@ spec:
     }
     eprintln!("sealed → unsealed after a restart: {unseal_times:.2?} s");
     assert!(unseal_times.iter().all(|t| *t < 15.0), "{unseal_times:?}");
-    // The data survived: the mounts are those of the first init.
+    // The data survived: the mounts are those of the first init, the PKI root the same.
     let mounts = vault("sys/mounts");
     assert!(mounts.get("secret/").is_some(), "{mounts}");
+    let ca = vault("pki/ca");
+    let pem = ca["data"]["certificate"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string();
+    let o = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(
+        support::stdout(&o).split_whitespace().next().unwrap(),
+        recorded,
+        "Vault's PKI root is not the one recorded"
+    );
+    let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    assert_eq!(log.matches("vault: PKI root generated").count(), 1);
 
     // Level-triggered: a role added to the spec appears; nothing is initialised again.
     std::fs::write(&f, stack("consul, nomad, prometheus")).unwrap();
@@ -409,6 +449,7 @@ fn a_crash_at_each_init_point_neither_inits_twice_nor_loses_keys() {
         "vault-after-intent",
         "vault-after-init",
         "vault-after-commit",
+        "vault-after-pki-root",
     ]
     .iter()
     .enumerate()
@@ -450,6 +491,7 @@ spec:
           implementation: rustyVault
           artifact: {{url: "http://10.97.0.1:8080/artifacts/rvault", sha256: "{}"}}
           kv: {{version: 1}}
+          pki: {{commonName: groundwork.internal}}
 "#,
                 sha256_hex(&art)
             ),
@@ -485,6 +527,11 @@ spec:
         let inits = log.matches("vault: initialising").count();
         let want = if *point == "vault-after-init" { 2 } else { 1 };
         assert_eq!(inits, want, "{point}: sys/init calls");
+        assert_eq!(
+            log.matches("vault: PKI root generated").count(),
+            1,
+            "{point}: PKI root generations"
+        );
         let journal = "platform-secrets-vault-init";
         let kc = lab.dir.join("data/kubeconfig");
         let answer: Value = serde_json::from_str(&lab.ok(&[

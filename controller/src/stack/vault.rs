@@ -28,6 +28,9 @@ pub const JOURNAL_ANNOTATION: &str = "groundwork.dev/journal";
 /// Which init attempt the journal is at (1 first); each interrupted attempt raises it and
 /// with it the members' data epoch.
 pub const ATTEMPT_ANNOTATION: &str = "groundwork.dev/attempt";
+/// The SHA-256 of the PKI root certificate Groundwork made sure of: once set, the root is
+/// never generated again, whatever Vault answers.
+pub const PKI_ROOT_ANNOTATION: &str = "groundwork.dev/pki-root-sha256";
 
 /// The members' data epoch the journal asks for: one less than its attempt.
 pub fn data_epoch(c: &Credential) -> u32 {
@@ -460,9 +463,36 @@ pub async fn converge(
                 };
                 // Configuration goes to the first unsealed member (raft standbys forward).
                 let target = url(&members[0].0);
-                match configure(&c, &target, &keys.root_token, cfg, consul_gossip.as_deref()).await
-                {
-                    Ok(done) => {
+                let recorded = stored
+                    .as_ref()
+                    .and_then(|j| j.annotations().get(PKI_ROOT_ANNOTATION).cloned());
+                let r = configure(
+                    &c,
+                    &target,
+                    &keys.root_token,
+                    cfg,
+                    consul_gossip.as_deref(),
+                    recorded.as_deref(),
+                )
+                .await;
+                match r {
+                    Ok((done, Some(root))) => {
+                        // The root found or made is recorded before it counts as done.
+                        let mut j = stored.clone().expect("committed");
+                        j.annotations_mut().insert(PKI_ROOT_ANNOTATION.into(), root);
+                        match api.replace(&name, &PostParams::default(), &j).await {
+                            Ok(_) => tracing::info!(layer, "vault: the PKI root is recorded"),
+                            Err(e) => {
+                                out.waiting =
+                                    Some(format!("recording the PKI root: {}", api_err(&e)));
+                                return out;
+                            }
+                        }
+                        out.done.insert(0, "initialised (journalled)".into());
+                        out.done.extend(done);
+                        out.waiting = None;
+                    }
+                    Ok((done, None)) => {
                         out.done.insert(0, "initialised (journalled)".into());
                         out.done.extend(done);
                         out.done.dedup();
@@ -522,13 +552,16 @@ async fn unseal(c: &reqwest::Client, base: &str, keys: &InitKeys) -> Result<(), 
 
 /// Mounts, auth methods, policies and roles: each written only when missing (policies and
 /// roles are upserts and rewritten every pass, correcting drift).
+/// Returns the steps and, when the PKI root was found or made now, its certificate's
+/// SHA-256 to record.
 async fn configure(
     c: &reqwest::Client,
     base: &str,
     token: &str,
     cfg: &VaultConfig,
     gossip: Option<&str>,
-) -> Result<Vec<String>, String> {
+    pki_recorded: Option<&str>,
+) -> Result<(Vec<String>, Option<String>), String> {
     let call = |m: reqwest::Method, p: &str| {
         c.request(m, format!("{base}/v1/{p}"))
             .header("X-Vault-Token", token)
@@ -565,6 +598,7 @@ async fn configure(
             .is_some_and(|v| v.get(key).is_some() || v["data"].get(key).is_some())
     };
     let mut done = Vec::new();
+    let mut record = None;
     let kv = &cfg.kv.path;
     let mounts = get("sys/mounts".into()).await?;
     if !has(&mounts, &format!("{kv}/")) {
@@ -584,6 +618,56 @@ async fn configure(
             .await?;
         }
         done.push(format!("pki mounted at {}/", p.path));
+        match pki_recorded {
+            Some(sum) => done.push(format!(
+                "pki root {} (sha256 {})",
+                p.common_name,
+                &sum[..12.min(sum.len())]
+            )),
+            None => {
+                let found = match existing_root(c, base, token, &p.path).await? {
+                    Some(pem) => pem,
+                    None => {
+                        let r = call(
+                            reqwest::Method::POST,
+                            &format!("{}/root/generate/internal", p.path),
+                        )
+                        .json(&json!({"common_name": p.common_name, "ttl": p.ttl}))
+                        .send()
+                        .await
+                        .map_err(|e| e.without_url().to_string())?;
+                        if !r.status().is_success() {
+                            return Err(format!(
+                                "{}/root/generate/internal: HTTP {}",
+                                p.path,
+                                r.status()
+                            ));
+                        }
+                        let v: Value = r.json().await.map_err(|e| e.without_url().to_string())?;
+                        tracing::info!(mount = %p.path, "vault: PKI root generated");
+                        crate::crashpoint::hit("vault-after-pki-root");
+                        v["data"]["certificate"]
+                            .as_str()
+                            .filter(|s| !s.is_empty())
+                            .or_else(|| v["data"]["issuing_ca"].as_str())
+                            .ok_or("root/generate answered without a certificate")?
+                            .to_string()
+                    }
+                };
+                let sum: String =
+                    ring::digest::digest(&ring::digest::SHA256, found.trim().as_bytes())
+                        .as_ref()
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect();
+                done.push(format!(
+                    "pki root {} (sha256 {})",
+                    p.common_name,
+                    &sum[..12]
+                ));
+                record = Some(sum);
+            }
+        }
     }
     if !cfg.app_role_policies.is_empty() {
         let auth = get("sys/auth".into()).await?;
@@ -631,7 +715,7 @@ async fn configure(
         }
         done.push(format!("consul gossip key at {kv}/consul/gossip"));
     }
-    Ok(done)
+    Ok((done, record))
 }
 
 #[cfg(test)]
@@ -711,4 +795,43 @@ mod tests {
         let d = format!("{k:?}");
         assert!(!d.contains("deadbeef") && !d.contains("s.secret"), "{d}");
     }
+}
+
+/// The PKI root certificate Vault already has at `mount`, or None when it answers that it
+/// has none; an answer that is neither is an error (never a reason to generate).
+async fn existing_root(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    mount: &str,
+) -> Result<Option<String>, String> {
+    // Vault: `cert/ca` (an empty certificate when none); RustyVault: `ca` (500 "not config").
+    for path in ["cert/ca", "ca"] {
+        let r = c
+            .get(format!("{base}/v1/{mount}/{path}"))
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let code = r.status();
+        let body = r.text().await.unwrap_or_default();
+        if code.is_success() {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if let Some(cert) = v["data"]["certificate"]
+                .as_str()
+                .filter(|c| !c.trim().is_empty())
+            {
+                return Ok(Some(cert.to_string()));
+            }
+            continue;
+        }
+        let absent = code == reqwest::StatusCode::NOT_FOUND
+            || code == reqwest::StatusCode::NO_CONTENT
+            || body.contains("not config")
+            || body.contains("not found");
+        if !absent {
+            return Err(format!("{mount}/{path}: HTTP {code}"));
+        }
+    }
+    Ok(None)
 }
