@@ -343,6 +343,10 @@ impl ServiceInstanceSpec {
     }
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -396,8 +400,4 @@ mod tests {
             ]
         );
     }
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
 }

@@ -718,6 +718,45 @@ async fn configure(
     Ok((done, record))
 }
 
+/// The PKI root certificate Vault already has at `mount`, or None when it answers that it
+/// has none; an answer that is neither is an error (never a reason to generate).
+async fn existing_root(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    mount: &str,
+) -> Result<Option<String>, String> {
+    // Vault: `cert/ca` (an empty certificate when none); RustyVault: `ca` (500 "not config").
+    for path in ["cert/ca", "ca"] {
+        let r = c
+            .get(format!("{base}/v1/{mount}/{path}"))
+            .header("X-Vault-Token", token)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let code = r.status();
+        let body = r.text().await.unwrap_or_default();
+        if code.is_success() {
+            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            if let Some(cert) = v["data"]["certificate"]
+                .as_str()
+                .filter(|c| !c.trim().is_empty())
+            {
+                return Ok(Some(cert.to_string()));
+            }
+            continue;
+        }
+        let absent = code == reqwest::StatusCode::NOT_FOUND
+            || code == reqwest::StatusCode::NO_CONTENT
+            || body.contains("not config")
+            || body.contains("not found");
+        if !absent {
+            return Err(format!("{mount}/{path}: HTTP {code}"));
+        }
+    }
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -795,43 +834,4 @@ mod tests {
         let d = format!("{k:?}");
         assert!(!d.contains("deadbeef") && !d.contains("s.secret"), "{d}");
     }
-}
-
-/// The PKI root certificate Vault already has at `mount`, or None when it answers that it
-/// has none; an answer that is neither is an error (never a reason to generate).
-async fn existing_root(
-    c: &reqwest::Client,
-    base: &str,
-    token: &str,
-    mount: &str,
-) -> Result<Option<String>, String> {
-    // Vault: `cert/ca` (an empty certificate when none); RustyVault: `ca` (500 "not config").
-    for path in ["cert/ca", "ca"] {
-        let r = c
-            .get(format!("{base}/v1/{mount}/{path}"))
-            .header("X-Vault-Token", token)
-            .send()
-            .await
-            .map_err(|e| e.without_url().to_string())?;
-        let code = r.status();
-        let body = r.text().await.unwrap_or_default();
-        if code.is_success() {
-            let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-            if let Some(cert) = v["data"]["certificate"]
-                .as_str()
-                .filter(|c| !c.trim().is_empty())
-            {
-                return Ok(Some(cert.to_string()));
-            }
-            continue;
-        }
-        let absent = code == reqwest::StatusCode::NOT_FOUND
-            || code == reqwest::StatusCode::NO_CONTENT
-            || body.contains("not config")
-            || body.contains("not found");
-        if !absent {
-            return Err(format!("{mount}/{path}: HTTP {code}"));
-        }
-    }
-    Ok(None)
 }
