@@ -7,12 +7,11 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, text};
+use support::{BIN, sha256_hex, text};
 
 fn consul_binary() -> PathBuf {
     let p = PathBuf::from(
@@ -25,15 +24,6 @@ fn consul_binary() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    support::stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

@@ -10,41 +10,15 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, text};
+use support::{BIN, sha256_hex, text, walk};
 
 fn binary(env: &str, default: &str, how: &str) -> PathBuf {
     let p = PathBuf::from(std::env::var(env).unwrap_or_else(|_| default.into()));
     assert!(p.exists(), "{} is missing: {how}", p.display());
     p
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    support::stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(d) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn ready(lab: &support::NetnsLab) -> Option<Value> {
@@ -102,23 +76,11 @@ fn secrets_connectivity_and_scheduling_come_up_and_back_with_no_manual_step() {
     let tmp = tempfile::tempdir().unwrap();
     let lab = support::NetnsLab::new(&format!("gwhs-{id}"), tmp.path().join("lab"));
     let dir = lab.dir.to_str().unwrap().to_string();
-    lab.ok(&[
-        BIN,
-        "lab",
-        "up",
-        "--netns",
-        "--no-stack",
-        "--machines",
-        "4",
-        "--name",
-        &format!("h{}", id % 10_000),
-        "--dir",
-        &dir,
-        &format!(
-            "--server-arg=--audit-log={}",
-            tmp.path().join("audit.log").display()
-        ),
-    ]);
+    let extra = format!(
+        "--server-arg=--audit-log={}",
+        tmp.path().join("audit.log").display()
+    );
+    lab.up(&format!("h{}", id % 10_000), 4, &[&extra]);
     let mut sums = Vec::new();
     for (name, src) in [
         ("consul", &consul),
@@ -172,21 +134,7 @@ spec:
     std::fs::write(lab.dir.join("data/crashpoint"), "nomad-after-bootstrap").unwrap();
     let t0 = Instant::now();
     lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let pid = state["server_pid"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the server never reached the nomad-after-bootstrap crash point: {}",
-            text(&lab.run(
-                10,
-                &["kubectl", "get", "servicestack", "platform", "-o", "yaml"]
-            ))
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lab.wait_server_crash("nomad-after-bootstrap", 240);
     let to_crash = t0.elapsed();
     lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
     let s = wait_ready(&lab, "after the crash", 180);
@@ -216,20 +164,7 @@ spec:
     assert!(steps.contains("consul gossip key"), "{steps}");
 
     // Nomad: the generated token is the management token; anonymous calls are refused.
-    let kc = lab.dir.join("data/kubeconfig");
-    let reveal = |c: &str| {
-        lab.ok(&[
-            BIN,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "secrets",
-            "reveal",
-            &format!("credential/{c}"),
-            "--password",
-        ])
-        .trim()
-        .to_string()
-    };
+    let reveal = |c: &str| lab.reveal(c);
     let token = reveal("platform-scheduling-nomad-management");
     let members: Value = serde_json::from_str(&lab.ok(&[
         "kubectl",
@@ -443,19 +378,7 @@ fn nomad_bootstrap_survives_a_crash_just_before_the_call() {
     let tmp = tempfile::tempdir().unwrap();
     let lab = support::NetnsLab::new(&format!("gwnb-{id}"), tmp.path().join("lab"));
     let dir = lab.dir.to_str().unwrap().to_string();
-    lab.ok(&[
-        BIN,
-        "lab",
-        "up",
-        "--netns",
-        "--no-stack",
-        "--machines",
-        "3",
-        "--name",
-        &format!("n{}", id % 10_000),
-        "--dir",
-        &dir,
-    ]);
+    lab.up(&format!("n{}", id % 10_000), 3, &[]);
     let art = lab.dir.join("boot/artifacts/nomad");
     std::fs::copy(&nomad, &art).unwrap();
     let f = tmp.path().join("stack.yaml");
@@ -481,17 +404,7 @@ spec:
     .unwrap();
     std::fs::write(lab.dir.join("data/crashpoint"), "nomad-before-bootstrap").unwrap();
     lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
-    let pid = state["server_pid"].as_u64().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the server never reached nomad-before-bootstrap"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    lab.wait_server_crash("nomad-before-bootstrap", 120);
     let calls = || -> usize {
         walk(&lab.dir.join("machines"))
             .iter()
@@ -508,19 +421,7 @@ spec:
     lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
     wait_ready(&lab, "after the crash", 120);
     assert_eq!(calls(), 1);
-    let kc = lab.dir.join("data/kubeconfig");
-    let token = lab
-        .ok(&[
-            BIN,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "secrets",
-            "reveal",
-            "credential/platform-scheduling-nomad-management",
-            "--password",
-        ])
-        .trim()
-        .to_string();
+    let token = lab.reveal("platform-scheduling-nomad-management");
     let o = lab.run(
         10,
         &[

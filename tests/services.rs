@@ -13,13 +13,13 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, run_in, text};
+use support::{BIN, run_in, sha256_hex, text};
 
 type Lab = support::NetnsLab;
 
@@ -217,15 +217,6 @@ fn layer_index(stack: &Value, name: &str) -> usize {
         .iter()
         .position(|l| l["name"] == name)
         .unwrap()
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    support::stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]

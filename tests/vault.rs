@@ -8,12 +8,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{BIN, text};
+use support::{BIN, sha256_hex, text, walk};
 
 fn rvault_binary() -> PathBuf {
     let p = PathBuf::from(
@@ -26,15 +26,6 @@ fn rvault_binary() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn sha256_hex(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    support::stdout(&o)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 /// PIDs of processes whose command line contains `needle`, in the network namespace `net`.
@@ -63,19 +54,7 @@ fn vault_is_initialised_once_unsealed_after_restarts_and_configured() {
     let lab = support::NetnsLab::new(&format!("gwvlt-{id}"), tmp.path().join("lab"));
     let name = format!("v{}", id % 10_000);
     let dir = lab.dir.to_str().unwrap().to_string();
-    lab.ok(&[
-        BIN,
-        "lab",
-        "up",
-        "--netns",
-        "--no-stack",
-        "--machines",
-        "1",
-        "--name",
-        &name,
-        "--dir",
-        &dir,
-    ]);
+    lab.up(&name, 1, &[]);
     let art = lab.dir.join("boot/artifacts/rvault");
     std::fs::copy(&rvault, &art).unwrap();
     let stack = |policies: &str| {
@@ -158,17 +137,7 @@ spec:
     assert!(j["spec"]["password"].is_null(), "{j}");
     assert!(j["spec"]["encryptedPassword"].is_string(), "{j}");
     // An administrator reveals it (audited): the shares and a root token that works.
-    let kc = lab.dir.join("data/kubeconfig");
-    let answer: Value = serde_json::from_str(&lab.ok(&[
-        BIN,
-        "--kubeconfig",
-        kc.to_str().unwrap(),
-        "secrets",
-        "reveal",
-        &format!("credential/{journal}"),
-        "--password",
-    ]))
-    .unwrap();
+    let answer: Value = serde_json::from_str(&lab.reveal(journal)).unwrap();
     let keys: Vec<String> = answer["keys"]
         .as_array()
         .unwrap()
@@ -309,7 +278,7 @@ spec:
     std::fs::write(&f, stack("consul, nomad, prometheus")).unwrap();
     let t1 = Instant::now();
     lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let role = || {
         let o = lab.run(
             10,
@@ -324,7 +293,21 @@ spec:
         support::stdout(&o)
     };
     while !role().contains("prometheus") {
-        assert!(Instant::now() < deadline, "the prometheus role never came");
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap_or_default();
+            let tail: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("servicestack") || l.contains("vault"))
+                .rev()
+                .take(30)
+                .collect();
+            panic!(
+                "the prometheus role never came: {}\nlayer: {}\nserver log (newest first):\n{}",
+                role(),
+                stack_json()["status"]["layers"][0],
+                tail.join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -458,19 +441,7 @@ fn a_crash_at_each_init_point_neither_inits_twice_nor_loses_keys() {
         let tmp = tempfile::tempdir().unwrap();
         let lab = support::NetnsLab::new(&format!("gwvc{k}-{id}"), tmp.path().join("lab"));
         let dir = lab.dir.to_str().unwrap().to_string();
-        lab.ok(&[
-            BIN,
-            "lab",
-            "up",
-            "--netns",
-            "--no-stack",
-            "--machines",
-            "1",
-            "--name",
-            &format!("vc{k}{}", id % 1000),
-            "--dir",
-            &dir,
-        ]);
+        lab.up(&format!("vc{k}{}", id % 1000), 1, &[]);
         let art = lab.dir.join("boot/artifacts/rvault");
         std::fs::copy(&rvault, &art).unwrap();
         let f = tmp.path().join("stack.yaml");
@@ -500,26 +471,7 @@ spec:
         std::fs::write(lab.dir.join("data/crashpoint"), point).unwrap();
         lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
         // The server dies at the point.
-        let state: Value =
-            serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap())
-                .unwrap();
-        let pid = state["serverPid"]
-            .as_u64()
-            .or_else(|| state["server_pid"].as_u64())
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "{point}: the server did not die there"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
-        assert!(
-            log.contains(&format!("crash point {point}")),
-            "{point}: died elsewhere"
-        );
+        lab.wait_server_crash(point, 60);
         lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
         wait_ready(&lab, 120);
 
@@ -533,17 +485,7 @@ spec:
             "{point}: PKI root generations"
         );
         let journal = "platform-secrets-vault-init";
-        let kc = lab.dir.join("data/kubeconfig");
-        let answer: Value = serde_json::from_str(&lab.ok(&[
-            BIN,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "secrets",
-            "reveal",
-            &format!("credential/{journal}"),
-            "--password",
-        ]))
-        .unwrap();
+        let answer: Value = serde_json::from_str(&lab.reveal(journal)).unwrap();
         let root = answer["rootToken"].as_str().unwrap();
         let o = lab.run(
             10,
@@ -581,20 +523,7 @@ fn groundwork_serves_vaults_transit_seal_endpoints() {
     let id = std::process::id() % 10_000;
     let tmp = tempfile::tempdir().unwrap();
     let lab = support::NetnsLab::new(&format!("gwvt-{id}"), tmp.path().join("lab"));
-    let dir = lab.dir.to_str().unwrap().to_string();
-    lab.ok(&[
-        BIN,
-        "lab",
-        "up",
-        "--netns",
-        "--no-stack",
-        "--machines",
-        "1",
-        "--name",
-        &format!("vt{}", id % 1000),
-        "--dir",
-        &dir,
-    ]);
+    lab.up(&format!("vt{}", id % 1000), 1, &[]);
     let f = tmp.path().join("stack.yaml");
     // No machine matches: the layer waits, and its transit key and token exist before any
     // member could start.
@@ -616,7 +545,6 @@ spec:
     )
     .unwrap();
     lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
-    let kc = lab.dir.join("data/kubeconfig");
     let token_cred = "platform-secrets-vault-transit-token";
     let deadline = Instant::now() + Duration::from_secs(30);
     while lab
@@ -628,19 +556,7 @@ spec:
         assert!(Instant::now() < deadline, "no transit token generated");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let reveal = |c: &str| {
-        lab.ok(&[
-            BIN,
-            "--kubeconfig",
-            kc.to_str().unwrap(),
-            "secrets",
-            "reveal",
-            &format!("credential/{c}"),
-            "--password",
-        ])
-        .trim()
-        .to_string()
-    };
+    let reveal = |c: &str| lab.reveal(c);
     let token = reveal(token_cred);
     let key = reveal("platform-secrets-vault-transit-key");
     let ca = lab.dir.join("data/pki/ca.crt");
@@ -781,20 +697,4 @@ fn nix_kill(pid: i32) {
         .output()
         .unwrap();
     assert!(o.status.success(), "kill -9 {pid}: {}", text(&o));
-}
-
-fn walk(d: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(d) else {
-        return out;
-    };
-    for e in rd.flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        } else if p.is_file() {
-            out.push(p);
-        }
-    }
-    out
 }

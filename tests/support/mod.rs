@@ -465,6 +465,99 @@ impl NetnsLab {
     }
 }
 
+impl NetnsLab {
+    /// `groundwork lab up --netns --no-stack` with `machines` machines named `name`, and
+    /// `extra` arguments (e.g. `--server-arg=...`).
+    pub fn up(&self, name: &str, machines: u8, extra: &[&str]) {
+        let n = machines.to_string();
+        let dir = self.dir.to_string_lossy().to_string();
+        let mut args = vec![
+            BIN,
+            "lab",
+            "up",
+            "--netns",
+            "--no-stack",
+            "--machines",
+            &n,
+            "--name",
+            name,
+            "--dir",
+            &dir,
+        ];
+        args.extend_from_slice(extra);
+        self.ok(&args);
+    }
+
+    /// Puts `src` in the lab's artifact store as `name`; its sha256.
+    pub fn artifact(&self, name: &str, src: &Path) -> String {
+        let art = self.dir.join("boot/artifacts").join(name);
+        std::fs::copy(src, &art).unwrap();
+        sha256_hex(&art)
+    }
+
+    /// A Credential's value, revealed by the administrator (`groundwork secrets reveal`,
+    /// audited).
+    pub fn reveal(&self, credential: &str) -> String {
+        let kc = self.dir.join("data/kubeconfig");
+        self.ok(&[
+            BIN,
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "secrets",
+            "reveal",
+            &format!("credential/{credential}"),
+            "--password",
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// Waits (bounded) until the lab's server has exited at the crash point `point`, which
+    /// the test wrote into `DATA_DIR/crashpoint`.
+    pub fn wait_server_crash(&self, point: &str, secs: u64) {
+        let state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(self.dir.join("lab.json")).unwrap())
+                .unwrap();
+        let pid = state["server_pid"].as_u64().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the server did not reach the crash point {point} in {secs} s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+        assert!(
+            log.contains(&format!("crash point {point}")),
+            "the server died elsewhere than {point}"
+        );
+    }
+}
+
+/// A file's SHA-256, hex.
+pub fn sha256_hex(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    stdout(&o).split_whitespace().next().unwrap().to_string()
+}
+
+/// Every file below `d` (symbolic links not followed).
+pub fn walk(d: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(d) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else if p.is_file() {
+            out.push(p);
+        }
+    }
+    out
+}
+
 impl Drop for NetnsLab {
     fn drop(&mut self) {
         let _ = Command::new("ip")
