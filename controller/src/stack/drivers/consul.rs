@@ -12,8 +12,8 @@
 //! - `raft_multiplier = 1`: a leader election in ~3 s instead of ~15 s.
 
 use groundwork_types::{
-    Artifact, CheckField, ConsulConfig, HealthCheck, InstanceFile, RunSpec, ServiceInstanceSpec,
-    ServiceType, SetupStep,
+    Artifact, CheckField, ConsulConfig, InstanceFile, RunSpec, ServiceInstanceSpec, ServiceType,
+    SetupStep,
 };
 use serde_json::json;
 
@@ -167,14 +167,7 @@ pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Stri
             ..Default::default()
         },
         // Healthy: joined (it knows the servers' leader through them).
-        health: HealthCheck {
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("curl -sf --max-time 2 {http}/v1/status/leader | grep -q ':'"),
-            ],
-            ..Default::default()
-        },
+        health: super::knows_a_leader(&http),
         ..Default::default()
     })
 }
@@ -289,14 +282,7 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             ..Default::default()
         },
         // Healthy: this server knows a leader.
-        health: HealthCheck {
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("curl -sf --max-time 2 {http}/v1/status/leader | grep -q ':'"),
-            ],
-            ..Default::default()
-        },
+        health: super::knows_a_leader(&http),
         ..Default::default()
     })
 }

@@ -182,6 +182,18 @@ pub(crate) fn yaml(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }
 
+/// Healthy when the HTTP API at `http` (Consul's or Nomad's) knows a raft leader.
+pub(crate) fn knows_a_leader(http: &str) -> groundwork_types::HealthCheck {
+    groundwork_types::HealthCheck {
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("curl -sf --max-time 2 {http}/v1/status/leader | grep -q ':'"),
+        ],
+        ..Default::default()
+    }
+}
+
 pub(crate) fn argv(parts: &[&str]) -> Vec<String> {
     parts.iter().map(|s| s.to_string()).collect()
 }

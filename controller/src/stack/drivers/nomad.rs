@@ -10,8 +10,7 @@
 //!   its token, `vault.address`).
 
 use groundwork_types::{
-    Artifact, CheckField, HealthCheck, InstanceFile, NomadConfig, RunSpec, ServiceInstanceSpec,
-    ServiceType,
+    Artifact, CheckField, InstanceFile, NomadConfig, RunSpec, ServiceInstanceSpec, ServiceType,
 };
 use serde_json::json;
 
@@ -106,14 +105,7 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             ..Default::default()
         },
         // Healthy: this server knows a leader.
-        health: HealthCheck {
-            command: vec![
-                "sh".into(),
-                "-c".into(),
-                format!("curl -sf --max-time 2 {http}/v1/status/leader | grep -q ':'"),
-            ],
-            ..Default::default()
-        },
+        health: super::knows_a_leader(&http),
         ..Default::default()
     })
 }
