@@ -678,8 +678,13 @@ fn wait_ready(lab: &support::NetnsLab, secs: u64) {
                 .filter(|l| l.contains("vault"))
                 .take(12)
                 .collect();
+            let services: String = walk(&lab.dir.join("machines"))
+                .iter()
+                .filter(|p| p.to_string_lossy().contains("/log/"))
+                .map(|p| format!("\n{}:\n{}", p.display(), tail(p.clone())))
+                .collect();
             panic!(
-                "not Ready after {secs} s\nfirst vault lines:\n{}\nstatus: {}\ninstances: {}\nserver log:\n{}\nagent log:\n{}",
+                "not Ready after {secs} s\nfirst vault lines:\n{}\nstatus: {}\ninstances: {}\nserver log:\n{}\nagent log:\n{}\nservices' logs:{services}",
                 first.join("\n"),
                 serde_json::to_string_pretty(&s["status"]).unwrap_or_default(),
                 text(&lab.run(10, &["kubectl", "get", "serviceinstances", "-o", "yaml"])),
@@ -697,4 +702,167 @@ fn nix_kill(pid: i32) {
         .output()
         .unwrap();
     assert!(o.status.success(), "kill -9 {pid}: {}", text(&o));
+}
+
+/// Three Vault members (the double in `tests/doubles/vault`: Vault's API as documented, with
+/// raft joins and the transit seal, since no Vault build is reachable here) in transit mode:
+/// Groundwork initialises once, the members unseal themselves through Groundwork's transit
+/// endpoints (Groundwork never calls unseal), KV v2 and the PKI root are in place, and a
+/// member killed comes back unsealed by itself.
+#[test]
+fn three_members_unseal_themselves_through_groundworks_transit_endpoints() {
+    let double = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/vault");
+    let id = std::process::id() % 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let lab = support::NetnsLab::new(&format!("gwv3-{id}"), tmp.path().join("lab"));
+    lab.up(&format!("v3{}", id % 1000), 4, &[]);
+    let sum = lab.artifact("vault", &double);
+    let f = tmp.path().join("stack.yaml");
+    std::fs::write(
+        &f,
+        format!(
+            r#"apiVersion: groundwork.dev/v1alpha1
+kind: ServiceStack
+metadata: {{name: platform}}
+spec:
+  datacenter: lab
+  layers:
+    - name: secrets
+      services: [vault]
+      placement: {{count: 3}}
+      config:
+        vault:
+          artifact: {{url: "http://10.97.0.1:8080/artifacts/vault", sha256: "{sum}"}}
+          unseal: {{mode: transit, shares: 5, threshold: 3}}
+          kv: {{path: secret, version: 2}}
+          pki: {{commonName: groundwork.internal}}
+          appRolePolicies: [consul]
+"#
+        ),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    lab.ok(&["kubectl", "apply", "-f", f.to_str().unwrap()]);
+    wait_ready(&lab, 180);
+    eprintln!(
+        "3 Vault members (double, transit seal) Ready {:.1}s after apply",
+        t0.elapsed().as_secs_f64()
+    );
+    let count = |name: &str| -> usize {
+        walk(&lab.dir.join("machines"))
+            .iter()
+            .filter(|p| p.ends_with(name))
+            .map(|p| {
+                std::fs::read_to_string(p)
+                    .unwrap_or_default()
+                    .lines()
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(count("init-calls.log"), 1, "sys/init calls");
+    assert_eq!(
+        count("unseal-calls.log"),
+        0,
+        "Groundwork called unseal in transit mode"
+    );
+    let members: Value = serde_json::from_str(&lab.ok(&[
+        "kubectl",
+        "get",
+        "serviceinstances",
+        "-l",
+        "groundwork.dev/layer=secrets",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let addrs: Vec<String> = members["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["spec"]["address"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(addrs.len(), 3);
+    let health = |a: &str| {
+        let o = lab.run(
+            5,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://{a}:8200/v1/sys/health"),
+            ],
+        );
+        support::stdout(&o)
+    };
+    let mut codes: Vec<String> = addrs.iter().map(|a| health(a)).collect();
+    codes.sort();
+    assert_eq!(codes, ["200", "429", "429"], "one active, two standbys");
+    // The recovery shares and root token are journalled; KV v2 and the PKI root are there.
+    let answer: Value = serde_json::from_str(&lab.reveal("platform-secrets-vault-init")).unwrap();
+    assert_eq!(
+        answer["keys"].as_array().unwrap().len(),
+        5,
+        "the recovery shares"
+    );
+    let root = answer["rootToken"].as_str().unwrap().to_string();
+    let get = |a: &str, path: &str| -> Value {
+        let o = lab.run(
+            5,
+            &[
+                "curl",
+                "-sf",
+                "-H",
+                &format!("X-Vault-Token: {root}"),
+                &format!("http://{a}:8200/v1/{path}"),
+            ],
+        );
+        serde_json::from_str(&support::stdout(&o)).unwrap_or(Value::Null)
+    };
+    let leader = addrs.iter().find(|a| health(a) == "200").unwrap().clone();
+    let mounts = get(&leader, "sys/mounts");
+    assert_eq!(mounts["secret/"]["options"]["version"], "2", "{mounts}");
+    assert!(
+        get(&leader, "pki/cert/ca")["data"]["certificate"]
+            .as_str()
+            .is_some_and(|c| c.contains("BEGIN CERTIFICATE")),
+        "no PKI root"
+    );
+    // A member killed comes back and unseals itself.
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
+    let standby = addrs.iter().find(|a| health(a) == "429").unwrap().clone();
+    let i: usize = standby
+        .rsplit('.')
+        .next()
+        .unwrap()
+        .parse::<usize>()
+        .unwrap()
+        - 10;
+    let net = state["machines"][i - 1]["net"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pids = pids_in(&net, "vault.hcl");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    nix_kill(pids[0]);
+    let t1 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while health(&standby) != "429" || t1.elapsed() < Duration::from_millis(200) {
+        assert!(
+            Instant::now() < deadline,
+            "the killed member did not come back unsealed: {}",
+            health(&standby)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "a killed member unsealed itself through Groundwork {:.2}s after the kill",
+        t1.elapsed().as_secs_f64()
+    );
+    assert_eq!(count("unseal-calls.log"), 0);
+    assert_eq!(count("init-calls.log"), 1);
 }

@@ -379,6 +379,7 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
                 base: base.clone(),
                 mac: m.mac.clone(),
                 ca_pem: creds.ca.clone(),
+                addr: creds.agent.clone(),
             },
             a.root.clone(),
         ));

@@ -13,8 +13,12 @@ pub struct Vars {
     pub conf: String,
     pub data: String,
     pub artifact: String,
-    /// `{agent_api}`: Groundwork's agent API as this machine reaches it (https://...).
+    /// `{agent_api}`: Groundwork's agent API as this machine's agent calls it (https://...,
+    /// the server name `groundwork-boot`, which the agent resolves itself).
     pub agent_api: String,
+    /// `{agent_addr}`: the agent API's address (`IP:PORT`), for services that connect by
+    /// address and check the server name `groundwork-boot` separately.
+    pub agent_addr: String,
     /// `{cluster_ca}`: the cluster CA's PEM file on this machine.
     pub cluster_ca: String,
 }
@@ -26,6 +30,7 @@ impl Vars {
             .replace("{data}", &self.data)
             .replace("{artifact}", &self.artifact)
             .replace("{agent_api}", &self.agent_api)
+            .replace("{agent_addr}", &self.agent_addr)
             .replace("{cluster_ca}", &self.cluster_ca)
     }
 
@@ -111,6 +116,7 @@ mod tests {
             data: "/d/data".into(),
             artifact: "/a/x".into(),
             agent_api: "https://g:8443".into(),
+            agent_addr: "10.0.0.1:8443".into(),
             cluster_ca: "/v/ca.pem".into(),
         };
         assert_eq!(

@@ -302,6 +302,7 @@ impl Actor {
             data: self.dir.join("data").display().to_string(),
             artifact,
             agent_api: self.env.api.base.clone(),
+            agent_addr: self.env.api.addr.clone(),
             cluster_ca: self.env.cluster_ca.display().to_string(),
         };
         let ids = match user_ids(spec.run.user.as_deref()) {

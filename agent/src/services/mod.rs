@@ -35,6 +35,8 @@ pub struct Api {
     pub mac: String,
     /// The cluster CA (PEM).
     pub ca_pem: String,
+    /// The agent API's address (`IP:PORT`).
+    pub addr: String,
 }
 
 impl Env {

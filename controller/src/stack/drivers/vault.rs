@@ -59,14 +59,16 @@ fn seal(ctx: &RenderCtx, cfg: &VaultConfig) -> String {
     format!(
         "
 seal \"transit\" {{
-  address         = \"{{agent_api}}\"
+  address         = \"https://{{agent_addr}}\"
+  tls_server_name = \"{server}\"
   token           = \"{{secret:{token}}}\"
   key_name        = \"{key}\"
   mount_path      = \"transit/\"
   disable_renewal = \"true\"
   tls_ca_cert     = \"{{cluster_ca}}\"
 }}
-"
+",
+        server = groundwork_types::agent::AGENT_SERVER_NAME
     )
 }
 
@@ -282,7 +284,14 @@ mod tests {
         .unwrap();
         let hcl = &spec.files[0].content;
         assert!(hcl.contains("seal \"transit\""), "{hcl}");
-        assert!(hcl.contains("address         = \"{agent_api}\""), "{hcl}");
+        assert!(
+            hcl.contains("address         = \"https://{agent_addr}\""),
+            "{hcl}"
+        );
+        assert!(
+            hcl.contains("tls_server_name = \"groundwork-boot\""),
+            "{hcl}"
+        );
         assert!(
             hcl.contains("key_name        = \"platform-secrets\""),
             "{hcl}"
