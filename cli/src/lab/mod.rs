@@ -358,8 +358,8 @@ async fn up_netns(a: &UpArgs, dir: &Path, exe: &Path, t0: Instant) -> anyhow::Re
     Ok(())
 }
 
-fn machine(m: MachineArgs) -> anyhow::Result<()> {
-    let dir = std::path::absolute(&m.dir)?;
+/// The lab in `dir` (`lab.json`) and that file's path.
+pub(super) fn load_state(dir: &Path) -> anyhow::Result<(State, PathBuf)> {
     let path = dir.join("lab.json");
     let text = std::fs::read_to_string(&path).with_context(|| {
         format!(
@@ -368,7 +368,13 @@ fn machine(m: MachineArgs) -> anyhow::Result<()> {
             path.display()
         )
     })?;
-    let mut st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    Ok((st, path))
+}
+
+fn machine(m: MachineArgs) -> anyhow::Result<()> {
+    let dir = std::path::absolute(&m.dir)?;
+    let (mut st, path) = load_state(&dir)?;
     anyhow::ensure!(
         !st.machines.is_empty(),
         "the lab in {} has no namespace machines (it was not started with --netns)",

@@ -433,15 +433,7 @@ async fn start_server(
 /// `lab server stop|start`: SIGKILL the server (a power cut of the control plane), or start
 /// it again on its data directory.
 pub(super) async fn server_ctl(dir: &Path, action: super::MachineAction) -> anyhow::Result<()> {
-    let path = dir.join("lab.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no lab in {} ({} is missing)",
-            dir.display(),
-            path.display()
-        )
-    })?;
-    let mut st: State = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+    let (mut st, path) = super::load_state(dir)?;
     anyhow::ensure!(
         !st.server_args.is_empty(),
         "the lab in {} was not started with --netns by this version: bring it up again",

@@ -63,22 +63,12 @@ impl StackController {
         if lock(&self.catalog) == Some(digest) {
             return true;
         }
-        let token = ctx
-            .caches
-            .store::<Credential>()
-            .get(&ObjectRef::new(&plan.token))
-            .and_then(|c| c.spec.encrypted_password.clone())
-            .ok_or_else(|| format!("Credential {} is not there yet", plan.token))
-            .and_then(|sealed| {
-                ctx.secret_key
-                    .as_ref()
-                    .ok_or_else(|| "this controller has no secret key".to_string())?
-                    .open(&format!("credentials/{}", plan.token), &sealed)
-                    .map_err(|e| format!("Credential {}: {e}", plan.token))
-            });
-        let r = match token {
-            Ok(t) => catalog::sync(plan, &t).await,
-            Err(e) => Err(e),
+        let r = match credential_value(ctx, &plan.token) {
+            Some(t) => catalog::sync(plan, &t).await,
+            None => Err(format!(
+                "Credential {} is not there yet (or cannot be opened)",
+                plan.token
+            )),
         };
         match r {
             Ok(removed) => {
@@ -113,16 +103,7 @@ impl StackController {
     ) -> bool {
         use std::hash::{Hash, Hasher};
         let name = stack.name_any();
-        let open = |c: &str| -> Option<String> {
-            let cr = ctx.caches.store::<Credential>().get(&ObjectRef::new(c))?;
-            ctx.secret_key
-                .as_ref()?
-                .open(
-                    &format!("credentials/{c}"),
-                    cr.spec.encrypted_password.as_deref()?,
-                )
-                .ok()
-        };
+        let open = |c: &str| credential_value(ctx, c);
         let mut agents = Vec::new();
         for i in owned.iter().filter(|i| {
             matches!(
@@ -328,14 +309,7 @@ impl StackController {
                     .iter()
                     .find(|x| x.services.contains(&ServiceType::Consul))
                     .map(|x| drivers::consul::generated(&name, &x.name)[0].0.clone())
-                    .and_then(|g| {
-                        let c = ctx.caches.store::<Credential>().get(&ObjectRef::new(&g))?;
-                        let sealed = c.spec.encrypted_password.clone()?;
-                        ctx.secret_key
-                            .as_ref()?
-                            .open(&format!("credentials/{g}"), &sealed)
-                            .ok()
-                    });
+                    .and_then(|g| credential_value(ctx, &g));
                 (
                     vault::converge(stack, &l.name, &cfg, &members, gossip, ctx).await,
                     "VaultBootstrapped",
@@ -386,6 +360,22 @@ fn merge(l: &mut groundwork_types::LayerStatus, out: vault::Outcome, kind: &str)
         c.message = l.waiting_for.clone().unwrap_or_default();
     }
     true
+}
+
+/// A Credential's value, from the cache, opened with this controller's secret key; None
+/// while it is not there (or cannot be opened).
+pub(crate) fn credential_value(ctx: &Ctx, name: &str) -> Option<String> {
+    let c = ctx
+        .caches
+        .store::<Credential>()
+        .get(&ObjectRef::new(name))?;
+    ctx.secret_key
+        .as_ref()?
+        .open(
+            &format!("credentials/{name}"),
+            c.spec.encrypted_password.as_deref()?,
+        )
+        .ok()
 }
 
 /// A Node as placement sees it, or None when it cannot take members.

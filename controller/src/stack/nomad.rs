@@ -9,8 +9,7 @@
 
 use std::time::Duration;
 
-use groundwork_types::{Credential, NomadConfig};
-use kube::runtime::reflector::ObjectRef;
+use groundwork_types::NomadConfig;
 use serde_json::json;
 
 use crate::runtime::Ctx;
@@ -68,20 +67,7 @@ pub async fn converge(
     let mut token = String::new();
     if cfg.acl_bootstrap {
         let name = super::drivers::nomad::generated(stack, layer)[0].0.clone();
-        let Some(t) = ctx
-            .caches
-            .store::<Credential>()
-            .get(&ObjectRef::new(&name))
-            .and_then(|cr| {
-                ctx.secret_key
-                    .as_ref()?
-                    .open(
-                        &format!("credentials/{name}"),
-                        cr.spec.encrypted_password.as_deref()?,
-                    )
-                    .ok()
-            })
-        else {
+        let Some(t) = super::credential_value(ctx, &name) else {
             out.waiting = Some(format!("the generated management token {name}"));
             return out;
         };

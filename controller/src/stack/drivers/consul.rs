@@ -115,17 +115,30 @@ pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Stri
             ctx.field()
         ));
     };
-    let addr = &ctx.me.address;
     let join: Vec<String> = servers
         .addresses
         .iter()
         .map(|a| a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string())
         .collect();
     let gossip = generated(ctx.stack, &servers.layer)[0].0.clone();
+    let conf = agent_conf(ctx, &cfg, join, &gossip);
+    let http = format!("http://{}:{}", ctx.me.address, cfg.http_port);
+    // Healthy: joined (it knows the servers' leader through them).
+    Ok(agent_spec(artifact, vec![conf_file(&conf)], &http))
+}
+
+/// What every agent's config has, server or client: its addresses, the servers to join,
+/// the gossip key and, with ACLs, its own agent token.
+fn agent_conf(
+    ctx: &RenderCtx,
+    cfg: &ConsulConfig,
+    join: Vec<String>,
+    gossip: &str,
+) -> serde_json::Value {
+    let addr = &ctx.me.address;
     let agent = agent_token_credential(ctx.stack, &ctx.layer.name, &ctx.me.node);
-    let dc = cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string());
     let mut conf = json!({
-        "datacenter": dc,
+        "datacenter": cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string()),
         "node_name": ctx.me.node,
         "server": false,
         "data_dir": "{data}",
@@ -146,30 +159,45 @@ pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Stri
             "default_policy": "deny",
             "down_policy": "extend-cache",
             "enable_token_persistence": true,
+            // Its own token (policy agent-NODE), created by the stack controller with the
+            // AccessorID above; until then the agent's updates are refused and retried, and
+            // nothing else is affected.
             "tokens": {"agent": format!("{{secret:{agent}}}")},
         });
     }
-    let http = format!("http://{addr}:{}", cfg.http_port);
-    Ok(ServiceInstanceSpec {
+    conf
+}
+
+fn conf_file(conf: &serde_json::Value) -> InstanceFile {
+    InstanceFile {
+        path: "consul.json".into(),
+        content: serde_json::to_string_pretty(conf).unwrap_or_default() + "\n",
+        mode: Some("0600".into()),
+    }
+}
+
+/// An agent's instance: `files` (its `consul.json` first), validated by `consul validate`,
+/// healthy when it knows a leader.
+fn agent_spec(
+    artifact: groundwork_types::ArtifactSource,
+    files: Vec<InstanceFile>,
+    http: &str,
+) -> ServiceInstanceSpec {
+    ServiceInstanceSpec {
         artifact: Artifact {
             packages: vec![],
             fetch: Some(artifact),
         },
-        files: vec![InstanceFile {
-            path: "consul.json".into(),
-            content: serde_json::to_string_pretty(&conf).unwrap_or_default() + "\n",
-            mode: Some("0600".into()),
-        }],
+        files,
         check: argv(&["{artifact}", "validate", "{conf}/consul.json"]),
         run: RunSpec {
             command: argv(&["{artifact}", "agent", "-config-file={conf}/consul.json"]),
             stop_grace_seconds: 15,
             ..Default::default()
         },
-        // Healthy: joined (it knows the servers' leader through them).
-        health: super::knows_a_leader(&http),
+        health: super::knows_a_leader(http),
         ..Default::default()
-    })
+    }
 }
 
 /// The layer's Consul configuration, defaults filled in.
@@ -194,50 +222,19 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         .flatten()
         .map(|m| m.address.clone())
         .collect();
-    let join: Vec<&String> = peers.iter().filter(|p| *p != addr).collect();
+    let join: Vec<String> = peers.iter().filter(|p| *p != addr).cloned().collect();
     let [gossip, management] = [0, 1].map(|i| generated(ctx.stack, &ctx.layer.name)[i].0.clone());
-    let agent = agent_token_credential(ctx.stack, &ctx.layer.name, &ctx.me.node);
-    let dc = cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string());
-    let mut conf = json!({
-        "datacenter": dc,
-        "node_name": ctx.me.node,
-        "server": true,
-        "bootstrap_expect": peers.len(),
-        "data_dir": "{data}",
-        "bind_addr": addr,
-        "advertise_addr": addr,
-        "client_addr": format!("127.0.0.1 {addr}"),
-        "retry_join": join,
-        "retry_interval": "1s",
-        "encrypt": format!("{{secret:{gossip}}}"),
-        "ports": {"http": cfg.http_port, "dns": cfg.dns_port},
-        "performance": {"raft_multiplier": 1},
-        "disable_update_check": true,
-        "leave_on_terminate": false,
-        "log_level": "INFO",
-    });
+    let mut conf = agent_conf(ctx, &cfg, join, &gossip);
+    conf["server"] = json!(true);
+    conf["bootstrap_expect"] = json!(peers.len());
+    conf["performance"] = json!({"raft_multiplier": 1});
+    conf["leave_on_terminate"] = json!(false);
     if cfg.acl_bootstrap {
-        conf["acl"] = json!({
-            "enabled": true,
-            "default_policy": "deny",
-            "down_policy": "extend-cache",
-            "enable_token_persistence": true,
-            "tokens": {
-                "master": format!("{{secret:{management}}}"),
-                // Its own token (policy agent-NODE), created by the stack controller with
-                // the AccessorID above; until then the agent's updates are refused and
-                // retried, and nothing else is affected.
-                "agent": format!("{{secret:{agent}}}"),
-            },
-        });
+        conf["acl"]["tokens"]["master"] = json!(format!("{{secret:{management}}}"));
     }
     let http = format!("http://{addr}:{}", cfg.http_port);
     let mut after_start = Vec::new();
-    let mut files = vec![InstanceFile {
-        path: "consul.json".into(),
-        content: serde_json::to_string_pretty(&conf).unwrap_or_default() + "\n",
-        mode: Some("0600".into()),
-    }];
+    let mut files = vec![conf_file(&conf)];
     if cfg.acl_bootstrap {
         files.push(InstanceFile {
             path: "acl.env".into(),
@@ -258,13 +255,8 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             user: Some("root".into()),
         });
     }
+    // Healthy: this server knows a leader.
     Ok(ServiceInstanceSpec {
-        artifact: Artifact {
-            packages: vec![],
-            fetch: Some(artifact),
-        },
-        files,
-        check: argv(&["{artifact}", "validate", "{conf}/consul.json"]),
         check_fields: vec![
             CheckField {
                 contains: "encrypt".into(),
@@ -276,13 +268,6 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             },
         ],
         after_start,
-        run: RunSpec {
-            command: argv(&["{artifact}", "agent", "-config-file={conf}/consul.json"]),
-            stop_grace_seconds: 15,
-            ..Default::default()
-        },
-        // Healthy: this server knows a leader.
-        health: super::knows_a_leader(&http),
-        ..Default::default()
+        ..agent_spec(artifact, files, &http)
     })
 }
