@@ -355,6 +355,14 @@ spec:
             "vault root token",
             vault["rootToken"].as_str().unwrap().to_string(),
         ),
+        (
+            "Groundwork's vault token",
+            reveal("platform-secrets-vault-token"),
+        ),
+        (
+            "consul AppRole secret ID",
+            reveal("platform-secrets-approle-consul"),
+        ),
     ];
     for k in vault["keys"].as_array().unwrap() {
         secrets.push(("vault key share", k.as_str().unwrap().to_string()));

@@ -147,16 +147,65 @@ spec:
     let root = answer["rootToken"].as_str().unwrap().to_string();
     assert_eq!(keys.len(), 5);
     let addr = "10.97.0.11";
+    // Groundwork works with its own token; the root token is revoked.
+    let own = lab.reveal("platform-secrets-vault-token");
+    let code = |token: &str, path: &str| {
+        let o = lab.run(
+            10,
+            &[
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                &format!("X-Vault-Token: {token}"),
+                &format!("http://{addr}:8200/v1/{path}"),
+            ],
+        );
+        support::stdout(&o)
+    };
+    assert_eq!(
+        code(&root, "auth/token/lookup-self"),
+        "403",
+        "the root token still works"
+    );
+    assert_eq!(code(&own, "auth/token/lookup-self"), "200");
+    assert!(steps.contains("root token revoked"), "{steps}");
     let vault = |path: &str| -> Value {
         let o = lab.ok(&[
             "curl",
             "-sf",
             "-H",
-            &format!("X-Vault-Token: {root}"),
+            &format!("X-Vault-Token: {own}"),
             &format!("http://{addr}:8200/v1/{path}"),
         ]);
         serde_json::from_str(&o).unwrap_or(Value::Null)
     };
+    // Each AppRole's IDs are Groundwork's (a Credential): a service logs in with them.
+    let role_id = lab.ok(&[
+        "kubectl",
+        "get",
+        "credential",
+        "platform-secrets-approle-consul",
+        "-o",
+        "jsonpath={.spec.username}",
+    ]);
+    let secret_id = lab.reveal("platform-secrets-approle-consul");
+    let login = lab.ok(&[
+        "curl",
+        "-sf",
+        "-X",
+        "POST",
+        "-d",
+        &format!(
+            r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
+            role_id.trim()
+        ),
+        &format!("http://{addr}:8200/v1/auth/approle/login"),
+    ]);
+    assert!(login.contains("client_token"), "AppRole login: {login}");
     let mounts = vault("sys/mounts");
     assert!(mounts.get("secret/").is_some(), "{mounts}");
     let auth = vault("sys/auth");
@@ -286,7 +335,7 @@ spec:
                 "curl",
                 "-sf",
                 "-H",
-                &format!("X-Vault-Token: {root}"),
+                &format!("X-Vault-Token: {own}"),
                 &format!("http://{addr}:8200/v1/auth/approle/role/prometheus"),
             ],
         );
@@ -355,18 +404,22 @@ spec:
         "json",
     ]);
     let store = std::fs::read(lab.dir.join("data/groundwork.redb")).unwrap();
-    for v in keys.iter().chain([&root]) {
-        assert!(
-            !logs.contains(v.as_str()),
-            "a key share or the root token is in a log"
-        );
-        assert!(
-            !api.contains(v.as_str()),
-            "a key share or the root token is in an API answer"
-        );
+    let named = keys.iter().map(|k| ("a key share", k)).chain([
+        ("the root token", &root),
+        ("Groundwork's token", &own),
+        ("an AppRole secret ID", &secret_id),
+    ]);
+    for (what, v) in named {
+        if let Some(line) = logs.lines().find(|l| l.contains(v.as_str())) {
+            panic!(
+                "{what} is in a log line: {}",
+                line.replace(v.as_str(), "<SECRET>")
+            );
+        }
+        assert!(!api.contains(v.as_str()), "{what} is in an API answer");
         assert!(
             !store.windows(v.len()).any(|w| w == v.as_bytes()),
-            "a key share or the root token is in the raw store"
+            "{what} is in the raw store"
         );
     }
 
@@ -407,7 +460,7 @@ spec:
         "{cond}"
     );
     assert_eq!(stack_json()["status"]["layers"][0]["phase"], "Failed");
-    // The root token of the first init still works: nothing was initialised again.
+    // Groundwork's token from the first init still works: nothing was initialised again.
     let me = vault("sys/mounts");
     assert!(me.get("secret/").is_some(), "{me}");
     assert!(
@@ -433,6 +486,10 @@ fn a_crash_at_each_init_point_neither_inits_twice_nor_loses_keys() {
         "vault-after-init",
         "vault-after-commit",
         "vault-after-pki-root",
+        "vault-after-own-token",
+        "vault-before-secret-id",
+        "vault-after-secret-id",
+        "vault-after-root-revoke",
     ]
     .iter()
     .enumerate()
@@ -463,6 +520,7 @@ spec:
           artifact: {{url: "http://10.97.0.1:8080/artifacts/rvault", sha256: "{}"}}
           kv: {{version: 1}}
           pki: {{commonName: groundwork.internal}}
+          appRolePolicies: [consul]
 "#,
                 sha256_hex(&art)
             ),
@@ -486,21 +544,52 @@ spec:
         );
         let journal = "platform-secrets-vault-init";
         let answer: Value = serde_json::from_str(&lab.reveal(journal)).unwrap();
-        let root = answer["rootToken"].as_str().unwrap();
+        assert_eq!(answer["keys"].as_array().map(Vec::len), Some(5), "{point}");
+        let own = lab.reveal("platform-secrets-vault-token");
         let o = lab.run(
             10,
             &[
                 "curl",
                 "-sf",
                 "-H",
-                &format!("X-Vault-Token: {root}"),
+                &format!("X-Vault-Token: {own}"),
                 "http://10.97.0.11:8200/v1/sys/mounts",
             ],
         );
         assert!(
             o.status.success() && support::stdout(&o).contains("secret/"),
-            "{point}: the stored root token does not open the running Vault: {}",
+            "{point}: Groundwork's stored token does not open the running Vault: {}",
             text(&o)
+        );
+        // The AppRole's stored IDs log in: set once, whatever the crash.
+        let role_id = lab.ok(&[
+            "kubectl",
+            "get",
+            "credential",
+            "platform-secrets-approle-consul",
+            "-o",
+            "jsonpath={.spec.username}",
+        ]);
+        let secret_id = lab.reveal("platform-secrets-approle-consul");
+        let login = lab.run(
+            10,
+            &[
+                "curl",
+                "-sf",
+                "-X",
+                "POST",
+                "-d",
+                &format!(
+                    r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
+                    role_id.trim()
+                ),
+                "http://10.97.0.11:8200/v1/auth/approle/login",
+            ],
+        );
+        assert!(
+            support::stdout(&login).contains("client_token"),
+            "{point}: AppRole login: {}",
+            text(&login)
         );
         let aside = walk(&lab.dir.join("machines/n1/var-lib-groundwork/services"))
             .iter()
@@ -735,7 +824,10 @@ spec:
           artifact: {{url: "http://10.97.0.1:8080/artifacts/vault", sha256: "{sum}"}}
           unseal: {{mode: transit, shares: 5, threshold: 3}}
           kv: {{path: secret, version: 2}}
-          pki: {{commonName: groundwork.internal}}
+          pki:
+            commonName: groundwork.internal
+            intermediate: {{commonName: groundwork.internal issuing}}
+          sshCa: {{allowedUsers: "ops,deploy"}}
           appRolePolicies: [consul]
 "#
         ),
@@ -809,28 +901,127 @@ spec:
         "the recovery shares"
     );
     let root = answer["rootToken"].as_str().unwrap().to_string();
-    let get = |a: &str, path: &str| -> Value {
-        let o = lab.run(
+    let own = lab.reveal("platform-secrets-vault-token");
+    let call = |token: &str, a: &str, path: &str| {
+        lab.run(
             5,
             &[
                 "curl",
-                "-sf",
+                "-s",
+                "-w",
+                "\n%{http_code}",
                 "-H",
-                &format!("X-Vault-Token: {root}"),
+                &format!("X-Vault-Token: {token}"),
                 &format!("http://{a}:8200/v1/{path}"),
             ],
-        );
-        serde_json::from_str(&support::stdout(&o)).unwrap_or(Value::Null)
+        )
+    };
+    let get = |a: &str, path: &str| -> Value {
+        let out = support::stdout(&call(&own, a, path));
+        let body = out.rsplit_once('\n').map(|x| x.0).unwrap_or("");
+        serde_json::from_str(body).unwrap_or(Value::Null)
+    };
+    let status = |token: &str, a: &str, path: &str| -> String {
+        let out = support::stdout(&call(token, a, path));
+        out.rsplit_once('\n')
+            .map(|x| x.1.to_string())
+            .unwrap_or(out)
     };
     let leader = addrs.iter().find(|a| health(a) == "200").unwrap().clone();
+    // The root token is revoked; Groundwork's own token does what it must and no more
+    // (the double enforces Vault's ACL policies).
+    assert_eq!(status(&root, &leader, "auth/token/lookup-self"), "403");
+    assert_eq!(status(&own, &leader, "auth/token/lookup-self"), "200");
+    // (404: allowed, and nothing there; 403: refused.)
+    assert_eq!(status(&own, &leader, "secret/data/consul/gossip"), "404");
+    assert_eq!(
+        status(&own, &leader, "secret/data/apps/db"),
+        "403",
+        "Groundwork's token reads the platform's secrets"
+    );
     let mounts = get(&leader, "sys/mounts");
     assert_eq!(mounts["secret/"]["options"]["version"], "2", "{mounts}");
-    assert!(
-        get(&leader, "pki/cert/ca")["data"]["certificate"]
+    // The PKI root and the intermediate it signed: a real chain, checked by openssl.
+    let pem = |mount: &str| {
+        get(&leader, &format!("{mount}/cert/ca"))["data"]["certificate"]
             .as_str()
-            .is_some_and(|c| c.contains("BEGIN CERTIFICATE")),
-        "no PKI root"
+            .unwrap_or_default()
+            .to_string()
+    };
+    let (root_pem, int_pem) = (pem("pki"), pem("pki_int"));
+    assert!(root_pem.contains("BEGIN CERTIFICATE"), "no PKI root");
+    std::fs::write(tmp.path().join("root.pem"), &root_pem).unwrap();
+    std::fs::write(tmp.path().join("int.pem"), &int_pem).unwrap();
+    let v = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(tmp.path().join("root.pem"))
+        .arg(tmp.path().join("int.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        v.status.success(),
+        "the intermediate does not chain to the root: {}",
+        text(&v)
     );
+    let subject = Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-in"])
+        .arg(tmp.path().join("int.pem"))
+        .output()
+        .unwrap();
+    assert!(support::stdout(&subject).contains("groundwork.internal issuing"));
+    // The SSH CA: a key made once, recorded; the role signs for the allowed users.
+    let ssh_key = get(&leader, "ssh/config/ca")["data"]["public_key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(ssh_key.starts_with("ssh-"), "no SSH CA: {ssh_key:?}");
+    let journal_annotation = |key: &str| {
+        lab.ok(&[
+            "kubectl",
+            "get",
+            "credential",
+            "platform-secrets-vault-init",
+            "-o",
+            &format!("jsonpath={{.metadata.annotations.groundwork\\.dev/{key}}}"),
+        ])
+        .trim()
+        .to_string()
+    };
+    assert_eq!(journal_annotation("ssh-ca-sha256"), sha256_of(&ssh_key));
+    assert_eq!(
+        journal_annotation("pki-intermediate-sha256"),
+        sha256_of(&int_pem)
+    );
+    assert_eq!(journal_annotation("root-token-revoked"), "true");
+    // The AppRole's IDs are Groundwork's: a service logs in and reads its own path.
+    let role_id = lab.ok(&[
+        "kubectl",
+        "get",
+        "credential",
+        "platform-secrets-approle-consul",
+        "-o",
+        "jsonpath={.spec.username}",
+    ]);
+    let secret_id = lab.reveal("platform-secrets-approle-consul");
+    let login = lab.ok(&[
+        "curl",
+        "-sf",
+        "-X",
+        "POST",
+        "-d",
+        &format!(
+            r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
+            role_id.trim()
+        ),
+        &format!("http://{leader}:8200/v1/auth/approle/login"),
+    ]);
+    let login: Value = serde_json::from_str(&login).unwrap();
+    let consul_token = login["auth"]["client_token"].as_str().unwrap().to_string();
+    assert_eq!(
+        status(&consul_token, &leader, "secret/data/consul/gossip"),
+        "404"
+    );
+    assert_eq!(status(&consul_token, &leader, "sys/mounts"), "403");
     // A member killed comes back and unseals itself.
     let state: Value =
         serde_json::from_str(&std::fs::read_to_string(lab.dir.join("lab.json")).unwrap()).unwrap();
@@ -865,4 +1056,37 @@ spec:
     );
     assert_eq!(count("unseal-calls.log"), 0);
     assert_eq!(count("init-calls.log"), 1);
+    // Groundwork restarted: its next passes make no root, intermediate or SSH key again.
+    let dir = lab.dir.to_str().unwrap().to_string();
+    lab.ok(&[BIN, "lab", "server", "stop", "--dir", &dir]);
+    lab.ok(&[BIN, "lab", "server", "start", "--dir", &dir]);
+    wait_ready(&lab, 120);
+    std::thread::sleep(Duration::from_secs(3));
+    wait_ready(&lab, 60);
+    assert_eq!(
+        count("generated.log"),
+        3,
+        "root, intermediate key, SSH key: once each"
+    );
+    assert_eq!(pem("pki_int"), int_pem);
+}
+
+fn sha256_of(s: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(s.trim().as_bytes())
+        .unwrap();
+    let o = c.wait_with_output().unwrap();
+    support::stdout(&o)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }

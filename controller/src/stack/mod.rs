@@ -219,11 +219,18 @@ impl StackController {
                 {
                     continue;
                 }
+                let (username, password) = match what {
+                    drivers::consul::Generate::AppRole => (
+                        generate(drivers::consul::Generate::Uuid),
+                        generate(drivers::consul::Generate::Uuid),
+                    ),
+                    w => (user.to_string(), generate(w)),
+                };
                 let mut c = Credential::new(
                     &cname,
                     groundwork_types::CredentialSpec {
-                        username: user.to_string(),
-                        password: Some(generate(what)),
+                        username,
+                        password: Some(password),
                         encrypted_password: None,
                     },
                 );
@@ -773,7 +780,7 @@ fn generate(what: drivers::consul::Generate) -> String {
         .expect("the system's random source");
     match what {
         drivers::consul::Generate::GossipKey => base64::engine::general_purpose::STANDARD.encode(b),
-        drivers::consul::Generate::Uuid => {
+        drivers::consul::Generate::Uuid | drivers::consul::Generate::AppRole => {
             uuid::Builder::from_random_bytes(b[..16].try_into().expect("16 bytes"))
                 .into_uuid()
                 .to_string()

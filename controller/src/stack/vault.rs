@@ -31,6 +31,14 @@ pub const ATTEMPT_ANNOTATION: &str = "groundwork.dev/attempt";
 /// The SHA-256 of the PKI root certificate Groundwork made sure of: once set, the root is
 /// never generated again, whatever Vault answers.
 pub const PKI_ROOT_ANNOTATION: &str = "groundwork.dev/pki-root-sha256";
+/// The same guard for the PKI intermediate (its signed certificate's SHA-256).
+pub const PKI_INTERMEDIATE_ANNOTATION: &str = "groundwork.dev/pki-intermediate-sha256";
+/// The same guard for the SSH CA (its public key's SHA-256).
+pub const SSH_CA_ANNOTATION: &str = "groundwork.dev/ssh-ca-sha256";
+/// Set once the root token from `sys/init` is revoked (Groundwork then uses its own token).
+pub const ROOT_REVOKED_ANNOTATION: &str = "groundwork.dev/root-token-revoked";
+/// The policy of Groundwork's own token.
+pub const GROUNDWORK_POLICY: &str = "groundwork";
 
 /// The members' data epoch the journal asks for: one less than its attempt.
 pub fn data_epoch(c: &Credential) -> u32 {
@@ -164,6 +172,80 @@ pub fn next(journal: Journal, members: &[MemberView]) -> Step {
             Step::Init(answering[0].address.clone())
         }
     }
+}
+
+/// What a token lookup (`auth/token/lookup-self`) answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenState {
+    Valid,
+    /// Vault answered and refused it (revoked, expired or never created).
+    Refused,
+    /// No answer.
+    Unknown,
+}
+
+/// Which token configures Vault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenStep {
+    /// Groundwork's own token works: use it.
+    UseOwn,
+    /// It does not exist yet and the root token still works: create it (with the ID
+    /// Groundwork stored before, so a repeat finds it), then use it.
+    CreateOwn,
+    Wait,
+    /// Neither works: the operator makes Groundwork's token with a new root token.
+    Lost,
+}
+
+/// Groundwork's own token first; the root token only to create it.
+pub fn token_step(own: TokenState, root: TokenState) -> TokenStep {
+    use TokenState::*;
+    match (own, root) {
+        (Valid, _) => TokenStep::UseOwn,
+        (Unknown, _) | (Refused, Unknown) => TokenStep::Wait,
+        (Refused, Valid) => TokenStep::CreateOwn,
+        (Refused, Refused) => TokenStep::Lost,
+    }
+}
+
+/// The policy of Groundwork's own token: what [`configure`] touches and nothing else (it
+/// cannot read the platform's secrets in KV beyond the gossip key it writes, nor seal, nor
+/// manage tokens but its own).
+pub fn groundwork_policy(cfg: &VaultConfig) -> String {
+    let rw = r#"["create", "read", "update"]"#;
+    let mut p = vec![
+        ("sys/mounts".to_string(), r#"["read"]"#),
+        ("sys/mounts/*".to_string(), rw),
+        ("sys/auth".to_string(), r#"["read"]"#),
+        (
+            "sys/auth/approle".to_string(),
+            r#"["create", "read", "update", "sudo"]"#,
+        ),
+        (format!("sys/policies/acl/{GROUNDWORK_POLICY}"), rw),
+        ("auth/approle/role/*".to_string(), rw),
+    ];
+    for n in &cfg.app_role_policies {
+        p.push((format!("sys/policies/acl/{n}"), rw));
+    }
+    let kv = &cfg.kv.path;
+    if cfg.kv.version == 2 {
+        p.push((format!("{kv}/data/consul/gossip"), rw));
+    } else {
+        p.push((format!("{kv}/consul/gossip"), rw));
+    }
+    if let Some(pki) = &cfg.pki {
+        p.push((format!("{}/*", pki.path), rw));
+        if let Some(i) = &pki.intermediate {
+            p.push((format!("{}/*", i.path), rw));
+        }
+    }
+    if let Some(ssh) = &cfg.ssh_ca {
+        p.push((format!("{}/config/ca", ssh.path), rw));
+        p.push((format!("{}/roles/*", ssh.path), rw));
+    }
+    p.iter()
+        .map(|(path, caps)| format!("path \"{path}\" {{\n  capabilities = {caps}\n}}\n"))
+        .collect()
 }
 
 /// What a pass did and where the layer stands.
@@ -457,49 +539,125 @@ pub async fn converge(
                 out.done.push("members unsealed".into());
             }
             Step::Configure => {
-                let Some(keys) = open(stored.as_ref(), &name, ctx) else {
+                let (Some(keys), Some(mut j)) = (open(stored.as_ref(), &name, ctx), stored) else {
                     out.waiting = Some(format!("the root token in {name} (cannot open it)"));
                     return out;
                 };
                 // Configuration goes to the first unsealed member (raft standbys forward).
                 let target = url(&members[0].0);
-                let recorded = stored
-                    .as_ref()
-                    .and_then(|j| j.annotations().get(PKI_ROOT_ANNOTATION).cloned());
+                let own_name = super::drivers::vault::token_credential(&stack.name_any(), layer);
+                let Some(own) = super::credential_value(ctx, &own_name) else {
+                    out.waiting = Some(format!("Groundwork's Vault token (Credential {own_name})"));
+                    return out;
+                };
+                let revoked = j.annotations().contains_key(ROOT_REVOKED_ANNOTATION);
+                let own_state = lookup_self(&c, &target, &own).await;
+                let root_state = if revoked && own_state == TokenState::Valid {
+                    TokenState::Refused
+                } else {
+                    lookup_self(&c, &target, &keys.root_token).await
+                };
+                match token_step(own_state, root_state) {
+                    TokenStep::Wait => {
+                        out.waiting = Some("Vault to answer a token lookup".into());
+                        return out;
+                    }
+                    TokenStep::Lost => {
+                        let msg = format!(
+                            "Vault refuses both Groundwork's token (Credential {own_name}) and \
+                             the root token: see docs/services.md, \"Vault: Groundwork's token \
+                             refused\""
+                        );
+                        tracing::warn!(layer, "{msg}");
+                        out.stop = Some(("VaultTokenRefused", msg.clone()));
+                        out.waiting = Some(msg);
+                        return out;
+                    }
+                    TokenStep::CreateOwn => {
+                        if let Err(e) =
+                            create_own_token(&c, &target, &keys.root_token, &own, cfg).await
+                        {
+                            out.waiting = Some(format!("creating Groundwork's Vault token: {e}"));
+                            return out;
+                        }
+                        tracing::info!(
+                            layer,
+                            policy = GROUNDWORK_POLICY,
+                            "vault: Groundwork's own token created"
+                        );
+                        crate::crashpoint::hit("vault-after-own-token");
+                    }
+                    TokenStep::UseOwn => renew_if_due(&c, &target, &own).await,
+                }
+                let mut approles = Vec::new();
+                for n in &cfg.app_role_policies {
+                    let cn = super::drivers::vault::approle_credential(&stack.name_any(), layer, n);
+                    let role_id = ctx
+                        .caches
+                        .store::<Credential>()
+                        .get(&kube::runtime::reflector::ObjectRef::new(&cn))
+                        .map(|c| c.spec.username.clone());
+                    match (role_id, super::credential_value(ctx, &cn)) {
+                        (Some(r), Some(s)) => approles.push((n.clone(), r, s)),
+                        _ => {
+                            out.waiting = Some(format!("the AppRole credential {cn}"));
+                            return out;
+                        }
+                    }
+                }
+                let recorded = j.annotations().clone();
                 let r = configure(
                     &c,
                     &target,
-                    &keys.root_token,
+                    &own,
                     cfg,
                     consul_gossip.as_deref(),
-                    recorded.as_deref(),
+                    &recorded,
+                    &approles,
                 )
                 .await;
-                match r {
-                    Ok((done, Some(root))) => {
-                        // The root found or made is recorded before it counts as done.
-                        let mut j = stored.clone().expect("committed");
-                        j.annotations_mut().insert(PKI_ROOT_ANNOTATION.into(), root);
-                        match api.replace(&name, &PostParams::default(), &j).await {
-                            Ok(_) => tracing::info!(layer, "vault: the PKI root is recorded"),
-                            Err(e) => {
-                                out.waiting =
-                                    Some(format!("recording the PKI root: {}", api_err(&e)));
-                                return out;
-                            }
-                        }
-                        out.done.insert(0, "initialised (journalled)".into());
-                        out.done.extend(done);
-                        out.waiting = None;
+                let (done, mut records) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        out.waiting = Some(format!("configuring Vault: {e}"));
+                        return out;
                     }
-                    Ok((done, None)) => {
-                        out.done.insert(0, "initialised (journalled)".into());
-                        out.done.extend(done);
-                        out.done.dedup();
-                        out.waiting = None;
+                };
+                // The root token goes once Groundwork's own token has configured Vault.
+                if root_state == TokenState::Valid {
+                    if let Err(e) = revoke_root(&c, &target, &keys.root_token).await {
+                        out.waiting = Some(format!("revoking the root token: {e}"));
+                        return out;
                     }
-                    Err(e) => out.waiting = Some(format!("configuring Vault: {e}")),
+                    tracing::info!(
+                        layer,
+                        "vault: the root token is revoked (see docs/services.md to generate a new one)"
+                    );
+                    crate::crashpoint::hit("vault-after-root-revoke");
                 }
+                if !revoked {
+                    records.push((ROOT_REVOKED_ANNOTATION, "true".into()));
+                }
+                if !records.is_empty() {
+                    // What was found or made is recorded before it counts as done.
+                    for (k, v) in records {
+                        j.annotations_mut().insert(k.into(), v);
+                    }
+                    if let Err(e) = api.replace(&name, &PostParams::default(), &j).await {
+                        out.waiting = Some(format!(
+                            "recording Vault's bootstrap in {name}: {}",
+                            api_err(&e)
+                        ));
+                        return out;
+                    }
+                }
+                out.done.insert(0, "initialised (journalled)".into());
+                out.done.extend(done);
+                out.done.push(format!(
+                    "root token revoked; Groundwork uses its own token (policy {GROUNDWORK_POLICY})"
+                ));
+                out.done.dedup();
+                out.waiting = None;
                 return out;
             }
         }
@@ -550,18 +708,138 @@ async fn unseal(c: &reqwest::Client, base: &str, keys: &InitKeys) -> Result<(), 
     Err("still sealed after every stored share".into())
 }
 
+/// `auth/token/lookup-self` with `token`.
+async fn lookup_self(c: &reqwest::Client, base: &str, token: &str) -> TokenState {
+    match c
+        .get(format!("{base}/v1/auth/token/lookup-self"))
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => TokenState::Valid,
+        Ok(r) if matches!(r.status().as_u16(), 400 | 401 | 403) => TokenState::Refused,
+        _ => TokenState::Unknown,
+    }
+}
+
+/// With the root token: Groundwork's policy and its token, with the ID Groundwork chose
+/// (an orphan, periodic: renewed by use, never expiring while Groundwork runs).
+async fn create_own_token(
+    c: &reqwest::Client,
+    base: &str,
+    root: &str,
+    own: &str,
+    cfg: &VaultConfig,
+) -> Result<(), String> {
+    let post = |p: &str, body: Value| {
+        c.post(format!("{base}/v1/{p}"))
+            .header("X-Vault-Token", root)
+            .json(&body)
+            .send()
+    };
+    if cfg.implementation == VaultImplementation::Vault {
+        let r = post(
+            &format!("sys/policies/acl/{GROUNDWORK_POLICY}"),
+            json!({"policy": groundwork_policy(cfg)}),
+        )
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+        if !r.status().is_success() {
+            return Err(format!(
+                "writing policy {GROUNDWORK_POLICY}: HTTP {}",
+                r.status()
+            ));
+        }
+    }
+    let r = post(
+        "auth/token/create",
+        json!({
+            "id": own,
+            "policies": [GROUNDWORK_POLICY],
+            "no_parent": true,
+            "period": "768h",
+            "renewable": true,
+            "display_name": "groundwork",
+        }),
+    )
+    .await
+    .map_err(|e| e.without_url().to_string())?;
+    let code = r.status();
+    // Never the body: it echoes the token.
+    if !code.is_success() {
+        return Err(format!("auth/token/create: HTTP {code}"));
+    }
+    Ok(())
+}
+
+/// Renews Groundwork's periodic token when less than half its period is left.
+async fn renew_if_due(c: &reqwest::Client, base: &str, own: &str) {
+    let Ok(r) = c
+        .get(format!("{base}/v1/auth/token/lookup-self"))
+        .header("X-Vault-Token", own)
+        .send()
+        .await
+    else {
+        return;
+    };
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    let ttl = v["data"]["ttl"].as_u64().unwrap_or(0);
+    if ttl > 0 && ttl < 384 * 3600 {
+        let r = c
+            .post(format!("{base}/v1/auth/token/renew-self"))
+            .header("X-Vault-Token", own)
+            .send()
+            .await;
+        if !r.as_ref().is_ok_and(|r| r.status().is_success()) {
+            tracing::warn!(ttl, "vault: renewing Groundwork's token failed");
+        }
+    }
+}
+
+/// Revokes the root token: `revoke-self` (Vault), or `revoke/TOKEN` (RustyVault, which has
+/// no `revoke-self`); then checks that it is refused.
+async fn revoke_root(c: &reqwest::Client, base: &str, root: &str) -> Result<(), String> {
+    let post = |p: String| {
+        c.post(format!("{base}/v1/{p}"))
+            .header("X-Vault-Token", root)
+            .send()
+    };
+    let ok = post("auth/token/revoke-self".into())
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    if !ok {
+        // Errors without the URL: it names the token.
+        post(format!("auth/token/revoke/{root}"))
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+    }
+    match lookup_self(c, base, root).await {
+        TokenState::Refused => Ok(()),
+        _ => Err("Vault still accepts it".into()),
+    }
+}
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.trim().as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Mounts, auth methods, policies and roles: each written only when missing (policies and
-/// roles are upserts and rewritten every pass, correcting drift).
-/// Returns the steps and, when the PKI root was found or made now, its certificate's
-/// SHA-256 to record.
+/// roles are upserts and rewritten every pass, correcting drift); the PKI root and
+/// intermediate and the SSH CA made only when Vault clearly has none and nothing is
+/// recorded. Returns the steps and what to record on the journal (annotation, value).
 async fn configure(
     c: &reqwest::Client,
     base: &str,
     token: &str,
     cfg: &VaultConfig,
     gossip: Option<&str>,
-    pki_recorded: Option<&str>,
-) -> Result<(Vec<String>, Option<String>), String> {
+    recorded: &std::collections::BTreeMap<String, String>,
+    approles: &[(String, String, String)],
+) -> Result<(Vec<String>, Vec<(&'static str, String)>), String> {
     let call = |m: reqwest::Method, p: &str| {
         c.request(m, format!("{base}/v1/{p}"))
             .header("X-Vault-Token", token)
@@ -581,28 +859,55 @@ async fn configure(
         }
         Ok(r.json::<Value>().await.ok())
     };
-    let write = |p: String, body: Value| async move {
+    // POST; the answer's JSON (None for 204). Errors name the path, never a body sent.
+    let post = |p: String, body: Value| async move {
         let r = call(reqwest::Method::POST, &p)
             .json(&body)
             .send()
             .await
             .map_err(|e| e.without_url().to_string())?;
-        if !r.status().is_success() {
-            let why = r.text().await.unwrap_or_default();
-            return Err(format!("POST {p}: {why}"));
+        let code = r.status();
+        let text = r.text().await.unwrap_or_default();
+        if !code.is_success() {
+            let why: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let why = why["errors"]
+                .get(0)
+                .or(why.get("error"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            return Err(format!("POST {p}: HTTP {code} {why}"));
         }
-        Ok::<_, String>(())
+        Ok::<_, String>(serde_json::from_str::<Value>(&text).ok())
     };
+    let write = |p: String, body: Value| async move { post(p, body).await.map(|_| ()) };
     let has = |v: &Option<Value>, key: &str| {
         v.as_ref()
             .is_some_and(|v| v.get(key).is_some() || v["data"].get(key).is_some())
     };
+    let vault = cfg.implementation == VaultImplementation::Vault;
+    let mount_body = |kind: &str, what: &str, max_ttl: Option<&str>| {
+        let mut b = json!({"type": kind, "description": format!("Groundwork: {what}")});
+        // Vault caps a mount's leases at 32 days unless told: a root's lifetime needs more.
+        if let (true, Some(t)) = (vault, max_ttl) {
+            b["config"] = json!({"max_lease_ttl": t});
+        }
+        b
+    };
     let mut done = Vec::new();
-    let mut record = None;
+    let mut record = Vec::new();
+    if vault {
+        // Kept in step with the configuration (the token may write its own policy).
+        write(
+            format!("sys/policies/acl/{GROUNDWORK_POLICY}"),
+            json!({"policy": groundwork_policy(cfg)}),
+        )
+        .await?;
+    }
     let kv = &cfg.kv.path;
     let mounts = get("sys/mounts".into()).await?;
     if !has(&mounts, &format!("{kv}/")) {
-        let mut body = json!({"type": "kv", "description": "Groundwork: the platform's secrets"});
+        let mut body = mount_body("kv", "the platform's secrets", None);
         if cfg.kv.version == 2 {
             body["options"] = json!({"version": "2"});
         }
@@ -613,37 +918,23 @@ async fn configure(
         if !has(&mounts, &format!("{}/", p.path)) {
             write(
                 format!("sys/mounts/{}", p.path),
-                json!({"type": "pki", "description": "Groundwork: the platform's PKI root"}),
+                mount_body("pki", "the platform's PKI root", Some(&p.ttl)),
             )
             .await?;
         }
         done.push(format!("pki mounted at {}/", p.path));
-        match pki_recorded {
-            Some(sum) => done.push(format!(
-                "pki root {} (sha256 {})",
-                p.common_name,
-                &sum[..12.min(sum.len())]
-            )),
+        let sum = match recorded.get(PKI_ROOT_ANNOTATION) {
+            Some(sum) => sum.clone(),
             None => {
                 let found = match existing_root(c, base, token, &p.path).await? {
                     Some(pem) => pem,
                     None => {
-                        let r = call(
-                            reqwest::Method::POST,
-                            &format!("{}/root/generate/internal", p.path),
+                        let v = post(
+                            format!("{}/root/generate/internal", p.path),
+                            json!({"common_name": p.common_name, "ttl": p.ttl}),
                         )
-                        .json(&json!({"common_name": p.common_name, "ttl": p.ttl}))
-                        .send()
-                        .await
-                        .map_err(|e| e.without_url().to_string())?;
-                        if !r.status().is_success() {
-                            return Err(format!(
-                                "{}/root/generate/internal: HTTP {}",
-                                p.path,
-                                r.status()
-                            ));
-                        }
-                        let v: Value = r.json().await.map_err(|e| e.without_url().to_string())?;
+                        .await?
+                        .unwrap_or(Value::Null);
                         tracing::info!(mount = %p.path, "vault: PKI root generated");
                         crate::crashpoint::hit("vault-after-pki-root");
                         v["data"]["certificate"]
@@ -654,20 +945,122 @@ async fn configure(
                             .to_string()
                     }
                 };
-                let sum: String =
-                    ring::digest::digest(&ring::digest::SHA256, found.trim().as_bytes())
-                        .as_ref()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                done.push(format!(
-                    "pki root {} (sha256 {})",
-                    p.common_name,
-                    &sum[..12]
-                ));
-                record = Some(sum);
+                let sum = sha256_hex(&found);
+                record.push((PKI_ROOT_ANNOTATION, sum.clone()));
+                sum
             }
+        };
+        done.push(format!(
+            "pki root {} (sha256 {})",
+            p.common_name,
+            &sum[..12.min(sum.len())]
+        ));
+        if let Some(i) = &p.intermediate {
+            if !has(&mounts, &format!("{}/", i.path)) {
+                write(
+                    format!("sys/mounts/{}", i.path),
+                    mount_body("pki", "the platform's issuing CA", Some(&i.ttl)),
+                )
+                .await?;
+            }
+            let sum = match recorded.get(PKI_INTERMEDIATE_ANNOTATION) {
+                Some(sum) => sum.clone(),
+                None => {
+                    let found = match existing_root(c, base, token, &i.path).await? {
+                        Some(pem) => pem,
+                        None => {
+                            // A CSR from the intermediate mount (its key stays there), signed
+                            // by the root, set as the mount's issuer. Repeating the first two
+                            // after a crash leaves an unused key behind, nothing more.
+                            let csr = post(
+                                format!("{}/intermediate/generate/internal", i.path),
+                                json!({"common_name": i.common_name, "ttl": i.ttl}),
+                            )
+                            .await?
+                            .and_then(|v| v["data"]["csr"].as_str().map(str::to_string))
+                            .ok_or("intermediate/generate answered without a CSR")?;
+                            let cert = post(
+                                format!("{}/root/sign-intermediate", p.path),
+                                json!({"csr": csr, "common_name": i.common_name, "ttl": i.ttl, "format": "pem"}),
+                            )
+                            .await?
+                            .and_then(|v| v["data"]["certificate"].as_str().map(str::to_string))
+                            .ok_or("root/sign-intermediate answered without a certificate")?;
+                            write(
+                                format!("{}/intermediate/set-signed", i.path),
+                                json!({"certificate": cert}),
+                            )
+                            .await?;
+                            tracing::info!(mount = %i.path, "vault: PKI intermediate signed by the root and set");
+                            crate::crashpoint::hit("vault-after-pki-intermediate");
+                            cert
+                        }
+                    };
+                    let sum = sha256_hex(&found);
+                    record.push((PKI_INTERMEDIATE_ANNOTATION, sum.clone()));
+                    sum
+                }
+            };
+            done.push(format!(
+                "pki intermediate {} at {}/ (sha256 {})",
+                i.common_name,
+                i.path,
+                &sum[..12.min(sum.len())]
+            ));
         }
+    }
+    if let Some(ssh) = &cfg.ssh_ca {
+        if !has(&mounts, &format!("{}/", ssh.path)) {
+            write(
+                format!("sys/mounts/{}", ssh.path),
+                mount_body("ssh", "the SSH user CA", None),
+            )
+            .await?;
+        }
+        let sum = match recorded.get(SSH_CA_ANNOTATION) {
+            Some(sum) => sum.clone(),
+            None => {
+                let key = match existing_ssh_ca(c, base, token, &ssh.path).await? {
+                    Some(k) => k,
+                    None => {
+                        let v = post(
+                            format!("{}/config/ca", ssh.path),
+                            json!({"generate_signing_key": true}),
+                        )
+                        .await?
+                        .unwrap_or(Value::Null);
+                        tracing::info!(mount = %ssh.path, "vault: SSH CA signing key generated");
+                        crate::crashpoint::hit("vault-after-ssh-ca");
+                        v["data"]["public_key"]
+                            .as_str()
+                            .filter(|k| !k.is_empty())
+                            .ok_or("config/ca answered without a public key")?
+                            .to_string()
+                    }
+                };
+                let sum = sha256_hex(&key);
+                record.push((SSH_CA_ANNOTATION, sum.clone()));
+                sum
+            }
+        };
+        write(
+            format!("{}/roles/{}", ssh.path, ssh.role),
+            json!({
+                "key_type": "ca",
+                "allow_user_certificates": true,
+                "allowed_users": ssh.allowed_users,
+                "default_extensions": {"permit-pty": ""},
+                "allowed_extensions": "permit-pty,permit-port-forwarding",
+                "ttl": ssh.ttl,
+            }),
+        )
+        .await?;
+        done.push(format!(
+            "ssh ca at {}/ (sha256 {}), role {}",
+            ssh.path,
+            &sum[..12.min(sum.len())],
+            ssh.role
+        ));
     }
     if !cfg.app_role_policies.is_empty() {
         let auth = get("sys/auth".into()).await?;
@@ -683,19 +1076,43 @@ async fn configure(
             };
             let policy = format!("path \"{path}\" {{\n  capabilities = [\"read\"]\n}}\n");
             // RustyVault 0.2.1 serves no policy endpoint: the role is bound to the name.
-            let policies = cfg.implementation == VaultImplementation::Vault;
-            if policies {
+            if vault {
                 write(format!("sys/policies/acl/{n}"), json!({"policy": policy})).await?;
             }
+            let role = format!("auth/approle/role/{n}");
             write(
-                format!("auth/approle/role/{n}"),
+                role.clone(),
                 json!({"token_policies": [n], "policies": [n], "token_ttl": "1h"}),
             )
             .await?;
-            done.push(if policies {
-                format!("policy and AppRole role {n}")
+            if let Some((_, role_id, secret_id)) = approles.iter().find(|(r, _, _)| r == n) {
+                // Both IDs are Groundwork's, stored before Vault sees them: each call can be
+                // repeated, and a crash between them loses nothing.
+                let have = get(format!("{role}/role-id")).await?;
+                if have.as_ref().and_then(|v| v["data"]["role_id"].as_str()) != Some(role_id) {
+                    write(format!("{role}/role-id"), json!({"role_id": role_id})).await?;
+                }
+                let known = post(
+                    format!("{role}/secret-id/lookup"),
+                    json!({"secret_id": secret_id}),
+                )
+                .await?
+                .is_some_and(|v| !v["data"].is_null());
+                if !known {
+                    crate::crashpoint::hit("vault-before-secret-id");
+                    write(
+                        format!("{role}/custom-secret-id"),
+                        json!({"secret_id": secret_id}),
+                    )
+                    .await?;
+                    tracing::info!(role = %n, "vault: AppRole secret ID set");
+                    crate::crashpoint::hit("vault-after-secret-id");
+                }
+            }
+            done.push(if vault {
+                format!("policy and AppRole role {n} with its IDs")
             } else {
-                format!("AppRole role {n} (no policy API in RustyVault)")
+                format!("AppRole role {n} with its IDs (no policy API in RustyVault)")
             });
         }
     }
@@ -716,6 +1133,35 @@ async fn configure(
         done.push(format!("consul gossip key at {kv}/consul/gossip"));
     }
     Ok((done, record))
+}
+
+/// The SSH CA's public key at `mount`, or None when Vault answers that it has none.
+async fn existing_ssh_ca(
+    c: &reqwest::Client,
+    base: &str,
+    token: &str,
+    mount: &str,
+) -> Result<Option<String>, String> {
+    let r = c
+        .get(format!("{base}/v1/{mount}/config/ca"))
+        .header("X-Vault-Token", token)
+        .send()
+        .await
+        .map_err(|e| e.without_url().to_string())?;
+    let code = r.status();
+    let body = r.text().await.unwrap_or_default();
+    if code.is_success() {
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        return Ok(v["data"]["public_key"]
+            .as_str()
+            .filter(|k| !k.trim().is_empty())
+            .map(str::to_string));
+    }
+    // Vault: 400 "keys haven't been configured yet".
+    if code == reqwest::StatusCode::BAD_REQUEST && body.contains("configured") {
+        return Ok(None);
+    }
+    Err(format!("{mount}/config/ca: HTTP {code}"))
 }
 
 /// The PKI root certificate Vault already has at `mount`, or None when it answers that it
@@ -823,6 +1269,51 @@ mod tests {
             m("b", Some(true), Some(false)),
         ];
         assert_eq!(next(Journal::Committed, &up), Step::Configure);
+    }
+
+    /// Groundwork's own token is used once it works; the root token only creates it, and
+    /// with neither the layer stops rather than guessing.
+    #[test]
+    fn the_root_token_only_creates_groundworks_own() {
+        use TokenState::*;
+        for root in [Valid, Refused, Unknown] {
+            assert_eq!(token_step(Valid, root), TokenStep::UseOwn);
+            assert_eq!(token_step(Unknown, root), TokenStep::Wait);
+        }
+        assert_eq!(token_step(Refused, Valid), TokenStep::CreateOwn);
+        assert_eq!(token_step(Refused, Unknown), TokenStep::Wait);
+        assert_eq!(token_step(Refused, Refused), TokenStep::Lost);
+    }
+
+    #[test]
+    fn groundworks_policy_covers_what_it_configures_and_no_more() {
+        let cfg: VaultConfig = serde_json::from_value(serde_json::json!({
+            "kv": {"path": "kv"},
+            "pki": {"commonName": "r", "intermediate": {"commonName": "i"}},
+            "sshCa": {},
+            "appRolePolicies": ["consul"],
+        }))
+        .unwrap();
+        let p = groundwork_policy(&cfg);
+        for want in [
+            "path \"kv/data/consul/gossip\"",
+            "path \"pki/*\"",
+            "path \"pki_int/*\"",
+            "path \"ssh/config/ca\"",
+            "path \"sys/policies/acl/consul\"",
+            "path \"sys/policies/acl/groundwork\"",
+        ] {
+            assert!(p.contains(want), "{want} not in\n{p}");
+        }
+        for never in [
+            "kv/*",
+            "kv/data/*",
+            "sys/policies/acl/*",
+            "auth/token",
+            "sys/seal",
+        ] {
+            assert!(!p.contains(&format!("\"{never}\"")), "{never} in\n{p}");
+        }
     }
 
     #[test]

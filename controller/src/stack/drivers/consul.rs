@@ -26,6 +26,8 @@ pub enum Generate {
     GossipKey,
     /// A random UUID: an ACL token's SecretID.
     Uuid,
+    /// Two random UUIDs: an AppRole role ID (the user name) and secret ID (the password).
+    AppRole,
 }
 
 /// The Credentials a consul layer needs generated: (name, user name, what).

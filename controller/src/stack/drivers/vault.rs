@@ -25,15 +25,38 @@ pub fn generated(
     stack: &str,
     layer: &groundwork_types::Layer,
 ) -> Vec<(String, &'static str, Generate)> {
-    if config(layer).unseal.mode != VaultUnsealMode::Transit {
-        return vec![];
+    let cfg = config(layer);
+    // Groundwork's own token (its ID chosen here, so creating it in Vault can be repeated).
+    let mut out = vec![(
+        token_credential(stack, &layer.name),
+        "vault-groundwork",
+        Generate::Uuid,
+    )];
+    for n in &cfg.app_role_policies {
+        out.push((
+            approle_credential(stack, &layer.name, n),
+            "",
+            Generate::AppRole,
+        ));
     }
-    let (key, token) =
-        groundwork_types::transit::transit_credentials(&transit_key_name(stack, &layer.name));
-    vec![
-        (key, "vault-transit-key", Generate::GossipKey),
-        (token, "vault-transit-token", Generate::Uuid),
-    ]
+    if cfg.unseal.mode == VaultUnsealMode::Transit {
+        let (key, token) =
+            groundwork_types::transit::transit_credentials(&transit_key_name(stack, &layer.name));
+        out.push((key, "vault-transit-key", Generate::GossipKey));
+        out.push((token, "vault-transit-token", Generate::Uuid));
+    }
+    out
+}
+
+/// The Credential holding Groundwork's scoped Vault token (its ID), used instead of the root
+/// token, which is revoked once this one works.
+pub fn token_credential(stack: &str, layer: &str) -> String {
+    format!("{stack}-{layer}-vault-token")
+}
+
+/// The Credential of an AppRole role: user name its role ID, password its secret ID.
+pub fn approle_credential(stack: &str, layer: &str, role: &str) -> String {
+    format!("{stack}-{layer}-approle-{role}")
 }
 
 use super::{RenderCtx, argv};
@@ -143,7 +166,9 @@ listener \"tcp\" {{
 
 api_addr  = \"{api}\"
 work_dir  = \"{{dir}}/work\"
-log_level = \"info\"
+# Warnings only: RustyVault's info level logs every request path, and some paths carry a
+# token (auth/token/revoke/TOKEN: it has no revoke-self).
+log_level = \"warn\"
 daemon    = \"false\"
 ",
                 stack = ctx.stack,
@@ -306,6 +331,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "platform-secrets-vault-token",
                 "platform-secrets-vault-transit-key",
                 "platform-secrets-vault-transit-token"
             ]
@@ -317,7 +343,12 @@ mod tests {
             "{}",
             spec.files[0].content
         );
-        assert!(generated("platform", &layer(VaultImplementation::Vault)).is_empty());
+        // Shamir: Groundwork's own token only.
+        let names: Vec<String> = generated("platform", &layer(VaultImplementation::Vault))
+            .into_iter()
+            .map(|g| g.0)
+            .collect();
+        assert_eq!(names, ["platform-secrets-vault-token"]);
     }
 
     #[test]
