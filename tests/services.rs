@@ -500,6 +500,17 @@ fn the_platform_layers_converge_and_survive_changes_and_failures() {
     );
     assert_eq!(code, "403", "another machine's secret: {body}");
     assert!(!body.contains(&admin_pw));
+    // A certificate for another machine's instance, or for an instance that asks for none.
+    let (code, body) = agent_api(
+        "POST",
+        &format!(
+            "/agent/certificate?mac={}&instance={ldap_instance}",
+            mac(me)
+        ),
+        "not even a request",
+    );
+    assert_eq!(code, "403", "another machine's certificate: {body}");
+    assert!(body.contains("does not run on this machine"), "{body}");
     let (code, body) = agent_api(
         "POST",
         &format!("/agent/instances?mac={}", mac(me)),

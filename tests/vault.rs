@@ -161,7 +161,7 @@ spec:
                 "%{http_code}",
                 "-H",
                 &format!("X-Vault-Token: {token}"),
-                &format!("http://{addr}:8200/v1/{path}"),
+                &format!("https://{addr}:8200/v1/{path}"),
             ],
         );
         support::stdout(&o)
@@ -179,7 +179,7 @@ spec:
             "-sf",
             "-H",
             &format!("X-Vault-Token: {own}"),
-            &format!("http://{addr}:8200/v1/{path}"),
+            &format!("https://{addr}:8200/v1/{path}"),
         ]);
         serde_json::from_str(&o).unwrap_or(Value::Null)
     };
@@ -203,7 +203,7 @@ spec:
             r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
             role_id.trim()
         ),
-        &format!("http://{addr}:8200/v1/auth/approle/login"),
+        &format!("https://{addr}:8200/v1/auth/approle/login"),
     ]);
     assert!(login.contains("client_token"), "AppRole login: {login}");
     let mounts = vault("sys/mounts");
@@ -226,7 +226,7 @@ spec:
             "PUT",
             "-d",
             r#"{"secret_shares":1,"secret_threshold":1}"#,
-            &format!("http://{addr}:8200/v1/sys/init"),
+            &format!("https://{addr}:8200/v1/sys/init"),
         ],
     );
     assert_ne!(support::stdout(&again), "200", "a second init was accepted");
@@ -257,7 +257,7 @@ spec:
                 "-sf",
                 "--max-time",
                 "1",
-                &format!("http://{addr}:8200/v1/sys/seal-status"),
+                &format!("https://{addr}:8200/v1/sys/seal-status"),
             ],
         );
         serde_json::from_str::<Value>(&support::stdout(&o))
@@ -336,7 +336,7 @@ spec:
                 "-sf",
                 "-H",
                 &format!("X-Vault-Token: {own}"),
-                &format!("http://{addr}:8200/v1/auth/approle/role/prometheus"),
+                &format!("https://{addr}:8200/v1/auth/approle/role/prometheus"),
             ],
         );
         support::stdout(&o)
@@ -553,7 +553,7 @@ spec:
                 "-sf",
                 "-H",
                 &format!("X-Vault-Token: {own}"),
-                "http://10.97.0.11:8200/v1/sys/mounts",
+                "https://10.97.0.11:8200/v1/sys/mounts",
             ],
         );
         assert!(
@@ -583,7 +583,7 @@ spec:
                     r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
                     role_id.trim()
                 ),
-                "http://10.97.0.11:8200/v1/auth/approle/login",
+                "https://10.97.0.11:8200/v1/auth/approle/login",
             ],
         );
         assert!(
@@ -885,7 +885,7 @@ spec:
                 "/dev/null",
                 "-w",
                 "%{http_code}",
-                &format!("http://{a}:8200/v1/sys/health"),
+                &format!("https://{a}:8200/v1/sys/health"),
             ],
         );
         support::stdout(&o)
@@ -912,7 +912,7 @@ spec:
                 "\n%{http_code}",
                 "-H",
                 &format!("X-Vault-Token: {token}"),
-                &format!("http://{a}:8200/v1/{path}"),
+                &format!("https://{a}:8200/v1/{path}"),
             ],
         )
     };
@@ -928,6 +928,31 @@ spec:
             .unwrap_or(out)
     };
     let leader = addrs.iter().find(|a| health(a) == "200").unwrap().clone();
+    // TLS: the member's certificate, made on its machine and signed by the cluster CA
+    // (curl checks it: CURL_CA_BUNDLE), names its address and Consul's service names; plain
+    // HTTP gets no answer.
+    let plain = lab.run(
+        5,
+        &[
+            "curl",
+            "-sf",
+            &format!("http://{leader}:8200/v1/sys/health"),
+        ],
+    );
+    assert!(!plain.status.success(), "the listener speaks plain HTTP");
+    let cert = lab.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "openssl s_client -connect {leader}:8200 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+        ),
+    ]);
+    for want in [
+        format!("IP Address:{leader}"),
+        "DNS:vault.service.consul".into(),
+    ] {
+        assert!(cert.contains(&want), "{want} not in {cert}");
+    }
     // The root token is revoked; Groundwork's own token does what it must and no more
     // (the double enforces Vault's ACL policies).
     assert_eq!(status(&root, &leader, "auth/token/lookup-self"), "403");
@@ -1013,7 +1038,7 @@ spec:
             r#"{{"role_id":"{}","secret_id":"{secret_id}"}}"#,
             role_id.trim()
         ),
-        &format!("http://{leader}:8200/v1/auth/approle/login"),
+        &format!("https://{leader}:8200/v1/auth/approle/login"),
     ]);
     let login: Value = serde_json::from_str(&login).unwrap();
     let consul_token = login["auth"]["client_token"].as_str().unwrap().to_string();

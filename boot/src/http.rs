@@ -161,6 +161,19 @@ pub trait InventorySink: Send + Sync {
         Box::pin(async { (404, serde_json::json!({"errors": ["no transit here"]})) })
     }
 
+    /// A serving certificate for one of the machine's instances (`POST
+    /// /agent/certificate?instance=NAME`, the body a certificate request): the names are the
+    /// instance's, never the request's.
+    fn instance_certificate(
+        &self,
+        _mac: String,
+        _who: AgentIdentity,
+        _instance: String,
+        _csr: String,
+    ) -> Answer<String> {
+        Box::pin(async { Err(AgentError::NotFound("no certificates here\n".into())) })
+    }
+
     /// A Credential one of the machine's instances lists (`GET /agent/secret`).
     fn secret(
         &self,
@@ -304,6 +317,11 @@ struct AgentQuery {
 struct InstancesQuery {
     known: Option<String>,
     wait: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct CertificateQuery {
+    instance: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -476,6 +494,25 @@ pub fn agent_router(sink: Arc<dyn InventorySink>) -> Router {
                     match agent_call(&q, who.as_deref()) {
                         Ok((mac, who)) => {
                             reply(sink.secret(mac, who, s.instance, s.credential).await)
+                        }
+                        Err(e) => e.into_response(),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/agent/certificate",
+            post(
+                |State(sink): Sink,
+                 who: Who,
+                 Query(q): Query<AgentQuery>,
+                 Query(i): Query<CertificateQuery>,
+                 body: Bytes| async move {
+                    let csr = String::from_utf8(body.to_vec())
+                        .map_err(|_| AgentError::BadRequest("csr: not text\n".into()));
+                    match agent_call(&q, who.as_deref()).and_then(|(m, w)| Ok((m, w, csr?))) {
+                        Ok((mac, who, csr)) => {
+                            text(sink.instance_certificate(mac, who, i.instance, csr).await)
                         }
                         Err(e) => e.into_response(),
                     }

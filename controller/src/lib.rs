@@ -80,6 +80,8 @@ pub struct Options {
     /// Groundwork's own metrics endpoint (`host:port`, plain HTTP) that the stacks'
     /// Prometheus scrapes.
     pub groundwork_metrics: Option<String>,
+    /// The cluster CA (PEM): the services' certificates chain to it.
+    pub cluster_ca: Option<String>,
 }
 
 impl std::fmt::Debug for Options {
@@ -106,6 +108,7 @@ impl Options {
             power_poll: Duration::from_secs(60),
             provisioning: provision::Timing::default(),
             groundwork_metrics: None,
+            cluster_ca: None,
         }
     }
 }
@@ -175,6 +178,7 @@ fn start<R: Reconciler>(r: R, env: &Env) -> Started {
         recorder: events::Recorder::new(env.client.clone(), R::NAME, &env.opts.identity),
         secret_key: env.opts.secret_key.clone(),
         bmc: env.bmc.clone(),
+        cluster_ca: env.opts.cluster_ca.clone(),
     });
     let (lead_tx, lead_rx) = watch::channel(false);
     let elector = lease::Elector::new(

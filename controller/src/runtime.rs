@@ -72,6 +72,9 @@ pub struct Ctx {
     pub secret_key: Option<groundwork_types::secrets::SecretKey>,
     /// The one way to BMCs (the network in production, a simulator in tests).
     pub bmc: Arc<crate::bmcpool::BmcPool>,
+    /// The cluster CA (PEM), which the services' certificates chain to: what Groundwork
+    /// trusts when it calls them over TLS.
+    pub cluster_ca: Option<String>,
 }
 
 /// One controller: its object kind, how changes map to its objects, and the reconcile.

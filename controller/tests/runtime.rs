@@ -102,6 +102,7 @@ fn start(client: &Client, settings: Settings) -> (Arc<Flaky>, tokio::sync::watch
             4,
             Duration::from_secs(1),
         )),
+        cluster_ca: None,
     });
     let flaky = Arc::new(Flaky {
         attempts: Mutex::new(Vec::new()),

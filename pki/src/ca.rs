@@ -198,6 +198,43 @@ impl Pki {
         Ok(cert.pem())
     }
 
+    /// Signs a service instance's certificate request: CN `cn`, valid for exactly `sans`
+    /// (names and addresses chosen by the caller, never taken from the request), for server
+    /// and client authentication (cluster members are both), valid `hours`. Only the
+    /// request's public key is taken from it.
+    pub fn sign_service(
+        &self,
+        csr_pem: &str,
+        cn: &str,
+        sans: &[String],
+        hours: i64,
+    ) -> Result<String, String> {
+        let mut req = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| format!("csr: not a certificate request: {e}"))?;
+        let ca_key = KeyPair::from_pem(&self.ca_key_pem).map_err(|e| e.to_string())?;
+        let issuer =
+            Issuer::from_ca_cert_pem(&self.ca_cert_pem, ca_key).map_err(|e| e.to_string())?;
+        let mut p = CertificateParams::new(sans.to_vec()).map_err(|e| format!("{sans:?}: {e}"))?;
+        p.distinguished_name = DistinguishedName::new();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        let now = time::OffsetDateTime::now_utc();
+        p.not_before = now - time::Duration::minutes(5);
+        p.not_after = now + time::Duration::hours(hours);
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&random_serial()));
+        req.params = p;
+        let cert = req.signed_by(&issuer).map_err(|e| e.to_string())?;
+        Ok(cert.pem())
+    }
+
     /// The server's certificate for these names and addresses: issued at every start, kept in
     /// memory only (several members may share one directory), valid one year.
     pub fn server(&self, sans: &[String]) -> Result<CertKey, String> {

@@ -39,6 +39,10 @@ use groundwork_controller::caches::{Caches, Kinds};
 /// its serial number as the TLS layer reports it)`.
 pub type MachineSigner = Arc<dyn Fn(&str, &str) -> Result<(String, String), String> + Send + Sync>;
 
+/// Signs a service instance's certificate request: `(csr_pem, common name, names) ->
+/// certificate PEM`.
+pub type ServiceSigner = Arc<dyn Fn(&str, &str, &[String]) -> Result<String, String> + Send + Sync>;
+
 /// The audience of the join tokens in iPXE scripts.
 pub const AGENT_JOIN_AUDIENCE: &str = "agent-join";
 
@@ -47,6 +51,7 @@ pub const AGENT_JOIN_AUDIENCE: &str = "agent-join";
 pub struct Joining {
     pub key: SecretKey,
     pub signer: MachineSigner,
+    pub service_signer: ServiceSigner,
     /// `sha256:HEX` of the cluster CA (the first of the bundle).
     pub ca_hash: String,
     /// The CA bundle (PEM), handed to machines with their certificates.
@@ -656,6 +661,27 @@ impl InventorySink for NodeScripts {
                 tracing::warn!(key = %key, op = %op, "a transit call refused (no such key, or a wrong token)");
             }
             (code, v)
+        })
+    }
+
+    fn instance_certificate(
+        &self,
+        mac: String,
+        who: AgentIdentity,
+        instance: String,
+        csr: String,
+    ) -> futures::future::BoxFuture<'static, Result<String, Refusal>> {
+        let (caches, client) = (self.caches.clone(), self.client.clone());
+        let signer = self.joining.as_ref().map(|j| j.service_signer.clone());
+        Box::pin(async move {
+            let node = Self::authorize(&caches, &client, &mac, &who).await?;
+            let signer =
+                signer.ok_or(AgentError::Unavailable("no cluster CA here\n".to_string()))?;
+            let names = crate::instances::certificate_names(&caches, &node.name_any(), &instance)?;
+            let pem = signer(&csr, &instance, &names)
+                .map_err(|e| AgentError::BadRequest(format!("{e}\n")))?;
+            tracing::info!(node = %node.name_any(), %instance, names = ?names, "instance certificate issued");
+            Ok(pem)
         })
     }
 

@@ -8,7 +8,7 @@ use anyhow::Context;
 use groundwork_controller::caches::Caches;
 use groundwork_types::agent::AGENT_SERVER_NAME;
 
-use crate::agentapi::{Joining, MachineSigner, NodeScripts};
+use crate::agentapi::{Joining, MachineSigner, NodeScripts, ServiceSigner};
 use crate::args::ServerArgs;
 use crate::certs::Certificates;
 
@@ -116,15 +116,21 @@ async fn agent_api(
         groundwork_pki::Pki::load_or_create(pki.dir()).map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let hours = args.machine_cert_hours;
+    let for_services = ca_for_signing.clone();
     let signer: MachineSigner = Arc::new(move |csr: &str, node: &str| {
         let pem = ca_for_signing.sign_machine(csr, node, hours)?;
         let der = groundwork_pki::pem_der(&pem).ok_or("the issued certificate does not parse")?;
         let serial = groundwork_pki::serial(&der).ok_or("the issued certificate has no serial")?;
         Ok((pem, serial))
     });
+    // Instances renew at a third of this; a month bounds what a stolen key is good for.
+    let service_signer: ServiceSigner = Arc::new(move |csr: &str, cn: &str, names: &[String]| {
+        for_services.sign_service(csr, cn, names, 30 * 24)
+    });
     let joining = Joining {
         key: key.clone(),
         signer,
+        service_signer,
         ca_hash: groundwork_pki::ca_hash(&ca_pem).context("the cluster CA does not parse")?,
         ca_pem: ca_pem.clone(),
         agent_port: listener.local_addr()?.port(),

@@ -188,6 +188,38 @@ pub(crate) fn secret(
     })
 }
 
+/// The names an instance's certificate is for, when it asks for one and runs on `node`:
+/// its `tls` names and addresses and its own address, nothing from the request.
+pub(crate) fn certificate_names(
+    caches: &Caches,
+    node: &str,
+    instance: &str,
+) -> Result<Vec<String>, AgentError> {
+    let si = caches
+        .store::<ServiceInstance>()
+        .get(&ObjectRef::new(instance))
+        .ok_or_else(|| AgentError::NotFound(format!("no ServiceInstance {instance}\n")))?;
+    if si.spec.node != node {
+        tracing::warn!(%node, %instance, "a certificate request for another machine's instance refused");
+        return Err(AgentError::Forbidden(format!(
+            "ServiceInstance {instance} does not run on this machine\n"
+        )));
+    }
+    let tls = si.spec.tls.as_ref().ok_or_else(|| {
+        AgentError::Forbidden(format!("ServiceInstance {instance} has no spec.tls\n"))
+    })?;
+    let mut names: Vec<String> = tls
+        .dns_names
+        .iter()
+        .chain(&tls.ip_addresses)
+        .chain(&si.spec.address)
+        .cloned()
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// Sets to null, in the merge patch `new`, every key of `old` that `new` lacks (objects
 /// recursively), so the patch replaces rather than merges.
 fn null_removed(old: &serde_json::Value, new: &mut serde_json::Value) {

@@ -42,6 +42,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let (listener, addr) = bind_api(&args, certs.is_some()).await?;
     let client = loopback_client(addr, certs.as_ref()).await?;
     let mut opts = controller_options(&args, key.clone());
+    opts.cluster_ca = certs.as_ref().map(|c| c.pki.ca_pem().to_string());
     if let Some(addr) = serve_metrics(&args).await? {
         opts.groundwork_metrics = Some(addr.to_string());
     }

@@ -576,6 +576,8 @@ pub fn run_in(outer: &str, dir: &Path, secs: u32, args: &[&str]) -> Output {
         .args(["netns", "exec", outer, "timeout", &secs.to_string()])
         .args(args)
         .env("KUBECONFIG", dir.join("data/kubeconfig"))
+        // curl trusts the lab's cluster CA, which the services' certificates chain to.
+        .env("CURL_CA_BUNDLE", dir.join("data/pki/ca.crt"))
         .output()
         .unwrap()
 }

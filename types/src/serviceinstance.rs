@@ -92,6 +92,11 @@ pub struct ServiceInstanceSpec {
     /// Credentials whose values the agent may fetch for this instance.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A serving certificate from the cluster CA for these names: the agent makes the key
+    /// on the machine (it never leaves it), has the certificate signed through the agent
+    /// API, keeps both under the instance (`{tls_cert}`, `{tls_key}`) and renews it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<InstanceTls>,
     /// `sha256:HEX` over everything above but `bootstrap`: what a rollout changes.
     pub config_digest: String,
 }
@@ -331,6 +336,17 @@ impl Validate for ServiceInstance {
         }
         errs
     }
+}
+
+/// The subject alternative names of an instance's certificate (the instance's address is
+/// always one of them).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceTls {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
 }
 
 impl ServiceInstanceSpec {

@@ -623,6 +623,10 @@ pub struct VaultConfig {
     /// Raft cluster port (default 8201).
     #[serde(default = "vault_cluster_port")]
     pub cluster_port: u16,
+    /// TLS on the API listener with a certificate from the cluster CA, made on each member
+    /// (default true). Off only for a lab that must speak plain HTTP.
+    #[serde(default = "yes")]
+    pub tls: bool,
     #[serde(default)]
     pub unseal: VaultUnseal,
     #[serde(default)]
@@ -693,6 +697,7 @@ impl Default for VaultConfig {
             implementation: VaultImplementation::default(),
             port: vault_port(),
             cluster_port: vault_cluster_port(),
+            tls: true,
             unseal: VaultUnseal::default(),
             kv: VaultKv::default(),
             pki: None,

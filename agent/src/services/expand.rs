@@ -1,5 +1,6 @@
-//! Placeholders in a ServiceInstance: `{dir}`, `{conf}`, `{data}`, `{artifact}` in paths and
-//! arguments; `{secret:C}`, `{secret-user:C}`, `{secret-ssha:C}`, `{secret-sql:C}` in file
+//! Placeholders in a ServiceInstance: `{dir}`, `{conf}`, `{data}`, `{artifact}`,
+//! `{agent_api}`, `{agent_addr}`, `{cluster_ca}`, `{tls_cert}`, `{tls_key}` in paths, arguments
+//! and file contents; `{secret:C}`, `{secret-user:C}`, `{secret-ssha:C}`, `{secret-sql:C}` in file
 //! contents.
 
 use std::collections::BTreeMap;
@@ -21,6 +22,10 @@ pub struct Vars {
     pub agent_addr: String,
     /// `{cluster_ca}`: the cluster CA's PEM file on this machine.
     pub cluster_ca: String,
+    /// `{tls_cert}`, `{tls_key}`: the instance's certificate and key (PEM), when its spec
+    /// asks for one (`tls`).
+    pub tls_cert: String,
+    pub tls_key: String,
 }
 
 impl Vars {
@@ -32,6 +37,8 @@ impl Vars {
             .replace("{agent_api}", &self.agent_api)
             .replace("{agent_addr}", &self.agent_addr)
             .replace("{cluster_ca}", &self.cluster_ca)
+            .replace("{tls_cert}", &self.tls_cert)
+            .replace("{tls_key}", &self.tls_key)
     }
 
     pub fn expand_all(&self, args: &[String]) -> Vec<String> {
@@ -118,10 +125,16 @@ mod tests {
             agent_api: "https://g:8443".into(),
             agent_addr: "10.0.0.1:8443".into(),
             cluster_ca: "/v/ca.pem".into(),
+            tls_cert: "/d/tls/cert.pem".into(),
+            tls_key: "/d/tls/key.pem".into(),
         };
         assert_eq!(
             v.expand("--config={conf}/p.yml --db={data} {artifact} {dir}"),
             "--config=/d/conf/1/p.yml --db=/d/data /a/x /d"
+        );
+        assert_eq!(
+            v.expand("cert={tls_cert} key={tls_key} ca={cluster_ca}"),
+            "cert=/d/tls/cert.pem key=/d/tls/key.pem ca=/v/ca.pem"
         );
         let mut s = BTreeMap::new();
         s.insert(

@@ -54,6 +54,8 @@ struct Actor {
     backoff: Duration,
     restart_at: Option<Instant>,
     latest_bootstrap: bool,
+    /// When the instance's certificate is to be renewed (when its spec asks for one).
+    tls_renew_at: Option<std::time::SystemTime>,
     reports: mpsc::UnboundedSender<InstanceReport>,
 }
 
@@ -82,6 +84,7 @@ pub async fn run(
         backoff: Duration::from_secs(1),
         restart_at: None,
         latest_bootstrap: false,
+        tls_renew_at: None,
         reports,
     };
     a.reap_previous().await;
@@ -156,6 +159,19 @@ fn user_ids(user: Option<&str>) -> Result<Option<(u32, u32)>, String> {
             Err(e) => Err(format!("user {u:?}: {e}")),
         },
     }
+}
+
+/// When to renew a certificate: with a third of its life left, less a per-instance share of
+/// another sixth, so the members of a layer (issued together) restart at different times.
+fn renew_at(pem: &str, instance: &str) -> Option<std::time::SystemTime> {
+    let (from, to) = groundwork_pki::validity_of(pem)?;
+    let life = (to - from).max(0) as u64;
+    let spread = ring::digest::digest(&ring::digest::SHA256, instance.as_bytes()).as_ref()[0]
+        as u64
+        * (life / 6)
+        / 255;
+    let at = (from as u64) + life - life / 3 - spread;
+    Some(std::time::UNIX_EPOCH + Duration::from_secs(at))
 }
 
 fn short(digest: &str) -> String {
@@ -290,6 +306,17 @@ impl Actor {
             }
         }
         let values: Vec<String> = secrets.values().map(|v| v.password.clone()).collect();
+        // 2b. Its certificate.
+        let ids = match user_ids(spec.run.user.as_deref()) {
+            Ok(ids) => ids,
+            Err(e) => return self.not_taken(spec, e, None, retry(30)),
+        };
+        if spec.tls.is_some()
+            && let Err(e) = self.ensure_certificate(spec, ids, false).await
+        {
+            let msg = format!("waiting for the instance's certificate: {e}");
+            return self.not_taken(spec, msg, None, retry(5));
+        }
         // 3. The new config version.
         let vars = Vars {
             dir: self.dir.display().to_string(),
@@ -304,10 +331,8 @@ impl Actor {
             agent_api: self.env.api.base.clone(),
             agent_addr: self.env.api.addr.clone(),
             cluster_ca: self.env.cluster_ca.display().to_string(),
-        };
-        let ids = match user_ids(spec.run.user.as_deref()) {
-            Ok(ids) => ids,
-            Err(e) => return self.not_taken(spec, e, None, retry(30)),
+            tls_cert: self.dir.join("tls/cert.pem").display().to_string(),
+            tls_key: self.dir.join("tls/key.pem").display().to_string(),
         };
         if let Err(e) = self.write_version(spec, &vars, &secrets, ids).await {
             return self.not_taken(spec, format!("writing the config: {e:#}"), None, retry(10));
@@ -380,6 +405,71 @@ impl Actor {
     /// A raised `dataEpoch`: the data directory is moved aside (kept, never deleted) and the
     /// service starts on an empty one. The epoch is recorded after the move, so a crash in
     /// between moves an empty directory aside once more, nothing else.
+    /// Makes sure the instance has a certificate for its current names that is not due for
+    /// renewal (or, with `renew`, a new one): a key made here, the certificate signed
+    /// through the agent API. Returns whether a new one was written.
+    async fn ensure_certificate(
+        &mut self,
+        spec: &ServiceInstanceSpec,
+        ids: Option<(u32, u32)>,
+        renew: bool,
+    ) -> Result<bool, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(tls) = &spec.tls else {
+            return Ok(false);
+        };
+        let mut names: Vec<String> = tls
+            .dns_names
+            .iter()
+            .chain(&tls.ip_addresses)
+            .chain(&spec.address)
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        let want = names.join("\n");
+        let dir = self.dir.join("tls");
+        let (cert_path, key_path, names_path) =
+            (dir.join("cert.pem"), dir.join("key.pem"), dir.join("names"));
+        let current = std::fs::read_to_string(&cert_path).ok();
+        let same = std::fs::read_to_string(&names_path).is_ok_and(|n| n == want);
+        if let (Some(pem), true, false) = (&current, same, renew)
+            && let Some(at) = renew_at(pem, &self.name)
+            && std::time::SystemTime::now() < at
+        {
+            self.tls_renew_at = Some(at);
+            return Ok(false);
+        }
+        let (key, csr) = groundwork_pki::key_and_request(&self.name)?;
+        let cert = self.env.certificate(&self.name, csr).await?;
+        let write = |p: &Path, text: &str, mode: u32| -> std::io::Result<()> {
+            let tmp = p.with_extension("new");
+            std::fs::write(&tmp, text)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            if let Some((uid, gid)) = ids {
+                nix::unistd::chown(
+                    &tmp,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )?;
+            }
+            std::fs::rename(&tmp, p)
+        };
+        let written = std::fs::create_dir_all(&dir)
+            .and_then(|_| std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)))
+            .and_then(|_| write(&key_path, &key, 0o600))
+            .and_then(|_| write(&cert_path, &cert, 0o644))
+            .and_then(|_| write(&names_path, &want, 0o644));
+        written.map_err(|e| format!("{}: {e}", dir.display()))?;
+        self.tls_renew_at = renew_at(&cert, &self.name);
+        eprintln!(
+            "groundwork node-agent: {}: certificate issued for {}",
+            self.name,
+            names.join(", ")
+        );
+        Ok(true)
+    }
+
     async fn discard_data(&self, spec: &ServiceInstanceSpec, vars: &Vars) -> anyhow::Result<()> {
         let mark = self.dir.join("data-epoch");
         let have: u32 = tokio::fs::read_to_string(&mark)
@@ -757,6 +847,34 @@ impl Actor {
     }
 
     async fn tick(&mut self, spec: &ServiceInstanceSpec) {
+        // A certificate due for renewal: a new one, and the service restarted on it.
+        if self.proc.is_some()
+            && self.good.is_some()
+            && self
+                .tls_renew_at
+                .is_some_and(|at| std::time::SystemTime::now() >= at)
+        {
+            let ids = user_ids(spec.run.user.as_deref()).ok().flatten();
+            match self.ensure_certificate(spec, ids, true).await {
+                Ok(_) => {
+                    eprintln!(
+                        "groundwork node-agent: {}: restarting on its renewed certificate",
+                        self.name
+                    );
+                    self.kill().await;
+                    self.start().await;
+                }
+                Err(e) => {
+                    eprintln!(
+                        "groundwork node-agent: {}: renewing its certificate: {e}",
+                        self.name
+                    );
+                    self.tls_renew_at =
+                        Some(std::time::SystemTime::now() + Duration::from_secs(60));
+                }
+            }
+            return;
+        }
         if self.proc.is_none() {
             if self.restart_at.is_some_and(|t| Instant::now() >= t) && self.good.is_some() {
                 self.restart_at = None;

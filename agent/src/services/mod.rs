@@ -40,6 +40,24 @@ pub struct Api {
 }
 
 impl Env {
+    /// The certificate for one of this machine's instances, for the request's key.
+    async fn certificate(&self, instance: &str, csr: String) -> Result<String, String> {
+        let client = self.api.client.borrow().clone();
+        let resp = client
+            .post(format!("{}/agent/certificate", self.api.base))
+            .query(&[("mac", self.api.mac.as_str()), ("instance", instance)])
+            .body(csr)
+            .send()
+            .await
+            .map_err(|e| e.without_url().to_string())?;
+        let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if !code.is_success() {
+            return Err(format!("{code}: {}", text.trim()));
+        }
+        Ok(text)
+    }
+
     async fn secret(&self, instance: &str, credential: &str) -> Result<SecretValue, String> {
         let client = self.api.client.borrow().clone();
         let resp = client

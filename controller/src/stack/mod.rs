@@ -369,6 +369,20 @@ fn merge(l: &mut groundwork_types::LayerStatus, out: vault::Outcome, kind: &str)
     true
 }
 
+/// An HTTP client for the layers' services: bounded calls, the cluster CA trusted (their
+/// certificates chain to it).
+pub(crate) fn http_client(ctx: &Ctx) -> reqwest::Client {
+    let mut b = reqwest::Client::builder().timeout(std::time::Duration::from_secs(5));
+    let bundle = ctx
+        .cluster_ca
+        .as_deref()
+        .and_then(|pem| reqwest::Certificate::from_pem_bundle(pem.as_bytes()).ok());
+    for c in bundle.unwrap_or_default() {
+        b = b.add_root_certificate(c);
+    }
+    b.build().expect("a TLS backend")
+}
+
 /// A Credential's value, from the cache, opened with this controller's secret key; None
 /// while it is not there (or cannot be opened).
 pub(crate) fn credential_value(ctx: &Ctx, name: &str) -> Option<String> {

@@ -258,13 +258,6 @@ pub struct Outcome {
     pub stop: Option<(&'static str, String)>,
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("a TLS backend")
-}
-
 async fn view(c: &reqwest::Client, base: &str, address: &str) -> MemberView {
     let get = |p: &str| {
         let url = format!("{base}{p}");
@@ -317,7 +310,7 @@ pub async fn converge(
     let mut out = Outcome::default();
     let name = journal_name(&stack.name_any(), layer);
     let api: Api<Credential> = Api::all(ctx.client.clone());
-    let c = client();
+    let c = super::http_client(ctx);
     let url = |a: &str| super::drivers::vault::api_url(cfg, a);
     let transit = cfg.unseal.mode == groundwork_types::VaultUnsealMode::Transit;
     for _ in 0..6 {

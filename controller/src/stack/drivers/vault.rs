@@ -66,9 +66,23 @@ pub fn config(layer: &groundwork_types::Layer) -> VaultConfig {
     layer.config.vault.clone().unwrap_or_default()
 }
 
-/// `http://ADDR:PORT`: where Groundwork and clients reach a member.
+/// `https://ADDR:PORT` (`http` without TLS): where Groundwork and clients reach a member.
 pub fn api_url(cfg: &VaultConfig, address: &str) -> String {
-    format!("http://{address}:{}", cfg.port)
+    let scheme = if cfg.tls { "https" } else { "http" };
+    format!("{scheme}://{address}:{}", cfg.port)
+}
+
+/// The names on a member's certificate besides its address: Consul's names for the
+/// service, and loopback for a client on the machine.
+fn tls(cfg: &VaultConfig) -> Option<groundwork_types::InstanceTls> {
+    cfg.tls.then(|| groundwork_types::InstanceTls {
+        dns_names: vec![
+            "vault.service.consul".into(),
+            "active.vault.service.consul".into(),
+            "localhost".into(),
+        ],
+        ip_addresses: vec!["127.0.0.1".into()],
+    })
 }
 
 /// Transit mode: the members unseal themselves through Groundwork's agent API, with the
@@ -115,8 +129,13 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
                 .flatten()
                 .filter(|m| m.address != *addr)
                 .map(|m| {
+                    let ca = if cfg.tls {
+                        "    leader_ca_cert_file = \"{cluster_ca}\"\n"
+                    } else {
+                        ""
+                    };
                     format!(
-                        "  retry_join {{\n    leader_api_addr = \"{}\"\n  }}\n",
+                        "  retry_join {{\n    leader_api_addr = \"{}\"\n{ca}  }}\n",
                         api_url(&cfg, &m.address)
                     )
                 })
@@ -133,11 +152,10 @@ storage \"raft\" {{
 listener \"tcp\" {{
   address         = \"{addr}:{port}\"
   cluster_address = \"{addr}:{cport}\"
-  tls_disable     = true
-}}
+{listener_tls}}}
 
 api_addr      = \"{api}\"
-cluster_addr  = \"http://{addr}:{cport}\"
+cluster_addr  = \"https://{addr}:{cport}\"
 disable_mlock = true
 ui            = false
 {seal}",
@@ -147,6 +165,11 @@ ui            = false
                     port = cfg.port,
                     cport = cfg.cluster_port,
                     seal = seal(ctx, &cfg),
+                    listener_tls = if cfg.tls {
+                        "  tls_cert_file   = \"{tls_cert}\"\n  tls_key_file    = \"{tls_key}\"\n  tls_min_version = \"tls12\"\n"
+                    } else {
+                        "  tls_disable     = true\n"
+                    },
                 ),
                 argv(&["{artifact}", "server", "-config={conf}/vault.hcl"]),
             )
@@ -161,8 +184,7 @@ storage \"file\" {{
 
 listener \"tcp\" {{
   address     = \"{addr}:{port}\"
-  tls_disable = \"true\"
-}}
+{listener_tls}}}
 
 api_addr  = \"{api}\"
 work_dir  = \"{{dir}}/work\"
@@ -174,6 +196,11 @@ daemon    = \"false\"
                 stack = ctx.stack,
                 layer = ctx.layer.name,
                 port = cfg.port,
+                listener_tls = if cfg.tls {
+                    "  tls_disable   = \"false\"\n  tls_cert_file = \"{tls_cert}\"\n  tls_key_file  = \"{tls_key}\"\n  tls_disable_client_certs = \"true\"\n"
+                } else {
+                    "  tls_disable = \"true\"\n"
+                },
             ),
             argv(&["{artifact}", "server", "--config", "{conf}/rvault.hcl"]),
         ),
@@ -199,11 +226,12 @@ daemon    = \"false\"
                 "sh".into(),
                 "-c".into(),
                 format!(
-                    "curl -sf --max-time 2 {api}/v1/sys/seal-status | grep -q '\"sealed\":false'"
+                    "curl -sf --max-time 2 --cacert {{cluster_ca}} {api}/v1/sys/seal-status | grep -q '\"sealed\":false'"
                 ),
             ],
             ..Default::default()
         },
+        tls: tls(&cfg),
         ..Default::default()
     })
 }
@@ -271,12 +299,12 @@ mod tests {
         assert!(hcl.contains("storage \"raft\""), "{hcl}");
         assert!(hcl.contains("node_id = \"n0\""), "{hcl}");
         assert!(
-            !hcl.contains("leader_api_addr = \"http://10.0.0.10:8200\""),
+            !hcl.contains("leader_api_addr = \"https://10.0.0.10:8200\""),
             "not itself"
         );
         for a in ["10.0.0.11", "10.0.0.12"] {
             assert!(
-                hcl.contains(&format!("leader_api_addr = \"http://{a}:8200\"")),
+                hcl.contains(&format!("leader_api_addr = \"https://{a}:8200\"")),
                 "{hcl}"
             );
         }
@@ -284,8 +312,30 @@ mod tests {
             hcl.contains("cluster_address = \"10.0.0.10:8201\""),
             "{hcl}"
         );
+        // TLS by default: the member's own certificate (made on the machine), peers and
+        // health checked against the cluster CA.
+        assert!(hcl.contains("tls_cert_file   = \"{tls_cert}\""), "{hcl}");
+        assert!(
+            hcl.contains("leader_ca_cert_file = \"{cluster_ca}\""),
+            "{hcl}"
+        );
+        assert!(!hcl.contains("tls_disable"), "{hcl}");
+        assert!(
+            spec.tls
+                .as_ref()
+                .unwrap()
+                .dns_names
+                .contains(&"vault.service.consul".into())
+        );
         assert!(spec.health.command[2].contains("\"sealed\":false"));
+        assert!(spec.health.command[2].contains("--cacert {cluster_ca} https://10.0.0.10:8200"));
         assert_eq!(spec.run.command[1], "server");
+        // Off: plain HTTP, no certificate asked for.
+        let mut l = layer(VaultImplementation::Vault);
+        l.config.vault.as_mut().unwrap().tls = false;
+        let spec = render_for(&l, &peers);
+        assert!(spec.files[0].content.contains("tls_disable     = true"));
+        assert!(spec.tls.is_none());
     }
 
     #[test]
