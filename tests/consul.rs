@@ -131,10 +131,32 @@ spec:
     let peers: Value = serde_json::from_str(&lab.ok(&[
         "curl",
         "-sf",
-        &format!("http://{addr}:8500/v1/status/peers"),
+        &format!("https://{addr}:8501/v1/status/peers"),
     ]))
     .unwrap();
     assert_eq!(peers.as_array().unwrap().len(), 3, "{peers}");
+    // TLS: HTTPS on the address with a certificate from the cluster CA (curl checked it)
+    // naming server.dc1.consul, as verify_server_hostname requires of servers; plain HTTP
+    // on loopback only. RPC is verified both ways: the client agent below could not have
+    // joined without its own certificate.
+    let plain = lab.run(
+        5,
+        &[
+            "curl",
+            "-sf",
+            &format!("http://{addr}:8500/v1/status/peers"),
+        ],
+    );
+    assert!(!plain.status.success(), "plain HTTP answers on the address");
+    let sans = lab.ok(&[
+        "sh",
+        "-c",
+        &format!(
+            "openssl s_client -connect {addr}:8501 </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+        ),
+    ]);
+    assert!(sans.contains("DNS:server.dc1.consul"), "{sans}");
+    assert!(sans.contains(&format!("IP Address:{addr}")), "{sans}");
 
     // The config on the machine carries the generated values; read them there (as an
     // operator with root on the machine could) to check where they must not be.
@@ -171,7 +193,7 @@ spec:
             "PUT",
             "-d",
             "v",
-            &format!("http://{addr}:8500/v1/kv/groundwork-test"),
+            &format!("https://{addr}:8501/v1/kv/groundwork-test"),
         ],
     );
     assert_eq!(
@@ -184,7 +206,7 @@ spec:
         "-sf",
         "-H",
         &format!("X-Consul-Token: {master}"),
-        &format!("http://{addr}:8500/v1/acl/token/self"),
+        &format!("https://{addr}:8501/v1/acl/token/self"),
     ]);
     assert!(me.contains("global-management"), "{me}");
     // A second bootstrap is refused: the management token came from the config.
@@ -195,7 +217,7 @@ spec:
             "-s",
             "-X",
             "PUT",
-            &format!("http://{addr}:8500/v1/acl/bootstrap"),
+            &format!("https://{addr}:8501/v1/acl/bootstrap"),
         ],
     );
     assert!(
@@ -249,7 +271,7 @@ spec:
             "-sf",
             "-H",
             &format!("X-Consul-Token: {master}"),
-            &format!("http://{addr}:8500/v1/acl/tokens"),
+            &format!("https://{addr}:8501/v1/acl/tokens"),
         ]))
         .unwrap();
         all.as_array()
@@ -279,7 +301,7 @@ spec:
         "-sf",
         "-H",
         &format!("X-Consul-Token: {master}"),
-        &format!("http://{addr}:8500/v1/agent/members"),
+        &format!("https://{addr}:8501/v1/agent/members"),
     ]))
     .unwrap();
     let alive: Vec<(String, String)> = ms
@@ -304,7 +326,7 @@ spec:
     let leader = lab.ok(&[
         "curl",
         "-sf",
-        &format!("http://{client_addr}:8500/v1/status/leader"),
+        &format!("https://{client_addr}:8501/v1/status/leader"),
     ]);
     assert!(
         leader.contains(':'),
@@ -315,7 +337,7 @@ spec:
         "-sf",
         "-H",
         &format!("X-Consul-Token: {agent}"),
-        &format!("http://{addr}:8500/v1/acl/token/self"),
+        &format!("https://{addr}:8501/v1/acl/token/self"),
     ]);
     assert!(me.contains(&format!("agent-{node}")), "{me}");
     assert!(!me.contains("global-management"), "{me}");
@@ -344,7 +366,7 @@ spec:
     let checks = lab.ok(&[
         "curl",
         "-sf",
-        &format!("http://{addr}:8500/v1/health/service/node-exporter?passing=true"),
+        &format!("https://{addr}:8501/v1/health/service/node-exporter?passing=true"),
     ]);
     assert_eq!(
         serde_json::from_str::<Value>(&checks)
@@ -460,7 +482,7 @@ spec:
             &[
                 "curl",
                 "-sf",
-                &format!("http://{addr}:8500/v1/status/leader"),
+                &format!("https://{addr}:8501/v1/status/leader"),
             ],
         );
         if support::stdout(&o).contains(':') {
@@ -482,7 +504,7 @@ spec:
                 "-s",
                 "-H",
                 &format!("X-Consul-Token: {master}"),
-                &format!("http://{addr}:8500/v1/acl/token/self"),
+                &format!("https://{addr}:8501/v1/acl/token/self"),
             ],
         );
         let me = support::stdout(&o);

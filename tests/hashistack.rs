@@ -233,9 +233,10 @@ spec:
         conf["consul"]["address"]
             .as_str()
             .unwrap()
-            .ends_with(":8500"),
+            .ends_with(":8501"),
         "{conf}"
     );
+    assert_eq!(conf["consul"]["ssl"], true, "{conf}");
     assert_eq!(
         conf["consul"]["token"].as_str().unwrap().len(),
         36,

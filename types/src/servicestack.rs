@@ -531,6 +531,14 @@ pub struct ConsulConfig {
     /// DNS port (default 8600); `dig @MEMBER -p 8600 NAME.service.consul`.
     #[serde(default = "consul_dns_port")]
     pub dns_port: u16,
+    /// TLS (default true): RPC between agents verified both ways against the cluster CA
+    /// (servers' certificates name `server.DC.consul`), the HTTP API over HTTPS on
+    /// `httpsPort` on the member's address, plain HTTP on loopback only.
+    #[serde(default = "yes")]
+    pub tls: bool,
+    /// HTTPS API port (default 8501), with `tls`.
+    #[serde(default = "consul_https_port")]
+    pub https_port: u16,
     /// ACLs on with a default-deny policy (default true). The anonymous token may read
     /// nodes and services, so DNS answers.
     #[serde(default = "yes")]
@@ -550,6 +558,8 @@ impl Default for ConsulConfig {
             datacenter: None,
             http_port: consul_http_port(),
             dns_port: consul_dns_port(),
+            tls: true,
+            https_port: consul_https_port(),
             acl_bootstrap: true,
             connect_ca: None,
             envoy: None,
@@ -562,6 +572,9 @@ fn consul_http_port() -> u16 {
 }
 fn consul_dns_port() -> u16 {
     8600
+}
+fn consul_https_port() -> u16 {
+    8501
 }
 
 /// Nomad servers: the scheduling layer. Groundwork generates the management token once (a
@@ -1184,6 +1197,13 @@ impl Layer {
             let f = format!("{at}.config.consul");
             check_port(format!("{f}.httpPort"), k.http_port, errs);
             check_port(format!("{f}.dnsPort"), k.dns_port, errs);
+            check_port(format!("{f}.httpsPort"), k.https_port, errs);
+            if k.tls && k.https_port == k.http_port {
+                errs.push(FieldError::invalid(
+                    format!("{f}.httpsPort"),
+                    format!("{}: the same as httpPort", k.https_port),
+                ));
+            }
             if let Some(d) = &k.datacenter
                 && (d.is_empty()
                     || !d

@@ -7,8 +7,6 @@
 //! Consul agent, is the authority on these members' health. Entries of instances that are
 //! gone are deregistered. Nothing is sent while the plan is the one last applied.
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use super::decide::CatalogPlan;
@@ -18,11 +16,11 @@ pub fn catalog_node(node: &str) -> String {
     format!("{node}-groundwork")
 }
 
-pub async fn sync(plan: &CatalogPlan, token: &str) -> Result<usize, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
+pub async fn sync(
+    client: &reqwest::Client,
+    plan: &CatalogPlan,
+    token: &str,
+) -> Result<usize, String> {
     let call = |method: reqwest::Method, path: &str| {
         client
             .request(method, format!("{}{path}", plan.consul))
@@ -132,14 +130,11 @@ pub struct AgentToken {
 /// Makes sure each agent token exists (policy `agent-NODE`, the caller-chosen AccessorID and
 /// SecretID); a token found by its AccessorID is left alone. How many were created.
 pub async fn ensure_agent_tokens(
+    client: &reqwest::Client,
     consul: &str,
     management: &str,
     agents: &[AgentToken],
 ) -> Result<usize, String> {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| e.to_string())?;
     let call = |method: reqwest::Method, path: &str| {
         client
             .request(method, format!("{consul}{path}"))

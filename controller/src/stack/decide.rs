@@ -142,7 +142,7 @@ fn catalog(o: &Observed, plan: &Plan) -> Option<CatalogPlan> {
         .collect();
     entries.sort();
     Some(CatalogPlan {
-        consul: format!("http://{}:{}", server.spec.address.clone()?, cfg.http_port),
+        consul: drivers::consul::api_url(&cfg, &server.spec.address.clone()?),
         token: drivers::consul::generated(&stack, &layer.name)[1].0.clone(),
         entries,
     })
@@ -507,7 +507,7 @@ pub fn decide(o: &Observed) -> Plan {
             layer: p.layer.name.clone(),
             addresses: ms
                 .iter()
-                .map(|m| format!("{}:{}", m.address, cfg.http_port))
+                .map(|m| drivers::consul::api_url(&cfg, &m.address))
                 .collect(),
             token: cfg.acl_bootstrap.then(|| {
                 drivers::consul::generated(&name, &p.layer.name)[1]

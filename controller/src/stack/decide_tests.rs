@@ -522,7 +522,7 @@ fn a_ready_consul_layer_gets_every_instance_in_its_catalog() {
     let p = run(&s, &ms, &have);
     let c = p.catalog.expect("consul is Ready");
     assert_eq!(c.token, "p-connectivity-consul-management");
-    assert!(c.consul.starts_with("http://10.0.0.") && c.consul.ends_with(":8500"));
+    assert!(c.consul.starts_with("https://10.0.0.") && c.consul.ends_with(":8501"));
     let exporters: Vec<_> = c
         .entries
         .iter()

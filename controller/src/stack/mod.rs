@@ -64,7 +64,7 @@ impl StackController {
             return true;
         }
         let r = match credential_value(ctx, &plan.token) {
-            Some(t) => catalog::sync(plan, &t).await,
+            Some(t) => catalog::sync(&http_client(ctx), plan, &t).await,
             None => Err(format!(
                 "Credential {} is not there yet (or cannot be opened)",
                 plan.token
@@ -143,7 +143,7 @@ impl StackController {
         let Some(mgmt) = open(&plan.token) else {
             return false;
         };
-        match catalog::ensure_agent_tokens(&plan.consul, &mgmt, &agents).await {
+        match catalog::ensure_agent_tokens(&http_client(ctx), &plan.consul, &mgmt, &agents).await {
             Ok(created) => {
                 tracing::info!(
                     agents = agents.len(),

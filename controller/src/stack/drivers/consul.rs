@@ -89,6 +89,47 @@ fi
   -description 'Anonymous Token (Groundwork: DNS reads)' >/dev/null
 "#;
 
+/// Where Groundwork and other machines reach a member's HTTP API: `https://ADDR:HTTPS_PORT`
+/// with TLS, else `http://ADDR:HTTP_PORT`.
+pub fn api_url(cfg: &ConsulConfig, address: &str) -> String {
+    if cfg.tls {
+        format!("https://{address}:{}", cfg.https_port)
+    } else {
+        format!("http://{address}:{}", cfg.http_port)
+    }
+}
+
+/// The HTTP API as a service on the machine itself reaches it (plain HTTP on loopback with
+/// TLS; the member's address without).
+fn local_url(cfg: &ConsulConfig, address: &str) -> String {
+    if cfg.tls {
+        format!("http://127.0.0.1:{}", cfg.http_port)
+    } else {
+        format!("http://{address}:{}", cfg.http_port)
+    }
+}
+
+fn datacenter(cfg: &ConsulConfig) -> String {
+    cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string())
+}
+
+/// The names on an agent's certificate besides its address: `server.DC.consul` for a
+/// server (what `verify_server_hostname` checks), `client.DC.consul` for a client.
+fn tls_names(cfg: &ConsulConfig, server: bool) -> Option<groundwork_types::InstanceTls> {
+    let role = if server { "server" } else { "client" };
+    let mut dns = vec![
+        format!("{role}.{}.consul", datacenter(cfg)),
+        "localhost".into(),
+    ];
+    if server {
+        dns.push("consul.service.consul".into());
+    }
+    cfg.tls.then(|| groundwork_types::InstanceTls {
+        dns_names: dns,
+        ip_addresses: vec!["127.0.0.1".into()],
+    })
+}
+
 /// A Consul client agent: joins the stack's servers, with the servers' gossip key and its
 /// own agent token; its HTTP API (on its address) forwards to the servers.
 pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
@@ -120,13 +161,16 @@ pub(super) fn render_client(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, Stri
     let join: Vec<String> = servers
         .addresses
         .iter()
-        .map(|a| a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string())
+        .map(|a| super::host_of(a).to_string())
         .collect();
     let gossip = generated(ctx.stack, &servers.layer)[0].0.clone();
     let conf = agent_conf(ctx, &cfg, join, &gossip);
-    let http = format!("http://{}:{}", ctx.me.address, cfg.http_port);
+    let http = local_url(&cfg, &ctx.me.address);
     // Healthy: joined (it knows the servers' leader through them).
-    Ok(agent_spec(artifact, vec![conf_file(&conf)], &http))
+    Ok(ServiceInstanceSpec {
+        tls: tls_names(&cfg, false),
+        ..agent_spec(artifact, vec![conf_file(&conf)], &http)
+    })
 }
 
 /// What every agent's config has, server or client: its addresses, the servers to join,
@@ -140,7 +184,7 @@ fn agent_conf(
     let addr = &ctx.me.address;
     let agent = agent_token_credential(ctx.stack, &ctx.layer.name, &ctx.me.node);
     let mut conf = json!({
-        "datacenter": cfg.datacenter.clone().unwrap_or_else(|| "dc1".to_string()),
+        "datacenter": datacenter(cfg),
         "node_name": ctx.me.node,
         "server": false,
         "data_dir": "{data}",
@@ -155,6 +199,21 @@ fn agent_conf(
         "leave_on_terminate": true,
         "log_level": "INFO",
     });
+    if cfg.tls {
+        // RPC verified both ways; HTTPS for other machines, plain HTTP on loopback only.
+        conf["client_addr"] = json!("127.0.0.1");
+        conf["addresses"] = json!({
+            "https": format!("127.0.0.1 {addr}"),
+            "dns": format!("127.0.0.1 {addr}"),
+        });
+        conf["ports"]["https"] = json!(cfg.https_port);
+        conf["ca_file"] = json!("{cluster_ca}");
+        conf["cert_file"] = json!("{tls_cert}");
+        conf["key_file"] = json!("{tls_key}");
+        conf["verify_incoming_rpc"] = json!(true);
+        conf["verify_outgoing"] = json!(true);
+        conf["verify_server_hostname"] = json!(true);
+    }
     if cfg.acl_bootstrap {
         conf["acl"] = json!({
             "enabled": true,
@@ -234,7 +293,7 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
     if cfg.acl_bootstrap {
         conf["acl"]["tokens"]["master"] = json!(format!("{{secret:{management}}}"));
     }
-    let http = format!("http://{addr}:{}", cfg.http_port);
+    let http = local_url(&cfg, addr);
     let mut after_start = Vec::new();
     let mut files = vec![conf_file(&conf)];
     if cfg.acl_bootstrap {
@@ -270,6 +329,7 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
             },
         ],
         after_start,
+        tls: tls_names(&cfg, true),
         ..agent_spec(artifact, files, &http)
     })
 }

@@ -115,7 +115,8 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         ServiceType::Mysql => c.mysql.as_ref()?.port,
         ServiceType::Haproxy => c.haproxy.clone().unwrap_or_default().port,
         ServiceType::Consul | ServiceType::ConsulClient => {
-            c.consul.clone().unwrap_or_default().http_port
+            let k = c.consul.clone().unwrap_or_default();
+            if k.tls { k.https_port } else { k.http_port }
         }
         ServiceType::Vault => c.vault.clone().unwrap_or_default().port,
         ServiceType::Nomad => c.nomad.clone().unwrap_or_default().http_port,
@@ -192,6 +193,12 @@ pub(crate) fn knows_a_leader(http: &str) -> groundwork_types::HealthCheck {
         ],
         ..Default::default()
     }
+}
+
+/// The host of `scheme://host:port` or `host:port`.
+pub(crate) fn host_of(url: &str) -> &str {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.rsplit_once(':').map(|(h, _)| h).unwrap_or(rest)
 }
 
 pub(crate) fn argv(parts: &[&str]) -> Vec<String> {

@@ -73,7 +73,16 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
     if let Some(c) = ctx.consul
         && let Some(first) = c.addresses.first()
     {
-        conf["consul"] = json!({"address": first});
+        // Nomad takes Consul's address without a scheme, and `ssl` for HTTPS.
+        match first.strip_prefix("https://") {
+            Some(hostport) => {
+                conf["consul"] =
+                    json!({"address": hostport, "ssl": true, "ca_file": "{cluster_ca}"})
+            }
+            None => {
+                conf["consul"] = json!({"address": first.strip_prefix("http://").unwrap_or(first)})
+            }
+        }
         if let Some(t) = &c.token {
             conf["consul"]["token"] = json!(format!("{{secret:{t}}}"));
         }
@@ -82,6 +91,9 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         && let Some(first) = v.addresses.first()
     {
         conf["vault"] = json!({"enabled": true, "address": first});
+        if first.starts_with("https://") {
+            conf["vault"]["ca_file"] = json!("{cluster_ca}");
+        }
     }
     let http = format!("http://{addr}:{}", cfg.http_port);
     Ok(ServiceInstanceSpec {
@@ -145,12 +157,12 @@ mod tests {
             [(ServiceType::Nomad, vec![m(0), m(1), m(2)])].into();
         let consul = Upstream {
             layer: "connectivity".into(),
-            addresses: vec!["10.0.0.20:8500".into()],
+            addresses: vec!["https://10.0.0.20:8501".into()],
             token: Some("p-connectivity-consul-management".into()),
         };
         let vault = Upstream {
             layer: "secrets".into(),
-            addresses: vec!["http://10.0.0.30:8200".into()],
+            addresses: vec!["https://10.0.0.30:8200".into()],
             token: None,
         };
         let spec = super::super::render(&RenderCtx {
@@ -174,12 +186,15 @@ mod tests {
             json!(["10.0.0.11:4648", "10.0.0.12:4648"])
         );
         assert_eq!(c["acl"]["enabled"], true);
-        assert_eq!(c["consul"]["address"], "10.0.0.20:8500");
+        assert_eq!(c["consul"]["address"], "10.0.0.20:8501");
+        assert_eq!(c["consul"]["ssl"], true);
+        assert_eq!(c["consul"]["ca_file"], "{cluster_ca}");
         assert_eq!(
             c["consul"]["token"],
             "{secret:p-connectivity-consul-management}"
         );
-        assert_eq!(c["vault"]["address"], "http://10.0.0.30:8200");
+        assert_eq!(c["vault"]["address"], "https://10.0.0.30:8200");
+        assert_eq!(c["vault"]["ca_file"], "{cluster_ca}");
         assert_eq!(spec.secrets, vec!["p-connectivity-consul-management"]);
         assert_eq!(spec.check[1], "config");
     }
