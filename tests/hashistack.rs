@@ -257,6 +257,31 @@ spec:
         .as_str()
         .unwrap()
         .to_string();
+    // Nomad's Consul token is its own (policy nomad-scheduling), not the management token.
+    let nomad_consul = reveal("platform-scheduling-consul-nomad");
+    assert_eq!(conf["consul"]["token"].as_str().unwrap(), nomad_consul);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = lab.run(
+            5,
+            &[
+                "curl",
+                "-sf",
+                "-H",
+                &format!("X-Consul-Token: {nomad_consul}"),
+                &format!("https://{c0}:8501/v1/acl/token/self"),
+            ],
+        );
+        if support::stdout(&o).contains("\"nomad-scheduling\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Nomad's Consul token is not in Consul: {}",
+            text(&o)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let mut want = nomads.clone();
     want.sort();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -360,6 +385,7 @@ spec:
             "Groundwork's vault token",
             reveal("platform-secrets-vault-token"),
         ),
+        ("Nomad's consul token", nomad_consul.clone()),
         (
             "consul AppRole secret ID",
             reveal("platform-secrets-approle-consul"),

@@ -120,20 +120,26 @@ pub async fn sync(
     Ok(removed)
 }
 
-/// A Consul agent's own ACL token, as Groundwork chose it.
-pub struct AgentToken {
-    pub node: String,
+/// A Consul ACL token Groundwork makes sure of: its caller-chosen AccessorID and SecretID
+/// (generated and stored first), bound to one policy with these rules. No `Debug`: it
+/// holds a secret.
+#[derive(Clone)]
+pub struct ConsulToken {
     pub accessor: String,
     pub secret: String,
+    pub policy: String,
+    pub rules: String,
+    /// What it is for (the token's and the policy's description).
+    pub purpose: String,
 }
 
-/// Makes sure each agent token exists (policy `agent-NODE`, the caller-chosen AccessorID and
-/// SecretID); a token found by its AccessorID is left alone. How many were created.
-pub async fn ensure_agent_tokens(
+/// Makes sure each token exists with its policy (the AccessorID and SecretID chosen by
+/// Groundwork); a token found by its AccessorID is left alone. How many were created.
+pub async fn ensure_tokens(
     client: &reqwest::Client,
     consul: &str,
     management: &str,
-    agents: &[AgentToken],
+    tokens: &[ConsulToken],
 ) -> Result<usize, String> {
     let call = |method: reqwest::Method, path: &str| {
         client
@@ -141,10 +147,10 @@ pub async fn ensure_agent_tokens(
             .header("X-Consul-Token", management)
     };
     let mut created = 0;
-    for a in agents {
+    for t in tokens {
         let found = call(
             reqwest::Method::GET,
-            &format!("/v1/acl/token/{}", a.accessor),
+            &format!("/v1/acl/token/{}", t.accessor),
         )
         .send()
         .await
@@ -152,24 +158,23 @@ pub async fn ensure_agent_tokens(
         if found.status().is_success() {
             continue;
         }
-        let (policy, rules) = super::drivers::consul::agent_policy(&a.node);
         let r = call(reqwest::Method::PUT, "/v1/acl/policy")
-            .json(&json!({"Name": policy, "Description": format!("Groundwork: the agent on {}", a.node), "Rules": rules}))
+            .json(&json!({"Name": t.policy, "Description": format!("Groundwork: {}", t.purpose), "Rules": t.rules}))
             .send()
             .await
             .map_err(|e| e.without_url().to_string())?;
         if !r.status().is_success() {
             let body = r.text().await.unwrap_or_default();
             if !body.contains("already exists") {
-                return Err(format!("policy {policy}: {}", body.trim()));
+                return Err(format!("policy {}: {}", t.policy, body.trim()));
             }
         }
         let r = call(reqwest::Method::PUT, "/v1/acl/token")
             .json(&json!({
-                "AccessorID": a.accessor,
-                "SecretID": a.secret,
-                "Description": format!("Groundwork: the agent on {}", a.node),
-                "Policies": [{"Name": policy}],
+                "AccessorID": t.accessor,
+                "SecretID": t.secret,
+                "Description": format!("Groundwork: {}", t.purpose),
+                "Policies": [{"Name": t.policy}],
                 "Local": false,
             }))
             .send()
@@ -177,7 +182,7 @@ pub async fn ensure_agent_tokens(
             .map_err(|e| e.without_url().to_string())?;
         if !r.status().is_success() {
             // Never the body of a token call: it could echo the SecretID.
-            return Err(format!("agent token for {}: HTTP {}", a.node, r.status()));
+            return Err(format!("the token for {}: HTTP {}", t.purpose, r.status()));
         }
         created += 1;
     }

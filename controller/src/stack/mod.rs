@@ -117,16 +117,34 @@ impl StackController {
             }
             let cred = drivers::consul::agent_token_credential(&name, &i.spec.layer, &i.spec.node);
             let Some(secret) = open(&cred) else { continue };
-            agents.push(catalog::AgentToken {
+            let (policy, rules) = drivers::consul::agent_policy(&i.spec.node);
+            agents.push(catalog::ConsulToken {
                 accessor: drivers::consul::agent_token_accessor(&name, &i.spec.layer, &i.spec.node),
-                node: i.spec.node.clone(),
                 secret,
+                policy,
+                rules,
+                purpose: format!("the agent on {}", i.spec.node),
             });
         }
-        agents.sort_by(|a, b| a.node.cmp(&b.node));
+        // Each Nomad layer's own Consul token (not the management token).
+        for l in &stack.spec.layers {
+            if !l.services.contains(&groundwork_types::ServiceType::Nomad) {
+                continue;
+            }
+            let cred = drivers::nomad::consul_token_credential(&name, &l.name);
+            let Some(secret) = open(&cred) else { continue };
+            agents.push(catalog::ConsulToken {
+                accessor: drivers::consul::agent_token_accessor(&name, &l.name, "nomad"),
+                secret,
+                policy: format!("nomad-{}", l.name),
+                rules: drivers::nomad::CONSUL_RULES.into(),
+                purpose: format!("Nomad, layer {}", l.name),
+            });
+        }
+        agents.sort_by(|a, b| a.accessor.cmp(&b.accessor));
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for a in &agents {
-            (&a.node, &a.accessor).hash(&mut h);
+            (&a.policy, &a.accessor).hash(&mut h);
         }
         plan.consul.hash(&mut h);
         let digest = h.finish();
@@ -143,12 +161,12 @@ impl StackController {
         let Some(mgmt) = open(&plan.token) else {
             return false;
         };
-        match catalog::ensure_agent_tokens(&http_client(ctx), &plan.consul, &mgmt, &agents).await {
+        match catalog::ensure_tokens(&http_client(ctx), &plan.consul, &mgmt, &agents).await {
             Ok(created) => {
                 tracing::info!(
-                    agents = agents.len(),
+                    tokens = agents.len(),
                     created,
-                    "Consul agents have their own tokens"
+                    "Consul agents and Nomad have their own tokens"
                 );
                 self.catalog
                     .lock()
@@ -206,9 +224,21 @@ impl StackController {
             if layer
                 .services
                 .contains(&groundwork_types::ServiceType::Nomad)
-                && drivers::nomad::config(layer).acl_bootstrap
             {
-                wanted.extend(drivers::nomad::generated(&name, &layer.name));
+                if drivers::nomad::config(layer).acl_bootstrap {
+                    wanted.extend(drivers::nomad::generated(&name, &layer.name));
+                }
+                let consul_acl = stack.spec.layers.iter().any(|l| {
+                    l.services.contains(&groundwork_types::ServiceType::Consul)
+                        && drivers::consul::config_of(l).acl_bootstrap
+                });
+                if consul_acl {
+                    wanted.push((
+                        drivers::nomad::consul_token_credential(&name, &layer.name),
+                        "nomad-consul",
+                        drivers::consul::Generate::Uuid,
+                    ));
+                }
             }
             for (cname, user, what) in wanted {
                 if ctx

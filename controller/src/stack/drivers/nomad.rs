@@ -31,6 +31,20 @@ pub fn generated(stack: &str, layer: &str) -> Vec<(String, &'static str, Generat
     )]
 }
 
+/// The Credential of the Nomad layer's own Consul token (its SecretID, generated first;
+/// the stack controller creates the token in Consul with policy `nomad-LAYER`).
+pub fn consul_token_credential(stack: &str, layer: &str) -> String {
+    format!("{stack}-{layer}-consul-nomad")
+}
+
+/// What Nomad's agents need of Consul (Nomad's documented policy for servers and clients,
+/// without `acl = "write"`, which only Consul Connect's service identity tokens need).
+pub const CONSUL_RULES: &str = r#"agent_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }
+service_prefix "" { policy = "write" }
+key_prefix "" { policy = "read" }
+"#;
+
 pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
     let field = format!("{}.config.nomad", ctx.field());
     let cfg = config(ctx.layer);
@@ -83,7 +97,8 @@ pub(super) fn render(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
                 conf["consul"] = json!({"address": first.strip_prefix("http://").unwrap_or(first)})
             }
         }
-        if let Some(t) = &c.token {
+        if c.token.is_some() {
+            let t = consul_token_credential(ctx.stack, &ctx.layer.name);
             conf["consul"]["token"] = json!(format!("{{secret:{t}}}"));
         }
     }
@@ -189,13 +204,11 @@ mod tests {
         assert_eq!(c["consul"]["address"], "10.0.0.20:8501");
         assert_eq!(c["consul"]["ssl"], true);
         assert_eq!(c["consul"]["ca_file"], "{cluster_ca}");
-        assert_eq!(
-            c["consul"]["token"],
-            "{secret:p-connectivity-consul-management}"
-        );
+        // Its own Consul token, never the management token.
+        assert_eq!(c["consul"]["token"], "{secret:p-scheduling-consul-nomad}");
         assert_eq!(c["vault"]["address"], "https://10.0.0.30:8200");
         assert_eq!(c["vault"]["ca_file"], "{cluster_ca}");
-        assert_eq!(spec.secrets, vec!["p-connectivity-consul-management"]);
+        assert_eq!(spec.secrets, vec!["p-scheduling-consul-nomad"]);
         assert_eq!(spec.check[1], "config");
     }
 }
