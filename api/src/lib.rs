@@ -7,6 +7,7 @@ pub mod auth;
 mod discovery;
 mod error;
 mod handlers;
+mod hooks;
 mod logs;
 mod objects;
 mod openapi;

@@ -107,6 +107,10 @@ fn routes() -> Router<AppState> {
             "/openapi/v3/{*path}",
             get(|Path(p): Path<String>| async move { json(openapi::group_version(&p)) }),
         )
+        .route(
+            "/hooks/gitsource/{name}",
+            axum::routing::post(crate::hooks::gitsource),
+        )
         .route("/apis/{group}/{version}/{plural}", any(handlers::resource))
         .route(
             "/apis/{group}/{version}/{plural}/{name}",

@@ -12,56 +12,7 @@ use crate::manifests::{Manifest, read_manifests};
 
 pub(crate) const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// The patch that takes `current` to `modified`, deleting what `original` (the last applied
-/// configuration) had and `modified` no longer has. Lists are replaced whole (JSON merge
-/// patch semantics, as for custom resources in Kubernetes).
-pub fn three_way_merge_patch(
-    original: &Value,
-    modified: &Value,
-    current: &Value,
-) -> Map<String, Value> {
-    let mut patch = Map::new();
-    let (Some(m), cur) = (modified.as_object(), current.as_object()) else {
-        return patch;
-    };
-    for (k, mv) in m {
-        let cv = cur.and_then(|c| c.get(k));
-        match (mv, cv) {
-            (Value::Object(_), Some(cv @ Value::Object(_))) => {
-                let sub = three_way_merge_patch(original.get(k).unwrap_or(&Value::Null), mv, cv);
-                if !sub.is_empty() {
-                    patch.insert(k.clone(), Value::Object(sub));
-                }
-            }
-            _ if cv.is_some_and(|cv| same(cv, mv)) => {}
-            _ => {
-                patch.insert(k.clone(), mv.clone());
-            }
-        }
-    }
-    if let Some(o) = original.as_object() {
-        for k in o.keys() {
-            if !m.contains_key(k) && cur.is_some_and(|c| c.contains_key(k)) {
-                patch.insert(k.clone(), Value::Null);
-            }
-        }
-    }
-    patch
-}
-
-/// JSON equality with numbers compared by value (the server may render 10 as 10.0).
-fn same(a: &Value, b: &Value) -> bool {
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => x == y || x.as_f64() == y.as_f64(),
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
-        }
-        _ => a == b,
-    }
-}
+pub use groundwork_types::manifests::three_way_merge_patch;
 
 fn kind_of(m: &Manifest) -> anyhow::Result<&'static KindInfo> {
     let av = m

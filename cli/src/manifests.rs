@@ -43,45 +43,15 @@ fn files_in(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 /// Parses YAML text holding one or more documents; empty documents are skipped, and a
 /// `kind: List` is flattened into its items.
 pub fn parse_documents(text: &str, source: &str) -> anyhow::Result<Vec<Manifest>> {
-    // A datacenter is thousands of objects in one file: lift the parser's document and node
-    // caps (1,024 and 250,000 by default); the other alias/depth guards stay.
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_documents: 1_000_000,
-            max_nodes: 50_000_000,
-            max_events: 200_000_000,
-        },
-    };
-    let docs: Vec<Value> = serde_saphyr::from_str_multiple_with_options(text, options)
-        .map_err(|e| anyhow::anyhow!("{source}: invalid YAML: {e}"))?;
-    let mut out = Vec::new();
-    for (i, d) in docs.into_iter().enumerate() {
-        match d {
-            Value::Null => {}
-            Value::Object(ref m) if m.get("kind").and_then(Value::as_str) == Some("List") => {
-                for item in m
-                    .get("items")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default()
-                {
-                    out.push(Manifest {
-                        source: format!("{source} (document {})", i + 1),
-                        object: item,
-                    });
-                }
-            }
-            Value::Object(_) => out.push(Manifest {
-                source: format!("{source} (document {})", i + 1),
-                object: d,
-            }),
-            other => bail!(
-                "{source} (document {}): expected an object with apiVersion and kind, found {other}",
-                i + 1
-            ),
-        }
-    }
-    Ok(out)
+    let docs = groundwork_types::manifests::parse_documents(text)
+        .map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
+    Ok(docs
+        .into_iter()
+        .map(|d| Manifest {
+            source: format!("{source} (document {}, line {})", d.index, d.line),
+            object: d.object,
+        })
+        .collect())
 }
 
 /// Reads every manifest under the given paths (`-` is stdin).

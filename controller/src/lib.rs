@@ -11,6 +11,7 @@ pub mod bmcpool;
 pub mod caches;
 pub mod crashpoint;
 pub mod events;
+pub mod gitsource;
 pub mod lease;
 pub mod power;
 pub mod profile;
@@ -82,6 +83,8 @@ pub struct Options {
     pub groundwork_metrics: Option<String>,
     /// The cluster CA (PEM): the services' certificates chain to it.
     pub cluster_ca: Option<String>,
+    /// Where the GitSource controller keeps its cache repositories.
+    pub git_cache: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for Options {
@@ -109,6 +112,7 @@ impl Options {
             provisioning: provision::Timing::default(),
             groundwork_metrics: None,
             cluster_ca: None,
+            git_cache: std::env::temp_dir().join(format!("groundwork-git-{}", std::process::id())),
         }
     }
 }
@@ -158,6 +162,7 @@ fn registry() -> Vec<Registration> {
         register(|o| power::PowerController::new(o.power_poll)),
         register(|o| provision::ProvisionController::new(o.provisioning.clone())),
         register(|o| stack::StackController::new(o.groundwork_metrics.clone())),
+        register(|o| gitsource::GitSourceController::new(o.git_cache.clone())),
     ]
 }
 

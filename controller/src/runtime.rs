@@ -53,6 +53,9 @@ pub enum Error {
     /// An object could not be encoded or a patch built (a bug, not the environment).
     #[error("encoding: {0}")]
     Encode(String),
+    /// Something the reconcile needs did not answer (retried with backoff).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {

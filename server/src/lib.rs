@@ -43,6 +43,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let client = loopback_client(addr, certs.as_ref()).await?;
     let mut opts = controller_options(&args, key.clone());
     opts.cluster_ca = certs.as_ref().map(|c| c.pki.ca_pem().to_string());
+    opts.git_cache = args.data_dir.join("git");
     if let Some(addr) = serve_metrics(&args).await? {
         opts.groundwork_metrics = Some(addr.to_string());
     }

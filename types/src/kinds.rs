@@ -7,7 +7,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::validate::{FieldError, Validate, check_name};
-use crate::{Credential, Datacenter, Node, Profile, Rack, ServiceInstance, ServiceStack};
+use crate::{
+    Credential, Datacenter, GitSource, Node, Profile, Rack, ServiceInstance, ServiceStack,
+};
 
 pub const GROUP: &str = "groundwork.dev";
 pub const VERSION: &str = "v1alpha1";
@@ -296,6 +298,30 @@ const PROFILE_COLUMNS: &[Column] = &[
     },
     AGE,
 ];
+const GITSOURCE_COLUMNS: &[Column] = &[
+    Column {
+        name: "URL",
+        json_path: ".spec.url",
+        type_: "string",
+        priority: 0,
+        description: "",
+    },
+    Column {
+        name: "Applied",
+        json_path: ".status.lastAppliedCommit",
+        type_: "string",
+        priority: 0,
+        description: "The commit whose manifests are live",
+    },
+    Column {
+        name: "Message",
+        json_path: ".status.lastAppliedMessage",
+        type_: "string",
+        priority: 1,
+        description: "",
+    },
+    AGE,
+];
 const STACK_COLUMNS: &[Column] = &[
     Column {
         name: "Phase",
@@ -486,6 +512,14 @@ static KINDS: &[KindInfo] = &[
         "servicestack",
         ["stack"],
         STACK_COLUMNS
+    ),
+    crd_kind!(
+        GitSource,
+        "GitSource",
+        "gitsources",
+        "gitsource",
+        ["gs"],
+        GITSOURCE_COLUMNS
     ),
     crd_kind!(
         ServiceInstance,
@@ -807,7 +841,7 @@ mod tests {
     #[test]
     fn crds_have_schema_and_columns() {
         let docs = crd_yaml_documents();
-        assert_eq!(docs.len(), 7);
+        assert_eq!(docs.len(), 8);
         for (_, crd) in docs {
             let v = &crd["spec"]["versions"][0];
             assert!(v["schema"]["openAPIV3Schema"]["properties"]["spec"].is_object());

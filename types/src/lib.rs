@@ -7,7 +7,9 @@ pub mod agent;
 mod conditions;
 mod credential;
 mod datacenter;
+mod gitsource;
 mod kinds;
+pub mod manifests;
 mod node;
 mod profile;
 mod rack;
@@ -21,6 +23,7 @@ pub use admission::{Decoded, decode};
 pub use conditions::{condition_is_true, find_condition, set_condition};
 pub use credential::*;
 pub use datacenter::*;
+pub use gitsource::*;
 pub use kinds::{
     API_VERSION, Admitted, Column, GROUP, KindInfo, VERSION, all_kinds, check_object_name,
     crd_yaml_documents, group_versions, kind_by_kind, kind_by_plural,

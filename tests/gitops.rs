@@ -1,0 +1,478 @@
+//! GitOps: a GitSource follows a bare repository served by Debian's real `git http-backend`
+//! (tests/doubles/git-http) and applies, prunes, refuses bad commits, corrects or reports
+//! drift, waits for its dependencies, and fetches on a signed Gitea or GitHub webhook only.
+//! The GitSource's interval is an hour, so anything applied within the test was applied
+//! because of a webhook (or the GitSource's own creation).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Server, text};
+
+const SECRET: &str = "a webhook secret";
+
+struct GitHttp {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl GitHttp {
+    fn start(root: &Path) -> GitHttp {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/git-http");
+        let port_file = root.join("port");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(root)
+            .arg(&port_file)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !port_file.exists() {
+            assert!(Instant::now() < deadline, "git-http did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .parse()
+            .unwrap();
+        GitHttp {
+            child,
+            port,
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn fetches(&self) -> usize {
+        std::fs::read_to_string(self.root.join("fetches.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let o = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Operator",
+            "-c",
+            "user.email=ops@example.invalid",
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "git {args:?}: {}", text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// Commits everything in the work tree and pushes it; the new commit.
+fn push(work: &Path, message: &str) -> String {
+    git(work, &["add", "-A"]);
+    git(work, &["commit", "-q", "--allow-empty", "-m", message]);
+    git(work, &["push", "-q", "origin", "HEAD:main"]);
+    git(work, &["rev-parse", "HEAD"])
+}
+
+/// POSTs a push payload to the GitSource's webhook, signed with `secret` in `header`
+/// (`gitea`, `github`, or none); the HTTP status.
+fn webhook(s: &Server, name: &str, secret: Option<&str>, header: &str) -> String {
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{}","repository":{{"full_name":"ops/infra"}}}}"#,
+        "0".repeat(40)
+    );
+    let mut args = vec![
+        "-s".to_string(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_code}".into(),
+        "--cacert".into(),
+        support::shared_pki().join("ca.crt").display().to_string(),
+        "-X".into(),
+        "POST".into(),
+        "-H".into(),
+        "Content-Type: application/json".into(),
+        "-H".into(),
+        "X-Gitea-Event: push".into(),
+        "--data-binary".into(),
+        body.clone(),
+    ];
+    if let Some(secret) = secret {
+        let sig = hmac(secret, &body);
+        args.push("-H".into());
+        args.push(match header {
+            "github" => format!("X-Hub-Signature-256: sha256={sig}"),
+            _ => format!("X-Gitea-Signature: {sig}"),
+        });
+    }
+    args.push(format!("{}/hooks/gitsource/{name}", s.url));
+    let o = Command::new("curl").args(&args).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn hmac(secret: &str, body: &str) -> String {
+    use std::io::Write;
+    let mut c = Command::new("openssl")
+        .args(["dgst", "-sha256", "-hmac", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .to_string()
+}
+
+fn get(s: &Server, what: &[&str]) -> Value {
+    let mut args = vec!["get"];
+    args.extend_from_slice(what);
+    args.extend(["-o", "json"]);
+    let o = s.kubectl(&args);
+    serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap_or(Value::Null)
+}
+
+/// Waits until the GitSource's status satisfies `ok`; its status.
+fn wait_status(
+    s: &Server,
+    name: &str,
+    secs: u64,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let g = get(s, &["gitsource", name]);
+        if ok(&g["status"]) {
+            return g["status"].clone();
+        }
+        if Instant::now() > deadline {
+            let log: String = s
+                .log()
+                .lines()
+                .filter(|l| l.contains("gitsource"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "{what}: not within {secs} s; status: {}\nlog:\n{log}",
+                g["status"]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn applied(commit: &str) -> impl Fn(&Value) -> bool + '_ {
+    move |st: &Value| st["lastAppliedCommit"] == commit
+}
+
+#[test]
+fn a_gitsource_applies_prunes_refuses_and_corrects_from_a_real_git_server() {
+    let s = Server::start_with(&["--controllers", "gitsource"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repos");
+    std::fs::create_dir_all(&root).unwrap();
+    let bare = root.join("infra.git");
+    let o = Command::new("git")
+        .args(["init", "-q", "--bare", "-b", "main"])
+        .arg(&bare)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let http = GitHttp::start(&root);
+    let work = tmp.path().join("work");
+    let o = Command::new("git")
+        .args(["clone", "-q"])
+        .arg(&bare)
+        .arg(&work)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // The example datacenter, as the operators keep it.
+    let dir = work.join("datacenter");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in std::fs::read_dir(support::manifests()).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dir.join(f.file_name().unwrap())).unwrap();
+    }
+    let c1 = push(&work, "the example datacenter");
+
+    let setup = tmp.path().join("gitsource.yaml");
+    std::fs::write(
+        &setup,
+        format!(
+            r#"apiVersion: groundwork.dev/v1alpha1
+kind: Credential
+metadata: {{name: infra-webhook}}
+spec: {{username: webhook, password: "{SECRET}"}}
+---
+apiVersion: groundwork.dev/v1alpha1
+kind: GitSource
+metadata: {{name: infra}}
+spec:
+  url: http://127.0.0.1:{}/infra.git
+  path: datacenter
+  intervalSeconds: 3600
+  webhookSecret: infra-webhook
+"#,
+            http.port
+        ),
+    )
+    .unwrap();
+    let o = s.kubectl(&["apply", "-f", setup.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let t0 = Instant::now();
+    let st = wait_status(&s, "infra", 60, "the first commit applied", applied(&c1));
+    eprintln!(
+        "first commit applied {:.2}s after the GitSource was created",
+        t0.elapsed().as_secs_f64()
+    );
+    let inventory = st["inventory"].as_array().unwrap().len();
+    assert_eq!(inventory, 10, "{st}");
+    assert_eq!(st["lastAppliedMessage"], "the example datacenter");
+    assert_eq!(st["webhookPath"], "/hooks/gitsource/infra");
+    let rack = get(&s, &["rack", "rack-a1"]);
+    assert_eq!(
+        rack["metadata"]["annotations"]["groundwork.dev/gitsource"], "infra",
+        "{rack}"
+    );
+
+    // A Rack made by hand: the same kind, never pruned, never taken over.
+    let hand = tmp.path().join("hand.yaml");
+    std::fs::write(
+        &hand,
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Rack\nmetadata: {name: by-hand}\nspec: {datacenter: dc1, availabilityZone: az1}\n",
+    )
+    .unwrap();
+    let o = s.kubectl(&["apply", "-f", hand.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+
+    // The webhook: unsigned and wrongly signed calls get 401 and fetch nothing.
+    let before = http.fetches();
+    assert_eq!(webhook(&s, "infra", None, "gitea"), "401");
+    assert_eq!(webhook(&s, "infra", Some("not the secret"), "gitea"), "401");
+    assert_eq!(
+        webhook(&s, "infra", Some("not the secret"), "github"),
+        "401"
+    );
+    assert_eq!(webhook(&s, "nosuch", Some(SECRET), "gitea"), "401");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(http.fetches(), before, "a refused webhook fetched");
+
+    // A change (a label, and a second Rack), applied on a signed Gitea webhook.
+    let rack_file = dir.join("10-rack.yaml");
+    let text0 = std::fs::read_to_string(&rack_file).unwrap();
+    let labelled = text0.replacen(
+        "    groundwork.dev/datacenter: dc1",
+        "    groundwork.dev/datacenter: dc1\n    row: a",
+        1,
+    );
+    assert_ne!(labelled, text0);
+    std::fs::write(&rack_file, &labelled).unwrap();
+    let extra = dir.join("60-extra.yaml");
+    std::fs::write(
+        &extra,
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Rack\nmetadata: {name: rack-x}\nspec: {datacenter: dc1, availabilityZone: az1}\n",
+    )
+    .unwrap();
+    let c2 = push(&work, "label the rack, add another");
+    let t = Instant::now();
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "gitea"), "202");
+    let st = wait_status(
+        &s,
+        "infra",
+        20,
+        "the change applied after a Gitea webhook",
+        applied(&c2),
+    );
+    eprintln!(
+        "signed Gitea webhook → applied: {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(st["inventory"].as_array().unwrap().len(), 11);
+    assert_eq!(
+        get(&s, &["rack", "rack-a1"])["metadata"]["labels"]["row"],
+        "a"
+    );
+
+    // A deletion: the Git-made object is pruned, the hand-made one stays.
+    std::fs::remove_file(&extra).unwrap();
+    let c3 = push(&work, "remove the second rack");
+    let t = Instant::now();
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "github"), "202");
+    let st = wait_status(
+        &s,
+        "infra",
+        20,
+        "the deletion applied after a GitHub webhook",
+        applied(&c3),
+    );
+    eprintln!(
+        "signed GitHub-style webhook → pruned: {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
+    assert_eq!(st["inventory"].as_array().unwrap().len(), 10);
+    let o = s.kubectl(&["get", "rack", "rack-x"]);
+    assert!(!o.status.success(), "rack-x was not pruned");
+    let o = s.kubectl(&["get", "rack", "by-hand"]);
+    assert!(
+        o.status.success(),
+        "the hand-made Rack was pruned: {}",
+        text(&o)
+    );
+
+    // A commit with one invalid manifest and one valid change: nothing of it is applied,
+    // the status names the file, line and field; the last good commit stays.
+    std::fs::write(&extra, "apiVersion: groundwork.dev/v1alpha1\nkind: Rack\nmetadata: {name: rack-x}\nspec: {datacenter: dc1, availabilityZone: az1}\n").unwrap();
+    std::fs::write(
+        dir.join("50-bad.yaml"),
+        "# a comment\napiVersion: groundwork.dev/v1alpha1\nkind: Rack\nmetadata: {name: r9}\nspec: {datacenter: dc1, availabilityZone: az1, heightU: 0}\n",
+    )
+    .unwrap();
+    let c4 = push(&work, "a rack with a bad field");
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "gitea"), "202");
+    let st = wait_status(&s, "infra", 20, "the bad commit refused", |st| {
+        st["lastFetchedCommit"] == c4.as_str()
+            && st["errors"].as_array().is_some_and(|e| !e.is_empty())
+    });
+    assert_eq!(st["lastAppliedCommit"], c3.as_str(), "{st}");
+    let e = &st["errors"][0];
+    assert_eq!(e["file"], "datacenter/50-bad.yaml", "{st}");
+    assert_eq!(e["line"], 2, "{st}");
+    assert!(
+        e["field"].as_str().is_some_and(|f| f.contains("heightU")),
+        "{st}"
+    );
+    assert!(
+        !s.kubectl(&["get", "rack", "rack-x"]).status.success(),
+        "part of the bad commit was applied"
+    );
+    let ready = get(&s, &["gitsource", "infra"])["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready["reason"], "InvalidCommit", "{ready}");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("datacenter/50-bad.yaml:2"),
+        "{ready}"
+    );
+    // The next good commit applies.
+    std::fs::remove_file(dir.join("50-bad.yaml")).unwrap();
+    let c5 = push(&work, "fix it");
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "gitea"), "202");
+    let st = wait_status(&s, "infra", 20, "the fixed commit applied", applied(&c5));
+    assert!(
+        st.get("errors")
+            .is_none_or(|e| e.as_array().is_some_and(Vec::is_empty)),
+        "{st}"
+    );
+    assert!(s.kubectl(&["get", "rack", "rack-x"]).status.success());
+
+    // Drift, mode correct: a Git-owned field changed by hand is set back.
+    let o = s.kubectl(&["label", "rack", "rack-a1", "row=z", "--overwrite"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "gitea"), "202");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get(&s, &["rack", "rack-a1"])["metadata"]["labels"]["row"] != "a" {
+        assert!(
+            Instant::now() < deadline,
+            "the drifted label was not corrected"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Mode report: listed, left alone; defaulted and status fields never listed.
+    let o = s.kubectl(&[
+        "patch",
+        "gitsource",
+        "infra",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"drift":"report"}}"#,
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = s.kubectl(&["label", "rack", "rack-a1", "row=y", "--overwrite"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(webhook(&s, "infra", Some(SECRET), "gitea"), "202");
+    let st = wait_status(&s, "infra", 20, "the drift reported", |st| {
+        st["drift"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    let drift = st["drift"].as_array().unwrap();
+    assert_eq!(drift.len(), 1, "only the changed field drifts: {st}");
+    assert_eq!(drift[0]["object"], "Rack/rack-a1");
+    assert_eq!(drift[0]["field"], "metadata.labels.row");
+    assert_eq!(drift[0]["git"], "\"a\"");
+    assert_eq!(drift[0]["live"], "\"y\"");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        get(&s, &["rack", "rack-a1"])["metadata"]["labels"]["row"],
+        "y",
+        "report mode corrected"
+    );
+
+    // dependsOn: a GitSource that waits says for which GitSource and which condition.
+    let dep = tmp.path().join("dep.yaml");
+    std::fs::write(
+        &dep,
+        format!(
+            "apiVersion: groundwork.dev/v1alpha1\nkind: GitSource\nmetadata: {{name: apps}}\nspec:\n  url: http://127.0.0.1:{}/infra.git\n  path: nothing\n  dependsOn: [platform]\n",
+            http.port
+        ),
+    )
+    .unwrap();
+    let o = s.kubectl(&["apply", "-f", dep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st = wait_status(&s, "apps", 20, "a waiting GitSource", |st| {
+        st["conditions"].as_array().is_some_and(|c| {
+            c.iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")
+        })
+    });
+    let stalled = st["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap();
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("GitSource platform: it does not exist"),
+        "{stalled}"
+    );
+    // The Credential's password never shows in the objects or the annotations.
+    let all = String::from_utf8_lossy(
+        &s.kubectl(&["get", "credentials,gitsources,racks", "-o", "yaml"])
+            .stdout,
+    )
+    .to_string();
+    assert!(
+        !all.contains(SECRET),
+        "the webhook secret is in an API answer"
+    );
+}
