@@ -476,3 +476,144 @@ spec:
         "the webhook secret is in an API answer"
     );
 }
+
+/// Server-side apply with real kubectl: two field managers, a conflict that names the
+/// manager and the field, `--force-conflicts` taking ownership, a server dry run and
+/// `kubectl diff`.
+#[test]
+fn kubectl_server_side_apply_tracks_field_owners() {
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dc = tmp.path().join("dc.yaml");
+    std::fs::write(
+        &dc,
+        "apiVersion: groundwork.dev/v1alpha1\nkind: Datacenter\nmetadata: {name: dc1}\nspec:\n  availabilityZones: [{name: az1}]\n",
+    )
+    .unwrap();
+    let rack = |location: &str, extra: &str| {
+        let f = tmp
+            .path()
+            .join(format!("rack-{}.yaml", location.replace(' ', "-")));
+        std::fs::write(
+            &f,
+            format!(
+                "apiVersion: groundwork.dev/v1alpha1\nkind: Rack\nmetadata: {{name: r1}}\nspec:\n  datacenter: dc1\n  availabilityZone: az1\n  location: {location}\n{extra}"
+            ),
+        )
+        .unwrap();
+        f.display().to_string()
+    };
+    let ok = |args: &[&str]| {
+        let o = s.kubectl(args);
+        assert!(o.status.success(), "{args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=ops",
+        "-f",
+        dc.to_str().unwrap(),
+    ]);
+    let alice = rack("row A", "");
+    ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=alice",
+        "-f",
+        &alice,
+    ]);
+    // Bob adds a field: no conflict.
+    let bob_cooling = rack("row A", "  coolingKw: 8\n");
+    ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=bob",
+        "-f",
+        &bob_cooling,
+    ]);
+    // Bob changes Alice's field: 409, naming her and the field; nothing changes.
+    let bob = rack("row B", "  coolingKw: 8\n");
+    let o = s.kubectl(&["apply", "--server-side", "--field-manager=bob", "-f", &bob]);
+    assert!(!o.status.success(), "a conflicting apply succeeded");
+    let err = text(&o);
+    assert!(
+        err.contains("conflict with \"alice\"") && err.contains(".spec.location"),
+        "{err}"
+    );
+    let r = get(&s, &["rack", "r1"]);
+    assert_eq!(r["spec"]["location"], "row A");
+    assert_eq!(r["spec"]["coolingKw"], 8);
+    // A server dry run of the forced apply changes nothing.
+    ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=bob",
+        "--force-conflicts",
+        "--dry-run=server",
+        "-f",
+        &bob,
+    ]);
+    assert_eq!(get(&s, &["rack", "r1"])["spec"]["location"], "row A");
+    // kubectl diff shows what the apply would change (exit 1: differences).
+    let o = s.kubectl(&[
+        "diff",
+        "--server-side",
+        "--field-manager=bob",
+        "--force-conflicts",
+        "-f",
+        &bob,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("+  location: row B"),
+        "{}",
+        text(&o)
+    );
+    // Forced: Bob owns the field now; Alice applying hers conflicts with him.
+    ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=bob",
+        "--force-conflicts",
+        "-f",
+        &bob,
+    ]);
+    let r = get(&s, &["rack", "r1", "--show-managed-fields"]);
+    assert_eq!(r["spec"]["location"], "row B");
+    let owners: Vec<(String, String)> = r["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["manager"].as_str().unwrap().to_string(),
+                e["fieldsV1"].to_string(),
+            )
+        })
+        .collect();
+    let bobs = owners.iter().find(|(m, _)| m == "bob").unwrap();
+    assert!(bobs.1.contains("f:location"), "{owners:?}");
+    let alices = owners.iter().find(|(m, _)| m == "alice").unwrap();
+    assert!(!alices.1.contains("f:location"), "{owners:?}");
+    let o = s.kubectl(&[
+        "apply",
+        "--server-side",
+        "--field-manager=alice",
+        "-f",
+        &alice,
+    ]);
+    assert!(text(&o).contains("conflict with \"bob\""), "{}", text(&o));
+    // A client-side edit (kubectl label: its own manager) takes the field it changes.
+    ok(&["label", "rack", "r1", "row=b"]);
+    let r = get(&s, &["rack", "r1", "--show-managed-fields"]);
+    assert!(
+        r["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["operation"] == "Update" && e["fieldsV1"].to_string().contains("f:row")),
+        "{}",
+        r["metadata"]
+    );
+}

@@ -34,6 +34,13 @@ pub enum ApiError {
         name: String,
         causes: Vec<FieldError>,
     },
+    /// Server-side apply found fields another manager owns with other values.
+    #[error("Apply failed with {} conflict{}: {}", conflicts.len(), if conflicts.len() == 1 { "" } else { "s" }, conflicts.iter().map(|c| format!("conflict with {:?} using {}: {}", c.manager, kind.api_version(), c.field)).collect::<Vec<_>>().join("; "))]
+    ApplyConflict {
+        kind: &'static KindInfo,
+        name: String,
+        conflicts: Vec<crate::ssa::Conflict>,
+    },
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -121,7 +128,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::AlreadyExists { .. } | ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::ApplyConflict { .. } => StatusCode::CONFLICT,
             ApiError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -137,7 +146,7 @@ impl ApiError {
         match self {
             ApiError::NotFound { .. } => "NotFound",
             ApiError::AlreadyExists { .. } => "AlreadyExists",
-            ApiError::Conflict { .. } => "Conflict",
+            ApiError::Conflict { .. } | ApiError::ApplyConflict { .. } => "Conflict",
             ApiError::Invalid { .. } => "Invalid",
             ApiError::BadRequest(_) => "BadRequest",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
@@ -162,6 +171,18 @@ impl ApiError {
             ApiError::AlreadyExists { kind, name, .. } | ApiError::Conflict { kind, name, .. } => {
                 Some(json!({"name": name, "group": kind.group, "kind": kind.plural}))
             }
+            ApiError::ApplyConflict {
+                kind,
+                name,
+                conflicts,
+            } => Some(json!({
+                "name": name, "group": kind.group, "kind": kind.plural,
+                "causes": conflicts.iter().map(|c| json!({
+                    "reason": "FieldManagerConflict",
+                    "message": format!("conflict with {:?} using {}", c.manager, kind.api_version()),
+                    "field": c.field,
+                })).collect::<Vec<_>>(),
+            })),
             ApiError::Invalid { kind, name, causes } => Some(json!({
                 "name": name, "group": kind.group, "kind": kind.kind,
                 "causes": causes.iter().map(|c| json!({

@@ -314,10 +314,10 @@ async fn item_request(
                 "application/apply-patch+yaml" | "application/apply-patch+json" => {
                     // A dry run cannot rely on a create's precondition: it confirms a missing
                     // object with the leader first.
-                    let change = if p.dry_run {
-                        Change::Merge(&patch)
-                    } else {
+                    let change = if part == Part::Main {
                         Change::Apply(&patch)
+                    } else {
+                        Change::Merge(&patch)
                     };
                     match objects::update(&store, &t, &name, change, part, &p).await {
                         Err(ApiError::NotFound { .. }) if part == Part::Main => {
@@ -335,7 +335,11 @@ async fn item_request(
                                     }
                                 }
                             }
-                            match objects::create(&store, &t, obj, &p).await {
+                            let created = Params {
+                                ssa: true,
+                                ..p.clone()
+                            };
+                            match objects::create(&store, &t, obj, &created).await {
                                 Ok(w) => w,
                                 // Created meanwhile, or this member had not applied it yet
                                 // (then a partial body, or one with a resourceVersion, fails
@@ -346,7 +350,7 @@ async fn item_request(
                                         &store,
                                         &t,
                                         &name,
-                                        Change::Merge(&patch),
+                                        Change::Apply(&patch),
                                         part,
                                         &p,
                                     )
@@ -407,6 +411,16 @@ impl Req {
     fn into_parts(self) -> Result<(Params, Method, HeaderMap, Bytes)> {
         let mut p = Params::parse(self.query.as_deref())?;
         p.user = self.user;
+        if p.field_manager.is_none() {
+            // As Kubernetes does: the User-Agent's product, `kubectl/v1.28 (...)` → kubectl.
+            p.field_manager = self
+                .headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|ua| ua.split('/').next())
+                .map(|s| s.chars().take(128).collect::<String>())
+                .filter(|s| !s.is_empty());
+        }
         Ok((p, self.method, self.headers, self.body))
     }
 }

@@ -17,6 +17,7 @@ mod rbac;
 mod secrets;
 mod selector;
 mod server;
+mod ssa;
 mod strategic;
 mod table;
 pub mod tls;

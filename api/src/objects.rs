@@ -418,6 +418,22 @@ pub(crate) async fn create(
     {
         o.remove("status");
     }
+    // The creator owns what it wrote: as an apply when it came through server-side apply.
+    let manager = p.manager();
+    let now = now_string();
+    if p.ssa {
+        let fields = crate::ssa::leaves(&obj);
+        let e = crate::ssa::Entry {
+            manager,
+            operation: "Apply".into(),
+            api_version: kind.api_version(),
+            time: now,
+            fields,
+        };
+        crate::ssa::set_entries(&mut obj, &[e]);
+    } else {
+        crate::ssa::record_update(None, &mut obj, &manager, &kind.api_version(), &now);
+    }
     let (obj, warnings) = admit(kind, obj, p.field_validation, &name)?;
     cross_check(store, kind, &obj, &name)?;
     check_credential_use(store, kind, p, None, &obj)?;
@@ -503,15 +519,34 @@ pub(crate) async fn update(
     let mut caught_up = false;
     for _ in 0..MAX_RETRIES {
         let confirm_missing =
-            !(matches!(change, Change::Apply(_)) && part == Part::Main) || caught_up;
+            !(matches!(change, Change::Apply(_)) && part == Part::Main && !p.dry_run) || caught_up;
         let current = current_object(store, &key, kind, name, confirm_missing).await?;
-        let mut desired = change.desired(&current.object).map_err(|e| {
-            ApiError::invalid_one(
-                kind,
-                name,
-                FieldError::invalid("", format!("the patch does not apply: {e}")),
+        let manager = p.manager();
+        let now = now_string();
+        let mut desired = match (&change, part) {
+            // Server-side apply: field ownership decides (and may refuse with conflicts).
+            (Change::Apply(config), Part::Main) => crate::ssa::apply(
+                &current.object,
+                config,
+                &manager,
+                p.force,
+                &kind.api_version(),
+                &now,
             )
-        })?;
+            .map_err(|c| ApiError::ApplyConflict {
+                kind,
+                name: name.to_string(),
+                conflicts: c,
+            })?,
+            _ => change.desired(&current.object).map_err(|e| {
+                ApiError::invalid_one(
+                    kind,
+                    name,
+                    FieldError::invalid("", format!("the patch does not apply: {e}")),
+                )
+            })?,
+        };
+        let applied_fields = desired.pointer("/metadata/managedFields").cloned();
         check_type_meta(kind, &mut desired)?;
         // A resourceVersion in the request (or left by a patch) is a precondition.
         let explicit = match meta_str(&desired, "resourceVersion") {
@@ -540,7 +575,21 @@ pub(crate) async fn update(
                 "the object has been modified; please apply your changes to the latest version and try again",
             ));
         }
-        let next = merge_server_fields(kind, &current, desired, part, name)?;
+        let mut next = merge_server_fields(kind, &current, desired, part, name)?;
+        if part == Part::Main {
+            match (&change, applied_fields) {
+                (Change::Apply(_), Some(f)) => {
+                    meta_mut(&mut next)?.insert("managedFields".into(), f);
+                }
+                _ => crate::ssa::record_update(
+                    Some(&current.object),
+                    &mut next,
+                    &manager,
+                    &kind.api_version(),
+                    &now,
+                ),
+            }
+        }
         let (mut next, warnings) = admit(kind, next, p.field_validation, name)?;
         if part == Part::Status {
             check_machine_status(kind, p, &current.object, &next)?;
@@ -768,7 +817,11 @@ fn merge_server_fields(
         };
     }
     m.remove("resourceVersion");
-    m.remove("managedFields");
+    // Ownership is the server's to keep: never what a client sends.
+    match cur_meta.get("managedFields") {
+        Some(v) => m.insert("managedFields".into(), v.clone()),
+        None => m.remove("managedFields"),
+    };
     Ok(next)
 }
 

@@ -17,6 +17,10 @@ pub(crate) struct Params {
     pub dry_run: bool,
     pub field_validation: FieldValidation,
     pub force: bool,
+    /// `fieldManager`, else the client's User-Agent product (as Kubernetes derives it).
+    pub field_manager: Option<String>,
+    /// Set by the handler for a create that came through server-side apply.
+    pub ssa: bool,
     /// Who asks (set by the handlers from the authentication layer; None without it).
     pub user: Option<crate::auth::UserInfo>,
 }
@@ -94,10 +98,25 @@ impl Params {
                     }
                 }
                 "force" => p.force = truthy(&v),
+                "fieldManager" => {
+                    if v.len() > 128 {
+                        return Err(ApiError::BadRequest(
+                            "fieldManager: at most 128 characters".into(),
+                        ));
+                    }
+                    p.field_manager = Some(v).filter(|s| !s.is_empty())
+                }
                 _ => {}
             }
         }
         Ok(p)
+    }
+
+    /// The field manager of a write.
+    pub fn manager(&self) -> String {
+        self.field_manager
+            .clone()
+            .unwrap_or_else(|| "unknown".to_string())
     }
 
     /// The request's label and field selectors as one predicate over objects of `kind`.

@@ -34,6 +34,8 @@ CUSTOM = [
         "configDigest": "sha256:" + "0" * 64,
         "run": {"command": ["/bin/true"]}}),
     custom("Credential", "credentials", {"username": "admin", "password": "py-secret-pw"}),
+    custom("GitSource", "gitsources", {"url": "https://git.example.invalid/ops/infra.git",
+                                       "suspend": True}),
 ]
 
 

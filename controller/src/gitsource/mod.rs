@@ -500,7 +500,10 @@ impl Reconciler for GitSourceController {
         }
         status.errors.clear();
         let corrected = !report_only && !drift.is_empty() && applied_before;
-        status.drift = drift;
+        // Listed only while it stands: in mode correct it was just set back.
+        let first = drift.first().map(|d| format!("{} {}", d.object, d.field));
+        let drifted = drift.len();
+        status.drift = if report_only { drift } else { Vec::new() };
         if !applied_before {
             status.last_applied_commit = Some(fetched.commit.clone());
             status.last_applied_message = Some(fetched.message.clone());
@@ -519,12 +522,10 @@ impl Reconciler for GitSourceController {
                 .await;
         } else if corrected {
             let msg = format!(
-                "drift corrected on {} field(s), e.g. {} {}",
-                status.drift.len(),
-                status.drift[0].object,
-                status.drift[0].field
+                "drift corrected on {drifted} field(s), e.g. {}",
+                first.unwrap_or_default()
             );
-            tracing::info!(gitsource = %name, fields = status.drift.len(), "drift corrected");
+            tracing::info!(gitsource = %name, fields = drifted, "drift corrected");
             ctx.recorder
                 .publish(&oref, EventType::Normal, "DriftCorrected", &msg)
                 .await;
@@ -544,11 +545,6 @@ impl Reconciler for GitSourceController {
             "Applied",
             &ready_msg,
         );
-        if corrected {
-            // What was corrected is listed once, then the next pass finds none.
-            self.write(&gs, &status, ctx).await?;
-            return Ok(Action::Requeue(Duration::from_secs(1)));
-        }
         self.write(&gs, &status, ctx).await?;
         Ok(Action::Requeue(interval))
     }
@@ -657,6 +653,7 @@ async fn send(s: &Step<'_>, ctx: &Ctx, dry_run: bool) -> Result<(), kube::Error>
         Some(p) => {
             let pp = PatchParams {
                 dry_run,
+                field_manager: Some("groundwork-gitsource".into()),
                 ..Default::default()
             };
             api.patch(&s.p.name, &pp, &Patch::Merge(Value::Object(p)))
