@@ -80,8 +80,20 @@ fn aggregated_list(core: bool, api_version: &str) -> Value {
             json!({"metadata": {"name": group}, "versions": [{"version": version, "resources": resources, "freshness": "Current"}]})
         })
         .collect();
+    let mut items = items;
+    if !core {
+        let rk = json!({"group": CRD_GROUP, "version": "v1", "kind": "CustomResourceDefinition"});
+        items.push(json!({"metadata": {"name": CRD_GROUP}, "versions": [{"version": "v1", "resources": [
+            {"resource": "customresourcedefinitions", "responseKind": rk, "scope": "Cluster",
+             "singularResource": "customresourcedefinition", "verbs": ["get", "list"], "shortNames": ["crd", "crds"]}
+        ], "freshness": "Current"}]}));
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {}, "items": items})
 }
+
+/// The read-only group describing Groundwork's kinds as CustomResourceDefinitions (what
+/// Terraform's `kubernetes_manifest` reads their schemas from).
+pub(crate) const CRD_GROUP: &str = "apiextensions.k8s.io";
 
 fn respond(value: Value, content_type: &'static str) -> Response {
     let mut resp = axum::Json(value).into_response();
@@ -109,6 +121,10 @@ fn api_version_of(ct: &str) -> &'static str {
 }
 
 fn group_entry(group: &str) -> Option<Value> {
+    if group == CRD_GROUP {
+        let v = json!({"groupVersion": format!("{CRD_GROUP}/v1"), "version": "v1"});
+        return Some(json!({"name": group, "versions": [v.clone()], "preferredVersion": v}));
+    }
     let versions: Vec<Value> = group_versions()
         .into_iter()
         .filter(|(g, _)| *g == group)
@@ -133,6 +149,7 @@ pub(crate) fn apis(headers: &HeaderMap) -> Response {
                     acc
                 })
                 .into_iter()
+                .chain([CRD_GROUP])
                 .filter_map(group_entry)
                 .collect::<Vec<_>>()}),
             "application/json",
@@ -154,6 +171,14 @@ pub(crate) fn api_group(group: &str) -> Result<Value, ApiError> {
 }
 
 pub(crate) fn resource_list(group: &str, version: &str) -> Result<Value, ApiError> {
+    if group == CRD_GROUP && version == "v1" {
+        return Ok(
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{CRD_GROUP}/v1"),
+            "resources": [{"name": "customresourcedefinitions", "singularName": "customresourcedefinition",
+                "namespaced": false, "kind": "CustomResourceDefinition", "verbs": ["get", "list"],
+                "shortNames": ["crd", "crds"]}]}),
+        );
+    }
     let kinds: Vec<&KindInfo> = kinds_in(group).filter(|k| k.version == version).collect();
     if kinds.is_empty() {
         return Err(ApiError::NotFound {
@@ -184,4 +209,52 @@ pub(crate) fn resource_list(group: &str, version: &str) -> Result<Value, ApiErro
     Ok(
         json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
     )
+}
+
+/// `GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions[/NAME]`: every Groundwork
+/// kind as the CustomResourceDefinition it would be in Kubernetes (schema and columns), read
+/// only: the kinds are built in.
+pub(crate) fn crds(name: Option<&str>) -> Result<Value, ApiError> {
+    let all: Vec<Value> = groundwork_types::crd_yaml_documents()
+        .into_iter()
+        .map(|(_, mut crd)| {
+            crd["metadata"]["resourceVersion"] = "1".into();
+            crd["metadata"]["uid"] = format!("00000000-0000-4000-8000-{:012x}", {
+                let n = crd["metadata"]["name"].as_str().unwrap_or("").to_string();
+                n.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) & 0xffff_ffff_ffff
+            })
+            .into();
+            crd["status"] = json!({"acceptedNames": crd["spec"]["names"].clone(),
+                "storedVersions": [crd["spec"]["versions"][0]["name"].clone()],
+                "conditions": [{"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                                "message": "the initial names have been accepted", "lastTransitionTime": "1970-01-01T00:00:00Z"}]});
+            crd
+        })
+        .collect();
+    match name {
+        None => Ok(
+            json!({"kind": "CustomResourceDefinitionList", "apiVersion": format!("{CRD_GROUP}/v1"),
+            "metadata": {"resourceVersion": "1"}, "items": all}),
+        ),
+        Some(n) => all
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == n)
+            .ok_or_else(|| ApiError::NotFound {
+                what: format!("customresourcedefinitions.{CRD_GROUP} {n:?}"),
+                kind: None,
+                name: n.into(),
+            }),
+    }
+}
+
+/// `GET /openapi/v2`: a Swagger 2.0 document. Groundwork's kinds are described as
+/// CustomResourceDefinitions (above), which is where Terraform's provider takes custom
+/// resources' schemas from; the document itself carries the API's identity only.
+pub(crate) fn openapi_v2() -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": {"title": "Groundwork", "version": concat!("v1.32.0-groundwork.", env!("CARGO_PKG_VERSION"))},
+        "paths": {},
+        "definitions": {},
+    })
 }

@@ -91,13 +91,15 @@ fn routes() -> Router<AppState> {
         )
         .route(
             "/openapi/v2",
-            get(|| async {
-                ApiError::NotFound {
-                    what: "OpenAPI v2 (use /openapi/v3)".into(),
-                    kind: None,
-                    name: "v2".into(),
-                }
-            }),
+            get(|| async { axum::Json(discovery::openapi_v2()) }),
+        )
+        .route(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            get(|| async { json(discovery::crds(None)) }),
+        )
+        .route(
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+            get(|Path(n): Path<String>| async move { json(discovery::crds(Some(&n))) }),
         )
         .route(
             "/openapi/v3",
