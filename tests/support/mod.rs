@@ -3,6 +3,8 @@
 //! every wait is bounded.
 #![allow(dead_code)]
 
+pub mod git;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
