@@ -342,6 +342,59 @@ spec:
             .contains("GitSource platform: it does not exist"),
         "{stalled}"
     );
+    // A private repository: fetched with the Credential's user name and token; without it
+    // the GitSource says why and applies nothing.
+    let private_root = tmp.path().join("private");
+    std::fs::create_dir_all(&private_root).unwrap();
+    let o = Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(&bare)
+        .arg(private_root.join("infra.git"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let private = GitHttp::start_with_auth(&private_root, Some("reader:a-read-token"));
+    let p = tmp.path().join("private.yaml");
+    std::fs::write(
+        &p,
+        format!(
+            "apiVersion: groundwork.dev/v1alpha1\nkind: Credential\nmetadata: {{name: reader}}\nspec: {{username: reader, password: a-read-token}}\n---\napiVersion: groundwork.dev/v1alpha1\nkind: GitSource\nmetadata: {{name: private}}\nspec:\n  url: http://127.0.0.1:{}/infra.git\n  path: nothing-here\n  credential: reader\n---\napiVersion: groundwork.dev/v1alpha1\nkind: GitSource\nmetadata: {{name: no-credential}}\nspec:\n  url: http://127.0.0.1:{}/infra.git\n  path: nothing-here\n",
+            private.port, private.port
+        ),
+    )
+    .unwrap();
+    let o = s.kubectl(&["apply", "-f", p.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let head = support::git::git(&work, &["rev-parse", "HEAD"]);
+    wait_status(&s, "private", 30, "the private repository fetched", |st| {
+        st["lastAppliedCommit"] == head.as_str()
+    });
+    let st = wait_status(
+        &s,
+        "no-credential",
+        30,
+        "the refused fetch reported",
+        |st| {
+            st["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Fetched" && c["status"] == "False")
+            })
+        },
+    );
+    assert!(st["lastAppliedCommit"].is_null(), "{st}");
+    assert!(!st.to_string().contains("a-read-token"), "{st}");
+    // The controller's lines about a GitSource, as an operator reads them.
+    let o = s.groundwork(&["logs", "gitsource/infra"]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("applied"),
+        "{}",
+        text(&o)
+    );
+    let logs = s.log();
+    assert!(
+        !logs.contains("a-read-token") && !logs.contains(SECRET),
+        "a secret in the log"
+    );
     // The Credential's password never shows in the objects or the annotations.
     let all = String::from_utf8_lossy(
         &s.kubectl(&["get", "credentials,gitsources,racks", "-o", "yaml"])

@@ -20,9 +20,18 @@ impl Drop for GitHttp {
 
 impl GitHttp {
     pub fn start(root: &Path) -> GitHttp {
+        Self::start_with_auth(root, None)
+    }
+
+    /// As [`GitHttp::start`], requiring HTTP Basic `user:password` when given.
+    pub fn start_with_auth(root: &Path, auth: Option<&str>) -> GitHttp {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles/git-http");
         let port_file = root.join("port");
-        let child = Command::new("python3")
+        let mut cmd = Command::new("python3");
+        if let Some(a) = auth {
+            cmd.env("GIT_HTTP_AUTH", a);
+        }
+        let child = cmd
             .arg(script)
             .arg(root)
             .arg(&port_file)
