@@ -405,6 +405,10 @@ spec:
         !all.contains(SECRET),
         "the webhook secret is in an API answer"
     );
+    assert!(
+        !all.contains("a-read-token"),
+        "the read token is in an API answer"
+    );
 }
 
 /// Server-side apply with real kubectl: two field managers, a conflict that names the
