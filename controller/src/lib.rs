@@ -162,7 +162,9 @@ fn registry() -> Vec<Registration> {
         register(|o| power::PowerController::new(o.power_poll)),
         register(|o| provision::ProvisionController::new(o.provisioning.clone())),
         register(|o| stack::StackController::new(o.groundwork_metrics.clone())),
-        register(|o| gitsource::GitSourceController::new(o.git_cache.clone())),
+        register(|o| {
+            gitsource::GitSourceController::new(o.git_cache.clone(), o.cluster_ca.clone())
+        }),
     ]
 }
 

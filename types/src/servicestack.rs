@@ -254,8 +254,7 @@ pub struct LayerConfig {
     #[schemars(schema_with = "free_form")]
     pub workers: Option<Pending>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "free_form")]
-    pub gitea: Option<Pending>,
+    pub gitea: Option<GiteaConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form")]
     pub jenkins: Option<Pending>,
@@ -614,6 +613,76 @@ impl Default for NomadConfig {
 
 fn nomad_http_port() -> u16 {
     4646
+}
+
+/// Gitea: the source-control layer (one member, SQLite). Groundwork generates the admin's
+/// password and Gitea's own secrets, creates the admin once, then the platform repository
+/// and its push webhook to Groundwork through Gitea's API, and a GitSource following it.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GiteaConfig {
+    /// The `gitea` binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactSource>,
+    /// HTTPS port (default 3000), with a certificate from the cluster CA.
+    #[serde(default = "gitea_port")]
+    pub http_port: u16,
+    /// The administrator Groundwork creates (default `groundwork`); its password is the
+    /// Credential `STACK-LAYER-gitea-admin`.
+    #[serde(default = "gitea_admin")]
+    pub admin: String,
+    #[serde(default = "gitea_admin_email")]
+    pub admin_email: String,
+    /// The platform repository, owned by the administrator (default `platform`).
+    #[serde(default = "gitea_repository")]
+    pub repository: String,
+    /// Groundwork's API as Gitea reaches it (`https://ADDR:PORT`): the push webhook goes to
+    /// `GROUNDWORK_URL/hooks/gitsource/NAME`. Without it no webhook is made (the GitSource
+    /// polls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groundwork_url: Option<String>,
+    /// `[webhook] ALLOWED_HOST_LIST`: where Gitea may deliver webhooks (default `private`:
+    /// Gitea's default refuses private addresses, which is where Groundwork is).
+    #[serde(default = "gitea_allowed_hosts")]
+    pub allowed_host_list: String,
+    /// Make a GitSource following the repository (default true), named `STACK-LAYER`.
+    #[serde(default = "yes")]
+    pub git_source: bool,
+    /// The GitSource's directory in the repository (default: the whole repository).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub git_source_path: String,
+}
+
+impl Default for GiteaConfig {
+    fn default() -> Self {
+        GiteaConfig {
+            artifact: None,
+            http_port: gitea_port(),
+            admin: gitea_admin(),
+            admin_email: gitea_admin_email(),
+            repository: gitea_repository(),
+            groundwork_url: None,
+            allowed_host_list: gitea_allowed_hosts(),
+            git_source: true,
+            git_source_path: String::new(),
+        }
+    }
+}
+
+fn gitea_port() -> u16 {
+    3000
+}
+fn gitea_admin() -> String {
+    "groundwork".into()
+}
+fn gitea_admin_email() -> String {
+    "groundwork@localhost".into()
+}
+fn gitea_repository() -> String {
+    "platform".into()
+}
+fn gitea_allowed_hosts() -> String {
+    "private".into()
 }
 
 /// Vault servers: the secrets layer. Groundwork initialises Vault once (journalled: the
@@ -1178,6 +1247,54 @@ impl Layer {
                 }
             }
         }
+        if let Some(g) = &c.gitea {
+            let f = format!("{at}.config.gitea");
+            check_port(format!("{f}.httpPort"), g.http_port, errs);
+            if let Some(a) = &g.artifact {
+                check_artifact(&format!("{f}.artifact"), a, errs);
+            }
+            check_name(&format!("{f}.admin"), &g.admin, errs);
+            if matches!(g.admin.as_str(), "admin" | "root") {
+                errs.push(FieldError::invalid(
+                    format!("{f}.admin"),
+                    format!("{:?}: a name Gitea reserves", g.admin),
+                ));
+            }
+            check_name(&format!("{f}.repository"), &g.repository, errs);
+            if !g.admin_email.contains('@') {
+                errs.push(FieldError::invalid(
+                    format!("{f}.adminEmail"),
+                    format!("{:?}: an email address", g.admin_email),
+                ));
+            }
+            if let Some(u) = &g.groundwork_url
+                && (!u.starts_with("https://") || u.ends_with('/') || u.contains('@'))
+            {
+                errs.push(FieldError::invalid(
+                    format!("{f}.groundworkUrl"),
+                    format!("{u:?}: https://ADDR:PORT, Groundwork's API (no path, no user)"),
+                ));
+            }
+            if g.allowed_host_list.is_empty() || g.allowed_host_list.contains(char::is_whitespace) {
+                errs.push(FieldError::invalid(
+                    format!("{f}.allowedHostList"),
+                    "a comma-separated list (private, loopback, external, *, hosts, CIDRs)",
+                ));
+            }
+            if g.git_source_path.starts_with('/') || g.git_source_path.split('/').any(|p| p == "..")
+            {
+                errs.push(FieldError::invalid(
+                    format!("{f}.gitSourcePath"),
+                    "a relative path inside the repository",
+                ));
+            }
+            if self.placement.as_ref().and_then(|p| p.count) != Some(1) {
+                errs.push(FieldError::invalid(
+                    format!("{at}.placement.count"),
+                    "Gitea keeps its data in SQLite on one machine: set count: 1",
+                ));
+            }
+        }
         if let Some(n) = &c.nomad {
             let f = format!("{at}.config.nomad");
             check_port(format!("{f}.httpPort"), n.http_port, errs);
@@ -1648,6 +1765,20 @@ mod tests {
             "spec.layers[0].config.vault.appRolePolicies",
             "spec.layers[0].placement.count: RustyVault",
             "spec.layers[0].config.vault.kv.version: RustyVault",
+        ] {
+            assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
+        }
+        let e = errors(serde_json::json!({"name": "g", "services": ["gitea"],
+            "config": {"gitea": {"admin": "admin", "adminEmail": "nobody",
+              "groundworkUrl": "http://gw:6443/", "allowedHostList": "",
+              "gitSourcePath": "../x"}}}));
+        for w in [
+            "spec.layers[0].config.gitea.admin: ",
+            "spec.layers[0].config.gitea.adminEmail: ",
+            "spec.layers[0].config.gitea.groundworkUrl: ",
+            "spec.layers[0].config.gitea.allowedHostList: ",
+            "spec.layers[0].config.gitea.gitSourcePath: ",
+            "spec.layers[0].placement.count: Gitea",
         ] {
             assert!(e.iter().any(|x| x.starts_with(w)), "{w} not in {e:#?}");
         }

@@ -696,8 +696,16 @@ impl Actor {
             args.extend(v.vars.expand_all(&spec.run.bootstrap_args));
         }
         let mut cmd = tokio::process::Command::new(v.vars.expand(prog));
+        // Placeholders in values (`{cluster_ca}`), never secrets: an environment is readable
+        // in /proc by the same user.
+        let env: Vec<(String, String)> = spec
+            .run
+            .env
+            .iter()
+            .map(|(k, x)| (k.clone(), v.vars.expand(x)))
+            .collect();
         cmd.args(&args)
-            .envs(&spec.run.env)
+            .envs(env)
             .current_dir(&v.vars.dir)
             .stdin(std::process::Stdio::null())
             .stdout(

@@ -52,6 +52,17 @@ async fn git(
     stdin: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Vec<u8>, String> {
+    git_with(repo, args, auth, None, stdin, timeout).await
+}
+
+async fn git_with(
+    repo: &Path,
+    args: &[&str],
+    auth: Option<&str>,
+    ca: Option<&Path>,
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
     let mut cmd = tokio::process::Command::new("git");
     cmd.arg("-C")
         .arg(repo)
@@ -68,6 +79,9 @@ async fn git(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
+    if let Some(ca) = ca {
+        cmd.env("GIT_SSL_CAINFO", ca);
+    }
     if let Some(header) = auth {
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", "http.extraHeader")
@@ -103,6 +117,7 @@ pub async fn fetch(
     r: &GitRef,
     path: &str,
     basic: Option<(&str, &str)>,
+    ca: Option<&Path>,
     limits: Limits,
 ) -> Result<Fetched, String> {
     use base64::Engine;
@@ -121,16 +136,17 @@ pub async fn fetch(
     let want = r.fetch_spec();
     let commit = if let Some(sha) = &r.commit {
         // A pinned commit: fetched by ID where the server allows it, else with the branches.
-        let direct = git(
+        let direct = git_with(
             cache,
             &["fetch", "-q", "--depth", "1", "--no-tags", url, sha],
             auth,
+            ca,
             None,
             t,
         )
         .await;
         if direct.is_err() {
-            git(
+            git_with(
                 cache,
                 &[
                     "fetch",
@@ -140,6 +156,7 @@ pub async fn fetch(
                     "+refs/heads/*:refs/groundwork/heads/*",
                 ],
                 auth,
+                ca,
                 None,
                 t,
             )
@@ -157,10 +174,11 @@ pub async fn fetch(
         sha.clone()
     } else {
         let spec = format!("+{want}:refs/groundwork/head");
-        git(
+        git_with(
             cache,
             &["fetch", "-q", "--depth", "1", "--no-tags", url, &spec],
             auth,
+            ca,
             None,
             t,
         )

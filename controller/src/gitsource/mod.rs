@@ -45,14 +45,33 @@ pub struct GitSourceController {
     /// Where each GitSource's bare cache repository is kept (`DIR/NAME`).
     pub cache_dir: PathBuf,
     pub limits: git::Limits,
+    /// The cluster CA (PEM): repositories served by the platform's own Gitea have
+    /// certificates from it. Trusted besides the system's roots.
+    pub cluster_ca: Option<String>,
 }
 
 impl GitSourceController {
-    pub fn new(cache_dir: PathBuf) -> Self {
+    pub fn new(cache_dir: PathBuf, cluster_ca: Option<String>) -> Self {
         GitSourceController {
             cache_dir,
             limits: git::Limits::default(),
+            cluster_ca,
         }
+    }
+
+    /// The CA bundle git trusts: the system's roots and the cluster CA (written once).
+    fn ca_bundle(&self) -> Option<PathBuf> {
+        let ca = self.cluster_ca.as_ref()?;
+        let path = self.cache_dir.join("ca-bundle.pem");
+        if !path.exists() {
+            let system =
+                std::fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap_or_default();
+            std::fs::create_dir_all(&self.cache_dir).ok()?;
+            let tmp = path.with_extension("new");
+            std::fs::write(&tmp, format!("{system}\n{ca}\n")).ok()?;
+            std::fs::rename(&tmp, &path).ok()?;
+        }
+        Some(path)
     }
 }
 
@@ -263,6 +282,7 @@ impl Reconciler for GitSourceController {
             &gs.spec.git_ref,
             &gs.spec.path,
             basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            self.ca_bundle().as_deref(),
             self.limits,
         )
         .await;

@@ -7,6 +7,7 @@
 mod catalog;
 pub mod decide;
 pub mod drivers;
+pub mod gitea;
 pub mod nomad;
 pub mod vault;
 
@@ -190,12 +191,16 @@ impl StackController {
         let name = stack.name_any();
         let api: Api<Credential> = Api::all(ctx.client.clone());
         for layer in &stack.spec.layers {
-            let mut wanted = Vec::new();
+            let mut wanted: Vec<(String, String, drivers::consul::Generate)> = Vec::new();
             if layer
                 .services
                 .contains(&groundwork_types::ServiceType::Consul)
             {
-                wanted.extend(drivers::consul::generated(&name, &layer.name));
+                wanted.extend(
+                    drivers::consul::generated(&name, &layer.name)
+                        .into_iter()
+                        .map(|(c, u, g)| (c, u.to_string(), g)),
+                );
             }
             if layer.services.iter().any(|s| {
                 matches!(
@@ -209,7 +214,7 @@ impl StackController {
                     for (l, node) in consul_nodes.iter().filter(|(l, _)| *l == layer.name) {
                         wanted.push((
                             drivers::consul::agent_token_credential(&name, l, node),
-                            "consul-agent",
+                            "consul-agent".into(),
                             drivers::consul::Generate::Uuid,
                         ));
                     }
@@ -219,14 +224,22 @@ impl StackController {
                 .services
                 .contains(&groundwork_types::ServiceType::Vault)
             {
-                wanted.extend(drivers::vault::generated(&name, layer));
+                wanted.extend(
+                    drivers::vault::generated(&name, layer)
+                        .into_iter()
+                        .map(|(c, u, g)| (c, u.to_string(), g)),
+                );
             }
             if layer
                 .services
                 .contains(&groundwork_types::ServiceType::Nomad)
             {
                 if drivers::nomad::config(layer).acl_bootstrap {
-                    wanted.extend(drivers::nomad::generated(&name, &layer.name));
+                    wanted.extend(
+                        drivers::nomad::generated(&name, &layer.name)
+                            .into_iter()
+                            .map(|(c, u, g)| (c, u.to_string(), g)),
+                    );
                 }
                 let consul_acl = stack.spec.layers.iter().any(|l| {
                     l.services.contains(&groundwork_types::ServiceType::Consul)
@@ -235,10 +248,16 @@ impl StackController {
                 if consul_acl {
                     wanted.push((
                         drivers::nomad::consul_token_credential(&name, &layer.name),
-                        "nomad-consul",
+                        "nomad-consul".into(),
                         drivers::consul::Generate::Uuid,
                     ));
                 }
+            }
+            if layer
+                .services
+                .contains(&groundwork_types::ServiceType::Gitea)
+            {
+                wanted.extend(drivers::gitea::generated(&name, layer));
             }
             for (cname, user, what) in wanted {
                 if ctx
@@ -254,7 +273,7 @@ impl StackController {
                         generate(drivers::consul::Generate::Uuid),
                         generate(drivers::consul::Generate::Uuid),
                     ),
-                    w => (user.to_string(), generate(w)),
+                    w => (user.clone(), generate(w)),
                 };
                 let mut c = Credential::new(
                     &cname,
@@ -307,6 +326,8 @@ impl StackController {
                 ServiceType::Vault
             } else if layer.services.contains(&ServiceType::Nomad) {
                 ServiceType::Nomad
+            } else if layer.services.contains(&ServiceType::Gitea) {
+                ServiceType::Gitea
             } else {
                 continue;
             };
@@ -327,7 +348,16 @@ impl StackController {
             if members.is_empty() || l.phase == Some(LayerPhase::Pending) {
                 continue;
             }
-            let (out, kind) = if service == ServiceType::Nomad {
+            let (out, kind) = if service == ServiceType::Gitea {
+                // The repository, webhook and GitSource once Gitea answers.
+                if l.phase != Some(LayerPhase::Ready) {
+                    continue;
+                }
+                (
+                    gitea::converge(stack, layer, &members[0].0, ctx).await,
+                    "GiteaBootstrapped",
+                )
+            } else if service == ServiceType::Nomad {
                 // Nomad bootstraps once its servers are healthy (a leader is known).
                 if l.phase != Some(LayerPhase::Ready) {
                     continue;

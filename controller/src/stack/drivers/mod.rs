@@ -7,6 +7,7 @@
 //! the `{secret:CREDENTIAL}` ones (see `groundwork_types::serviceinstance`).
 
 pub mod consul;
+pub mod gitea;
 mod metrics;
 pub mod mysql;
 pub mod nomad;
@@ -83,6 +84,7 @@ pub fn supported(service: ServiceType) -> bool {
             | ServiceType::ConsulClient
             | ServiceType::Vault
             | ServiceType::Nomad
+            | ServiceType::Gitea
     )
 }
 
@@ -120,6 +122,7 @@ pub fn main_port(service: ServiceType, layer: &Layer) -> Option<u16> {
         }
         ServiceType::Vault => c.vault.clone().unwrap_or_default().port,
         ServiceType::Nomad => c.nomad.clone().unwrap_or_default().http_port,
+        ServiceType::Gitea => c.gitea.clone().unwrap_or_default().http_port,
         _ => return None,
     })
 }
@@ -171,6 +174,7 @@ fn render_service(ctx: &RenderCtx) -> Result<ServiceInstanceSpec, String> {
         ServiceType::ConsulClient => consul::render_client(ctx),
         ServiceType::Vault => vault::render(ctx),
         ServiceType::Nomad => nomad::render(ctx),
+        ServiceType::Gitea => gitea::render(ctx),
         other => Err(format!(
             "Groundwork has no driver for {other} yet: the layer is stored, not run"
         )),
