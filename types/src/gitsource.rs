@@ -39,8 +39,13 @@ pub const LAST_APPLIED_ANNOTATION: &str = "groundwork.dev/last-applied";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct GitSourceSpec {
-    /// The repository: `https://…` or `http://…` (the `git` command fetches it).
+    /// The repository: `https://…`, `http://…`, or `ssh://USER@HOST[:PORT]/PATH` (the `git`
+    /// command fetches it).
     pub url: String,
+    /// For `ssh://` URLs: the server's host keys, as `known_hosts` lines (required: a host
+    /// key is never trusted on first use).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_known_hosts: Option<String>,
     /// What to follow (default: branch `main`).
     #[serde(default, rename = "ref")]
     pub git_ref: GitRef,
@@ -51,7 +56,8 @@ pub struct GitSourceSpec {
     /// Seconds between fetches (default 60); a signed webhook fetches at once.
     #[serde(default = "interval")]
     pub interval_seconds: u32,
-    /// A Credential for HTTPS: its user name and password (a token).
+    /// A Credential: for HTTPS its user name and password (a token); for SSH its password
+    /// is the private key (OpenSSH or PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
     /// A Credential whose password is the webhook secret; without it the webhook route
@@ -193,13 +199,38 @@ impl Validate for GitSource {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let s = &self.spec;
+        let ssh = s.url.starts_with("ssh://");
         if s.url.is_empty() {
             errs.push(FieldError::required("spec.url", "the repository's URL"));
-        } else if !(s.url.starts_with("https://") || s.url.starts_with("http://")) {
+        } else if !(s.url.starts_with("https://") || s.url.starts_with("http://") || ssh) {
             errs.push(FieldError::invalid(
                 "spec.url",
-                format!("{:?}: an https:// (or http://) URL", s.url),
+                format!("{:?}: an https:// (or http://, ssh://) URL", s.url),
             ));
+        } else if ssh {
+            if s.url.contains(char::is_whitespace)
+                || s.url[6..].split('/').next().is_none_or(str::is_empty)
+            {
+                errs.push(FieldError::invalid(
+                    "spec.url",
+                    format!("{:?}: ssh://USER@HOST[:PORT]/PATH", s.url),
+                ));
+            }
+            if s.ssh_known_hosts
+                .as_deref()
+                .is_none_or(|k| k.trim().is_empty())
+            {
+                errs.push(FieldError::required(
+                    "spec.sshKnownHosts",
+                    "the server's host keys (known_hosts lines): a host key is never trusted on first use",
+                ));
+            }
+            if s.credential.is_none() {
+                errs.push(FieldError::required(
+                    "spec.credential",
+                    "a Credential whose password is the SSH private key",
+                ));
+            }
         } else if s.url.contains('@') {
             errs.push(FieldError::invalid(
                 "spec.url",
@@ -326,7 +357,13 @@ mod tests {
                 "{want} not in {e:#?}"
             );
         }
-        assert!(errors(serde_json::json!({"url": "ssh://git/x"}))[0].starts_with("spec.url"));
+        let e = errors(serde_json::json!({"url": "ssh://git@host/x"}));
+        assert!(
+            e.iter().any(|x| x.starts_with("spec.sshKnownHosts")),
+            "{e:?}"
+        );
+        assert!(e.iter().any(|x| x.starts_with("spec.credential")), "{e:?}");
+        assert!(errors(serde_json::json!({"url": "git@host:x"}))[0].starts_with("spec.url"));
         assert!(errors(serde_json::json!({"url": "https://git/x.git"})).is_empty());
     }
 

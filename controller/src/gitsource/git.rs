@@ -44,6 +44,18 @@ fn is_manifest(p: &str) -> bool {
     p.ends_with(".yaml") || p.ends_with(".yml") || p.ends_with(".json")
 }
 
+/// How a fetch authenticates.
+pub enum Auth<'a> {
+    None,
+    /// HTTP Basic: user name and password (a token).
+    Basic(&'a str, &'a str),
+    /// SSH: the private key and the server's known_hosts lines.
+    Ssh {
+        key: &'a str,
+        known_hosts: &'a str,
+    },
+}
+
 /// Runs git in `repo` with `args` (and `stdin`), bounded by `timeout`; its standard output.
 async fn git(
     repo: &Path,
@@ -82,7 +94,9 @@ async fn git_with(
     if let Some(ca) = ca {
         cmd.env("GIT_SSL_CAINFO", ca);
     }
-    if let Some(header) = auth {
+    if let Some(ssh) = auth.and_then(|a| a.strip_prefix("ssh:")) {
+        cmd.env("GIT_SSH_COMMAND", ssh);
+    } else if let Some(header) = auth {
         cmd.env("GIT_CONFIG_COUNT", "1")
             .env("GIT_CONFIG_KEY_0", "http.extraHeader")
             .env("GIT_CONFIG_VALUE_0", header);
@@ -100,9 +114,27 @@ async fn git_with(
         .map_err(|e| format!("git: {e}"))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
+        let lines: Vec<&str> = err
             .lines()
-            .rfind(|l| !l.trim().is_empty())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        // The line that says why, not git's generic advice after it.
+        let telling = [
+            "Host key verification failed",
+            "Permission denied",
+            "Authentication failed",
+            "not found",
+            "Could not resolve",
+            "Connection refused",
+            "couldn't find remote ref",
+        ];
+        let last = lines
+            .iter()
+            .find(|l| telling.iter().any(|t| l.contains(t)))
+            .or_else(|| lines.iter().rfind(|l| l.starts_with("fatal:")))
+            .or(lines.last())
+            .copied()
             .unwrap_or("failed");
         return Err(format!("git {}: {}", args[0], last.trim()));
     }
@@ -116,7 +148,7 @@ pub async fn fetch(
     url: &str,
     r: &GitRef,
     path: &str,
-    basic: Option<(&str, &str)>,
+    how: Auth<'_>,
     ca: Option<&Path>,
     limits: Limits,
 ) -> Result<Fetched, String> {
@@ -126,12 +158,24 @@ pub async fn fetch(
         std::fs::create_dir_all(cache).map_err(|e| format!("{}: {e}", cache.display()))?;
         git(cache, &["init", "--bare", "-q"], None, None, t).await?;
     }
-    let header = basic.map(|(u, p)| {
-        format!(
+    // SSH: the key and known_hosts in files of the cache (0600), the key removed after.
+    let _key = match &how {
+        Auth::Ssh { key, known_hosts } => Some(SshFiles::write(cache, key, known_hosts)?),
+        _ => None,
+    };
+    let header = match &how {
+        Auth::None => None,
+        Auth::Basic(u, p) => Some(format!(
             "Authorization: Basic {}",
             base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
-        )
-    });
+        )),
+        Auth::Ssh { .. } => Some(format!(
+            "ssh:ssh -i '{}' -o IdentitiesOnly=yes -o UserKnownHostsFile='{}' \
+             -o StrictHostKeyChecking=yes -o BatchMode=yes -o ConnectTimeout=20",
+            cache.join("ssh-key").display(),
+            cache.join("known_hosts").display()
+        )),
+    };
     let auth = header.as_deref();
     let want = r.fetch_spec();
     let commit = if let Some(sha) = &r.commit {
@@ -266,4 +310,38 @@ pub async fn fetch(
         message,
         files,
     })
+}
+
+/// The SSH key and known_hosts a fetch uses, in the cache directory; the key is removed when
+/// the fetch ends.
+struct SshFiles(std::path::PathBuf);
+
+impl SshFiles {
+    fn write(cache: &Path, key: &str, known_hosts: &str) -> Result<SshFiles, String> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let write = |name: &str, text: &str| -> Result<(), String> {
+            let p = cache.join(name);
+            let _ = std::fs::remove_file(&p);
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| format!("{}: {e}", p.display()))?;
+            let mut text = text.trim_end().to_string();
+            text.push('\n');
+            f.write_all(text.as_bytes())
+                .map_err(|e| format!("{}: {e}", p.display()))
+        };
+        write("known_hosts", known_hosts)?;
+        write("ssh-key", key)?;
+        Ok(SshFiles(cache.join("ssh-key")))
+    }
+}
+
+impl Drop for SshFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

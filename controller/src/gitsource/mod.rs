@@ -41,9 +41,15 @@ use crate::runtime::{Action, Ctx, Error, Owns, Reconciler, patch_status};
 
 use plan::Planned;
 
+/// What a GitSource's change is judged by: (generation, the webhook's request, Ready).
+type Seen = (Option<i64>, Option<String>, bool);
+
 pub struct GitSourceController {
     /// Where each GitSource's bare cache repository is kept (`DIR/NAME`).
     pub cache_dir: PathBuf,
+    /// name → (generation, the webhook's request, Ready) last seen: its own status writes do
+    /// not fetch again; a spec change, a webhook or a dependency's readiness does.
+    seen: std::sync::Mutex<std::collections::HashMap<String, Seen>>,
     pub limits: git::Limits,
     /// The cluster CA (PEM): repositories served by the platform's own Gitea have
     /// certificates from it. Trusted besides the system's roots.
@@ -54,6 +60,7 @@ impl GitSourceController {
     pub fn new(cache_dir: PathBuf, cluster_ca: Option<String>) -> Self {
         GitSourceController {
             cache_dir,
+            seen: Default::default(),
             limits: git::Limits::default(),
             cluster_ca,
         }
@@ -182,10 +189,38 @@ impl Reconciler for GitSourceController {
     }
 
     fn map(&self, change: &Change, c: &Caches) -> Vec<String> {
-        if let Some(g) = change.get::<GitSource>() {
-            // Itself, and the GitSources that wait for it.
-            let name = g.name_any();
-            let mut out = vec![name.clone()];
+        let Some(g) = change.get::<GitSource>() else {
+            return vec![];
+        };
+        let name = g.name_any();
+        let ready = g
+            .status
+            .as_ref()
+            .is_some_and(|s| condition_is_true(&s.conditions, "Ready"));
+        let now = (
+            g.metadata.generation,
+            g.annotations()
+                .get(groundwork_types::REQUESTED_AT_ANNOTATION)
+                .cloned(),
+            ready,
+        );
+        let before = self
+            .seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), now.clone());
+        let mut out = Vec::new();
+        let deleted = g.metadata.deletion_timestamp.is_some();
+        // Itself on a spec change or a webhook's request (not its own status writes) ...
+        if before
+            .as_ref()
+            .is_none_or(|b| (&b.0, &b.1) != (&now.0, &now.1))
+            || deleted
+        {
+            out.push(name.clone());
+        }
+        // ... and the GitSources that wait for it when its readiness changes.
+        if before.as_ref().is_none_or(|b| b.2 != now.2) {
             out.extend(
                 c.store::<GitSource>()
                     .state()
@@ -193,9 +228,8 @@ impl Reconciler for GitSourceController {
                     .filter(|o| o.spec.depends_on.contains(&name))
                     .map(|o| o.name_any()),
             );
-            return out;
         }
-        vec![]
+        out
     }
 
     async fn reconcile(&self, gs: Arc<GitSource>, ctx: &Ctx) -> Result<Action, Error> {
@@ -281,7 +315,14 @@ impl Reconciler for GitSourceController {
             &gs.spec.url,
             &gs.spec.git_ref,
             &gs.spec.path,
-            basic.as_ref().map(|(u, p)| (u.as_str(), p.as_str())),
+            match (&basic, &gs.spec.ssh_known_hosts) {
+                (Some((_, key)), Some(kh)) if gs.spec.url.starts_with("ssh://") => git::Auth::Ssh {
+                    key,
+                    known_hosts: kh,
+                },
+                (Some((u, p)), _) => git::Auth::Basic(u, p),
+                (None, _) => git::Auth::None,
+            },
             self.ca_bundle().as_deref(),
             self.limits,
         )
@@ -317,7 +358,7 @@ impl Reconciler for GitSourceController {
                     );
                 }
                 self.write(&gs, &status, ctx).await?;
-                return Ok(Action::Requeue(interval.min(Duration::from_secs(30))));
+                return Ok(Action::Requeue(interval.min(Duration::from_secs(10))));
             }
         };
         setc(
