@@ -470,7 +470,12 @@ async fn a_tail_is_persisted_when_the_applies_pause() {
     s.spawn_flusher(std::time::Duration::from_secs(3600), idle);
     // The first tick, at once, finds nothing applied.
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    let in_memory = || !s.inner.tail().active.objects.is_empty();
+    // In memory until the flush has committed: the tail is frozen (out of `active`) while the
+    // flush writes, and only then cleared.
+    let in_memory = || {
+        let t = s.inner.tail();
+        !t.active.objects.is_empty() || t.frozen.is_some()
+    };
     let started = std::time::Instant::now();
     let mut index = 0;
     // Applies every 10 ms for 0.5 s, well under `idle` apart: the tail stays in memory.

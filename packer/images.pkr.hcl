@@ -1,0 +1,102 @@
+# The three images of the operators' plan: the bootstrap server (Groundwork itself), cluster
+# nodes and workers (the node agent). Each starts from the same Debian 12 base image, boots it
+# under QEMU, runs the shared provisioners, and writes a raw image with its sha256, which a
+# Profile names.
+#
+#   packer build -only=qemu.bootstrap-server packer/
+#   packer build -only=qemu.cluster-node packer/
+#   packer build -only=qemu.worker packer/
+
+source "qemu" "bootstrap-server" {
+  iso_url              = var.base_image
+  iso_checksum         = var.base_image_checksum
+  disk_image           = true
+  format               = "raw"
+  accelerator          = "tcg"
+  headless             = true
+  skip_resize_disk     = true
+  cpus                 = var.cpus
+  memory               = var.memory
+  net_device           = "virtio-net"
+  disk_interface       = "virtio"
+  ssh_username         = "root"
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout          = local.ssh_timeout
+  shutdown_command     = "poweroff"
+  output_directory     = "${var.output_dir}/bootstrap-server"
+  vm_name              = "groundwork-bootstrap-server.raw"
+}
+
+source "qemu" "cluster-node" {
+  iso_url              = var.base_image
+  iso_checksum         = var.base_image_checksum
+  disk_image           = true
+  format               = "raw"
+  accelerator          = "tcg"
+  headless             = true
+  skip_resize_disk     = true
+  cpus                 = var.cpus
+  memory               = var.memory
+  net_device           = "virtio-net"
+  disk_interface       = "virtio"
+  ssh_username         = "root"
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout          = local.ssh_timeout
+  shutdown_command     = "poweroff"
+  output_directory     = "${var.output_dir}/cluster-node"
+  vm_name              = "groundwork-cluster-node.raw"
+}
+
+source "qemu" "worker" {
+  iso_url              = var.base_image
+  iso_checksum         = var.base_image_checksum
+  disk_image           = true
+  format               = "raw"
+  accelerator          = "tcg"
+  headless             = true
+  skip_resize_disk     = true
+  cpus                 = var.cpus
+  memory               = var.memory
+  net_device           = "virtio-net"
+  disk_interface       = "virtio"
+  ssh_username         = "root"
+  ssh_private_key_file = var.ssh_private_key_file
+  ssh_timeout          = local.ssh_timeout
+  shutdown_command     = "poweroff"
+  output_directory     = "${var.output_dir}/worker"
+  vm_name              = "groundwork-worker.raw"
+}
+
+build {
+  sources = [
+    "source.qemu.bootstrap-server",
+    "source.qemu.cluster-node",
+    "source.qemu.worker",
+  ]
+
+  # Every image: the binary, and the node agent as a systemd unit.
+  provisioner "file" {
+    source      = var.groundwork_binary
+    destination = "/usr/local/bin/groundwork"
+  }
+  provisioner "shell" {
+    scripts = ["${path.root}/scripts/common.sh", "${path.root}/scripts/node-agent.sh"]
+  }
+
+  # The bootstrap server also runs `groundwork server` (its first-member configuration
+  # comes at first boot, from cloud-init or the Ansible role in deploy/).
+  provisioner "shell" {
+    only   = ["qemu.bootstrap-server"]
+    script = "${path.root}/scripts/server.sh"
+  }
+
+  # Last: the build key goes, the machine identity is reset for the first boot.
+  provisioner "shell" {
+    script = "${path.root}/scripts/seal.sh"
+  }
+
+  post-processor "checksum" {
+    checksum_types = ["sha256"]
+    output         = "${var.output_dir}/{{.BuildName}}/{{.BuildName}}.raw.sha256"
+  }
+}
