@@ -21,8 +21,8 @@ mkdir -p "$OUT"
 if [ -f "$IMG" ] && [ "$(cat "$OUT/base.stamp" 2>/dev/null)" = "$stamp" ]; then
   echo "base-image: $IMG is current"; exit 0
 fi
-for t in debootstrap sfdisk mkfs.ext4 mcopy mformat grub-mkimage partx losetup; do
-  command -v "$t" >/dev/null || { echo "base-image: $t is missing (apt-get install debootstrap fdisk e2fsprogs mtools grub-common grub-efi-amd64-bin grub-pc-bin util-linux)" >&2; exit 1; }
+for t in debootstrap sfdisk mkfs.ext4 mcopy mformat mmd grub-mkimage partx losetup blkid; do
+  command -v "$t" >/dev/null || { echo "base-image: $t is missing (apt-get install debootstrap fdisk e2fsprogs mtools grub-common util-linux)" >&2; exit 1; }
 done
 WORK=$(mktemp -d)
 LOOP=
@@ -86,10 +86,11 @@ GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 GRUB
-chroot "$R" update-grub >/dev/null 2>&1
+# BIOS: GRUB in the BIOS boot partition (this also makes /boot/grub for update-grub).
+chroot "$R" grub-install --target=i386-pc --boot-directory=/boot "$LOOP" >"$OUT/grub.log" 2>&1 \
+  || { cat "$OUT/grub.log" >&2; exit 1; }
+chroot "$R" update-grub >>"$OUT/grub.log" 2>&1 || { cat "$OUT/grub.log" >&2; exit 1; }
 sed -i "s#root=/dev/loop[0-9]*p3#root=UUID=$ROOT_UUID#g" "$R/boot/grub/grub.cfg"
-# BIOS: GRUB in the BIOS boot partition.
-chroot "$R" grub-install --target=i386-pc --boot-directory=/boot "$LOOP" >/dev/null 2>&1
 # UEFI: BOOTX64.EFI built here and copied into the ESP with mtools (no vfat on the host).
 cat > "$WORK/early.cfg" <<EARLY
 search --no-floppy --fs-uuid --set=root $ROOT_UUID
