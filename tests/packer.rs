@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{BIN, text};
@@ -17,6 +17,12 @@ fn packer(dir: &Path, args: &[&str], key: &Path) -> std::process::Output {
         .arg(format!("ssh_private_key_file={}", key.display()))
         .arg("-var")
         .arg(format!("groundwork_binary={BIN}"))
+        // Validate refuses an output directory that exists: one of the test's own.
+        .arg("-var")
+        .arg(format!(
+            "output_dir={}",
+            key.parent().unwrap().join("validate-out").display()
+        ))
         .arg(dir)
         .env("CHECKPOINT_DISABLE", "1")
         .output()
@@ -82,4 +88,112 @@ fn packer_validates_every_image_template() {
     let o = packer(&broken, &["validate"], &key);
     assert!(!o.status.success(), "a broken template validated");
     assert!(text(&o).contains("no-such.sh"), "{}", text(&o));
+}
+
+/// A full build: the Debian 12 base image (`packer/base-image.sh`, debootstrap from Debian's
+/// archive; kept in /var/tmp between runs) and `packer build -only=qemu.cluster-node` under
+/// TCG with the binary under test. The output's sha256 file matches the image, and the
+/// image's root holds the binary, the node agent's unit enabled, and no build key or
+/// machine identity. Needs root (loop devices).
+#[test]
+fn packer_builds_a_cluster_node_image_from_the_debian_base() {
+    let repo = support::repo_root();
+    let images = Path::new("/var/tmp/groundwork-images");
+    let o = Command::new("timeout")
+        .arg("1200")
+        .arg(repo.join("packer/base-image.sh"))
+        .arg(images)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "base-image.sh: {}", text(&o));
+    let base = images.join("debian-12-base.raw");
+    let sum = std::fs::read_to_string(images.join("debian-12-base.raw.sha256")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out");
+    let o = Command::new("timeout")
+        .arg("900")
+        .arg("packer")
+        .args(["build", "-only=qemu.cluster-node"])
+        .arg("-var")
+        .arg(format!("groundwork_binary={BIN}"))
+        .arg("-var")
+        .arg(format!("base_image=file://{}", base.display()))
+        .arg("-var")
+        .arg(format!("base_image_checksum={}", sum.trim()))
+        .arg("-var")
+        .arg(format!("output_dir={}", out.display()))
+        .arg("-var")
+        .arg(format!(
+            "ssh_private_key_file={}",
+            images.join("build-key").display()
+        ))
+        .arg(repo.join("packer"))
+        .env("CHECKPOINT_DISABLE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "packer build: {}", text(&o));
+    let raw = out.join("cluster-node/groundwork-cluster-node.raw");
+    let recorded =
+        std::fs::read_to_string(out.join("cluster-node/cluster-node.raw.sha256")).unwrap();
+    let actual = support::sha256_hex(&raw);
+    assert!(recorded.contains(&actual), "{recorded} vs {actual}");
+    // Look inside: the root partition, read-only.
+    let loopdev = support::stdout(
+        &Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(&raw)
+            .output()
+            .unwrap(),
+    )
+    .trim()
+    .to_string();
+    struct Loop(String, PathBuf);
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.1).output();
+            let _ = Command::new("partx").args(["-d", &self.0]).output();
+            let _ = Command::new("losetup").args(["-d", &self.0]).output();
+        }
+    }
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let guard = Loop(loopdev.clone(), mnt.clone());
+    let o = Command::new("partx")
+        .args(["-a", &loopdev])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "partx: {}", text(&o));
+    let o = Command::new("mount")
+        .args(["-o", "ro", &format!("{loopdev}p3")])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "mount: {}", text(&o));
+    use std::os::unix::fs::PermissionsExt;
+    let bin = std::fs::metadata(mnt.join("usr/local/bin/groundwork")).unwrap();
+    assert!(
+        bin.permissions().mode() & 0o111 != 0,
+        "the binary is not executable"
+    );
+    assert!(
+        mnt.join("etc/systemd/system/groundwork-node-agent.service")
+            .exists()
+    );
+    assert!(
+        std::fs::symlink_metadata(
+            mnt.join("etc/systemd/system/multi-user.target.wants/groundwork-node-agent.service")
+        )
+        .is_ok(),
+        "the node agent is not enabled"
+    );
+    assert!(
+        !mnt.join("root/.ssh/authorized_keys").exists(),
+        "the build key is left in the image"
+    );
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("etc/machine-id")).unwrap(),
+        ""
+    );
+    assert!(mnt.join("etc/cloud/cloud.cfg.d/90-groundwork.cfg").exists());
+    drop(guard);
 }
