@@ -899,22 +899,29 @@ async fn configure(
     }
     let kv = &cfg.kv.path;
     let mounts = get("sys/mounts".into()).await?;
-    if !has(&mounts, &format!("{kv}/")) {
-        let mut body = mount_body("kv", "the platform's secrets", None);
-        if cfg.kv.version == 2 {
-            body["options"] = json!({"version": "2"});
+    // A secrets engine at `path`, enabled when Vault does not list it.
+    let ensure_mount = |path: &str, body: Value| {
+        let missing = !has(&mounts, &format!("{path}/"));
+        let path = path.to_string();
+        async move {
+            if missing {
+                write(format!("sys/mounts/{path}"), body).await?;
+            }
+            Ok::<_, String>(())
         }
-        write(format!("sys/mounts/{kv}"), body).await?;
+    };
+    let mut kv_body = mount_body("kv", "the platform's secrets", None);
+    if cfg.kv.version == 2 {
+        kv_body["options"] = json!({"version": "2"});
     }
+    ensure_mount(kv, kv_body).await?;
     done.push(format!("kv v{} at {kv}/", cfg.kv.version));
     if let Some(p) = &cfg.pki {
-        if !has(&mounts, &format!("{}/", p.path)) {
-            write(
-                format!("sys/mounts/{}", p.path),
-                mount_body("pki", "the platform's PKI root", Some(&p.ttl)),
-            )
-            .await?;
-        }
+        ensure_mount(
+            &p.path,
+            mount_body("pki", "the platform's PKI root", Some(&p.ttl)),
+        )
+        .await?;
         done.push(format!("pki mounted at {}/", p.path));
         let sum = match recorded.get(PKI_ROOT_ANNOTATION) {
             Some(sum) => sum.clone(),
@@ -949,13 +956,11 @@ async fn configure(
             &sum[..12.min(sum.len())]
         ));
         if let Some(i) = &p.intermediate {
-            if !has(&mounts, &format!("{}/", i.path)) {
-                write(
-                    format!("sys/mounts/{}", i.path),
-                    mount_body("pki", "the platform's issuing CA", Some(&i.ttl)),
-                )
-                .await?;
-            }
+            ensure_mount(
+                &i.path,
+                mount_body("pki", "the platform's issuing CA", Some(&i.ttl)),
+            )
+            .await?;
             let sum = match recorded.get(PKI_INTERMEDIATE_ANNOTATION) {
                 Some(sum) => sum.clone(),
                 None => {
@@ -1003,13 +1008,7 @@ async fn configure(
         }
     }
     if let Some(ssh) = &cfg.ssh_ca {
-        if !has(&mounts, &format!("{}/", ssh.path)) {
-            write(
-                format!("sys/mounts/{}", ssh.path),
-                mount_body("ssh", "the SSH user CA", None),
-            )
-            .await?;
-        }
+        ensure_mount(&ssh.path, mount_body("ssh", "the SSH user CA", None)).await?;
         let sum = match recorded.get(SSH_CA_ANNOTATION) {
             Some(sum) => sum.clone(),
             None => {
