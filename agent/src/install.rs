@@ -1,17 +1,15 @@
 //! What the ramdisk agent does to disks: write an OS image while verifying its checksum,
-//! write the machine config into the image's first partition, and wipe disks.
+//! add the machine config as a cloud-init seed ([`crate::seed`]), and wipe disks.
 //!
-//! The machine config goes to `/groundwork/machine.json` on partition 1 of an MBR disk, which
-//! must be FAT (the EFI system partition or a `/boot` of a BIOS image both are). It is written
-//! with the `fatfs` crate rather than by mounting, so the ramdisk needs no file-system modules
-//! and the code is tested on plain files.
+//! Everything is done on the block device with user-space code (`fatfs`, `gptman`) rather than
+//! by mounting, so the ramdisk needs no file-system modules and the code is tested on plain
+//! files.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use groundwork_types::agent::MachineFile;
 use groundwork_types::{Disk, Inventory};
 
 /// A failed step: the reason the server records (`ImageChecksumMismatch`, ...) and a message.
@@ -21,7 +19,7 @@ pub(crate) struct Failure {
     pub message: String,
 }
 
-fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
+pub(crate) fn fail(reason: &'static str, message: impl Into<String>) -> Failure {
     Failure {
         reason,
         message: message.into(),
@@ -157,10 +155,11 @@ fn size_of(f: &mut std::fs::File) -> std::io::Result<u64> {
     f.seek(SeekFrom::End(0))
 }
 
-/// Destroys partition tables and file system signatures: the first MiB of every MBR
-/// partition (superblocks, FAT tables, and the machine config's directory), then the first and
-/// the last MiB of the disk (MBR, GPT and its backup).
+/// Destroys partition tables and file system signatures: the start of every partition (MBR
+/// or GPT: superblocks, FAT tables) and the whole of any small one (the seed, which holds the
+/// machine's key), then the first and the last MiB of the disk (MBR, GPT and its backup).
 pub(crate) fn wipe(dev: &Path) -> Result<u64, Failure> {
+    let parts = crate::seed::partitions(dev).unwrap_or_default();
     let mut f = OpenOptions::new()
         .write(true)
         .read(true)
@@ -169,16 +168,13 @@ pub(crate) fn wipe(dev: &Path) -> Result<u64, Failure> {
     let io = |e: std::io::Error| fail("WipeFailed", format!("{}: {e}", dev.display()));
     let size = size_of(&mut f).map_err(io)?;
     let span = (1u64 << 20).min(size);
-    let mut mbr = [0u8; 512];
-    f.seek(SeekFrom::Start(0)).map_err(io)?;
-    if f.read_exact(&mut mbr).is_ok() && mbr[510..512] == [0x55, 0xaa] {
-        for i in 0..4 {
-            let e = &mbr[446 + 16 * i..462 + 16 * i];
-            let start = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64 * 512;
-            if e[4] != 0 && start > 0 && start < size {
-                zero(&mut f, start, span.min(size - start)).map_err(io)?;
-            }
-        }
+    for p in parts {
+        let len = if p.len <= 4 * crate::seed::SEED_BYTES {
+            p.len
+        } else {
+            span
+        };
+        zero(&mut f, p.start, len.min(size - p.start)).map_err(io)?;
     }
     zero(&mut f, 0, span).map_err(io)?;
     if size > span {
@@ -189,11 +185,22 @@ pub(crate) fn wipe(dev: &Path) -> Result<u64, Failure> {
 }
 
 /// One partition of a disk, as a stream of its own.
-struct Partition {
+pub(crate) struct Partition {
     f: std::fs::File,
     start: u64,
     len: u64,
     pos: u64,
+}
+
+impl Partition {
+    pub(crate) fn new(f: std::fs::File, start: u64, len: u64) -> Partition {
+        Partition {
+            f,
+            start,
+            len,
+            pos: 0,
+        }
+    }
 }
 
 impl Read for Partition {
@@ -237,93 +244,8 @@ impl Seek for Partition {
     }
 }
 
-/// Partition 1 of an MBR disk, if it is a FAT type.
-fn first_fat_partition(dev: &Path, write: bool) -> Result<Partition, String> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(dev)
-        .map_err(|e| format!("{}: {e}", dev.display()))?;
-    let mut mbr = [0u8; 512];
-    f.read_exact(&mut mbr)
-        .map_err(|e| format!("{}: reading the MBR: {e}", dev.display()))?;
-    if mbr[510..512] != [0x55, 0xaa] {
-        return Err(format!("{}: no MBR partition table", dev.display()));
-    }
-    let e = &mbr[446..462];
-    let kind = e[4];
-    if !matches!(kind, 0x01 | 0x04 | 0x06 | 0x0b | 0x0c | 0x0e | 0xef) {
-        return Err(format!(
-            "{}: partition 1 has type {kind:#04x}, not FAT",
-            dev.display()
-        ));
-    }
-    let lba = u32::from_le_bytes([e[8], e[9], e[10], e[11]]) as u64;
-    let sectors = u32::from_le_bytes([e[12], e[13], e[14], e[15]]) as u64;
-    Ok(Partition {
-        f,
-        start: lba * 512,
-        len: sectors * 512,
-        pos: 0,
-    })
-}
-
-const MACHINE_FILE: &str = "groundwork/machine.json";
-
-/// Writes the machine config into partition 1 of `dev`.
-pub(crate) fn write_machine_file(dev: &Path, m: &MachineFile) -> Result<(), Failure> {
-    let err = |e: String| fail("MachineConfigFailed", e);
-    let part = first_fat_partition(dev, true).map_err(err)?;
-    let fs = fatfs::FileSystem::new(part, fatfs::FsOptions::new())
-        .map_err(|e| err(format!("{}: partition 1: {e}", dev.display())))?;
-    {
-        let root = fs.root_dir();
-        if root.open_dir("groundwork").is_err() {
-            root.create_dir("groundwork")
-                .map_err(|e| err(format!("creating /groundwork: {e}")))?;
-        }
-        let mut file = root
-            .create_file(MACHINE_FILE)
-            .map_err(|e| err(format!("creating /{MACHINE_FILE}: {e}")))?;
-        file.truncate()
-            .map_err(|e| err(format!("/{MACHINE_FILE}: {e}")))?;
-        let text = serde_json::to_vec_pretty(m).map_err(|e| err(e.to_string()))?;
-        file.write_all(&text)
-            .map_err(|e| err(format!("writing /{MACHINE_FILE}: {e}")))?;
-        file.flush()
-            .map_err(|e| err(format!("writing /{MACHINE_FILE}: {e}")))?;
-    }
-    fs.unmount()
-        .map_err(|e| err(format!("{}: partition 1: {e}", dev.display())))?;
-    let f = OpenOptions::new()
-        .write(true)
-        .open(dev)
-        .map_err(|e| err(format!("{}: {e}", dev.display())))?;
-    f.sync_all()
-        .map_err(|e| err(format!("{}: {e}", dev.display())))?;
-    Ok(())
-}
-
-/// Reads the machine config from partition 1 of `dev`.
-pub(crate) fn read_machine_file(dev: &Path) -> Result<MachineFile, String> {
-    let part = first_fat_partition(dev, false)?;
-    // fatfs wants a writable stream type; nothing is written when only reading.
-    let fs = fatfs::FileSystem::new(
-        ReadOnly(part),
-        fatfs::FsOptions::new().update_accessed_date(false),
-    )
-    .map_err(|e| format!("{}: partition 1: {e}", dev.display()))?;
-    let mut text = String::new();
-    fs.root_dir()
-        .open_file(MACHINE_FILE)
-        .map_err(|e| format!("{}: /{MACHINE_FILE}: {e}", dev.display()))?
-        .read_to_string(&mut text)
-        .map_err(|e| format!("{}: /{MACHINE_FILE}: {e}", dev.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: /{MACHINE_FILE}: {e}", dev.display()))
-}
-
 /// A partition opened read-only: writes fail.
-struct ReadOnly(Partition);
+pub(crate) struct ReadOnly(pub(crate) Partition);
 
 impl Read for ReadOnly {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -349,20 +271,21 @@ pub(crate) fn device(dev_root: &Path, name: &str) -> PathBuf {
     dev_root.join(name)
 }
 
-/// Runs an install: image, then machine config. Returns a summary for the report.
+/// Runs an install: image, then the machine config as a cloud-init seed. Returns a summary
+/// for the report.
 pub(crate) async fn install(
     client: &reqwest::Client,
     dev: &Path,
     url: &str,
     checksum: &str,
-    config: &MachineFile,
+    seed: &crate::seed::Seed,
 ) -> Result<String, Failure> {
     let t0 = Instant::now();
     let n = write_image(client, url, checksum, dev).await?;
     let secs = t0.elapsed().as_secs_f64();
-    write_machine_file(dev, config)?;
+    crate::seed::write(dev, seed)?;
     Ok(format!(
-        "wrote {n} bytes to {} in {secs:.1}s ({:.1} MB/s), {checksum} verified, machine config written",
+        "wrote {n} bytes to {} in {secs:.1}s ({:.1} MB/s), {checksum} verified, cloud-init seed (CIDATA) written",
         dev.display(),
         n as f64 / secs.max(1e-3) / 1e6
     ))
@@ -371,68 +294,60 @@ pub(crate) async fn install(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A disk image like bootimages' os.img: MBR, partition 1 FAT from 1 MiB.
-    fn disk(path: &Path) {
-        let size = 8u64 << 20;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(path)
-            .unwrap();
-        f.set_len(size).unwrap();
-        let mut mbr = [0u8; 512];
-        mbr[446 + 4] = 0x0c;
-        mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
-        mbr[446 + 12..446 + 16].copy_from_slice(&(((size >> 9) - 2048) as u32).to_le_bytes());
-        mbr[510] = 0x55;
-        mbr[511] = 0xaa;
-        f.write_all(&mbr).unwrap();
-        let part = Partition {
-            f,
-            start: 1 << 20,
-            len: size - (1 << 20),
-            pos: 0,
-        };
-        fatfs::format_volume(part, fatfs::FormatVolumeOptions::new()).unwrap();
-    }
+    use groundwork_types::agent::MachineFile;
 
     #[test]
-    fn machine_file_round_trips_through_the_fat_partition() {
+    fn wipe_destroys_the_seed_and_every_partition_start() {
         let d = tempfile::tempdir().unwrap();
         let img = d.path().join("vda");
-        disk(&img);
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let mut c = std::process::Command::new("sfdisk")
+            .args(["-q", "--no-reread", "--no-tell-kernel"])
+            .arg(&img)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"label: gpt\nsize=20MiB\nsize=20MiB\n")
+            .unwrap();
+        assert!(c.wait().unwrap().success());
+        // Partition data everywhere, then the seed.
+        {
+            let mut f = OpenOptions::new().write(true).open(&img).unwrap();
+            f.seek(SeekFrom::Start(1 << 20)).unwrap();
+            f.write_all(&vec![0xab; 40 << 20]).unwrap();
+        }
         let m = MachineFile {
             node: "n1".into(),
-            url: "http://10.0.0.1:8080".into(),
-            mac: "52:54:00:00:00:01".into(),
-            credentials: None,
-            hostname: Some("n1.lab".into()),
             ..Default::default()
         };
-        write_machine_file(&img, &m).unwrap();
-        assert_eq!(read_machine_file(&img).unwrap(), m);
-        // Written again (a second install): replaced, not appended.
-        let m2 = MachineFile {
-            hostname: Some("x".into()),
-            ..m.clone()
-        };
-        write_machine_file(&img, &m2).unwrap();
-        assert_eq!(read_machine_file(&img).unwrap(), m2);
-        // A wiped disk has no partition table (a clear error), and its partition's start, which
-        // held the file system and the machine config, is zero too.
+        crate::seed::write(&img, &crate::seed::render(&m, "i", None)).unwrap();
+        let parts = crate::seed::partitions(&img).unwrap();
+        assert_eq!(parts.len(), 3);
         wipe(&img).unwrap();
         let b = std::fs::read(&img).unwrap();
+        let seed = parts[2];
         assert!(
-            b[1 << 20..2 << 20].iter().all(|&x| x == 0),
-            "partition 1 wiped"
+            b[seed.start as usize..(seed.start + seed.len) as usize]
+                .iter()
+                .all(|&x| x == 0),
+            "the seed (with the machine key) is gone"
         );
-        let e = read_machine_file(&img).unwrap_err();
-        assert!(e.contains("no MBR partition table"), "{e}");
-        let e = write_machine_file(&img, &m).unwrap_err();
-        assert_eq!(e.reason, "MachineConfigFailed");
+        assert!(
+            b[parts[1].start as usize..][..1 << 20]
+                .iter()
+                .all(|&x| x == 0)
+        );
+        assert!(
+            b[(parts[1].start + (1 << 20)) as usize] == 0xab,
+            "only the start"
+        );
+        assert!(crate::seed::read(&img).is_err());
     }
 
     #[test]

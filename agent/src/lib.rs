@@ -7,4 +7,5 @@
 pub mod install;
 pub mod node;
 pub mod ramdisk;
+pub(crate) mod seed;
 pub mod services;

@@ -1,7 +1,8 @@
 //! `groundwork node-agent`: runs on installed machines. At every boot it reads the machine
-//! config the installer wrote (`/groundwork/machine.json` on partition 1 of a disk), applies
-//! it (host name, users and their SSH keys, files, units), then heartbeats to the boot server
-//! with the machine's addresses until the machine stops.
+//! config the installer delivered (`/var/lib/groundwork/machine.json`, which cloud-init writes
+//! from the seed, or the seed partition itself), applies it where cloud-init did not (host
+//! name, users and their SSH keys, files, units), then heartbeats to the boot server with the
+//! machine's addresses until the machine stops.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use groundwork_types::agent::{Heartbeat, HeartbeatReply, MachineCredentials, Mac
 
 #[derive(clap::Args, Debug)]
 pub struct NodeAgentArgs {
-    /// The disk holding the machine config (default: the first disk that has one).
+    /// The disk holding the cloud-init seed (default: the first disk that has one).
     #[arg(long)]
     disk: Option<PathBuf>,
     /// Root of the file system the config is applied to.
@@ -99,19 +100,38 @@ fn node_of(cert_pem: &str) -> Option<String> {
 
 fn find_config(a: &NodeAgentArgs) -> anyhow::Result<(PathBuf, MachineFile)> {
     if let Some(d) = &a.disk {
-        let m = crate::install::read_machine_file(d).map_err(anyhow::Error::msg)?;
+        let m = crate::seed::read(d).map_err(anyhow::Error::msg)?;
         return Ok((d.clone(), m));
     }
     let inv = crate::ramdisk::collect(&a.sysroot);
     let mut errors = Vec::new();
     for d in &inv.disks {
         let dev = crate::install::device(&a.dev_root, &d.name);
-        match crate::install::read_machine_file(&dev) {
+        match crate::seed::read(&dev) {
             Ok(m) => return Ok((dev, m)),
             Err(e) => errors.push(e),
         }
     }
     anyhow::bail!("no disk holds a machine config: {}", errors.join("; "))
+}
+
+/// Whether cloud-init applies the machine config on this system (it has cloud-init and has
+/// finished with this boot), and what it reported as errors.
+fn cloud_init(root: &Path) -> Option<Vec<String>> {
+    if !root.join("usr/bin/cloud-init").exists() {
+        return None;
+    }
+    let result = std::fs::read_to_string(root.join("var/lib/cloud/data/result.json")).ok();
+    let errors = result
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["v1"]["errors"].as_array().cloned())
+        .unwrap_or_default();
+    Some(
+        errors
+            .iter()
+            .map(|e| format!("cloud-init: {}", e.as_str().unwrap_or(&e.to_string())))
+            .collect(),
+    )
 }
 
 /// `root` + an absolute path, refusing `..`.
@@ -342,7 +362,11 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         m.node,
         disk.display()
     );
-    let (applied, skipped) = apply(&m, &a.root);
+    let (applied, skipped) = match cloud_init(&a.root) {
+        // cloud-init applied it from the seed; its errors are reported as the skipped items.
+        Some(errors) => (0, errors),
+        None => apply(&m, &a.root),
+    };
     for s in &skipped {
         eprintln!("groundwork node-agent: not applied: {s}");
     }

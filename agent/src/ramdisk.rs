@@ -478,6 +478,7 @@ async fn tasks(
                 checksum,
                 target_disk,
                 mut config,
+                user_data,
             }) => {
                 // Relative image URLs are on the boot server; the node agent gets this
                 // machine's certificate.
@@ -502,7 +503,14 @@ async fn tasks(
                 let r = match crate::install::target_disk(target_disk.as_deref(), &inv) {
                     Ok(name) => {
                         let dev = crate::install::device(&a.dev_root, &name);
-                        crate::install::install(&bulk, &dev, &image_url, &checksum, &config).await
+                        // A new instance ID per install: cloud-init applies users and files
+                        // again only for a new one.
+                        let seed = crate::seed::render(
+                            &config,
+                            &format!("{}-{task_id}", config.node),
+                            user_data.as_deref(),
+                        );
+                        crate::install::install(&bulk, &dev, &image_url, &checksum, &seed).await
                     }
                     Err(f) => Err(f),
                 };

@@ -142,6 +142,7 @@ fn install_task(
             profile: Some(profile_name),
             checksum: Some(os.checksum),
         }),
+        user_data: mc.user_data,
     })
 }
 

@@ -14,7 +14,8 @@ use crate::{File, Unit, User};
 pub enum Task {
     /// Nothing to do: ask again after this long.
     Wait { seconds: u32 },
-    /// Write the image to the disk, verify its checksum, then write the machine config.
+    /// Write the image to the disk, verify its checksum, then add the machine config as a
+    /// cloud-init NoCloud seed partition.
     #[serde(rename_all = "camelCase")]
     Install {
         attempt: u32,
@@ -27,6 +28,9 @@ pub enum Task {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         target_disk: Option<String>,
         config: Box<MachineFile>,
+        /// The Profile's `machineConfig.userData`, a second part of the cloud-init user data.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user_data: Option<String>,
     },
     /// Destroy every partition table and file system signature on every disk.
     #[serde(rename_all = "camelCase")]
@@ -36,8 +40,10 @@ pub enum Task {
     Reboot { task_id: String },
 }
 
-/// What the installer writes to `/groundwork/machine.json` on the image's first partition,
-/// and what the installed system's node agent applies at every boot.
+/// The node agent's config: its join material, and the machine config it applies itself on
+/// systems without cloud-init. The installer puts it in the cloud-init seed
+/// (`CIDATA/groundwork/machine.json`, and `/var/lib/groundwork/machine.json` through
+/// `write_files`).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineFile {
