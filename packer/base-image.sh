@@ -65,9 +65,13 @@ DHCP=yes
 NET
 chroot "$R" systemctl enable systemd-networkd ssh >/dev/null 2>&1
 chroot "$R" systemctl mask systemd-networkd-wait-online.service >/dev/null 2>&1
-# cloud-init: NoCloud only (the installer's seed), no waiting for other data sources.
+# cloud-init: NoCloud only (the installer's seed), no waiting for other data sources; no
+# distribution default user (the seed names the users); the locale left alone (minbase has no
+# `locales`, and cc_locale would fail on it).
 cat > "$R/etc/cloud/cloud.cfg.d/90-groundwork.cfg" <<'CI'
 datasource_list: [NoCloud, None]
+users: []
+locale: false
 CI
 # The build key: Packer logs in with it; seal.sh removes it.
 rm -f "$OUT/build-key" "$OUT/build-key.pub"
@@ -79,6 +83,9 @@ truncate -s 0 "$R/etc/machine-id"
 cat > "$R/etc/default/grub" <<'GRUB'
 GRUB_DEFAULT=0
 GRUB_TIMEOUT=1
+# Debian waits 30 s at a menu after a boot that did not finish (recordfail); a headless
+# machine has nobody at the menu.
+GRUB_RECORDFAIL_TIMEOUT=1
 GRUB_DISTRIBUTOR=Debian
 GRUB_CMDLINE_LINUX_DEFAULT=""
 GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"

@@ -83,11 +83,18 @@ build {
     scripts = ["${path.root}/scripts/common.sh", "${path.root}/scripts/node-agent.sh"]
   }
 
-  # The bootstrap server also runs `groundwork server` (its first-member configuration
-  # comes at first boot, from cloud-init or the Ansible role in deploy/).
-  provisioner "shell" {
-    only   = ["qemu.bootstrap-server"]
-    script = "${path.root}/scripts/server.sh"
+  # The bootstrap server also runs `groundwork server`, installed by the same Ansible role
+  # that sets up a server on any Debian 12 host (deploy/ansible). Nothing host-specific goes
+  # into the image: /etc/groundwork/server.env (first member or join) comes at first boot,
+  # from cloud-init's write_files or the role run again with groundwork_start=true.
+  provisioner "ansible" {
+    only             = ["qemu.bootstrap-server"]
+    playbook_file    = "${path.root}/../deploy/ansible/site.yml"
+    user             = "root"
+    groups           = ["groundwork"]
+    use_proxy        = false
+    extra_arguments  = ["--extra-vars", "groundwork_binary_src=${var.groundwork_binary} groundwork_start=false"]
+    ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=1"]
   }
 
   # Last: the build key goes, the machine identity is reset for the first boot.
@@ -97,6 +104,6 @@ build {
 
   post-processor "checksum" {
     checksum_types = ["sha256"]
-    output         = "${var.output_dir}/{{.BuildName}}/{{.BuildName}}.raw.sha256"
+    output         = "${var.output_dir}/{{.BuildName}}/groundwork-{{.BuildName}}.raw.sha256"
   }
 }

@@ -134,7 +134,8 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
     assert!(o.status.success(), "packer build: {}", text(&o));
     let raw = out.join("cluster-node/groundwork-cluster-node.raw");
     let recorded =
-        std::fs::read_to_string(out.join("cluster-node/cluster-node.raw.sha256")).unwrap();
+        std::fs::read_to_string(out.join("cluster-node/groundwork-cluster-node.raw.sha256"))
+            .unwrap();
     let actual = support::sha256_hex(&raw);
     assert!(recorded.contains(&actual), "{recorded} vs {actual}");
     // Look inside: the root partition, read-only.
@@ -147,14 +148,6 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
     )
     .trim()
     .to_string();
-    struct Loop(String, PathBuf);
-    impl Drop for Loop {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.1).output();
-            let _ = Command::new("partx").args(["-d", &self.0]).output();
-            let _ = Command::new("losetup").args(["-d", &self.0]).output();
-        }
-    }
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let guard = Loop(loopdev.clone(), mnt.clone());
@@ -196,4 +189,218 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
     );
     assert!(mnt.join("etc/cloud/cloud.cfg.d/90-groundwork.cfg").exists());
     drop(guard);
+
+    lab_installs_the_image_on_bios_and_uefi(&raw, tmp.path());
+}
+
+/// `groundwork lab up --image` inside a network namespace this test creates.
+struct Lab {
+    ns: String,
+    dir: PathBuf,
+}
+
+impl Lab {
+    fn groundwork(&self, args: &[&str]) -> std::process::Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                "timeout",
+                "60",
+                BIN,
+                "--kubeconfig",
+            ])
+            .arg(self.dir.join("data/kubeconfig"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.ns, BIN, "lab", "down", "--dir"])
+            .arg(&self.dir)
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+/// Two lab machines (TCG) install the Packer-built image through IPMI and PXE: lab-1 with
+/// BIOS (SeaBIOS), lab-2 with UEFI (OVMF). Both boot it from disk, cloud-init applies the
+/// machine config from the installer's NoCloud seed, and the node agent checks in under
+/// systemd: Ready. Then, from the disks: the host name, the user and its key, the file, the
+/// node agent's config (0600) and its renewed key.
+fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
+    let id = std::process::id() % 100_000;
+    let name = format!("i{}", id % 10_000);
+    let lab = Lab {
+        ns: format!("gwimg-{id}"),
+        dir: tmp.join("lab"),
+    };
+    let _ = Command::new("ip").args(["netns", "del", &lab.ns]).output();
+    support::must(&["ip", "netns", "add", &lab.ns]);
+    support::must(&["ip", "-n", &lab.ns, "link", "set", "lo", "up"]);
+    let t0 = std::time::Instant::now();
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "timeout", "300", BIN, "lab", "up"])
+        .args([
+            "--machines",
+            "2",
+            "--uefi",
+            "1",
+            "--memory",
+            "1024",
+            "--name",
+            &name,
+        ])
+        .arg("--image")
+        .arg(raw)
+        .arg("--no-wait")
+        .arg("--dir")
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "lab up: {}", text(&o));
+    let ready = |n: &str| -> Option<serde_json::Value> {
+        let o = lab.groundwork(&["get", "node", n, "-o", "json"]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        (j["status"]["phase"] == "Ready").then_some(j)
+    };
+    let deadline = t0 + std::time::Duration::from_secs(1200);
+    let mut nodes = Vec::new();
+    for n in ["lab-1", "lab-2"] {
+        loop {
+            if let Some(j) = ready(n) {
+                nodes.push(j);
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                let tail = |p: &str| {
+                    let t = std::fs::read_to_string(lab.dir.join(p)).unwrap_or_default();
+                    t.chars()
+                        .rev()
+                        .take(3000)
+                        .collect::<String>()
+                        .chars()
+                        .rev()
+                        .collect::<String>()
+                };
+                panic!(
+                    "{n} not Ready in 20 min: {}\nserver log: {}\nm1: {}\nm2: {}",
+                    support::text(&lab.groundwork(&["get", "nodes"])),
+                    tail("server.log"),
+                    tail("m1/serial.log"),
+                    tail("m2/serial.log")
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    }
+    eprintln!(
+        "2 machines (TCG, BIOS + UEFI) from apply to Ready with the Packer image: {:?}",
+        t0.elapsed()
+    );
+    let want = std::fs::read_to_string(format!("{}.sha256", raw.display())).unwrap();
+    for (i, j) in nodes.iter().enumerate() {
+        let p = &j["status"]["provisioning"];
+        assert!(
+            want.contains(
+                p["installedChecksum"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:")
+            ),
+            "{j}"
+        );
+        let hist: Vec<groundwork_types::PhaseEntry> =
+            serde_json::from_value(p["history"].clone()).unwrap();
+        eprintln!("lab-{}: {}", i + 1, groundwork_types::phase_times(&hist));
+    }
+    // The node agents report cloud-init's errors with their heartbeats: none.
+    let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    for n in ["lab-1", "lab-2"] {
+        let beats: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("node agent checked in") && l.contains(&format!("node={n} ")))
+            .collect();
+        assert!(!beats.is_empty(), "{n}: no heartbeat logged");
+        assert!(
+            beats.iter().all(|l| l.contains("skipped=[]")),
+            "{n}: {beats:?}"
+        );
+    }
+    for m in ["m1", "m2"] {
+        let console = std::fs::read_to_string(lab.dir.join(format!("{m}/serial.log"))).unwrap();
+        assert!(
+            console.contains("Datasource DataSourceNoCloud [seed=/dev/vda4]"),
+            "{m}: cloud-init did not use the seed"
+        );
+        assert!(
+            console.contains("groundwork node-agent: machine config for"),
+            "{m}"
+        );
+    }
+    let power = std::fs::read_to_string(lab.dir.join("m2/power.log")).unwrap();
+    assert!(power.contains("boot=c firmware=uefi"), "{power}");
+
+    // From the disks, once the machines are off.
+    let o = Command::new("ip")
+        .args(["netns", "exec", &lab.ns, BIN, "lab", "down", "--dir"])
+        .arg(&lab.dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for (m, host) in [("m1", "lab-1"), ("m2", "lab-2")] {
+        let disk = lab.dir.join(format!("{m}/disk.img"));
+        let loopdev = support::stdout(
+            &Command::new("losetup")
+                .args(["-f", "--show", "-r"])
+                .arg(&disk)
+                .output()
+                .unwrap(),
+        )
+        .trim()
+        .to_string();
+        let mnt = tmp.join(format!("mnt-{m}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let guard = Loop(loopdev.clone(), mnt.clone());
+        support::must(&["partx", "-a", &loopdev]);
+        let o = Command::new("mount")
+            .args(["-o", "ro,noload", &format!("{loopdev}p3")])
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "mount: {}", text(&o));
+        let read = |p: &str| {
+            std::fs::read_to_string(mnt.join(p)).unwrap_or_else(|e| panic!("{m}: {p}: {e}"))
+        };
+        assert_eq!(read("etc/hostname").trim(), host);
+        assert!(read("home/ops/.ssh/authorized_keys").contains("ops@lab"));
+        assert_eq!(read("etc/motd"), "Installed by Groundwork\n");
+        use std::os::unix::fs::PermissionsExt;
+        for f in [
+            "var/lib/groundwork/machine.json",
+            "var/lib/groundwork/credentials.json",
+        ] {
+            let mode = std::fs::metadata(mnt.join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{m}: {f}");
+        }
+        assert!(
+            !mnt.join("home/debian").exists(),
+            "{m}: a distribution default user"
+        );
+        drop(guard);
+    }
+}
+
+struct Loop(String, PathBuf);
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.1).output();
+        let _ = Command::new("partx").args(["-d", &self.0]).output();
+        let _ = Command::new("losetup").args(["-d", &self.0]).output();
+    }
 }

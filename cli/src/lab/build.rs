@@ -84,7 +84,12 @@ pub(super) async fn build(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    // One BMC (ipmi_sim) and one machine per Node.
+    // One BMC (ipmi_sim) and one machine per Node, with a disk 1 GiB larger than the image.
+    let image_bytes = match &a.image {
+        Some(img) => std::fs::metadata(img)?.len(),
+        None => 0,
+    };
+    let disk_bytes = (image_bytes + (1 << 30)).div_ceil(1 << 20) << 20;
     let chassis = dir.join("chassis.sh");
     std::fs::write(&chassis, chassis_script())?;
     sh(&["chmod", "+x", chassis.to_str().unwrap_or_default()])?;
@@ -96,17 +101,19 @@ pub(super) async fn build(
         inns(&["tuntap", "add", "dev", &tap, "mode", "tap"])?;
         inns(&["link", "set", &tap, "master", "br0"])?;
         inns(&["link", "set", &tap, "up"])?;
+        let uefi = i > a.machines.saturating_sub(a.uefi);
         std::fs::write(
             w.join("vm.conf"),
             format!(
-                "MEM={}\nTAP={tap}\nMAC={}\nNAME=gw-{}-{i}\n",
+                "MEM={}\nTAP={tap}\nMAC={}\nNAME=gw-{}-{i}\nFW={}\n",
                 a.memory,
                 mac(i),
-                a.name
+                a.name,
+                if uefi { "uefi" } else { "bios" }
             ),
         )?;
         let disk = std::fs::File::create(w.join("disk.img"))?;
-        disk.set_len(1 << 30)?;
+        disk.set_len(disk_bytes)?;
         std::fs::write(
             w.join("sim.emu"),
             "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nsel_enable 0x20 1000 0x0a\nmc_enable 0x20\n",
@@ -138,7 +145,12 @@ pub(super) async fn build(
     let mdir = dir.join("manifests");
     std::fs::create_dir_all(&mdir)?;
     let mf = mdir.join("lab.yaml");
-    std::fs::write(&mf, manifests(a.machines, checksum))?;
+    let image = if a.image.is_some() {
+        "image.raw"
+    } else {
+        "os.img"
+    };
+    std::fs::write(&mf, manifests(a.machines, image, checksum))?;
     crate::apply::run(Some(state.kubeconfig.clone()), &[mf], false).await?;
     Ok(())
 }

@@ -40,6 +40,7 @@ pub(super) fn ensure_packages() -> anyhow::Result<()> {
         ("qemu-system-x86_64", "qemu-system-x86"),
         ("/usr/lib/ipxe/qemu/efi-e1000.rom", "ipxe-qemu"),
         ("ipmi_sim", "openipmi"),
+        ("/usr/share/ovmf/OVMF.fd", "ovmf"),
     ];
     let missing: Vec<&str> = needs
         .iter()

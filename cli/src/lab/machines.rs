@@ -5,21 +5,27 @@ use super::{BMC_IP, HOST_IP};
 pub(super) fn chassis_script() -> &'static str {
     r#"#!/bin/sh
 # ipmi_sim "chassis_control" program of `groundwork lab`: power starts and stops this
-# machine's QEMU (TCG); the boot device picks PXE or the disk. ipmi_sim calls
+# machine's QEMU (TCG) with BIOS or UEFI (OVMF) firmware; the boot device puts PXE or the disk
+# first in the firmware's boot order (bootindex; both firmwares fall through to the other
+# when the first does not boot). ipmi_sim calls
 #   chassis.sh WORKDIR get power boot | set power 1|0 | set reset 1 | set boot pxe|default|...
 W=$1 op=$2; shift 2
 . "$W/vm.conf"
 pid() { [ -s "$W/qemu.pid" ] && kill -0 "$(cat "$W/qemu.pid")" 2>/dev/null && cat "$W/qemu.pid"; }
 on() {
   pid >/dev/null && return 0
-  order=c; [ "$(cat "$W/bootdev" 2>/dev/null)" = pxe ] && order=n
-  echo "$(date +%s.%N) power-on boot=$order" >>"$W/power.log"
+  net=2 disk=1 order=c
+  [ "$(cat "$W/bootdev" 2>/dev/null)" = pxe ] && net=1 disk=2 order=n
+  fw=
+  [ "${FW:-bios}" = uefi ] && fw="-bios /usr/share/ovmf/OVMF.fd"
+  echo "$(date +%s.%N) power-on boot=$order firmware=${FW:-bios}" >>"$W/power.log"
   qemu-system-x86_64 -accel tcg -m "$MEM" -display none -vga none -nodefaults -monitor none \
     -chardev "file,id=s0,path=$W/serial.log,append=on" -serial chardev:s0 \
-    -boot "order=$order" -name "$NAME" \
+    $fw -name "$NAME" \
     -netdev "tap,id=n0,ifname=$TAP,script=no,downscript=no" \
-    -device "e1000,netdev=n0,mac=$MAC,romfile=/usr/lib/ipxe/qemu/efi-e1000.rom" \
-    -drive "file=$W/disk.img,if=virtio,format=raw" \
+    -device "e1000,netdev=n0,mac=$MAC,romfile=/usr/lib/ipxe/qemu/efi-e1000.rom,bootindex=$net" \
+    -drive "file=$W/disk.img,if=none,id=d0,format=raw" \
+    -device "virtio-blk-pci,drive=d0,bootindex=$disk" \
     -daemonize -pidfile "$W/qemu.pid" >>"$W/qemu.log" 2>&1
 }
 off() {
@@ -49,7 +55,7 @@ pub(super) fn mac(i: u8) -> String {
     format!("52:54:00:98:00:{i:02x}")
 }
 
-pub(super) fn manifests(n: u8, checksum: &str) -> String {
+pub(super) fn manifests(n: u8, image: &str, checksum: &str) -> String {
     let mut y = format!(
         r#"# Written by `groundwork lab up`: the lab's datacenter, shaped like manifests/.
 apiVersion: groundwork.dev/v1alpha1
@@ -83,7 +89,7 @@ kind: Profile
 metadata: {{name: lab-os}}
 spec:
   priority: 10
-  os: {{url: "http://{HOST_IP}:8080/os.img", checksum: "{checksum}"}}
+  os: {{url: "http://{HOST_IP}:8080/{image}", checksum: "{checksum}"}}
   machineConfig:
     hostname: "{{{{name}}}}.lab"
     users: [{{name: ops, sshAuthorizedKeys: ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGroundworkLabExampleKeyOnly ops@lab"], sudo: true}}]
