@@ -97,6 +97,19 @@ build {
     ansible_env_vars = ["ANSIBLE_HOST_KEY_CHECKING=False", "ANSIBLE_NOCOLOR=1"]
   }
 
+  # The layers' packages, per image (none by default: the node agent installs what a
+  # ServiceInstance names at converge time).
+  provisioner "shell" {
+    only             = ["qemu.cluster-node"]
+    script           = "${path.root}/scripts/packages.sh"
+    environment_vars = ["PACKAGES=${join(" ", var.cluster_node_packages)}"]
+  }
+  provisioner "shell" {
+    only             = ["qemu.worker"]
+    script           = "${path.root}/scripts/packages.sh"
+    environment_vars = ["PACKAGES=${join(" ", var.worker_packages)}"]
+  }
+
   # Last: the build key goes, the machine identity is reset for the first boot.
   provisioner "shell" {
     script = "${path.root}/scripts/seal.sh"

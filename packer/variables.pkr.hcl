@@ -40,6 +40,18 @@ variable "memory" {
   default = 1024
 }
 
+variable "cluster_node_packages" {
+  type        = list(string)
+  description = "Debian packages baked into the cluster-node image for the layers its Profiles run (e.g. mariadb-server, galera-4, haproxy, slapd), so machines do not fetch them at converge time. Needs the Debian archive from the build VM."
+  default     = []
+}
+
+variable "worker_packages" {
+  type        = list(string)
+  description = "Debian packages baked into the worker image."
+  default     = []
+}
+
 locals {
   # The qemu builder settings every image shares. `accelerator = "tcg"`: /dev/kvm may exist
   # and hang guests on machines like the CI's (docs/images.md).

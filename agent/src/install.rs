@@ -61,6 +61,11 @@ pub(crate) fn target_disk(want: Option<&str>, inv: &Inventory) -> Result<String,
 
 /// Streams the image at `url` onto `dev`, hashing as it goes; on a checksum mismatch the
 /// first MiB is zeroed so a half-trusted image never boots. Returns the bytes written.
+///
+/// Sparse-aware: a MiB of zeros is not written but zeroed by the device (`BLKZEROOUT`: a
+/// WRITE ZEROES or discard where the disk has one) or, on a file, punched out as a hole. The
+/// result reads as zeros either way, whatever the disk held before, so an image's unused
+/// space costs neither a write nor, on thin disks, space.
 pub(crate) async fn write_image(
     client: &reqwest::Client,
     url: &str,
@@ -109,8 +114,12 @@ pub(crate) async fn write_image(
             buf.extend_from_slice(c);
         }
         if buf.len() >= 1 << 20 || (last && !buf.is_empty()) {
-            out.write_all(&buf)
-                .map_err(|e| fail("WriteFailed", format!("{}: {e}", dev.display())))?;
+            let zeros = buf.iter().all(|&b| b == 0);
+            if !(zeros && zero_range(&out, written, buf.len() as u64)) {
+                out.seek(SeekFrom::Start(written))
+                    .and_then(|_| out.write_all(&buf))
+                    .map_err(|e| fail("WriteFailed", format!("{}: {e}", dev.display())))?;
+            }
             written += buf.len() as u64;
             buf.clear();
         }
@@ -132,6 +141,25 @@ pub(crate) async fn write_image(
         ));
     }
     Ok(written)
+}
+
+/// Makes `len` bytes at `at` read as zeros without writing them: on a block device the
+/// kernel zeroes the range (`FALLOC_FL_ZERO_RANGE`, as `BLKZEROOUT`: WRITE ZEROES where the
+/// disk has it), in a file a hole is punched. False when that fails (the caller writes zeros).
+fn zero_range(f: &std::fs::File, at: u64, len: u64) -> bool {
+    use nix::fcntl::FallocateFlags as F;
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = f.metadata() else {
+        return false;
+    };
+    let mode = if meta.file_type().is_block_device() {
+        F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE
+    } else if meta.is_file() {
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE
+    } else {
+        return false;
+    };
+    nix::fcntl::fallocate(f, mode, at as i64, len as i64).is_ok()
 }
 
 fn hex(b: &[u8]) -> String {
@@ -348,6 +376,22 @@ mod tests {
             "only the start"
         );
         assert!(crate::seed::read(&img).is_err());
+    }
+
+    #[test]
+    fn zero_range_punches_a_hole_that_reads_as_zeros() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk");
+        std::fs::write(&p, vec![0xabu8; 3 << 20]).unwrap();
+        let f = OpenOptions::new().write(true).open(&p).unwrap();
+        let before = f.metadata().unwrap().blocks();
+        assert!(zero_range(&f, 1 << 20, 1 << 20));
+        let b = std::fs::read(&p).unwrap();
+        assert!(b[1 << 20..2 << 20].iter().all(|&x| x == 0));
+        assert!(b[..1 << 20].iter().chain(&b[2 << 20..]).all(|&x| x == 0xab));
+        assert!(f.metadata().unwrap().blocks() < before, "no hole punched");
+        assert_eq!(f.metadata().unwrap().len(), 3 << 20);
     }
 
     #[test]

@@ -314,7 +314,10 @@ fn status(code: StatusCode, reason: &str, message: &str) -> Response {
 /// Paths anyone may read: liveness and version.
 fn public(path: &str) -> bool {
     // Webhook receivers authenticate by the body's signature (crate::hooks).
-    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") || path.starts_with("/hooks/")
+    // The console's page and script hold no data; they call the API with the user's identity.
+    matches!(path, "/healthz" | "/livez" | "/readyz" | "/version")
+        || path.starts_with("/hooks/")
+        || crate::ui::is_console(path)
 }
 
 /// Paths every authenticated user may read: discovery and OpenAPI (Kubernetes'

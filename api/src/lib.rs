@@ -21,6 +21,7 @@ mod ssa;
 mod strategic;
 mod table;
 pub mod tls;
+mod ui;
 mod watch;
 
 pub use error::ApiError;

@@ -109,6 +109,7 @@ fn routes() -> Router<AppState> {
             "/openapi/v3/{*path}",
             get(|Path(p): Path<String>| async move { json(openapi::group_version(&p)) }),
         )
+        .merge(crate::ui::routes())
         .route(
             "/hooks/gitsource/{name}",
             axum::routing::post(crate::hooks::gitsource),

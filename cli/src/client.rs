@@ -14,7 +14,15 @@ pub(crate) struct Api {
 }
 
 pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<Api> {
-    let config = match kubeconfig {
+    let config = config(kubeconfig).await?;
+    Ok(Api {
+        client: kube::Client::try_from(config)?,
+    })
+}
+
+/// The kubeconfig's settings (the file given, else $KUBECONFIG, else ~/.kube/config).
+pub(crate) async fn config(kubeconfig: Option<PathBuf>) -> anyhow::Result<kube::Config> {
+    Ok(match kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(&p)
                 .with_context(|| format!("reading kubeconfig {}", p.display()))?;
@@ -29,9 +37,6 @@ pub(crate) async fn connect(kubeconfig: Option<PathBuf>) -> anyhow::Result<Api> 
                  (`groundwork server` writes DATA_DIR/kubeconfig)"
             )
         })?,
-    };
-    Ok(Api {
-        client: kube::Client::try_from(config)?,
     })
 }
 

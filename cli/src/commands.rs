@@ -255,6 +255,18 @@ async fn print_events(api: &client::Api, field_selector: &str) -> anyhow::Result
     Ok(())
 }
 
+/// `groundwork ui`: the console's URL on the kubeconfig's server.
+pub(crate) async fn ui(kc: Option<PathBuf>) -> anyhow::Result<()> {
+    let cfg = client::config(kc).await?;
+    let base = cfg.cluster_url.to_string();
+    println!("{}/ui/", base.trim_end_matches('/'));
+    eprintln!(
+        "sign in with a bearer token from the server's --token-file (RBAC applies: the view role \
+         is enough to look); the browser must trust the cluster CA (the server's PKI dir, ca.crt)"
+    );
+    Ok(())
+}
+
 pub(crate) async fn events(kc: Option<PathBuf>, object: Option<&str>) -> anyhow::Result<()> {
     let api = client::connect(kc).await?;
     let sel = match object {

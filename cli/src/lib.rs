@@ -119,6 +119,8 @@ enum Command {
     },
     /// List Events, for every object or for one (KIND/NAME).
     Events { object: Option<String> },
+    /// Print the web console's URL (the API server's /ui/); opens nothing.
+    Ui,
     /// Print the JSON Schema of a kind, or write every schema into a directory.
     Schema {
         /// Kind to print (omit with --write).
@@ -192,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::watch(kc, &kind, name.as_deref(), full).await
         }
         Command::Events { object } => commands::events(kc, object.as_deref()).await,
+        Command::Ui => commands::ui(kc).await,
         Command::Schema { kind, crd, write } => schema::run(kind.as_deref(), crd, write.as_deref()),
     }
 }

@@ -3,6 +3,7 @@
 //! every wait is bounded.
 #![allow(dead_code)]
 
+pub mod console;
 pub mod git;
 
 use std::io::{BufRead, BufReader};
