@@ -101,6 +101,18 @@ pub(crate) async fn write_image(
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut written = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    // A run of zero MiBs not written yet: zeroed in one call when it ends (on a block device
+    // each call is a synchronous round trip, so one per run, not per MiB).
+    let mut zeros: Option<(u64, u64)> = None;
+    let flush_zeros = |out: &mut std::fs::File, run: &mut Option<(u64, u64)>| {
+        if let Some((at, len)) = run.take()
+            && !zero_range(out, at, len)
+        {
+            zero(out, at, len)
+                .map_err(|e| fail("WriteFailed", format!("{}: {e}", dev.display())))?;
+        }
+        Ok::<(), Failure>(())
+    };
     loop {
         let chunk = resp.chunk().await.map_err(|e| {
             fail(
@@ -114,16 +126,24 @@ pub(crate) async fn write_image(
             buf.extend_from_slice(c);
         }
         if buf.len() >= 1 << 20 || (last && !buf.is_empty()) {
-            let zeros = buf.iter().all(|&b| b == 0);
-            if !(zeros && zero_range(&out, written, buf.len() as u64)) {
+            let n = buf.len() as u64;
+            if buf.iter().all(|&b| b == 0) {
+                let (at, len) = zeros.unwrap_or((written, 0));
+                zeros = Some((at, len + n));
+                if len + n >= 1 << 30 {
+                    flush_zeros(&mut out, &mut zeros)?;
+                }
+            } else {
+                flush_zeros(&mut out, &mut zeros)?;
                 out.seek(SeekFrom::Start(written))
                     .and_then(|_| out.write_all(&buf))
                     .map_err(|e| fail("WriteFailed", format!("{}: {e}", dev.display())))?;
             }
-            written += buf.len() as u64;
+            written += n;
             buf.clear();
         }
         if last {
+            flush_zeros(&mut out, &mut zeros)?;
             break;
         }
     }

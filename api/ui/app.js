@@ -133,14 +133,14 @@ function flush() {
   if (!signedIn) return;
   if (dirty.all) {
     dirty.all = false; dirty.racks.clear();
-    render();
+    render(false);
     return;
   }
   for (const name of dirty.racks) {
     const card = $(`[data-rack="${cssEsc(name)}"]`);
     const rack = store.racks.get(name);
     if (card && rack) card.outerHTML = rackCard(rack);
-    else { dirty.racks.clear(); render(); return; }
+    else { dirty.racks.clear(); render(false); return; }
   }
   dirty.racks.clear();
 }
@@ -154,10 +154,15 @@ function route() {
   return { view: 'datacenter' };
 }
 
-function render() {
+// `navigated`: a new page (its own streams start again); else the same page's data changed.
+function render(navigated = true) {
+  const r = route();
+  if (!navigated && r.view === 'node' && $(`[data-node-page="${cssEsc(r.name)}"]`) && store.nodes.has(r.name)) {
+    $('#node-info').innerHTML = nodeInfo(r.name);
+    return;
+  }
   for (const s of pageStreams) s.abort();
   pageStreams = [];
-  const r = route();
   for (const a of document.querySelectorAll('#nav a')) a.classList.toggle('active', a.dataset.view === r.view);
   const view = $('#view');
   if (r.view === 'node') nodePage(view, r.name);
@@ -288,15 +293,24 @@ function patchNode(n) {
 
 // ---- Node page -------------------------------------------------------------------------
 
+// The Node's page: its facts (redrawn when it changes) above its Events and log (followed).
 function nodePage(view, name) {
+  if (!store.nodes.has(name)) { view.innerHTML = `<h2>${esc(name)}</h2><p class="muted">No such Node (yet).</p>`; return; }
+  view.innerHTML = `<div id="node-info">${nodeInfo(name)}</div>
+  <div class="card"><h3>Events</h3><table id="events"><tr><th>Last seen</th><th>Type</th><th>Reason</th><th>Message</th><th>Count</th></tr></table></div>
+  <div class="card"><h3>Controller log <span class="muted">(following)</span></h3><pre class="log" id="log"></pre></div>`;
+  nodeEvents(name);
+  nodeLog(name);
+}
+
+function nodeInfo(name) {
   const n = store.nodes.get(name);
-  if (!n) { view.innerHTML = `<h2>${esc(name)}</h2><p class="muted">No such Node (yet).</p>`; return; }
   const s = n.spec || {};
   const st = n.status || {};
   const inv = st.inventory || {};
   const hist = st.provisioning?.history || [];
   const row = (k, v) => (v === undefined || v === null || v === '' ? '' : `<tr><th>${esc(k)}</th><td>${esc(v)}</td></tr>`);
-  view.innerHTML = `
+  return `
   <h2 data-node-page="${esc(name)}">${esc(name)} <span class="badge phase-${esc(phaseOf(n))}">${esc(phaseOf(n))}</span></h2>
   <div class="grid">
     <div class="card"><h3>Spec</h3><table>
@@ -324,11 +338,7 @@ function nodePage(view, name) {
         const took = next ? `${((Date.parse(next.at) - Date.parse(h.at)) / 1000).toFixed(1)} s` : '';
         return `<tr data-phase="${esc(h.phase)}"><td>${esc(h.phase)}</td><td>${esc(h.at)}</td><td>${took}</td></tr>`;
       }).join('')}</table></div>
-  </div>
-  <div class="card"><h3>Events</h3><table id="events"><tr><th>Last seen</th><th>Type</th><th>Reason</th><th>Message</th><th>Count</th></tr></table></div>
-  <div class="card"><h3>Controller log <span class="muted">(following)</span></h3><pre class="log" id="log"></pre></div>`;
-  nodeEvents(name);
-  nodeLog(name);
+  </div>`;
 }
 
 async function nodeEvents(name) {

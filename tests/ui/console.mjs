@@ -137,6 +137,7 @@ async function acceptance(api, watches, signIn) {
   // The Node page: spec, status, history, Events (live) and the controllers' log.
   await page.click(`g[data-node="${name}"] a`);
   await page.locator(`[data-node-page="${name}"]`).waitFor({ timeout: 5000 });
+  await page.evaluate(() => { document.querySelector('#log').dataset.mark = 'kept'; });
   const now = Date.now();
   const history = ['Discovering', 'Inventoried', 'Provisioning', 'Provisioned', 'Ready']
     .map((phase, i) => ({ phase, at: new Date(now - (5 - i) * 30000).toISOString() }));
@@ -144,6 +145,7 @@ async function acceptance(api, watches, signIn) {
   await page.locator('table.history tr[data-phase="Provisioned"]').waitFor({ timeout: 2000 });
   assert.equal(await page.locator('table.history tr[data-phase]').count(), 5, 'phase history');
   assert.ok((await page.locator('table.history').textContent()).includes('30.0 s'), 'phase durations');
+  assert.equal(await page.locator('#log[data-mark="kept"]').count(), 1, 'the log stream restarted on a Node change');
   const ev = await api('POST', '/api/v1/namespaces/default/events', {
     apiVersion: 'v1', kind: 'Event', metadata: { name: `${name}.console-test` },
     involvedObject: { apiVersion: 'groundwork.dev/v1alpha1', kind: 'Node', name },
