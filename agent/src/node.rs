@@ -115,15 +115,18 @@ fn find_config(a: &NodeAgentArgs) -> anyhow::Result<(PathBuf, MachineFile)> {
     anyhow::bail!("no disk holds a machine config: {}", errors.join("; "))
 }
 
-/// Whether cloud-init applies the machine config on this system (it has cloud-init and has
-/// finished with this boot), and what it reported as errors.
+/// Whether cloud-init applies the machine config on this system (it is installed and its
+/// generator enabled it for this boot), and what it reports: its errors once it has finished
+/// (`result.json`), else that it has not finished yet.
 fn cloud_init(root: &Path) -> Option<Vec<String>> {
-    if !root.join("usr/bin/cloud-init").exists() {
+    if !root.join("usr/bin/cloud-init").exists() || root.join("run/cloud-init/disabled").exists() {
         return None;
     }
-    let result = std::fs::read_to_string(root.join("var/lib/cloud/data/result.json")).ok();
-    let errors = result
-        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+    let Ok(result) = std::fs::read_to_string(root.join("var/lib/cloud/data/result.json")) else {
+        return Some(vec!["cloud-init: not finished yet".into()]);
+    };
+    let errors = serde_json::from_str::<serde_json::Value>(&result)
+        .ok()
         .and_then(|v| v["v1"]["errors"].as_array().cloned())
         .unwrap_or_default();
     Some(
@@ -362,7 +365,8 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         m.node,
         disk.display()
     );
-    let (applied, skipped) = match cloud_init(&a.root) {
+    let with_cloud_init = cloud_init(&a.root).is_some();
+    let (applied, mut skipped) = match cloud_init(&a.root) {
         // cloud-init applied it from the seed; its errors are reported as the skipped items.
         Some(errors) => (0, errors),
         None => apply(&m, &a.root),
@@ -423,7 +427,13 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
             addresses: addresses(),
             uptime_seconds: uptime,
             applied,
-            skipped: skipped.clone(),
+            skipped: {
+                // cloud-init finishes after the agent starts: its outcome is read again.
+                if with_cloud_init {
+                    skipped = cloud_init(&a.root).unwrap_or_default();
+                }
+                skipped.clone()
+            },
         };
         if renewal_due(&creds.certificate) || force_renewal {
             match renew(&client, &base, &m.mac, &creds).await {
@@ -525,6 +535,47 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use groundwork_types::{File, Unit, User};
+
+    #[test]
+    fn cloud_init_outcome_from_its_files() {
+        let d = tempfile::tempdir().unwrap();
+        let r = d.path();
+        assert_eq!(
+            cloud_init(r),
+            None,
+            "no cloud-init: the agent applies the config"
+        );
+        let w = |p: &str, c: &str| {
+            std::fs::create_dir_all(r.join(p).parent().unwrap()).unwrap();
+            std::fs::write(r.join(p), c).unwrap();
+        };
+        w("usr/bin/cloud-init", "");
+        assert_eq!(
+            cloud_init(r),
+            Some(vec!["cloud-init: not finished yet".to_string()])
+        );
+        w(
+            "var/lib/cloud/data/result.json",
+            r#"{"v1": {"datasource": "x", "errors": []}}"#,
+        );
+        assert_eq!(cloud_init(r), Some(vec![]));
+        w(
+            "var/lib/cloud/data/result.json",
+            r#"{"v1": {"errors": ["('users-groups', KeyError('x'))"]}}"#,
+        );
+        assert_eq!(
+            cloud_init(r),
+            Some(vec![
+                "cloud-init: ('users-groups', KeyError('x'))".to_string()
+            ])
+        );
+        w("run/cloud-init/disabled", "");
+        assert_eq!(
+            cloud_init(r),
+            None,
+            "disabled for this boot: the agent applies"
+        );
+    }
 
     #[test]
     fn applies_users_files_and_hostname_under_a_root() {

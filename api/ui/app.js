@@ -453,7 +453,7 @@ function stackCard(s) {
     svg += `<g class="layer phase-${esc(phase)}" data-layer="${esc(l.name)}" data-phase="${esc(phase)}"><rect x="${p.x}" y="${p.y}" width="${BW}" height="${BH}"/>
       <text x="${p.x + 8}" y="${p.y + 18}" font-weight="600">${esc(l.name)} · ${esc(phase)}</text>
       <text x="${p.x + 8}" y="${p.y + 36}">${esc((l.services || []).map((x) => x.type || x).join(', '))}</text>
-      <text x="${p.x + 8}" y="${p.y + 54}">${members.length ? `${ready}/${members.length} members ready` : ''}${st.waitingFor ? ` · waits: ${esc(st.waitingFor).slice(0, 24)}` : ''}</text>
+      <text x="${p.x + 8}" y="${p.y + 54}">${members.length ? `${ready}/${members.length} members ready` : ''}${st.waitingFor ? ` · waits: ${esc(st.waitingFor.slice(0, 24))}` : ''}</text>
       <title>${esc(l.name)}: ${esc(phase)}${st.waitingFor ? ` — waiting for ${esc(st.waitingFor)}` : ''}</title></g>`;
   }
   svg += '</svg>';

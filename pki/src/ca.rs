@@ -43,7 +43,7 @@ pub enum Usage {
 }
 
 /// Writes a file readable by its owner only: a fresh temporary (never an existing file with
-/// looser permissions, never a symlink), synced, then renamed over `path`.
+/// looser permissions, never a symlink), synced, renamed over `path`, and its directory synced.
 pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -58,7 +58,15 @@ pub fn write_private(path: &Path, text: &str) -> Result<(), String> {
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    // The rename is durable only once the directory is: a power cut could otherwise leave
+    // the old file (or none), e.g. a machine with a retired certificate and not its new one.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 fn validity(params: &mut CertificateParams, days: i64) {

@@ -66,6 +66,7 @@ async function acceptance(api, watches, signIn) {
   await page.goto(`${URL}/ui/`);
   await page.locator('#login').waitFor({ state: 'visible', timeout: 10000 });
   assert.equal(await page.locator('[data-node], [data-rack]').count(), 0, 'data shown before sign-in');
+  assert.equal(await page.locator('#nav').isVisible(), false, 'navigation shown before sign-in');
   const anon = await page.evaluate((g) => fetch(`${g}/nodes`).then((r) => r.status), GROUP);
   assert.equal(anon, 401, 'the API without a token');
   await page.fill('#token', 'not-a-token');
@@ -77,6 +78,8 @@ async function acceptance(api, watches, signIn) {
   await page.fill('#token', VIEW);
   await page.click('#login button[type=submit]');
   await page.locator('[data-rack]').first().waitFor({ timeout: 10000 });
+  assert.equal(await page.locator('#login').isVisible(), false, 'the login form stays after sign-in');
+  assert.equal(await page.locator('#logout').isVisible(), true, 'no sign-out button');
   const nodes = (await api('GET', `${GROUP}/nodes`)).json.items;
   const racks = new Map((await api('GET', `${GROUP}/racks`)).json.items.map((r) => [r.metadata.name, r]));
   let placed = 0;
@@ -122,6 +125,19 @@ async function acceptance(api, watches, signIn) {
     (results.liveMs ||= []).push(Date.now() - t0);
   }
   assert.equal(page.url(), url, 'the page was not reloaded');
+
+  // A Node put on an occupied unit: the Rack's condition is written on its drawing and both
+  // Nodes are outlined.
+  const first = nodes.find((n) => n.spec?.rack);
+  const dup = await api('POST', `${GROUP}/nodes`, {
+    apiVersion: 'groundwork.dev/v1alpha1', kind: 'Node', metadata: { name: 'console-overlap' },
+    spec: { rack: { name: first.spec.rack.name, position: first.spec.rack.position }, bootMACs: ['02:00:00:00:99:01'] },
+  }, ADMIN, 'application/json');
+  assert.equal(dup.status, 201, JSON.stringify(dup.json));
+  await page.locator(`[data-rack="${first.spec.rack.name}"] .cond[data-condition]`).first().waitFor({ timeout: 5000 });
+  results.rackCondition = await page.locator(`[data-rack="${first.spec.rack.name}"] .cond`).first().textContent();
+  assert.ok(await page.locator(`[data-rack="${first.spec.rack.name}"] g.overlap`).count() >= 2, 'overlap outlined');
+  await api('DELETE', `${GROUP}/nodes/console-overlap`);
 
   // The view user may not write: 403 from the API, with the console's own token.
   const write = await page.evaluate(async ([g, n]) => {
@@ -205,17 +221,20 @@ async function bench(api, signIn) {
   results.domNodes = await metric('Nodes');
 }
 
+// SHOTS: which pages (datacenter,node), so a bring-up can be caught at different moments.
 async function screenshots(signIn) {
+  const which = (process.env.SHOTS || 'datacenter,node').split(',');
   const ctx = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
   await signIn(page, ADMIN);
   await page.locator('[data-rack]').first().waitFor({ timeout: 10000 });
   await page.waitForTimeout(500);
-  await page.screenshot({ path: `${process.env.OUT}/console-datacenter.png`, fullPage: false });
+  if (which.includes('datacenter')) await page.screenshot({ path: `${process.env.OUT}/console-datacenter.png`, fullPage: false });
+  if (!which.includes('node')) return;
   const name = process.env.GW_NODE;
   await page.goto(`${URL}/ui/#/node/${name}`);
   await page.locator(`[data-node-page="${name}"]`).waitFor({ timeout: 10000 });
   await page.waitForTimeout(1500);
   await page.screenshot({ path: `${process.env.OUT}/console-node.png`, fullPage: true });
-  results.screenshots = 2;
+  results.screenshots = which;
 }
