@@ -326,24 +326,24 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
         eprintln!("lab-{}: {}", i + 1, groundwork_types::phase_times(&hist));
     }
     // The node agents report cloud-init's outcome with their heartbeats ("not finished yet",
-    // then its errors): wait for the last heartbeat of each to report it finished, with none.
-    let last_beat = |n: &str| -> Option<String> {
-        let log = std::fs::read_to_string(lab.dir.join("server.log")).unwrap_or_default();
-        log.lines()
-            .rev()
-            .find(|l| l.contains("node agent checked in") && l.contains(&format!("node={n} ")))
-            .map(str::to_string)
-    };
+    // then its errors), which the server keeps as the Node's MachineConfigApplied condition:
+    // wait for it to say cloud-init finished with no error.
     let t1 = std::time::Instant::now();
     for n in ["lab-1", "lab-2"] {
         loop {
-            let beat = last_beat(n).unwrap_or_default();
-            if beat.contains("skipped=[]") {
+            let o = lab.groundwork(&["get", "node", n, "-o", "json"]);
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+            let c = j["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "MachineConfigApplied"))
+                .cloned()
+                .unwrap_or_default();
+            if c["status"] == "True" {
                 break;
             }
             assert!(
-                t1.elapsed() < std::time::Duration::from_secs(300),
-                "{n}: cloud-init did not finish cleanly: {beat}"
+                c["reason"] != "NotApplied" && t1.elapsed() < std::time::Duration::from_secs(300),
+                "{n}: cloud-init did not finish cleanly: {c}"
             );
             std::thread::sleep(std::time::Duration::from_secs(2));
         }

@@ -62,10 +62,10 @@ pub(crate) fn target_disk(want: Option<&str>, inv: &Inventory) -> Result<String,
 /// Streams the image at `url` onto `dev`, hashing as it goes; on a checksum mismatch the
 /// first MiB is zeroed so a half-trusted image never boots. Returns the bytes written.
 ///
-/// Sparse-aware: a MiB of zeros is not written but zeroed by the device (`BLKZEROOUT`: a
-/// WRITE ZEROES or discard where the disk has one) or, on a file, punched out as a hole. The
-/// result reads as zeros either way, whatever the disk held before, so an image's unused
-/// space costs neither a write nor, on thin disks, space.
+/// Sparse-aware on files: a run of zero MiBs is punched out as a hole (it reads as zeros
+/// whatever the file held). On block devices zeros are written like any data: an explicit
+/// zeroing call (`FALLOC_FL_ZERO_RANGE`, as `BLKZEROOUT`) blocks the download while the device
+/// works, and was measured slower in the lab (170–265 s against 137 s for a 3 GiB image).
 pub(crate) async fn write_image(
     client: &reqwest::Client,
     url: &str,
@@ -101,8 +101,8 @@ pub(crate) async fn write_image(
     let mut hash = ring::digest::Context::new(&ring::digest::SHA256);
     let mut written = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    // A run of zero MiBs not written yet: zeroed in one call when it ends (on a block device
-    // each call is a synchronous round trip, so one per run, not per MiB).
+    // A run of zero MiBs not written yet: punched out in one call when it ends (files only).
+    let sparse = out.metadata().is_ok_and(|m| m.is_file());
     let mut zeros: Option<(u64, u64)> = None;
     let flush_zeros = |out: &mut std::fs::File, run: &mut Option<(u64, u64)>| {
         if let Some((at, len)) = run.take()
@@ -127,7 +127,7 @@ pub(crate) async fn write_image(
         }
         if buf.len() >= 1 << 20 || (last && !buf.is_empty()) {
             let n = buf.len() as u64;
-            if buf.iter().all(|&b| b == 0) {
+            if sparse && buf.iter().all(|&b| b == 0) {
                 let (at, len) = zeros.unwrap_or((written, 0));
                 zeros = Some((at, len + n));
                 if len + n >= 1 << 30 {
@@ -163,23 +163,20 @@ pub(crate) async fn write_image(
     Ok(written)
 }
 
-/// Makes `len` bytes at `at` read as zeros without writing them: on a block device the
-/// kernel zeroes the range (`FALLOC_FL_ZERO_RANGE`, as `BLKZEROOUT`: WRITE ZEROES where the
-/// disk has it), in a file a hole is punched. False when that fails (the caller writes zeros).
+/// Makes `len` bytes at `at` of a regular file read as zeros without writing them (a punched
+/// hole). False for anything else, or when that fails: the caller writes zeros.
 fn zero_range(f: &std::fs::File, at: u64, len: u64) -> bool {
     use nix::fcntl::FallocateFlags as F;
-    use std::os::unix::fs::FileTypeExt;
-    let Ok(meta) = f.metadata() else {
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
         return false;
-    };
-    let mode = if meta.file_type().is_block_device() {
-        F::FALLOC_FL_ZERO_RANGE | F::FALLOC_FL_KEEP_SIZE
-    } else if meta.is_file() {
-        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE
-    } else {
-        return false;
-    };
-    nix::fcntl::fallocate(f, mode, at as i64, len as i64).is_ok()
+    }
+    nix::fcntl::fallocate(
+        f,
+        F::FALLOC_FL_PUNCH_HOLE | F::FALLOC_FL_KEEP_SIZE,
+        at as i64,
+        len as i64,
+    )
+    .is_ok()
 }
 
 fn hex(b: &[u8]) -> String {

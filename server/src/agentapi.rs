@@ -105,6 +105,30 @@ async fn status_patch(
         .map(|_| ())
 }
 
+/// The `MachineConfigApplied` condition from a heartbeat's skipped items.
+fn machine_config_condition(skipped: &[String]) -> (bool, &'static str, String) {
+    if skipped.is_empty() {
+        return (true, "Applied", "the machine config is applied".into());
+    }
+    if skipped.iter().any(|s| s == "cloud-init: not finished yet") {
+        return (
+            false,
+            "CloudInitRunning",
+            "cloud-init has not finished yet".into(),
+        );
+    }
+    let mut m = skipped.join("; ");
+    if m.len() > 1024 {
+        let cut = (0..=1024)
+            .rev()
+            .find(|&i| m.is_char_boundary(i))
+            .unwrap_or(0);
+        m.truncate(cut);
+        m.push_str(" ...");
+    }
+    (false, "NotApplied", m)
+}
+
 /// The install task for a Node in phase Provisioning, if its Profile names an image.
 fn install_task(
     caches: &Caches,
@@ -856,8 +880,31 @@ impl NodeScripts {
                 tracing::info!(node = %name, %mac, "the machine uses its new certificate: the one before is retired");
             }
             patch["status"]["provisioning"] = provisioning;
+            // What the machine could not apply (or cloud-init's outcome), as a condition an
+            // operator sees: written only when it changes.
+            let mut conditions = node
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            let (ok, reason, message) = machine_config_condition(&b.skipped);
+            if groundwork_types::set_condition(
+                &mut conditions,
+                "MachineConfigApplied",
+                ok,
+                reason,
+                &message,
+                None,
+                jiff::Timestamp::now(),
+            ) && let Some(c) = conditions
+                .iter()
+                .find(|c| c.type_ == "MachineConfigApplied")
+            {
+                // A strategic merge patch merges conditions by type: the others stay.
+                patch["status"]["conditions"] = json!([c]);
+            }
             Api::<Node>::all(client)
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                .patch_status(&name, &PatchParams::default(), &Patch::Strategic(patch))
                 .await
                 .map_err(|e| {
                     AgentError::Unavailable(format!("cannot record the heartbeat: {e}\n"))
