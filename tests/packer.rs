@@ -102,6 +102,7 @@ fn packer_validates_every_image_template() {
 fn packer_builds_a_cluster_node_image_from_the_debian_base() {
     let repo = support::repo_root();
     let images = Path::new("/var/tmp/groundwork-images");
+    let t0 = std::time::Instant::now();
     let o = Command::new("timeout")
         .arg("1200")
         .arg(repo.join("packer/base-image.sh"))
@@ -109,6 +110,8 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
         .output()
         .unwrap();
     assert!(o.status.success(), "base-image.sh: {}", text(&o));
+    eprintln!("base image (built or cached): {:?}", t0.elapsed());
+    let t0 = std::time::Instant::now();
     let base = images.join("debian-12-base.raw");
     let sum = std::fs::read_to_string(images.join("debian-12-base.raw.sha256")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -135,6 +138,7 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
         .output()
         .unwrap();
     assert!(o.status.success(), "packer build: {}", text(&o));
+    eprintln!("packer build -only=qemu.cluster-node: {:?}", t0.elapsed());
     let raw = out.join("cluster-node/groundwork-cluster-node.raw");
     let recorded =
         std::fs::read_to_string(out.join("cluster-node/groundwork-cluster-node.raw.sha256"))
@@ -142,29 +146,8 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
     let actual = support::sha256_hex(&raw);
     assert!(recorded.contains(&actual), "{recorded} vs {actual}");
     // Look inside: the root partition, read-only.
-    let loopdev = support::stdout(
-        &Command::new("losetup")
-            .args(["-f", "--show", "-r"])
-            .arg(&raw)
-            .output()
-            .unwrap(),
-    )
-    .trim()
-    .to_string();
     let mnt = tmp.path().join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let guard = Loop(loopdev.clone(), mnt.clone());
-    let o = Command::new("partx")
-        .args(["-a", &loopdev])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "partx: {}", text(&o));
-    let o = Command::new("mount")
-        .args(["-o", "ro", &format!("{loopdev}p3")])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "mount: {}", text(&o));
+    let guard = mount_root(&raw, &mnt, false);
     use std::os::unix::fs::PermissionsExt;
     let bin = std::fs::metadata(mnt.join("usr/local/bin/groundwork")).unwrap();
     assert!(
@@ -362,25 +345,8 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
     assert!(o.status.success(), "{}", text(&o));
     for (m, host) in [("m1", "lab-1"), ("m2", "lab-2")] {
         let disk = lab.dir.join(format!("{m}/disk.img"));
-        let loopdev = support::stdout(
-            &Command::new("losetup")
-                .args(["-f", "--show"])
-                .arg(&disk)
-                .output()
-                .unwrap(),
-        )
-        .trim()
-        .to_string();
         let mnt = tmp.join(format!("mnt-{m}"));
-        std::fs::create_dir_all(&mnt).unwrap();
-        let guard = Loop(loopdev.clone(), mnt.clone());
-        support::must(&["partx", "-a", &loopdev]);
-        let o = Command::new("mount")
-            .args(["-o", "ro", &format!("{loopdev}p3")])
-            .arg(&mnt)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "mount: {}", text(&o));
+        let guard = mount_root(&disk, &mnt, true);
         let read = |p: &str| {
             std::fs::read_to_string(mnt.join(p)).unwrap_or_else(|e| panic!("{m}: {p}: {e}"))
         };
@@ -401,6 +367,40 @@ fn lab_installs_the_image_on_bios_and_uefi(raw: &Path, tmp: &Path) {
         );
         drop(guard);
     }
+}
+
+/// Mounts partition 3 (the root) of a disk image read-only on `mnt`; unmounted and detached
+/// when the guard goes. `replay`: the loop device is writable, so ext4 replays its journal
+/// (a machine that was cut off rather than shut down).
+fn mount_root(image: &Path, mnt: &Path, replay: bool) -> Loop {
+    let loopdev = support::stdout(
+        &Command::new("losetup")
+            .args(if replay {
+                &["-f", "--show"][..]
+            } else {
+                &["-f", "--show", "-r"][..]
+            })
+            .arg(image)
+            .output()
+            .unwrap(),
+    )
+    .trim()
+    .to_string();
+    std::fs::create_dir_all(mnt).unwrap();
+    let guard = Loop(loopdev.clone(), mnt.to_path_buf());
+    support::must(&["partx", "-a", &loopdev]);
+    let o = Command::new("mount")
+        .args(["-o", "ro", &format!("{loopdev}p3")])
+        .arg(mnt)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "mount {}: {}",
+        image.display(),
+        text(&o)
+    );
+    guard
 }
 
 struct Loop(String, PathBuf);
