@@ -10,6 +10,10 @@ use std::process::Command;
 
 use support::{BIN, text};
 
+/// Packer's download cache and port locks: out of the repository (it defaults to
+/// `./packer_cache`).
+const PACKER_CACHE: &str = "/var/tmp/groundwork-images/packer_cache";
+
 fn packer(dir: &Path, args: &[&str], key: &Path) -> std::process::Output {
     Command::new("packer")
         .args(args)
@@ -25,6 +29,7 @@ fn packer(dir: &Path, args: &[&str], key: &Path) -> std::process::Output {
         ))
         .arg(dir)
         .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_CACHE_DIR", PACKER_CACHE)
         .output()
         .expect("packer (tests/run installs it)")
 }
@@ -53,6 +58,7 @@ fn packer_validates_every_image_template() {
         .args(["inspect"])
         .arg(&dir)
         .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_CACHE_DIR", PACKER_CACHE)
         .output()
         .unwrap();
     let inspect = support::stdout(&o);
@@ -135,6 +141,7 @@ fn packer_builds_a_cluster_node_image_from_the_debian_base() {
         ))
         .arg(repo.join("packer"))
         .env("CHECKPOINT_DISABLE", "1")
+        .env("PACKER_CACHE_DIR", PACKER_CACHE)
         .output()
         .unwrap();
     assert!(o.status.success(), "packer build: {}", text(&o));

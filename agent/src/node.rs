@@ -365,8 +365,9 @@ pub async fn run(a: NodeAgentArgs) -> anyhow::Result<()> {
         m.node,
         disk.display()
     );
-    let with_cloud_init = cloud_init(&a.root).is_some();
-    let (applied, mut skipped) = match cloud_init(&a.root) {
+    let outcome = cloud_init(&a.root);
+    let with_cloud_init = outcome.is_some();
+    let (applied, mut skipped) = match outcome {
         // cloud-init applied it from the seed; its errors are reported as the skipped items.
         Some(errors) => (0, errors),
         None => apply(&m, &a.root),
